@@ -1,0 +1,56 @@
+//! The bus: an in-memory broadcast of what happens in the hive, for SSE streams and `--follow`
+//! (DESIGN §13). It is a view, never a source of truth: a subscriber that lags is told so and
+//! re-reads the store. Events are published only after the change they describe has committed.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::mailbox::Message;
+
+/// How many events a slow subscriber may fall behind before it is told it lagged.
+const CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A message was accepted (committed) into an inbox.
+    MessageSent { message: Arc<Message> },
+    /// Messages were taken out of an inbox (by `recv` or a finished turn).
+    MessageDelivered { ids: Vec<i64>, to: String },
+}
+
+impl Event {
+    /// The agents (or `operator`) an event concerns, for `--agent` filters.
+    pub fn concerns(&self, who: &str) -> bool {
+        match self {
+            Self::MessageSent { message } => message.from == who || message.to == who,
+            Self::MessageDelivered { to, .. } => to == who,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(CAPACITY).0,
+        }
+    }
+}
+
+impl Bus {
+    pub fn publish(&self, event: Event) {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}

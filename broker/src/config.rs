@@ -1,0 +1,162 @@
+//! `hive.toml`: every key optional, unknown keys refused, defaults in one place ([`Config::default`]).
+//! `hive check-config` parses a file with [`Config::from_toml`] and prints the error it returns.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one hive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub mailbox: MailboxConfig,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `normal` (default): an acknowledged write survives a crash of the daemon.
+    /// `full`: it also survives a power loss, at the cost of an fsync per commit.
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+impl std::fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Normal => "normal",
+            Self::Full => "full",
+        })
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// `[mailbox]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// The largest message body accepted, in bytes (default 65536).
+    pub max_body_bytes: usize,
+    /// Delivered messages older than this many days are deleted by the daily vacuum (default 30).
+    /// Queued messages are never deleted.
+    pub retention_days: u32,
+}
+
+/// The most a hive may be configured to accept in one message body.
+pub const MAX_BODY_CEILING: usize = 16 * 1024 * 1024;
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            retention_days: 30,
+        }
+    }
+}
+
+/// A configuration that could not be used, with the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file means the defaults only when `missing_ok`.
+    pub fn load(path: &Path, missing_ok: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
+                path: path.display().to_string(),
+                message,
+            }),
+            Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and checks a configuration; the error names the key and the reason.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let max = self.mailbox.max_body_bytes;
+        if max == 0 || max > MAX_BODY_CEILING {
+            return Err(format!(
+                "mailbox.max_body_bytes = {max}: must be between 1 and {MAX_BODY_CEILING}"
+            ));
+        }
+        if self.mailbox.retention_days == 0 {
+            return Err("mailbox.retention_days = 0: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = Config::from_toml(
+            "[store]\nsynchronous = \"full\"\n[mailbox]\nmax_body_bytes = 100\nretention_days = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.store.synchronous, Synchronous::Full);
+        assert_eq!(c.mailbox.max_body_bytes, 100);
+        assert_eq!(c.mailbox.retention_days, 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::from_toml("[store]\nsynchronus = \"full\"\n").unwrap_err();
+        assert!(e.contains("synchronus"), "{e}");
+        let e = Config::from_toml("[store]\nsynchronous = \"off\"\n").unwrap_err();
+        assert!(e.contains("off"), "{e}");
+        let e = Config::from_toml("[mailbox]\nmax_body_bytes = 0\n").unwrap_err();
+        assert!(e.contains("mailbox.max_body_bytes"), "{e}");
+        let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
+        assert!(e.contains("runtime"), "{e}");
+    }
+}

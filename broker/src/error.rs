@@ -1,0 +1,76 @@
+//! The broker's one error type. Each variant has a stable [`Error::code`] that the admin API and the
+//! MCP layer show to clients; the `Display` text says what to do about it. Internal failures
+//! (sqlite, io) keep their detail for the log and show clients only "internal error".
+
+use crate::names::NameError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("unknown agent '{name}'; you may write to: {}", allowed.join(", "))]
+    UnknownAgent { name: String, allowed: Vec<String> },
+    #[error("'{name}' is not in your allowed recipients; you may write to: {}", allowed.join(", "))]
+    NotAllowed { name: String, allowed: Vec<String> },
+    #[error("you cannot send a message to yourself; to be woken later, use `remind`")]
+    SendToSelf,
+    #[error("message body is {len} bytes; the limit is {max} bytes")]
+    BodyTooLarge { len: usize, max: usize },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the hive is shutting down; try again when it is back")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("database error: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A stable, machine-readable code for API and MCP clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidName(_) => "invalid_name",
+            Self::UnknownAgent { .. } => "unknown_agent",
+            Self::NotAllowed { .. } => "recipient_not_allowed",
+            Self::SendToSelf => "send_to_self",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::NotFound { .. } => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) | Self::Store(_) | Self::Io { .. } => "internal",
+        }
+    }
+
+    /// True when the fault is the hive's, not the caller's: the detail goes to the log only.
+    pub fn is_internal(&self) -> bool {
+        self.code() == "internal"
+    }
+
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

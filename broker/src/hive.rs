@@ -1,0 +1,109 @@
+//! `Hive`: the service object that owns the store, the registry, the mailbox and the bus. The admin
+//! API, the MCP surfaces and the CLI call this and nothing beneath it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::error::Result;
+use crate::mailbox::{Mailbox, MessageCounts};
+use crate::paths::StateDir;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// How often delivered messages past their retention are deleted.
+const VACUUM_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+pub struct Hive {
+    pub paths: StateDir,
+    pub config: Config,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub mailbox: Mailbox,
+    pub bus: Bus,
+    started: Instant,
+}
+
+/// What `hive status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub state_dir: String,
+    pub synchronous: String,
+    pub agents: usize,
+    pub messages: MessageCounts,
+}
+
+impl Hive {
+    /// Opens the hive in `paths` (which must exist): runs migrations, loads the registry, makes sure
+    /// the manager exists, and returns the leases of a previous run to their queues.
+    pub async fn open(paths: StateDir, config: Config) -> Result<Arc<Self>> {
+        let store = Store::open(&paths.db(), config.store.synchronous)?;
+        let registry = Arc::new(Registry::load(store.clone()).await?);
+        registry.ensure_manager().await?;
+        let bus = Bus::default();
+        let mailbox = Mailbox::new(
+            store.clone(),
+            registry.clone(),
+            bus.clone(),
+            config.mailbox.max_body_bytes,
+        );
+        let released = mailbox.release_all_leases().await?;
+        if released > 0 {
+            tracing::info!(released, "returned unfinished turns to their inboxes");
+        }
+        Ok(Arc::new(Self {
+            paths,
+            config,
+            store,
+            registry,
+            mailbox,
+            bus,
+            started: Instant::now(),
+        }))
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            state_dir: self.paths.root().display().to_string(),
+            synchronous: self.config.store.synchronous.to_string(),
+            agents: self.registry.len(),
+            messages: self.mailbox.counts().await?,
+        })
+    }
+
+    /// Background upkeep until `shutdown`: the daily retention vacuum (a due job, not a poll).
+    pub fn spawn_upkeep(self: &Arc<Self>, shutdown: CancellationToken) {
+        let hive = self.clone();
+        let retention =
+            Duration::from_secs(u64::from(self.config.mailbox.retention_days) * 24 * 60 * 60);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(VACUUM_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                match hive.mailbox.vacuum(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "retention vacuum"),
+                    Err(e) => tracing::warn!(error = %e, "retention vacuum failed"),
+                }
+            }
+        });
+    }
+
+    /// Finishes every write already accepted and closes the store.
+    pub fn close(&self) {
+        self.store.close();
+    }
+}

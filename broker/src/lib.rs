@@ -1,0 +1,17 @@
+//! The hyperhive broker: everything the `hive serve` daemon does, as a library. Data flows one way:
+//! the API and MCP layers call [`hive::Hive`], which calls the services (mailbox, registry), which
+//! call the [`store`]. Nothing here speaks HTTP; the `dashboard` crate does.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod hive;
+pub mod lock;
+pub mod mailbox;
+pub mod names;
+pub mod paths;
+pub mod registry;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use hive::Hive;

@@ -1,0 +1,606 @@
+//! The mailbox (DESIGN §6): durable inboxes in the store, `send` / `recv`, harness leases and the
+//! retention vacuum.
+//!
+//! A send returns its id only after its transaction committed. A waiting `recv` (or `next_turn`)
+//! sleeps on its inbox's notifier — a `watch` channel bumped after each commit that adds to the
+//! inbox — and never on a timer. A waiter whose caller went away takes nothing: the take runs in the
+//! writer only while someone still waits for its answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bus::{Bus, Event};
+use crate::error::{Error, Result};
+use crate::names::{AgentName, Inbox, Recipient, Sender};
+use crate::registry::Registry;
+use crate::store::{Store, unix_millis};
+
+/// The longest a `recv` or `next_turn` may wait.
+pub const MAX_WAIT_SECONDS: u64 = 180;
+/// The most messages one `recv` returns.
+pub const MAX_RECV: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    Queued,
+    Leased,
+    Delivered,
+}
+
+impl MessageState {
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "leased" => Self::Leased,
+            "delivered" => Self::Delivered,
+            _ => Self::Queued,
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<i64>,
+    /// Unix milliseconds.
+    pub sent_at: i64,
+    pub state: MessageState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<i64>,
+    /// True when an earlier lease of this message was abandoned (its turn never finished).
+    pub redelivered: bool,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, sender, recipient, body, in_reply_to, sent_at, state, delivered_at, redelivered";
+
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        from: r.get(1)?,
+        to: r.get(2)?,
+        body: r.get(3)?,
+        in_reply_to: r.get(4)?,
+        sent_at: r.get(5)?,
+        state: MessageState::parse(&r.get::<_, String>(6)?),
+        delivered_at: r.get(7)?,
+        redelivered: r.get(8)?,
+    })
+}
+
+/// A validated `recv` request: `wait` ≤ 180 s, `max` in 1…32.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvLimits {
+    pub wait: Duration,
+    pub max: usize,
+}
+
+impl RecvLimits {
+    pub fn new(wait_seconds: u64, max: u64) -> Result<Self> {
+        if wait_seconds > MAX_WAIT_SECONDS {
+            return Err(Error::invalid(
+                "wait_seconds",
+                format!("{wait_seconds} is too long; wait at most {MAX_WAIT_SECONDS} seconds"),
+            ));
+        }
+        if max == 0 || max > MAX_RECV as u64 {
+            return Err(Error::invalid(
+                "max",
+                format!("{max} is out of range; take 1 to {MAX_RECV} messages at a time"),
+            ));
+        }
+        Ok(Self {
+            wait: Duration::from_secs(wait_seconds),
+            max: max as usize,
+        })
+    }
+}
+
+/// A message leased to a harness turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct Turn {
+    pub turn: i64,
+    pub message: Message,
+}
+
+/// Per-inbox wake-ups: a counter bumped after every commit that adds to the inbox.
+#[derive(Default)]
+struct Notifiers {
+    by_inbox: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Notifiers {
+    /// A receiver that sees every bump from now on.
+    fn subscribe(&self, inbox: &str) -> watch::Receiver<u64> {
+        let mut map = self.by_inbox.lock().expect("notifiers");
+        match map.get(inbox) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                map.insert(inbox.to_owned(), tx);
+                rx
+            }
+        }
+    }
+
+    fn wake(&self, inbox: &str) {
+        let map = self.by_inbox.lock().expect("notifiers");
+        if let Some(tx) = map.get(inbox) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+pub struct Mailbox {
+    store: Store,
+    registry: Arc<Registry>,
+    bus: Bus,
+    notifiers: Notifiers,
+    max_body_bytes: usize,
+}
+
+impl Mailbox {
+    pub fn new(store: Store, registry: Arc<Registry>, bus: Bus, max_body_bytes: usize) -> Self {
+        Self {
+            store,
+            registry,
+            bus,
+            notifiers: Notifiers::default(),
+            max_body_bytes,
+        }
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Stores a message and returns the ids of the rows it became (one, or one per agent for `*`),
+    /// after they committed.
+    pub async fn send(
+        &self,
+        from: &Sender,
+        to: &Recipient,
+        body: String,
+        in_reply_to: Option<i64>,
+    ) -> Result<Vec<i64>> {
+        if body.is_empty() {
+            return Err(Error::invalid("body", "a message needs a body"));
+        }
+        if body.len() > self.max_body_bytes {
+            return Err(Error::BodyTooLarge {
+                len: body.len(),
+                max: self.max_body_bytes,
+            });
+        }
+        if let Some(id) = in_reply_to
+            && id <= 0
+        {
+            return Err(Error::invalid(
+                "in_reply_to",
+                format!("{id} is not a message id"),
+            ));
+        }
+        let recipients = self.resolve(from, to)?;
+        let sender = from.as_str().to_owned();
+        let rows = self
+            .store
+            .write(move |c| insert_messages(c, &sender, &recipients, &body, in_reply_to))
+            .await?;
+        let ids = rows.iter().map(|m| m.id).collect();
+        for message in rows {
+            self.notifiers.wake(&message.to);
+            self.bus.publish(Event::MessageSent {
+                message: Arc::new(message),
+            });
+        }
+        Ok(ids)
+    }
+
+    /// The inboxes a send reaches, checked against the registry and the sender's allow-list.
+    fn resolve(&self, from: &Sender, to: &Recipient) -> Result<Vec<String>> {
+        let sender_record = match from {
+            Sender::Agent(name) => {
+                Some(self.registry.get(name).ok_or_else(|| Error::NotFound {
+                    what: format!("sending agent '{name}'"),
+                })?)
+            }
+            Sender::Operator | Sender::System => None,
+        };
+        let may_send =
+            |name: &AgentName| sender_record.as_ref().is_none_or(|r| r.may_send_to(name));
+        match to {
+            Recipient::Operator => {
+                if *from == Sender::Operator {
+                    return Err(Error::SendToSelf);
+                }
+                Ok(vec!["operator".to_owned()])
+            }
+            Recipient::Agent(name) => {
+                if matches!(from, Sender::Agent(me) if me == name) {
+                    return Err(Error::SendToSelf);
+                }
+                if self.registry.get(name).is_none() {
+                    return Err(Error::UnknownAgent {
+                        name: name.to_string(),
+                        allowed: self.allowed_for(from),
+                    });
+                }
+                if !may_send(name) {
+                    return Err(Error::NotAllowed {
+                        name: name.to_string(),
+                        allowed: self.allowed_for(from),
+                    });
+                }
+                Ok(vec![name.to_string()])
+            }
+            Recipient::Broadcast => {
+                let all: Vec<String> = self
+                    .registry
+                    .names()
+                    .into_iter()
+                    .filter(|n| !matches!(from, Sender::Agent(me) if me == n) && may_send(n))
+                    .map(|n| n.to_string())
+                    .collect();
+                if all.is_empty() {
+                    return Err(Error::invalid(
+                        "to",
+                        "'*' reaches nobody: there is no other agent",
+                    ));
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// Whom `from` may write to, for error messages.
+    fn allowed_for(&self, from: &Sender) -> Vec<String> {
+        let me = match from {
+            Sender::Agent(name) => self.registry.get(name),
+            _ => None,
+        };
+        let mut names: Vec<String> = self
+            .registry
+            .names()
+            .into_iter()
+            .filter(|n| me.as_ref().is_none_or(|r| &r.name != n && r.may_send_to(n)))
+            .map(|n| n.to_string())
+            .collect();
+        if *from != Sender::Operator {
+            names.push("operator".into());
+        }
+        names
+    }
+
+    /// Takes up to `limits.max` queued messages of `inbox`, oldest first, marking them delivered.
+    /// With none queued, waits up to `limits.wait` for a send to wake it.
+    pub async fn recv(&self, inbox: &Inbox, limits: RecvLimits) -> Result<Vec<Message>> {
+        let key = inbox.as_str().to_owned();
+        let taken = self
+            .wait_for(&key, limits.wait, || {
+                let key = key.clone();
+                self.store
+                    .write(move |c| take_delivered(c, &key, limits.max))
+            })
+            .await?;
+        if let Some(taken) = &taken {
+            self.bus.publish(Event::MessageDelivered {
+                ids: taken.iter().map(|m| m.id).collect(),
+                to: key,
+            });
+        }
+        Ok(taken.unwrap_or_default())
+    }
+
+    /// Runs `take` until it finds something or `wait` passes, sleeping on the inbox's notifier.
+    /// `None` means nothing came.
+    async fn wait_for<T, F, Fut>(&self, inbox: &str, wait: Duration, take: F) -> Result<Option<T>>
+    where
+        T: Taken,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        // Subscribe before looking, so a send that commits between the look and the wait wakes us.
+        let mut woken = self.notifiers.subscribe(inbox);
+        let deadline = Instant::now() + wait;
+        loop {
+            let got = take().await?;
+            if !got.is_nothing() {
+                return Ok(Some(got));
+            }
+            match tokio::time::timeout_at(deadline, woken.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out (or the notifier is gone, which only happens at shutdown).
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// The harness's take: leases the oldest queued message of `agent` to a new turn. With none
+    /// queued, waits up to `wait`.
+    pub async fn next_turn(&self, agent: &AgentName, wait: Duration) -> Result<Option<Turn>> {
+        if wait > Duration::from_secs(MAX_WAIT_SECONDS) {
+            return Err(Error::invalid(
+                "wait_seconds",
+                format!("wait at most {MAX_WAIT_SECONDS} seconds"),
+            ));
+        }
+        let key = agent.to_string();
+        self.wait_for(&key, wait, || {
+            let key = key.clone();
+            self.store.write(move |c| lease_oldest(c, &key))
+        })
+        .await
+        .map(Option::flatten)
+    }
+
+    /// Ends a turn: its message becomes delivered. `outcome` and `usage` are kept on the turn.
+    pub async fn finish_turn(
+        &self,
+        agent: &AgentName,
+        turn: i64,
+        outcome: &str,
+        usage: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let key = agent.to_string();
+        let outcome = outcome.to_owned();
+        let usage = usage.map(|u| u.to_string());
+        let message_id = self
+            .store
+            .write(move |c| {
+                let now = unix_millis();
+                let message_id: Option<i64> = c
+                    .prepare_cached(
+                        "UPDATE turns SET finished_at = ?1, outcome = ?2, usage = ?3
+                         WHERE id = ?4 AND agent = ?5 AND finished_at IS NULL
+                         RETURNING message_id",
+                    )?
+                    .query_row(params![now, outcome, usage, turn, key], |r| r.get(0))
+                    .optional()?;
+                let Some(message_id) = message_id else {
+                    return Err(Error::NotFound {
+                        what: format!("open turn {turn}"),
+                    });
+                };
+                c.prepare_cached(
+                    "UPDATE messages SET state = 'delivered', delivered_at = ?1, lease_turn = NULL
+                     WHERE id = ?2 AND state = 'leased' AND lease_turn = ?3",
+                )?
+                .execute(params![now, message_id, turn])?;
+                Ok(message_id)
+            })
+            .await?;
+        self.bus.publish(Event::MessageDelivered {
+            ids: vec![message_id],
+            to: agent.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Returns every message leased to `agent`'s unfinished turns to its queue, flagged
+    /// `redelivered`: called when the agent stops or its harness goes away. Returns how many.
+    pub async fn release_leases(&self, agent: &AgentName) -> Result<usize> {
+        let key = agent.to_string();
+        let released = self.store.write(move |c| release(c, Some(&key))).await?;
+        if released > 0 {
+            self.notifiers.wake(agent.as_str());
+        }
+        Ok(released)
+    }
+
+    /// Releases the leases of every agent: at daemon start no harness holds a turn.
+    pub async fn release_all_leases(&self) -> Result<usize> {
+        self.store.write(|c| release(c, None)).await
+    }
+
+    /// Deletes delivered messages older than `retention` (queued and leased ones are never
+    /// deleted). Returns how many went.
+    pub async fn vacuum(&self, retention: Duration) -> Result<usize> {
+        let cutoff = unix_millis() - retention.as_millis() as i64;
+        self.store
+            .write(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM messages WHERE state = 'delivered' AND delivered_at < ?1",
+                    [cutoff],
+                )?)
+            })
+            .await
+    }
+
+    /// The newest `limit` messages, oldest first; only those from or to `agent` when given.
+    pub async fn history(&self, agent: Option<String>, limit: usize) -> Result<Vec<Message>> {
+        self.store
+            .read(move |c| {
+                let mut rows = match &agent {
+                    Some(who) => c
+                        .prepare_cached(&format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
+                               SELECT id FROM messages WHERE sender = ?1
+                               UNION SELECT id FROM messages WHERE recipient = ?1
+                               ORDER BY id DESC LIMIT ?2)
+                             ORDER BY id"
+                        ))?
+                        .query_map(params![who, limit as i64], message_from_row)?
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None => c
+                        .prepare_cached(&format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id DESC LIMIT ?1"
+                        ))?
+                        .query_map([limit as i64], message_from_row)?
+                        .collect::<Result<Vec<_>, _>>()?,
+                };
+                rows.sort_by_key(|m| m.id);
+                Ok(rows)
+            })
+            .await
+    }
+
+    /// The newest `limit` messages to `inbox`, oldest first, whatever their state. Marks nothing.
+    pub async fn inbox(&self, inbox: &Inbox, limit: usize) -> Result<Vec<Message>> {
+        let key = inbox.as_str().to_owned();
+        self.store
+            .read(move |c| {
+                let mut rows = c
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?1
+                         ORDER BY id DESC LIMIT ?2"
+                    ))?
+                    .query_map(params![key, limit as i64], message_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.reverse();
+                Ok(rows)
+            })
+            .await
+    }
+
+    /// Counts of messages by state (for `hive status`).
+    pub async fn counts(&self) -> Result<MessageCounts> {
+        self.store
+            .read(|c| {
+                let mut counts = MessageCounts::default();
+                let mut stmt = c.prepare("SELECT state, count(*) FROM messages GROUP BY state")?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let n = row.get::<_, i64>(1)? as u64;
+                    match MessageState::parse(&row.get::<_, String>(0)?) {
+                        MessageState::Queued => counts.queued = n,
+                        MessageState::Leased => counts.leased = n,
+                        MessageState::Delivered => counts.delivered = n,
+                    }
+                }
+                Ok(counts)
+            })
+            .await
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MessageCounts {
+    pub queued: u64,
+    pub leased: u64,
+    pub delivered: u64,
+}
+
+/// What a take found; "nothing" sends the waiter back to sleep.
+trait Taken {
+    fn is_nothing(&self) -> bool;
+}
+
+impl Taken for Vec<Message> {
+    fn is_nothing(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Taken for Option<Turn> {
+    fn is_nothing(&self) -> bool {
+        self.is_none()
+    }
+}
+
+fn insert_messages(
+    c: &Connection,
+    sender: &str,
+    recipients: &[String],
+    body: &str,
+    in_reply_to: Option<i64>,
+) -> Result<Vec<Message>> {
+    if let Some(id) = in_reply_to {
+        let exists = c
+            .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?
+            .exists([id])?;
+        if !exists {
+            return Err(Error::NotFound {
+                what: format!("message {id} (in_reply_to)"),
+            });
+        }
+    }
+    let now = unix_millis();
+    let mut insert = c.prepare_cached(
+        "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut rows = Vec::with_capacity(recipients.len());
+    for to in recipients {
+        insert.execute(params![sender, to, body, in_reply_to, now])?;
+        rows.push(Message {
+            id: c.last_insert_rowid(),
+            from: sender.to_owned(),
+            to: to.clone(),
+            body: body.to_owned(),
+            in_reply_to,
+            sent_at: now,
+            state: MessageState::Queued,
+            delivered_at: None,
+            redelivered: false,
+        });
+    }
+    Ok(rows)
+}
+
+fn take_delivered(c: &Connection, inbox: &str, max: usize) -> Result<Vec<Message>> {
+    let mut messages = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE recipient = ?1 AND state = 'queued' ORDER BY id LIMIT ?2"
+        ))?
+        .query_map(params![inbox, max as i64], message_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    if messages.is_empty() {
+        return Ok(messages);
+    }
+    let now = unix_millis();
+    let mut mark = c.prepare_cached(
+        "UPDATE messages SET state = 'delivered', delivered_at = ?1 WHERE id = ?2",
+    )?;
+    for m in &mut messages {
+        mark.execute(params![now, m.id])?;
+        m.state = MessageState::Delivered;
+        m.delivered_at = Some(now);
+    }
+    Ok(messages)
+}
+
+fn lease_oldest(c: &Connection, agent: &str) -> Result<Option<Turn>> {
+    let message = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE recipient = ?1 AND state = 'queued' ORDER BY id LIMIT 1"
+        ))?
+        .query_row([agent], message_from_row)
+        .optional()?;
+    let Some(mut message) = message else {
+        return Ok(None);
+    };
+    c.prepare_cached("INSERT INTO turns (agent, message_id, started_at) VALUES (?1, ?2, ?3)")?
+        .execute(params![agent, message.id, unix_millis()])?;
+    let turn = c.last_insert_rowid();
+    c.prepare_cached("UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2")?
+        .execute(params![turn, message.id])?;
+    message.state = MessageState::Leased;
+    Ok(Some(Turn { turn, message }))
+}
+
+fn release(c: &Connection, agent: Option<&str>) -> Result<usize> {
+    let now = unix_millis();
+    c.execute(
+        "UPDATE turns SET finished_at = ?1, outcome = 'abandoned'
+         WHERE finished_at IS NULL AND (?2 IS NULL OR agent = ?2)",
+        params![now, agent],
+    )?;
+    Ok(c.execute(
+        "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1
+         WHERE state = 'leased' AND (?1 IS NULL OR recipient = ?1)",
+        params![agent],
+    )?)
+}

@@ -1,0 +1,100 @@
+//! `StateDir`: every on-disk path of a hive (DESIGN §3). Nothing else in the hive joins strings into
+//! paths; per-agent paths take an [`AgentName`], which can hold no `/` or `..`.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::names::AgentName;
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// A state dir at `root`. Nothing is created until [`StateDir::create`].
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `/var/lib/hyperhive` as root, `$XDG_STATE_HOME/hyperhive` (or `~/.local/state/hyperhive`)
+    /// otherwise.
+    pub fn default_root() -> PathBuf {
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/hyperhive");
+        }
+        if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("hyperhive");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+        PathBuf::from(home).join(".local/state/hyperhive")
+    }
+
+    /// Creates the dirs the daemon needs (the root 0700, `run/` 0755).
+    pub fn create(&self) -> Result<()> {
+        make_dir(&self.root, 0o700)?;
+        make_dir(&self.run_dir(), 0o755)?;
+        make_dir(&self.run_dir().join("agents"), 0o755)?;
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("hive.toml")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.join("hive.db")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("hive.lock")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.run_dir().join("admin.sock")
+    }
+
+    /// `run/agents/<name>/`: the directory bound at `/run/hive` inside the agent's container.
+    pub fn agent_run_dir(&self, agent: &AgentName) -> PathBuf {
+        self.run_dir().join("agents").join(agent.as_str())
+    }
+
+    /// `agents/<name>/`: the agent's proposed config repo and its state.
+    pub fn agent_dir(&self, agent: &AgentName) -> PathBuf {
+        self.root.join("agents").join(agent.as_str())
+    }
+}
+
+/// Creates `dir` (and parents) and sets its mode, also when it already existed.
+pub fn make_dir(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("cannot set the mode of {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_agent_paths_stay_inside() {
+        let dir = StateDir::new("/s");
+        let a = AgentName::parse("alice").unwrap();
+        assert_eq!(dir.agent_run_dir(&a), Path::new("/s/run/agents/alice"));
+        assert_eq!(dir.admin_socket(), Path::new("/s/run/admin.sock"));
+    }
+}

@@ -1,0 +1,187 @@
+//! The agent registry: who exists in the hive. The `agents` table is the truth; an in-memory copy
+//! answers the hot path (every send checks its recipient) without a read.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::names::AgentName;
+use crate::store::{Store, unix_millis};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    Manager,
+    Agent,
+}
+
+impl AgentKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Manager => "manager",
+            Self::Agent => "agent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRecord {
+    pub name: AgentName,
+    pub kind: AgentKind,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Empty = may write to anyone (DESIGN §6).
+    pub allowed_recipients: Vec<AgentName>,
+}
+
+impl AgentRecord {
+    /// Whether this agent may send to `to` (an agent). The manager may always; others when their
+    /// allow-list is empty or names `to`, and always to the manager.
+    pub fn may_send_to(&self, to: &AgentName) -> bool {
+        self.kind == AgentKind::Manager
+            || self.allowed_recipients.is_empty()
+            || to.is_manager()
+            || self.allowed_recipients.contains(to)
+    }
+}
+
+pub struct Registry {
+    store: Store,
+    agents: RwLock<BTreeMap<AgentName, AgentRecord>>,
+}
+
+impl Registry {
+    /// Loads every agent record from the store.
+    pub async fn load(store: Store) -> Result<Self> {
+        let agents = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT name, kind, created_at, allowed_recipients FROM agents ORDER BY name",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?;
+                let mut agents = BTreeMap::new();
+                for row in rows {
+                    let (name, kind, created_at, allowed) = row?;
+                    let record = decode(&name, &kind, created_at, &allowed).map_err(|reason| {
+                        Error::Conflict(format!("stored agent '{name}' is unreadable: {reason}"))
+                    })?;
+                    agents.insert(record.name.clone(), record);
+                }
+                Ok(agents)
+            })
+            .await?;
+        Ok(Self {
+            store,
+            agents: RwLock::new(agents),
+        })
+    }
+
+    /// Creates the manager's record if it does not exist yet.
+    pub async fn ensure_manager(&self) -> Result<()> {
+        if self.get(&AgentName::manager()).is_some() {
+            return Ok(());
+        }
+        self.register(AgentName::manager(), AgentKind::Manager)
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds an agent. A name that exists already is a conflict and changes nothing.
+    pub async fn register(&self, name: AgentName, kind: AgentKind) -> Result<AgentRecord> {
+        if self.get(&name).is_some() {
+            return Err(Error::Conflict(format!("agent '{name}' exists already")));
+        }
+        let record = AgentRecord {
+            name,
+            kind,
+            created_at: unix_millis(),
+            allowed_recipients: Vec::new(),
+        };
+        let row = record.clone();
+        self.store
+            .write(move |c| {
+                let inserted = c.execute(
+                    "INSERT INTO agents (name, kind, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![row.name.as_str(), row.kind.as_str(), row.created_at],
+                )?;
+                if inserted == 0 {
+                    return Err(Error::Conflict(format!(
+                        "agent '{}' exists already",
+                        row.name
+                    )));
+                }
+                Ok(())
+            })
+            .await?;
+        self.agents
+            .write()
+            .expect("registry lock")
+            .insert(record.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    pub fn get(&self, name: &AgentName) -> Option<AgentRecord> {
+        self.agents
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<AgentRecord> {
+        self.agents
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<AgentName> {
+        self.agents
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.read().expect("registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn decode(name: &str, kind: &str, created_at: i64, allowed: &str) -> Result<AgentRecord, String> {
+    let name = AgentName::parse(name).map_err(|e| e.to_string())?;
+    let kind = match kind {
+        "manager" => AgentKind::Manager,
+        "agent" => AgentKind::Agent,
+        other => return Err(format!("unknown kind '{other}'")),
+    };
+    let allowed: Vec<String> = serde_json::from_str(allowed).map_err(|e| e.to_string())?;
+    let allowed_recipients = allowed
+        .iter()
+        .map(|n| AgentName::parse(n).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    Ok(AgentRecord {
+        name,
+        kind,
+        created_at,
+        allowed_recipients,
+    })
+}

@@ -1,0 +1,320 @@
+//! The sqlite store (DESIGN §5): one file in WAL mode, numbered append-only migrations, ONE writer
+//! thread that owns the only write connection, and a small pool of read-only connections.
+//!
+//! The writer drains whatever requests are waiting (up to [`MAX_BATCH`]), runs them in one
+//! transaction — each inside its own SAVEPOINT, so a failing request is rolled back alone — commits
+//! once, and only then answers each request (group commit: 64 concurrent writers pay for one commit).
+//! Nothing outside this module opens a write connection to `hive.db`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::config::Synchronous;
+use crate::error::{Error, Result};
+
+/// The most requests committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Read connections kept open when idle.
+const IDLE_READERS: usize = 4;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the number applied. Append only:
+/// never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_core.sql")];
+
+/// Milliseconds since the Unix epoch: the one clock of stored timestamps.
+pub fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What a write request gives the writer: whether it succeeded (to release or roll back its
+/// savepoint), and what to do once the transaction's fate is known.
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+enum Request {
+    Write(Job),
+    Stop,
+}
+
+/// A cheap handle to the store; clones share the writer and the read pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<Request>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and starts the
+    /// writer thread.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {};
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+            synchronous.pragma()
+        ))?;
+        migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("hive-store-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| Error::io("cannot start the store writer thread", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: tx,
+                writer_thread: Mutex::new(Some(thread)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` inside the next group-commit transaction and returns its value once that transaction
+    /// has COMMITTED. If `f` fails, only its own changes are rolled back.
+    ///
+    /// A request whose caller has gone away (the future was dropped) before the writer reaches it
+    /// is skipped: nothing unacknowledged is done on behalf of nobody.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn| {
+            if tx.is_closed() {
+                return (false, Box::new(|_| {}));
+            }
+            let result = f(conn);
+            let ok = result.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let answer = match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(Error::Internal(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(answer);
+            });
+            (ok, done)
+        });
+        self.inner
+            .writer
+            .send(Request::Write(job))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Runs `f` on a read-only connection on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Runs `f` on a read-only connection on this thread.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.inner.readers.lock().expect("reader pool").pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.inner.readers.lock().expect("reader pool");
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Finishes every write already queued, commits, and stops the writer. Later writes fail with
+    /// [`Error::ShuttingDown`].
+    pub fn close(&self) {
+        let _ = self.inner.writer.send(Request::Stop);
+        if let Some(thread) = self
+            .inner
+            .writer_thread
+            .lock()
+            .expect("writer handle")
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(Error::Conflict(format!(
+            "the database is at schema version {applied}, newer than this hive knows ({}); \
+             run a newer hyperhive",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = Vec::with_capacity(16);
+        match first {
+            Request::Write(job) => batch.push(job),
+            Request::Stop => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Request::Write(job)) => batch.push(job),
+                Ok(Request::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, batch);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Dropping the jobs drops their answer channels: each caller gets an error, none has run.
+        tracing::error!(error = %e, requests = batch.len(), "cannot begin a transaction");
+        return;
+    }
+    for job in batch {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            tracing::error!(error = %e, "cannot open a savepoint");
+        }
+        let (ok, done) = match catch_unwind(AssertUnwindSafe(|| job(conn))) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::error!("a store request panicked; its changes are rolled back");
+                (false, Box::new(|_| {}) as Completion)
+            }
+        };
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!(error = %e, "cannot close a savepoint");
+        }
+        completions.push(done);
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        tracing::error!(error = %e, "commit failed; the batch is rolled back");
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    });
+    for done in completions {
+        done(commit.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_rolls_back_alone() {
+        let (_dir, store) = open();
+        let ok = store.write(|c| {
+            c.execute(
+                "INSERT INTO agents(name, kind, created_at) VALUES ('a', 'agent', 0)",
+                [],
+            )?;
+            Ok(())
+        });
+        let bad = store.write(|c| {
+            c.execute(
+                "INSERT INTO agents(name, kind, created_at) VALUES ('b', 'agent', 0)",
+                [],
+            )?;
+            Err::<(), _>(Error::invalid("x", "refused"))
+        });
+        let (ok, bad) = tokio::join!(ok, bad);
+        ok.unwrap();
+        assert_eq!(bad.unwrap_err().code(), "invalid_argument");
+        let names: Vec<String> = store
+            .read(|c| {
+                let mut s = c.prepare("SELECT name FROM agents ORDER BY name")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, ["a"]);
+    }
+
+    #[tokio::test]
+    async fn writes_after_close_fail_cleanly() {
+        let (_dir, store) = open();
+        store.close();
+        let err = store.write(|_| Ok(())).await.unwrap_err();
+        assert_eq!(err.code(), "shutting_down");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 999)
+            .unwrap();
+        let err = Store::open(&path, Synchronous::Normal).err().unwrap();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

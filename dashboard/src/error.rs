@@ -1,0 +1,71 @@
+//! The one translation of errors into HTTP: a status and `{"error":{"code","message"}}`. Internal
+//! errors are logged with their detail and shown to clients only as "internal error".
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<broker::Error> for ApiError {
+    fn from(e: broker::Error) -> Self {
+        use broker::Error as E;
+        let status = match &e {
+            E::InvalidName(_) | E::InvalidArgument { .. } | E::SendToSelf => {
+                StatusCode::BAD_REQUEST
+            }
+            E::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::UnknownAgent { .. } | E::NotFound { .. } => StatusCode::NOT_FOUND,
+            E::NotAllowed { .. } => StatusCode::FORBIDDEN,
+            E::Conflict(_) => StatusCode::CONFLICT,
+            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::Internal(_) | E::Store(_) | E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if e.is_internal() {
+            tracing::error!(error = %e, "internal error answering an API request");
+            return Self::new(status, e.code(), "internal error");
+        }
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_json",
+        };
+        Self::new(status, code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,107 @@
+//! The `hive` command line: the clap definitions and the dispatch, one file per command group.
+//! Every command but `serve` and `check-config` is a client of the admin socket.
+
+mod client;
+mod config;
+mod messages;
+mod output;
+mod serve;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "hive",
+    version,
+    about = "Run and steer a hive of AI agents",
+    long_about = "hyperhive runs a hive of AI agents, each in its own container, talking through a \
+durable mailbox. `hive serve` is the daemon; every other command talks to it over its admin socket \
+(run/admin.sock in the state dir).",
+    after_help = "Start a hive:   hive serve\nIn another shell:  hive status; hive send manager 'hello'"
+)]
+pub struct Cli {
+    /// The hive's state dir [default: /var/lib/hyperhive as root, else $XDG_STATE_HOME/hyperhive]
+    #[arg(long, global = true, env = "HIVE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Log format of the daemon and of client diagnostics (filter with RUST_LOG)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hive daemon in the foreground
+    Serve(serve::ServeArgs),
+    /// Check a hive.toml and exit non-zero with the key and the reason when it is wrong
+    CheckConfig(config::CheckConfigArgs),
+    /// Show whether the hive is running, and its counts
+    Status(status::StatusArgs),
+    /// List the agents
+    Agents(status::AgentsArgs),
+    /// Send a message as the operator (TO: an agent, or `*` for every agent)
+    Send(messages::SendArgs),
+    /// Show the operator's inbox; --follow waits for new messages and marks them read
+    Inbox(messages::InboxArgs),
+    /// Show the message flow between agents; --follow streams it live
+    Messages(messages::MessagesArgs),
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, matches!(cli.command, Command::Serve(_)));
+    let state_dir = cli
+        .state_dir
+        .unwrap_or_else(broker::paths::StateDir::default_root);
+    let state = broker::paths::StateDir::new(state_dir);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(state, args),
+        Command::CheckConfig(args) => config::run(&state, args),
+        Command::Status(args) => status::status(&state, args),
+        Command::Agents(args) => status::agents(&state, args),
+        Command::Send(args) => messages::send(&state, args),
+        Command::Inbox(args) => messages::inbox(&state, args),
+        Command::Messages(args) => messages::messages(&state, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hive: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, daemon: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if daemon { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A tokio runtime for one client command.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,110 @@
+//! `hive serve`: the daemon. Takes the state dir's lock, opens the hive, serves the admin socket,
+//! tells systemd it is ready (and pings its watchdog), and on SIGTERM or SIGINT stops accepting,
+//! lets in-flight requests and commits finish, and exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use broker::config::Config;
+use broker::lock::DaemonLock;
+use broker::paths::StateDir;
+use broker::{Hive, paths};
+use dashboard::admin_socket::{self, PeerPolicy};
+use dashboard::api::{self, ApiState};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file [default: hive.toml in the state dir, if it exists]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(state: StateDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(file) => Config::load(file, false)?,
+        None => Config::load(&state.config_file(), true)?,
+    };
+    state.create()?;
+    let _lock = DaemonLock::acquire(&state.lock_file(), state.root())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hive")
+        .build()?;
+    runtime.block_on(serve(state, config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    let hive = Hive::open(state.clone(), config)
+        .await
+        .with_context(|| format!("cannot open the hive in {}", state.root().display()))?;
+    paths::make_dir(&state.run_dir(), 0o755)?;
+    let admin_path = state.admin_socket();
+    let listener = admin_socket::bind(&admin_path)
+        .with_context(|| format!("cannot listen on {}", admin_path.display()))?;
+    hive.spawn_upkeep(shutdown.clone());
+    let app = api::router(ApiState {
+        hive: hive.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let server = tokio::spawn(admin_socket::serve(
+        listener,
+        app,
+        PeerPolicy::current(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        state_dir = %state.root().display(),
+        admin_socket = %admin_path.display(),
+        synchronous = %hive.config.store.synchronous,
+        "hive is ready"
+    );
+    notify_systemd(&[NotifyState::Ready]);
+    spawn_watchdog(shutdown.clone());
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    notify_systemd(&[NotifyState::Stopping]);
+    shutdown.cancel();
+    let _ = server.await;
+    // Commits already queued finish before the writer stops.
+    hive.close();
+    let _ = std::fs::remove_file(&admin_path);
+    tracing::info!("hive stopped");
+    Ok(())
+}
+
+fn notify_systemd(state: &[NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the daemon runs.
+fn spawn_watchdog(shutdown: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => notify_systemd(&[NotifyState::Watchdog]),
+            }
+        }
+    });
+}

@@ -1,0 +1,79 @@
+//! `hive status` and `hive agents`.
+
+use std::process::ExitCode;
+
+use broker::paths::StateDir;
+
+use super::client::AdminClient;
+use super::output;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AgentsArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let s = super::client_runtime()?.block_on(AdminClient::new(state).get("/api/v1/status"))?;
+    if args.json {
+        output::json(&s);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "hive {} is running (pid {}, up {}s)",
+        s["version"].as_str().unwrap_or("?"),
+        s["pid"],
+        s["uptime_seconds"]
+    );
+    println!("state dir:   {}", s["state_dir"].as_str().unwrap_or("?"));
+    println!(
+        "store:       synchronous = {}",
+        s["synchronous"].as_str().unwrap_or("?")
+    );
+    println!("agents:      {}", s["agents"]);
+    let m = &s["messages"];
+    println!(
+        "messages:    {} queued, {} in a turn, {} delivered",
+        m["queued"], m["leased"], m["delivered"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
+    let list = super::client_runtime()?.block_on(AdminClient::new(state).get("/api/v1/agents"))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let allowed = a["allowed_recipients"]
+                .as_array()
+                .map(|v| v.len())
+                .unwrap_or(0);
+            vec![
+                a["name"].as_str().unwrap_or("?").to_owned(),
+                a["kind"].as_str().unwrap_or("?").to_owned(),
+                output::time(&a["created_at"]),
+                if allowed == 0 {
+                    "anyone".into()
+                } else {
+                    format!("{allowed} names")
+                },
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "KIND", "CREATED (UTC)", "MAY WRITE TO"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
