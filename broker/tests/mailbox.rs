@@ -1,0 +1,504 @@
+//! The mailbox against a real sqlite file: wake-ups, durability of order, leases, bad input.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::Hive;
+use broker::config::Config;
+use broker::mailbox::{MessageState, RecvLimits};
+use broker::names::{AgentName, Inbox, Recipient, Sender};
+use broker::paths::StateDir;
+use broker::registry::AgentKind;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    hive: Arc<Hive>,
+}
+
+async fn hive_with(config: Config, agents: &[&str]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path());
+    state.create().unwrap();
+    let hive = Hive::open(state, config).await.unwrap();
+    for a in agents {
+        hive.registry
+            .register(name(a), AgentKind::Agent)
+            .await
+            .unwrap();
+    }
+    Fixture { _dir: dir, hive }
+}
+
+async fn hive(agents: &[&str]) -> Fixture {
+    hive_with(Config::default(), agents).await
+}
+
+fn name(s: &str) -> AgentName {
+    AgentName::parse(s).unwrap()
+}
+
+fn agent(s: &str) -> Sender {
+    Sender::Agent(name(s))
+}
+
+fn to(s: &str) -> Recipient {
+    Recipient::parse(s).unwrap()
+}
+
+fn inbox(s: &str) -> Inbox {
+    Inbox::Agent(name(s))
+}
+
+/// (rows in agents, rows in messages, rows in turns, sum of message states as text): what "nothing
+/// changed" is checked against.
+async fn snapshot(hive: &Hive) -> (i64, i64, i64, String) {
+    hive.store
+        .read(|c| {
+            let count = |t: &str| -> rusqlite::Result<i64> {
+                c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            };
+            let states: String = c.query_row(
+                "SELECT coalesce(group_concat(id || ':' || state || ':' || redelivered, ','), '')
+                 FROM messages",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((
+                count("agents")?,
+                count("messages")?,
+                count("turns")?,
+                states,
+            ))
+        })
+        .await
+        .unwrap()
+}
+
+fn limits(wait: u64, max: u64) -> RecvLimits {
+    RecvLimits::new(wait, max).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_recv_wakes_on_the_send_not_at_its_timeout() {
+    let f = hive(&["alice", "bob"]).await;
+    let hive = f.hive.clone();
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        let got = hive
+            .mailbox
+            .recv(&inbox("bob"), limits(60, 32))
+            .await
+            .unwrap();
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent_at = Instant::now();
+    let ids = f
+        .hive
+        .mailbox
+        .send(&agent("alice"), &to("bob"), "hi bob".into(), None)
+        .await
+        .unwrap();
+    let (got, _) = waiter.await.unwrap();
+    let woke_after_send = sent_at.elapsed();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, ids[0]);
+    assert_eq!(got[0].body, "hi bob");
+    assert_eq!(got[0].from, "alice");
+    assert_eq!(got[0].state, MessageState::Delivered);
+    assert!(
+        woke_after_send < Duration::from_millis(100),
+        "woke {woke_after_send:?} after the send"
+    );
+    // Taken once: a second recv finds nothing.
+    let again = f
+        .hive
+        .mailbox
+        .recv(&inbox("bob"), limits(0, 32))
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+}
+
+#[tokio::test]
+async fn with_no_send_recv_returns_empty_at_its_timeout() {
+    let f = hive(&["bob"]).await;
+    let started = Instant::now();
+    let got = f
+        .hive
+        .mailbox
+        .recv(&inbox("bob"), limits(1, 32))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(got.is_empty());
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_went_away_marks_nothing_delivered() {
+    let f = hive(&["alice", "bob"]).await;
+    let hive = f.hive.clone();
+    let waiter =
+        tokio::spawn(async move { hive.mailbox.recv(&inbox("bob"), limits(60, 32)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    waiter.abort();
+    let _ = waiter.await;
+    let ids = f
+        .hive
+        .mailbox
+        .send(&agent("alice"), &to("bob"), "still here?".into(), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, _, _, states) = snapshot(&f.hive).await;
+    assert_eq!(states, format!("{}:queued:0", ids[0]));
+    let got = f
+        .hive
+        .mailbox
+        .recv(&inbox("bob"), limits(0, 32))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_senders_lose_nothing_and_keep_their_order() {
+    const SENDERS: usize = 100;
+    const EACH: usize = 100;
+    let names: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let f = hive(&refs).await;
+    let mut tasks = Vec::new();
+    for sender in names.clone() {
+        let hive = f.hive.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                hive.mailbox
+                    .send(
+                        &agent(&sender),
+                        &to("manager"),
+                        format!("{sender}:{n}"),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut total = 0;
+    loop {
+        let got = f
+            .hive
+            .mailbox
+            .recv(&Inbox::Agent(AgentName::manager()), limits(0, 32))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for m in got {
+            let (sender, n) = m.body.split_once(':').unwrap();
+            assert_eq!(sender, m.from);
+            let next = seen.entry(sender.to_owned()).or_default();
+            assert_eq!(n.parse::<usize>().unwrap(), *next, "order of {sender}");
+            *next += 1;
+            total += 1;
+        }
+    }
+    assert_eq!(total, SENDERS * EACH);
+    assert!(seen.values().all(|&n| n == EACH));
+}
+
+#[tokio::test]
+async fn an_unfinished_lease_is_delivered_again_flagged() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive.mailbox;
+    let first = mb
+        .send(&agent("alice"), &to("bob"), "do the thing".into(), None)
+        .await
+        .unwrap()[0];
+    let turn = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(turn.message.id, first);
+    assert!(!turn.message.redelivered);
+    // Leased: neither recv nor another next_turn sees it.
+    assert!(
+        mb.recv(&inbox("bob"), limits(0, 32))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        mb.next_turn(&name("bob"), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The agent stops before finishing.
+    assert_eq!(mb.release_leases(&name("bob")).await.unwrap(), 1);
+    let again = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.message.id, first);
+    assert!(again.message.redelivered);
+    assert_ne!(again.turn, turn.turn);
+
+    // The old turn cannot finish any more; the new one can, once.
+    let err = mb
+        .finish_turn(&name("bob"), turn.turn, "ok", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "not_found");
+    mb.finish_turn(
+        &name("bob"),
+        again.turn,
+        "ok",
+        Some(serde_json::json!({"in": 3})),
+    )
+    .await
+    .unwrap();
+    let err = mb
+        .finish_turn(&name("bob"), again.turn, "ok", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "not_found");
+    let (_, _, turns, states) = snapshot(&f.hive).await;
+    assert_eq!(turns, 2);
+    assert_eq!(states, format!("{first}:delivered:1"));
+}
+
+#[tokio::test]
+async fn a_restart_returns_leases_to_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path());
+    state.create().unwrap();
+    let hive = Hive::open(state.clone(), Config::default()).await.unwrap();
+    hive.registry
+        .register(name("bob"), AgentKind::Agent)
+        .await
+        .unwrap();
+    let id = hive
+        .mailbox
+        .send(&Sender::Operator, &to("bob"), "x".into(), None)
+        .await
+        .unwrap()[0];
+    hive.mailbox
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    hive.close();
+    drop(hive);
+    let hive = Hive::open(state, Config::default()).await.unwrap();
+    let turn = hive
+        .mailbox
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(turn.message.id, id);
+    assert!(turn.message.redelivered);
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_other_agent_and_replies_link() {
+    let f = hive(&["alice", "bob", "carol"]).await;
+    let mb = &f.hive.mailbox;
+    let ids = mb
+        .send(&agent("alice"), &to("*"), "all hands".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3, "bob, carol and the manager");
+    let got = mb.recv(&inbox("carol"), limits(0, 32)).await.unwrap();
+    assert_eq!(got[0].body, "all hands");
+    assert!(
+        mb.recv(&inbox("alice"), limits(0, 32))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let reply = mb
+        .send(&agent("carol"), &to("alice"), "ack".into(), Some(got[0].id))
+        .await
+        .unwrap();
+    let got = mb.recv(&inbox("alice"), limits(0, 32)).await.unwrap();
+    assert_eq!(got[0].id, reply[0]);
+    assert_eq!(got[0].in_reply_to, Some(ids[1]));
+
+    let to_op = mb
+        .send(&agent("bob"), &to("operator"), "hello human".into(), None)
+        .await
+        .unwrap();
+    let listed = mb.inbox(&Inbox::Operator, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|m| m.id).collect::<Vec<_>>(), to_op);
+    assert_eq!(
+        listed[0].state,
+        MessageState::Queued,
+        "listing marks nothing"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
+    let mut config = Config::default();
+    config.mailbox.max_body_bytes = 1024;
+    let f = hive_with(config, &["alice"]).await;
+    let mb = &f.hive.mailbox;
+    mb.send(&Sender::Operator, &to("alice"), "before".into(), None)
+        .await
+        .unwrap();
+    let before = snapshot(&f.hive).await;
+
+    for bad in ["../x", "a/b", "Manager", "", &"a".repeat(300), "system"] {
+        let e = Recipient::parse(bad).unwrap_err();
+        assert!(e.to_string().contains(if bad == "system" {
+            "reserved"
+        } else {
+            "invalid agent name"
+        }));
+        let e = AgentName::parse(bad).unwrap_err();
+        assert!(!e.to_string().is_empty());
+    }
+    // `operator` is a recipient but never an agent.
+    assert!(
+        AgentName::parse("operator")
+            .unwrap_err()
+            .to_string()
+            .contains("reserved")
+    );
+
+    let cases: Vec<(&str, broker::Error)> = vec![
+        (
+            "unknown_agent",
+            mb.send(&agent("alice"), &to("bob"), "x".into(), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "send_to_self",
+            mb.send(&agent("alice"), &to("alice"), "x".into(), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "send_to_self",
+            mb.send(&Sender::Operator, &to("operator"), "x".into(), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "body_too_large",
+            mb.send(&agent("alice"), &to("manager"), "x".repeat(1025), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "invalid_argument",
+            mb.send(&agent("alice"), &to("manager"), String::new(), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "not_found",
+            mb.send(&agent("alice"), &to("manager"), "x".into(), Some(999_999))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "invalid_argument",
+            mb.send(&agent("alice"), &to("manager"), "x".into(), Some(-1))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "not_found",
+            mb.send(&agent("ghost"), &to("manager"), "x".into(), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "invalid_argument",
+            RecvLimits::new(1_000_000_000, 1).unwrap_err(),
+        ),
+        ("invalid_argument", RecvLimits::new(0, 0).unwrap_err()),
+        ("invalid_argument", RecvLimits::new(0, 1000).unwrap_err()),
+        (
+            "invalid_argument",
+            mb.next_turn(&name("alice"), Duration::from_secs(1_000_000_000))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "not_found",
+            mb.finish_turn(&name("alice"), 12345, "ok", None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "conflict",
+            f.hive
+                .registry
+                .register(name("alice"), AgentKind::Agent)
+                .await
+                .unwrap_err(),
+        ),
+    ];
+    for (code, err) in &cases {
+        assert_eq!(err.code(), *code, "{err}");
+        assert!(!err.to_string().is_empty());
+    }
+    let unknown = &cases[0].1.to_string();
+    assert!(
+        unknown.contains("you may write to: manager, operator"),
+        "{unknown}"
+    );
+    assert!(cases[1].1.to_string().contains("remind"));
+    assert_eq!(snapshot(&f.hive).await, before);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_delivered_messages_only() {
+    let f = hive(&["bob"]).await;
+    let mb = &f.hive.mailbox;
+    let old = mb
+        .send(&Sender::Operator, &to("bob"), "old".into(), None)
+        .await
+        .unwrap()[0];
+    mb.recv(&inbox("bob"), limits(0, 32)).await.unwrap();
+    let queued = mb
+        .send(&Sender::Operator, &to("bob"), "queued".into(), None)
+        .await
+        .unwrap()[0];
+    // Age both by 40 days, as if written long ago.
+    let db = rusqlite::Connection::open(f.hive.store.path()).unwrap();
+    db.execute(
+        "UPDATE messages SET sent_at = sent_at - 3456000000,
+                             delivered_at = delivered_at - 3456000000",
+        [],
+    )
+    .unwrap();
+    let deleted = mb.vacuum(Duration::from_secs(30 * 86400)).await.unwrap();
+    assert_eq!(deleted, 1);
+    let left: Vec<i64> = mb
+        .history(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(left, [queued]);
+    assert_ne!(old, queued);
+}

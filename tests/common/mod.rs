@@ -1,0 +1,186 @@
+//! What the daemon tests share: a real `hive serve` process in a temp state dir, its readiness
+//! learned from a fake systemd notify socket, a raw HTTP client for the admin socket, and direct
+//! looks into the sqlite file.
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const HIVE: &str = env!("CARGO_BIN_EXE_hive");
+
+/// A running `hive serve`.
+pub struct Daemon {
+    pub state: PathBuf,
+    child: Option<Child>,
+    notify: UnixDatagram,
+    _notify_dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `hive serve` on `state` with `config` as its hive.toml and waits for READY=1.
+    pub fn start(state: &Path, config: &str) -> Self {
+        Self::start_with_env(state, config, &[])
+    }
+
+    pub fn start_with_env(state: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(state).unwrap();
+        std::fs::write(state.join("hive.toml"), config).unwrap();
+        let notify_dir = tempfile::tempdir().unwrap();
+        let notify_path = notify_dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let child = Command::new(HIVE)
+            .args(["serve", "--state-dir"])
+            .arg(state)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let daemon = Self {
+            state: state.to_owned(),
+            child: Some(child),
+            notify,
+            _notify_dir: notify_dir,
+        };
+        let first = daemon
+            .next_notification()
+            .expect("the daemon said nothing to systemd");
+        assert!(
+            first.lines().any(|l| l == "READY=1"),
+            "first notification: {first:?}"
+        );
+        daemon
+    }
+
+    /// The next message the daemon sent to its notify socket, if one comes within 30 s.
+    pub fn next_notification(&self) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        child.wait().unwrap()
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        open_db(&self.state)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+pub fn open_db(state: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(state.join("hive.db")).unwrap()
+}
+
+/// (messages rows, agents rows, every message as `id:sender:recipient:state`).
+pub fn db_snapshot(state: &Path) -> (i64, i64, String) {
+    let db = open_db(state);
+    let count = |t: &str| {
+        db.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let rows: String = db
+        .query_row(
+            "SELECT coalesce(group_concat(id||':'||sender||':'||recipient||':'||state, ','), '')
+             FROM messages",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (count("messages"), count("agents"), rows)
+}
+
+/// Runs the `hive` CLI against `state`.
+pub fn cli(state: &Path, args: &[&str]) -> Output {
+    Command::new(HIVE)
+        .args(args)
+        .env("HIVE_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One HTTP request on the admin socket; the raw body lets tests send malformed JSON.
+pub async fn api(state: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let stream = tokio::net::UnixStream::connect(state.join("run/admin.sock"))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "hive")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(text(&bytes)));
+    (status, value)
+}
+
+/// Sends as the operator over the admin socket and returns the id, once acknowledged.
+pub async fn send(state: &Path, to: &str, body: &str) -> i64 {
+    let req = serde_json::json!({"to": to, "body": body}).to_string();
+    let (status, v) = api(state, "POST", "/api/v1/messages", Some(&req)).await;
+    assert_eq!(status, 201, "{v}");
+    v["ids"][0].as_i64().unwrap()
+}
+
+/// Waits until `f` holds, at most `limit`.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}

@@ -1,0 +1,527 @@
+//! The real `hive serve` process: durability across `kill -9`, the lock, the admin socket's
+//! guards, systemd notification, clean shutdown, and the CLI in front of it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn acked_messages_survive_kill9(synchronous: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[store]\nsynchronous = \"{synchronous}\"\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut acked = Vec::new();
+    for round in 0..3 {
+        let mut daemon = Daemon::start(dir.path(), &config);
+        for n in 0..20 {
+            let body = format!("round {round} message {n}");
+            acked.push((rt.block_on(send(dir.path(), "manager", &body)), body));
+        }
+        // SIGKILL right after the last send returned.
+        daemon.kill9();
+        let db = open_db(dir.path());
+        for (id, body) in &acked {
+            let stored: String = db
+                .query_row("SELECT body FROM messages WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap_or_else(|e| panic!("acknowledged message {id} lost: {e}"));
+            assert_eq!(&stored, body);
+        }
+    }
+    // And the restarted daemon serves them.
+    let _daemon = Daemon::start(dir.path(), &config);
+    let out = cli(dir.path(), &["messages", "--limit", "1000", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), acked.len());
+}
+
+#[test]
+fn acknowledged_messages_survive_kill9_with_synchronous_normal() {
+    acked_messages_survive_kill9("normal");
+}
+
+#[test]
+fn acknowledged_messages_survive_kill9_with_synchronous_full() {
+    acked_messages_survive_kill9("full");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_fails_clearly_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(send(dir.path(), "manager", "hello"));
+    let before = db_snapshot(dir.path());
+    let out = Command::new(HIVE)
+        .args(["serve", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("another hive is already running"), "{err}");
+    assert!(err.contains(&format!("pid {}", daemon.pid())), "{err}");
+    assert_eq!(db_snapshot(dir.path()), before);
+    // The first daemon still answers.
+    assert!(cli(dir.path(), &["status"]).status.success());
+}
+
+#[test]
+fn sigterm_finishes_in_flight_sends_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path(), "");
+    let state = dir.path().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked = rt.block_on(async {
+        let mut senders = Vec::new();
+        for s in 0..8 {
+            let state = state.clone();
+            senders.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for n in 0..10_000 {
+                    let req = serde_json::json!({"to": "manager", "body": format!("{s}:{n}")});
+                    let conn = tokio::net::UnixStream::connect(state.join("run/admin.sock")).await;
+                    if conn.is_err() {
+                        break;
+                    }
+                    drop(conn);
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        try_send(&state, &req.to_string()),
+                    )
+                    .await
+                    {
+                        Ok(Some(id)) => acked.push(id),
+                        _ => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = tokio::task::spawn_blocking(move || daemon.sigterm())
+            .await
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        let mut all = Vec::new();
+        for s in senders {
+            all.extend(s.await.unwrap());
+        }
+        all
+    });
+    assert!(!acked.is_empty());
+    let db = open_db(dir.path());
+    for id in &acked {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1, "acknowledged message {id} lost at shutdown");
+    }
+    assert!(
+        !dir.path().join("run/admin.sock").exists(),
+        "socket left behind"
+    );
+}
+
+/// A send that may fail because the daemon is going away: `None` then.
+async fn try_send(state: &std::path::Path, req: &str) -> Option<i64> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::UnixStream::connect(state.join("run/admin.sock"))
+        .await
+        .ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = hyper::Request::post("/api/v1/messages")
+        .header("host", "hive")
+        .header("content-type", "application/json")
+        .body(Full::new(hyper::body::Bytes::from(req.to_owned())))
+        .ok()?;
+    let resp = sender.send_request(request).await.ok()?;
+    if resp.status() != 201 {
+        return None;
+    }
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["ids"][0].as_i64()
+}
+
+#[test]
+fn systemd_gets_ready_and_watchdog_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_env(dir.path(), "", &[("WATCHDOG_USEC", "200000")]);
+    let next = daemon.next_notification().expect("no watchdog ping");
+    assert!(next.lines().any(|l| l == "WATCHDOG=1"), "{next:?}");
+}
+
+#[test]
+fn the_admin_socket_refuses_other_uids() {
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = Daemon::start(dir.path(), "");
+    let socket = dir.path().join("run/admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let as_nobody = || {
+        Command::new(HIVE)
+            .args(["status"])
+            .env("HIVE_STATE_DIR", dir.path())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    // The file mode keeps it out…
+    let out = as_nobody();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // …and with the file opened up, SO_PEERCRED still does.
+    for (path, mode) in [(dir.path(), 0o755), (&socket, 0o666)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let before = db_snapshot(dir.path());
+    let out = as_nobody();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the admin socket is for root and the hive's own user"),
+        "{err}"
+    );
+    let out = Command::new(HIVE)
+        .args(["send", "manager", "sneaky"])
+        .env("HIVE_STATE_DIR", dir.path())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(db_snapshot(dir.path()), before);
+}
+
+#[test]
+fn the_cli_says_when_the_hive_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["status"][..],
+        &["agents"],
+        &["send", "manager", "x"],
+        &["inbox"],
+        &["messages"],
+    ] {
+        let out = cli(dir.path(), cmd);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("hive is not running (no socket at")
+                && err.contains("start it with `hive serve`"),
+            "{cmd:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_cli_sends_lists_and_shows_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = Daemon::start(dir.path(), "");
+    let out = cli(dir.path(), &["send", "manager", "hello manager"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "sent #1");
+
+    let out = cli(dir.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["agents"], 1);
+    assert_eq!(status["messages"]["queued"], 1);
+
+    let out = cli(dir.path(), &["agents"]);
+    assert!(
+        text(&out.stdout).contains("manager  manager"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = cli(dir.path(), &["messages", "--agent", "manager"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("operator → manager  hello manager"),
+        "{listed}"
+    );
+
+    let out = cli(dir.path(), &["messages", "--agent", "../x"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("invalid agent name '../x'"));
+
+    let out = cli(dir.path(), &["inbox"]);
+    assert_eq!(text(&out.stdout).trim(), "the operator's inbox is empty");
+}
+
+#[test]
+fn messages_follow_streams_new_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = Daemon::start(dir.path(), "");
+    let mut follower = Command::new(HIVE)
+        .args(["messages", "--follow", "--json"])
+        .env("HIVE_STATE_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        lines.next().map(|l| l.unwrap())
+    });
+    // The follower subscribes before it reads; send until it has seen one.
+    let started = Instant::now();
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+        assert!(
+            cli(dir.path(), &["send", "manager", "streamed"])
+                .status
+                .success()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = reader.join().unwrap().expect("no event streamed");
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["event"], "message_sent");
+    assert_eq!(event["message"]["body"], "streamed");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+#[test]
+fn bad_api_requests_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[mailbox]\nmax_body_bytes = 1024\n";
+    let _daemon = Daemon::start(dir.path(), config);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = dir.path();
+    rt.block_on(send(state, "manager", "before"));
+    let before = db_snapshot(state);
+    let big = "x".repeat(1025);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "POST",
+            "/api/v1/messages",
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"manager","body":"x","sneaky":1}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"manager"}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"manager","body":5}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"../x","body":"x"}"#.into(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"a/b","body":"x"}"#.into(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"Manager","body":"x"}"#.into(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"","body":"x"}"#.into(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            format!(r#"{{"to":"{}","body":"x"}}"#, "a".repeat(300)),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"system","body":"x"}"#.into(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"operator","body":"x"}"#.into(),
+            400,
+            "send_to_self",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            r#"{"to":"bob","body":"x"}"#.into(),
+            404,
+            "unknown_agent",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            format!(r#"{{"to":"manager","body":"{big}"}}"#),
+            413,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            format!(r#"{{"to":"manager","body":"{}"}}"#, "x".repeat(200_000)),
+            413,
+            "request_too_large",
+        ),
+        (
+            "POST",
+            "/api/v1/messages",
+            format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+            422,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/v1/inbox/recv",
+            r#"{"wait_seconds":1000000000}"#.into(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/api/v1/inbox/recv",
+            r#"{"max":0}"#.into(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/api/v1/inbox/recv",
+            r#"{"max":1000}"#.into(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/api/v1/inbox/recv",
+            r#"{"max":-1}"#.into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "GET",
+            "/api/v1/messages?agent=../x",
+            String::new(),
+            400,
+            "invalid_name",
+        ),
+        (
+            "GET",
+            "/api/v1/messages?limit=0",
+            String::new(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "GET",
+            "/api/v1/messages?bogus=1",
+            String::new(),
+            400,
+            "invalid_query",
+        ),
+        ("GET", "/api/v1/nothing", String::new(), 404, "not_found"),
+    ];
+    rt.block_on(async {
+        for (method, path, body, status, code) in &cases {
+            let (got, v) = api(state, method, path, Some(body)).await;
+            let shown = &body[..body.len().min(60)];
+            assert_eq!(got, *status, "{method} {path} {shown}: {v}");
+            assert_eq!(v["error"]["code"], *code, "{method} {path} {shown}: {v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(!message.is_empty() && message.len() < 1000, "{message}");
+        }
+        // The recv with no message waits its time and returns nothing.
+        let started = Instant::now();
+        let (got, v) = api(
+            state,
+            "POST",
+            "/api/v1/inbox/recv",
+            Some(r#"{"wait_seconds":1}"#),
+        )
+        .await;
+        assert_eq!(got, 200);
+        assert_eq!(v["messages"].as_array().unwrap().len(), 0);
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    });
+    assert_eq!(db_snapshot(state), before);
+}
+
+#[test]
+fn check_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hive.toml");
+    std::fs::write(&file, "[store]\nsynchronous = \"full\"\n").unwrap();
+    let out = cli(dir.path(), &["check-config", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("synchronous = full"));
+
+    std::fs::write(&file, "[mailbox]\nmax_body_byte = 10\n").unwrap();
+    let out = cli(dir.path(), &["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("max_body_byte"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // serve refuses the same file before touching the state dir.
+    let state = dir.path().join("state");
+    let out = Command::new(HIVE)
+        .args(["serve", "--state-dir"])
+        .arg(&state)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("max_body_byte"));
+    assert!(!state.exists());
+}
