@@ -19,14 +19,30 @@ pub enum Event {
     MessageSent { message: Arc<Message> },
     /// Messages were taken out of an inbox (by `recv` or a finished turn).
     MessageDelivered { ids: Vec<i64>, to: String },
+    /// A harness reported events of a turn in progress.
+    TurnEvents {
+        agent: String,
+        turn: i64,
+        events: Arc<Vec<serde_json::Value>>,
+    },
 }
 
 impl Event {
     /// The agents (or `operator`) an event concerns, for `--agent` filters.
+    /// The event's name on SSE streams.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MessageSent { .. } => "message_sent",
+            Self::MessageDelivered { .. } => "message_delivered",
+            Self::TurnEvents { .. } => "turn_events",
+        }
+    }
+
     pub fn concerns(&self, who: &str) -> bool {
         match self {
             Self::MessageSent { message } => message.from == who || message.to == who,
             Self::MessageDelivered { to, .. } => to == who,
+            Self::TurnEvents { agent, .. } => agent == who,
         }
     }
 }

@@ -9,8 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::due::DueJobs;
 use crate::error::Result;
 use crate::mailbox::{Mailbox, MessageCounts};
+use crate::mcp::McpSockets;
 use crate::paths::StateDir;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -25,6 +27,8 @@ pub struct Hive {
     pub registry: Arc<Registry>,
     pub mailbox: Mailbox,
     pub bus: Bus,
+    pub due: DueJobs,
+    pub mcp: McpSockets,
     started: Instant,
 }
 
@@ -65,6 +69,8 @@ impl Hive {
             registry,
             mailbox,
             bus,
+            due: DueJobs::default(),
+            mcp: McpSockets::default(),
             started: Instant::now(),
         }))
     }

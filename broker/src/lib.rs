@@ -4,13 +4,17 @@
 
 pub mod bus;
 pub mod config;
+pub mod due;
 pub mod error;
 pub mod hive;
 pub mod lock;
 pub mod mailbox;
+pub mod mcp;
 pub mod names;
 pub mod paths;
+pub mod questions;
 pub mod registry;
+pub mod reminders;
 pub mod store;
 
 pub use error::{Error, Result};

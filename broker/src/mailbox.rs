@@ -198,13 +198,19 @@ impl Mailbox {
             .write(move |c| insert_messages(c, &sender, &recipients, &body, in_reply_to))
             .await?;
         let ids = rows.iter().map(|m| m.id).collect();
+        self.announce(rows);
+        Ok(ids)
+    }
+
+    /// Wakes the inboxes of messages that have just COMMITTED and tells the bus. Every path that
+    /// inserts messages (sends, reminders, answers, helper events) ends here.
+    pub(crate) fn announce(&self, rows: Vec<Message>) {
         for message in rows {
             self.notifiers.wake(&message.to);
             self.bus.publish(Event::MessageSent {
                 message: Arc::new(message),
             });
         }
-        Ok(ids)
     }
 
     /// The inboxes a send reaches, checked against the registry and the sender's allow-list.
@@ -387,11 +393,99 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Appends events to an open turn of `agent` and shows them on the bus. Returns how many.
+    pub async fn record_turn_events(
+        &self,
+        agent: &AgentName,
+        turn: i64,
+        events: Vec<serde_json::Value>,
+    ) -> Result<usize> {
+        let size: usize = events.iter().map(|e| e.to_string().len()).sum();
+        if size > self.max_body_bytes * 16 {
+            return Err(Error::invalid(
+                "events",
+                format!("{size} bytes of events in one call; send at most {}", self.max_body_bytes * 16),
+            ));
+        }
+        let key = agent.to_string();
+        let events = Arc::new(events);
+        let stored = events.clone();
+        let n = self
+            .store
+            .write(move |c| {
+                let open = c
+                    .prepare_cached("SELECT 1 FROM turns WHERE id = ?1 AND agent = ?2 AND finished_at IS NULL")?
+                    .exists(params![turn, key])?;
+                if !open {
+                    return Err(Error::NotFound {
+                        what: format!("open turn {turn}"),
+                    });
+                }
+                let mut seq: i64 = c
+                    .prepare_cached("SELECT coalesce(max(seq), 0) FROM turn_events WHERE turn = ?1")?
+                    .query_row([turn], |r| r.get(0))?;
+                let now = unix_millis();
+                let mut insert = c.prepare_cached(
+                    "INSERT INTO turn_events (turn, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for e in stored.iter() {
+                    seq += 1;
+                    let kind = e["type"].as_str().unwrap_or("event");
+                    insert.execute(params![turn, seq, now, kind, e.to_string()])?;
+                }
+                Ok(stored.len())
+            })
+            .await?;
+        self.bus.publish(Event::TurnEvents {
+            agent: agent.to_string(),
+            turn,
+            events,
+        });
+        Ok(n)
+    }
+
     /// Returns every message leased to `agent`'s unfinished turns to its queue, flagged
     /// `redelivered`: called when the agent stops or its harness goes away. Returns how many.
     pub async fn release_leases(&self, agent: &AgentName) -> Result<usize> {
         let key = agent.to_string();
         let released = self.store.write(move |c| release(c, Some(&key))).await?;
+        if released > 0 {
+            self.notifiers.wake(agent.as_str());
+        }
+        Ok(released)
+    }
+
+    /// Returns the messages of the given unfinished turns of `agent` to its queue, flagged
+    /// `redelivered`: called when the harness connection that took them goes away.
+    pub async fn release_turns(&self, agent: &AgentName, turns: Vec<i64>) -> Result<usize> {
+        if turns.is_empty() {
+            return Ok(0);
+        }
+        let key = agent.to_string();
+        let released = self
+            .store
+            .write(move |c| {
+                let now = unix_millis();
+                let mut released = 0;
+                for turn in turns {
+                    let open = c
+                        .prepare_cached(
+                            "UPDATE turns SET finished_at = ?1, outcome = 'abandoned'
+                             WHERE id = ?2 AND agent = ?3 AND finished_at IS NULL",
+                        )?
+                        .execute(params![now, turn, key])?;
+                    if open == 1 {
+                        released += c
+                            .prepare_cached(
+                                "UPDATE messages SET state = 'queued', lease_turn = NULL,
+                                 redelivered = 1 WHERE lease_turn = ?1 AND state = 'leased'",
+                            )?
+                            .execute([turn])?;
+                    }
+                }
+                Ok(released)
+            })
+            .await?;
         if released > 0 {
             self.notifiers.wake(agent.as_str());
         }
@@ -508,7 +602,9 @@ impl Taken for Option<Turn> {
     }
 }
 
-fn insert_messages(
+/// Inserts one message per recipient inside the caller's transaction. The caller must
+/// [`Mailbox::announce`] the rows after the commit.
+pub(crate) fn insert_messages(
     c: &Connection,
     sender: &str,
     recipients: &[String],

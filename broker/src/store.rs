@@ -26,7 +26,10 @@ const IDLE_READERS: usize = 4;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied. Append only:
 /// never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_core.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_core.sql"),
+    include_str!("migrations/0002_questions_reminders_turn_events.sql"),
+];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
 pub fn unix_millis() -> i64 {

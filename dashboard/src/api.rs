@@ -239,12 +239,8 @@ where
 }
 
 fn to_sse(event: &Event) -> sse::Event {
-    let name = match event {
-        Event::MessageSent { .. } => "message_sent",
-        Event::MessageDelivered { .. } => "message_delivered",
-    };
     sse::Event::default()
-        .event(name)
+        .event(event.name())
         .json_data(event)
         .unwrap_or_else(|_| sse::Event::default().event("error"))
 }

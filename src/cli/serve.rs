@@ -51,6 +51,8 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     let listener = admin_socket::bind(&admin_path)
         .with_context(|| format!("cannot listen on {}", admin_path.display()))?;
     hive.spawn_upkeep(shutdown.clone());
+    hive.spawn_due_jobs(shutdown.clone());
+    hive.serve_mcp(shutdown.clone())?;
     let app = api::router(ApiState {
         hive: hive.clone(),
         shutdown: shutdown.clone(),

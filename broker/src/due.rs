@@ -1,0 +1,77 @@
+//! Due jobs: reminders and question expiries. One task sleeps until the earliest due time in the
+//! store (or until something new is scheduled), fires what is due in one transaction, and sleeps
+//! again. This is the one timer of the mailbox, and it waits for a due time, never polls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::hive::Hive;
+use crate::mailbox::Message;
+use crate::store::unix_millis;
+use crate::{questions, reminders};
+
+/// Wakes the due task when something was scheduled, so it recomputes its next due time.
+#[derive(Default)]
+pub struct DueJobs {
+    rescheduled: Notify,
+}
+
+impl DueJobs {
+    pub fn reschedule(&self) {
+        // A stored permit: a reschedule between the task's look and its sleep is not lost.
+        self.rescheduled.notify_one();
+    }
+}
+
+impl Hive {
+    /// Runs the due task until `shutdown`.
+    pub fn spawn_due_jobs(self: &Arc<Self>, shutdown: CancellationToken) {
+        let hive = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = match hive.fire_due_jobs().await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "due jobs failed; retrying in a second");
+                        Some(unix_millis() + 1000)
+                    }
+                };
+                let sleep = match next {
+                    Some(at) => Duration::from_millis((at - unix_millis()).max(0) as u64),
+                    None => Duration::from_secs(24 * 60 * 60),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = hive.due.rescheduled.notified() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+            }
+        });
+    }
+
+    /// Fires everything due now; returns when the next job is due.
+    pub async fn fire_due_jobs(&self) -> Result<Option<i64>> {
+        let (sent, next) = self
+            .store
+            .write(|c| {
+                let now = unix_millis();
+                let mut sent: Vec<Message> = reminders::fire_due(c, now)?;
+                sent.extend(questions::expire_due(c, now)?);
+                let next = [reminders::next_due(c)?, questions::next_expiry(c)?]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                Ok((sent, next))
+            })
+            .await?;
+        if !sent.is_empty() {
+            tracing::debug!(count = sent.len(), "due jobs fired");
+        }
+        self.mailbox.announce(sent);
+        Ok(next)
+    }
+}

@@ -1,0 +1,372 @@
+//! The tools of each MCP surface. Who calls is fixed when the connection is accepted (the socket's
+//! agent and role); no argument can name another caller. Failures the model should read come back
+//! as tool results with `is_error` and a text that says what to do; protocol faults (unknown tool,
+//! arguments of the wrong shape) are MCP errors from rmcp.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::schemars::{self, JsonSchema};
+use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::Role;
+use crate::Hive;
+use crate::mailbox::{MAX_RECV, MAX_WAIT_SECONDS, RecvLimits};
+use crate::names::{AgentName, Inbox, Recipient, Sender};
+use crate::questions::{DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS};
+use crate::registry::AgentKind;
+
+/// The most events one `turn_events` call may carry.
+pub const MAX_EVENTS_PER_CALL: usize = 256;
+
+/// What one connection owns: the turns it leased (returned to the queue when it drops) and a token
+/// cancelled when its peer hangs up, so waits end and take nothing.
+#[derive(Default)]
+pub(super) struct ConnectionState {
+    pub closed: CancellationToken,
+    pub leased_turns: Mutex<HashSet<i64>>,
+}
+
+#[derive(Clone)]
+pub struct HiveMcp {
+    hive: Arc<Hive>,
+    me: AgentName,
+    role: Role,
+    conn: Arc<ConnectionState>,
+    tool_router: ToolRouter<Self>,
+}
+
+type ToolResult = Result<String, String>;
+
+/// A broker error as the text a model reads.
+fn explain(e: crate::Error) -> String {
+    if e.is_internal() {
+        tracing::error!(error = %e, "internal error in an MCP tool");
+        return "internal error in the hive; the operator can find the details in its log".into();
+    }
+    e.to_string()
+}
+
+fn to_json(v: &impl serde::Serialize) -> ToolResult {
+    serde_json::to_string(v).map_err(|e| e.to_string())
+}
+
+impl HiveMcp {
+    pub(super) fn new(hive: Arc<Hive>, me: AgentName, role: Role, conn: Arc<ConnectionState>) -> Self {
+        let tool_router = match role {
+            Role::Agent => Self::agent_tools(),
+            Role::Manager => Self::agent_tools() + Self::manager_tools(),
+            Role::Harness => Self::harness_tools(),
+        };
+        Self {
+            hive,
+            me,
+            role,
+            conn,
+            tool_router,
+        }
+    }
+
+    /// Names of every tool this surface lists.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tool_router
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
+    /// Waits for `fut` unless the request is cancelled or the peer hangs up first.
+    async fn unless_gone<T>(&self, ct: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            out = fut => Some(out),
+            _ = ct.cancelled() => None,
+            _ = self.conn.closed.cancelled() => None,
+        }
+    }
+}
+
+// ---- the agent tools (every agent, the manager too) ----
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendArgs {
+    /// Who gets it: an agent's name (see `whoami` for whom you may write to), `operator` for the
+    /// human running the hive, or `*` for every other agent.
+    pub to: String,
+    /// The message text (UTF-8, at most 64 KiB unless the hive is configured otherwise).
+    pub body: String,
+    /// The id of the message you are answering, if any.
+    #[serde(default)]
+    pub in_reply_to: Option<i64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecvArgs {
+    /// How long to wait for a message when none is queued, 0 to 180 seconds (default 0: return at
+    /// once).
+    #[serde(default)]
+    pub wait_seconds: u64,
+    /// The most messages to return, 1 to 32 (default 32).
+    #[serde(default)]
+    pub max: Option<u64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AskArgs {
+    /// The question, as the operator should read it.
+    pub question: String,
+    /// Choices the operator picks from; leave out for a free-text answer.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// With options: whether the operator may pick more than one.
+    #[serde(default)]
+    pub multi: bool,
+    /// How long the question stays open, in seconds (default 86400, at most 604800). When it
+    /// expires you get a message saying so.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemindArgs {
+    /// In how many seconds to be reminded (1 to 2592000, i.e. 30 days).
+    pub in_seconds: u64,
+    /// The text you will receive, as a message from `system`.
+    pub body: String,
+}
+
+#[tool_router(router = agent_tools, vis = "pub(super)")]
+impl HiveMcp {
+    /// Send a message to another agent, the operator, or everyone. Returns the new message id(s)
+    /// once stored durably.
+    #[tool(
+        description = "Send a message to another agent (by name), to the human operator (`operator`), or to every other agent (`*`). The message is stored durably before this returns; the result holds its id. Use `in_reply_to` with a message id to answer one."
+    )]
+    async fn send(&self, Parameters(args): Parameters<SendArgs>) -> ToolResult {
+        let to = Recipient::parse(&args.to).map_err(|e| explain(e.into()))?;
+        let ids = self
+            .hive
+            .mailbox
+            .send(&Sender::Agent(self.me.clone()), &to, args.body, args.in_reply_to)
+            .await
+            .map_err(explain)?;
+        to_json(&json!({ "sent": ids }))
+    }
+
+    /// Take queued messages from your inbox, optionally waiting for one to arrive.
+    #[tool(
+        description = "Take the messages waiting in your inbox, oldest first (each is returned once). With `wait_seconds` > 0 and nothing queued, waits up to that long for a message to arrive and returns as soon as one does. Returns a JSON list of {id, from, body, in_reply_to, sent_at}."
+    )]
+    async fn recv(&self, Parameters(args): Parameters<RecvArgs>, ct: CancellationToken) -> ToolResult {
+        let limits = RecvLimits::new(args.wait_seconds, args.max.unwrap_or(MAX_RECV as u64))
+            .map_err(explain)?;
+        let inbox = Inbox::Agent(self.me.clone());
+        let Some(got) = self.unless_gone(&ct, self.hive.mailbox.recv(&inbox, limits)).await else {
+            return Err("cancelled".into());
+        };
+        to_json(&got.map_err(explain)?)
+    }
+
+    /// Ask the human operator a question; the answer arrives later as a message.
+    #[tool(
+        description = "Ask the human operator a question. Returns at once with the question id; the answer arrives later in your inbox as a message from `operator` replying to it (or, if nobody answers within ttl_seconds, a message from `system` saying it expired). Offer `options` when the answer is a choice."
+    )]
+    async fn ask_operator(&self, Parameters(args): Parameters<AskArgs>) -> ToolResult {
+        let q = self
+            .hive
+            .ask_operator(&self.me, args.question, args.options, args.multi, args.ttl_seconds)
+            .await
+            .map_err(explain)?;
+        to_json(&json!({
+            "question": q.id,
+            "expires_at": q.expires_at,
+            "note": "the answer will arrive in your inbox as a message from `operator`"
+        }))
+    }
+
+    /// Who you are and whom you may write to.
+    #[tool(
+        description = "Tell who you are in the hive: your name, your role, whom you may send messages to, and how many messages wait in your inbox."
+    )]
+    async fn whoami(&self) -> ToolResult {
+        let record = self.hive.registry.get(&self.me);
+        let may_write_to: Vec<String> = self
+            .hive
+            .registry
+            .names()
+            .into_iter()
+            .filter(|n| *n != self.me && record.as_ref().is_none_or(|r| r.may_send_to(n)))
+            .map(|n| n.to_string())
+            .chain(["operator".to_owned()])
+            .collect();
+        to_json(&json!({
+            "name": self.me,
+            "role": self.role.as_str(),
+            "may_write_to": may_write_to,
+        }))
+    }
+
+    /// Be sent a message from `system` after a delay.
+    #[tool(
+        description = "Set a reminder: after `in_seconds`, you receive `body` as a message from `system`. Use it to wake yourself later (you cannot send messages to yourself). Survives restarts of the hive."
+    )]
+    async fn remind(&self, Parameters(args): Parameters<RemindArgs>) -> ToolResult {
+        let r = self
+            .hive
+            .remind(&self.me, args.in_seconds, args.body)
+            .await
+            .map_err(explain)?;
+        to_json(&json!({ "reminder": r.id, "due_at": r.due_at }))
+    }
+}
+
+// ---- the manager's own tools ----
+
+#[tool_router(router = manager_tools, vis = "pub(super)")]
+impl HiveMcp {
+    /// The agents of the hive.
+    #[tool(
+        description = "List the agents of the hive: name, kind (manager or agent), when created, and whom each may write to (empty = anyone)."
+    )]
+    async fn agents(&self) -> ToolResult {
+        to_json(&self.hive.registry.list())
+    }
+}
+
+// ---- the harness surface ----
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NextTurnArgs {
+    /// How long to wait for a message, 0 to 180 seconds.
+    #[serde(default)]
+    pub wait_seconds: u64,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnEventsArgs {
+    /// The turn id from `next_turn`.
+    pub turn: i64,
+    /// Events of the turn in order (e.g. the model's stream-json events), at most 256 per call.
+    pub events: Vec<Value>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishTurnArgs {
+    /// The turn id from `next_turn`.
+    pub turn: i64,
+    /// How the turn ended, e.g. `ok`, `error`, `cancelled`.
+    pub outcome: String,
+    /// Token and cost accounting of the turn, e.g. {"input_tokens":…, "output_tokens":…,
+    /// "cost_usd":…, "duration_ms":…}.
+    #[serde(default)]
+    pub usage: Option<Value>,
+}
+
+#[tool_router(router = harness_tools, vis = "pub(super)")]
+impl HiveMcp {
+    /// Lease the next message of this agent's inbox as a turn.
+    #[tool(
+        description = "Take the oldest queued message of this agent as a new turn, waiting up to wait_seconds for one. Returns {turn, message} or null. The message stays leased until finish_turn; if this connection drops first it is delivered again, flagged redelivered."
+    )]
+    async fn next_turn(
+        &self,
+        Parameters(args): Parameters<NextTurnArgs>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        if args.wait_seconds > MAX_WAIT_SECONDS {
+            return Err(format!("wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"));
+        }
+        let wait = Duration::from_secs(args.wait_seconds);
+        let Some(got) = self
+            .unless_gone(&ct, self.hive.mailbox.next_turn(&self.me, wait))
+            .await
+        else {
+            return Err("cancelled".into());
+        };
+        let turn = got.map_err(explain)?;
+        if let Some(t) = &turn {
+            self.conn.leased_turns.lock().expect("turns").insert(t.turn);
+            // The peer may have hung up while the lease committed: give it back at once.
+            if self.conn.closed.is_cancelled() {
+                let _ = self.hive.mailbox.release_turns(&self.me, vec![t.turn]).await;
+                return Err("cancelled".into());
+            }
+        }
+        to_json(&turn)
+    }
+
+    /// Record events of a turn in progress.
+    #[tool(description = "Record events of a turn in progress (shown live to the operator).")]
+    async fn turn_events(&self, Parameters(args): Parameters<TurnEventsArgs>) -> ToolResult {
+        if args.events.len() > MAX_EVENTS_PER_CALL {
+            return Err(format!("events: at most {MAX_EVENTS_PER_CALL} per call"));
+        }
+        let n = self
+            .hive
+            .mailbox
+            .record_turn_events(&self.me, args.turn, args.events)
+            .await
+            .map_err(explain)?;
+        to_json(&json!({ "recorded": n }))
+    }
+
+    /// End a turn: its message is delivered.
+    #[tool(description = "End a turn: its message becomes delivered and the usage is recorded.")]
+    async fn finish_turn(&self, Parameters(args): Parameters<FinishTurnArgs>) -> ToolResult {
+        if args.outcome.is_empty() || args.outcome.len() > 64 {
+            return Err("outcome: 1 to 64 characters, e.g. ok or error".into());
+        }
+        self.hive
+            .mailbox
+            .finish_turn(&self.me, args.turn, &args.outcome, args.usage)
+            .await
+            .map_err(explain)?;
+        self.conn.leased_turns.lock().expect("turns").remove(&args.turn);
+        to_json(&json!({ "finished": args.turn }))
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for HiveMcp {
+    fn get_info(&self) -> ServerConfig {
+        let instructions = match self.role {
+            Role::Harness => format!(
+                "The harness surface of agent {}: next_turn, turn_events, finish_turn.",
+                self.me
+            ),
+            _ => format!(
+                "You are agent '{}' in a hyperhive. Messages to you arrive in your inbox; read them with \
+                 `recv`, answer with `send` (to another agent, `operator`, or `*`). Ask the human with \
+                 `ask_operator`; wake yourself later with `remind`. Question ttl defaults to {} s (max {} s).",
+                self.me, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+            ),
+        };
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("hyperhive", env!("CARGO_PKG_VERSION")))
+            .with_instructions(instructions)
+    }
+}
+
+impl Role {
+    /// The role of an agent's model-facing socket.
+    pub fn for_agent(kind: AgentKind) -> Self {
+        match kind {
+            AgentKind::Manager => Self::Manager,
+            AgentKind::Agent => Self::Agent,
+        }
+    }
+}

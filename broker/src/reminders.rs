@@ -1,0 +1,98 @@
+//! Reminders (`remind`): a message from `system` to the agent that asked, delivered when due.
+//! Stored before acknowledged, so they survive a restart; fired by [`crate::due`].
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hive::Hive;
+use crate::mailbox::{Message, insert_messages};
+use crate::names::AgentName;
+use crate::store::unix_millis;
+
+/// The furthest ahead a reminder may be set.
+pub const MAX_DELAY_SECONDS: u64 = 30 * 24 * 60 * 60;
+/// How many reminders one agent may have pending.
+pub const MAX_PENDING: i64 = 100;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reminder {
+    pub id: i64,
+    pub agent: String,
+    pub due_at: i64,
+}
+
+impl Hive {
+    /// Sets a reminder for `agent` in `in_seconds` (1 s to 30 days), at most [`MAX_PENDING`] pending.
+    pub async fn remind(&self, agent: &AgentName, in_seconds: u64, body: String) -> Result<Reminder> {
+        if in_seconds == 0 || in_seconds > MAX_DELAY_SECONDS {
+            return Err(Error::invalid(
+                "in_seconds",
+                format!("{in_seconds} is out of range; use 1 to {MAX_DELAY_SECONDS} (30 days)"),
+            ));
+        }
+        if body.trim().is_empty() {
+            return Err(Error::invalid("body", "a reminder needs a body"));
+        }
+        let max = self.mailbox.max_body_bytes();
+        if body.len() > max {
+            return Err(Error::BodyTooLarge { len: body.len(), max });
+        }
+        let name = agent.to_string();
+        let reminder = self
+            .store
+            .write(move |c| {
+                let pending: i64 = c.query_row(
+                    "SELECT count(*) FROM reminders WHERE agent = ?1 AND status = 'pending'",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                if pending >= MAX_PENDING {
+                    return Err(Error::Conflict(format!(
+                        "you have {pending} reminders pending, the most allowed; wait for some to fire"
+                    )));
+                }
+                let now = unix_millis();
+                let due_at = now + (in_seconds as i64) * 1000;
+                c.execute(
+                    "INSERT INTO reminders (agent, body, created_at, due_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![name, body, now, due_at],
+                )?;
+                Ok(Reminder {
+                    id: c.last_insert_rowid(),
+                    agent: name,
+                    due_at,
+                })
+            })
+            .await?;
+        self.due.reschedule();
+        Ok(reminder)
+    }
+}
+
+/// Delivers every reminder that is due, inside the caller's transaction.
+pub(crate) fn fire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
+    let due: Vec<(i64, String, String)> = c
+        .prepare_cached(
+            "SELECT id, agent, body FROM reminders
+             WHERE status = 'pending' AND due_at <= ?1 ORDER BY due_at, id LIMIT 256",
+        )?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut sent = Vec::with_capacity(due.len());
+    for (id, agent, body) in due {
+        let message = insert_messages(c, "system", &[agent], &body, None)?.remove(0);
+        c.prepare_cached("UPDATE reminders SET status = 'delivered', message_id = ?1 WHERE id = ?2")?
+            .execute(params![message.id, id])?;
+        sent.push(message);
+    }
+    Ok(sent)
+}
+
+pub(crate) fn next_due(c: &Connection) -> Result<Option<i64>> {
+    Ok(c.query_row(
+        "SELECT min(due_at) FROM reminders WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )?)
+}

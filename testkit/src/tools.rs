@@ -1,0 +1,105 @@
+//! Finding the real components the tests drive, and failing loudly in CI when one is missing.
+//!
+//! Tests use real programs (the `claude` CLI, python3, …). Outside CI a missing one is a note on
+//! stderr and the test returns early; with `CI=true` it is a panic naming the component and the
+//! command that installs it, so a CI run never passes by skipping.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// The real claude CLI: `$HYPERHIVE_CLAUDE` when set, else the pinned one `scripts/setup` installs
+/// in `.tools/node_modules/.bin/claude`, else `claude` on `PATH`.
+pub fn claude_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HYPERHIVE_CLAUDE").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return is_executable(&p).then_some(p);
+    }
+    let local = workspace_root().join(".tools/node_modules/.bin/claude");
+    if is_executable(&local) {
+        return Some(local);
+    }
+    which("claude")
+}
+
+/// `python3` on `PATH`.
+pub fn python3() -> Option<PathBuf> {
+    which("python3")
+}
+
+/// The first executable file called `name` in a directory of `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Whether this is a CI run (`CI=true`, or `1`).
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        .unwrap_or(false)
+}
+
+/// The command that installs the component `name`.
+pub fn install_hint(name: &str) -> &'static str {
+    match name {
+        "claude" => {
+            "scripts/setup (installs the pinned npm @anthropic-ai/claude-code into .tools/)"
+        }
+        "python3" => "apt-get install python3 (or scripts/setup)",
+        "node" | "npm" => "apt-get install nodejs npm (or scripts/setup)",
+        _ => "scripts/setup",
+    }
+}
+
+/// `found` when the component `name` is there. When it is missing: with `CI=true` this panics,
+/// naming the component and the command that installs it; otherwise it prints a note to stderr
+/// and returns `None`, so the test can return early:
+///
+/// ```no_run
+/// let Some(claude) = testkit::tools::require("claude", testkit::tools::claude_bin()) else {
+///     return;
+/// };
+/// ```
+pub fn require<T>(name: &str, found: Option<T>) -> Option<T> {
+    if found.is_some() {
+        return found;
+    }
+    let hint = install_hint(name);
+    if in_ci() {
+        panic!(
+            "required test component `{name}` is missing (CI=true, so this fails); install it with: {hint}"
+        );
+    }
+    eprintln!("note: skipping: test component `{name}` is missing; install it with: {hint}");
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_passes_found_through() {
+        assert_eq!(require("x", Some(3)), Some(3));
+    }
+
+    #[test]
+    fn which_finds_sh() {
+        assert!(which("sh").is_some());
+        assert!(which("surely-not-a-program-here").is_none());
+    }
+}
