@@ -223,19 +223,11 @@ pub(crate) fn next_expiry(c: &Connection) -> Result<Option<i64>> {
 
 fn check_answer(q: &Question, answer: Answer, max_body: usize) -> Result<String> {
     let text = match answer {
-        Answer::Text(text) => {
-            if !q.options.is_empty() {
-                // A single free-text word that names an option counts as that choice.
-                if q.options.contains(&text) && !q.multi {
-                    return Ok(text);
-                }
-                return Err(Error::invalid(
-                    "answer",
-                    format!("choose from the options: {}", q.options.join(", ")),
-                ));
-            }
-            text
+        // A text that names an option is that choice.
+        Answer::Text(text) if !q.options.is_empty() => {
+            return check_answer(q, Answer::Choices(vec![text]), max_body);
         }
+        Answer::Text(text) => text,
         Answer::Choices(choices) => {
             if q.options.is_empty() {
                 return Err(Error::invalid("answer", "this question takes a free-text answer"));

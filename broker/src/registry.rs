@@ -131,6 +131,30 @@ impl Registry {
         Ok(record)
     }
 
+    /// Sets whom an agent may write to (from its applied config; empty = anyone).
+    pub async fn set_allowed_recipients(&self, name: &AgentName, allowed: Vec<AgentName>) -> Result<()> {
+        if self.get(name).is_none() {
+            return Err(Error::NotFound {
+                what: format!("agent '{name}'"),
+            });
+        }
+        let key = name.to_string();
+        let json = serde_json::to_string(&allowed).expect("names serialize");
+        self.store
+            .write(move |c| {
+                c.execute(
+                    "UPDATE agents SET allowed_recipients = ?1 WHERE name = ?2",
+                    params![json, key],
+                )?;
+                Ok(())
+            })
+            .await?;
+        if let Some(record) = self.agents.write().expect("registry lock").get_mut(name) {
+            record.allowed_recipients = allowed;
+        }
+        Ok(())
+    }
+
     pub fn get(&self, name: &AgentName) -> Option<AgentRecord> {
         self.agents
             .read()

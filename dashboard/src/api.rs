@@ -19,6 +19,7 @@ use broker::Hive;
 use broker::bus::Event;
 use broker::mailbox::{Message, RecvLimits};
 use broker::names::{Inbox, Recipient, Sender};
+use broker::questions::{Answer, Question};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::BroadcastStream;
@@ -51,6 +52,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/messages", get(messages).post(send))
         .route("/api/v1/inbox", get(inbox))
         .route("/api/v1/inbox/recv", post(inbox_recv))
+        .route("/api/v1/questions", get(questions))
+        .route("/api/v1/questions/{id}/answer", post(answer))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyDeadlineLayer::new(BODY_DEADLINE))
@@ -61,6 +64,11 @@ pub fn router(state: ApiState) -> Router {
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// `Path<T>` whose rejections are API errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
 
 /// `Query<T>` whose rejections are API errors.
 #[derive(FromRequestParts)]
@@ -210,6 +218,50 @@ async fn inbox_recv(
         _ = s.shutdown.cancelled() => return Err(broker::Error::ShuttingDown.into()),
     };
     Ok(Json(RecvResponse { messages }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuestionsQuery {
+    #[serde(default)]
+    all: Option<u8>,
+}
+
+/// Open questions to the operator (`all=1`: answered and expired ones too).
+async fn questions(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<QuestionsQuery>,
+) -> Result<Json<Vec<Question>>, ApiError> {
+    Ok(Json(s.hive.questions(q.all.unwrap_or(0) != 0).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerRequest {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<String>>,
+}
+
+/// The operator answers a question; the asker gets the answer as a message.
+async fn answer(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<AnswerRequest>,
+) -> Result<Json<Question>, ApiError> {
+    let answer = match (req.text, req.choices) {
+        (Some(text), None) => Answer::Text(text),
+        (None, Some(choices)) => Answer::Choices(choices),
+        _ => {
+            return Err(broker::Error::invalid(
+                "answer",
+                "give either `text` or `choices`, not both or neither",
+            )
+            .into());
+        }
+    };
+    Ok(Json(s.hive.answer_question(id, answer).await?))
 }
 
 /// Bus events as SSE, filtered, ending at shutdown. A subscriber that fell behind gets a `lagged`

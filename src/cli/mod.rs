@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod messages;
 mod output;
+mod questions;
 mod serve;
 mod status;
 
@@ -58,6 +59,10 @@ enum Command {
     Inbox(messages::InboxArgs),
     /// Show the message flow between agents; --follow streams it live
     Messages(messages::MessagesArgs),
+    /// List the questions agents asked the operator
+    Questions(questions::QuestionsArgs),
+    /// Answer an agent's question; the answer reaches it as a message from `operator`
+    Answer(questions::AnswerArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -75,6 +80,8 @@ pub fn run() -> ExitCode {
         Command::Send(args) => messages::send(&state, args),
         Command::Inbox(args) => messages::inbox(&state, args),
         Command::Messages(args) => messages::messages(&state, args),
+        Command::Questions(args) => questions::questions(&state, args),
+        Command::Answer(args) => questions::answer(&state, args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,88 @@
+//! `hive questions` and `hive answer`.
+
+use std::process::ExitCode;
+
+use broker::paths::StateDir;
+use serde_json::json;
+
+use super::client::AdminClient;
+use super::output;
+
+#[derive(clap::Args)]
+pub struct QuestionsArgs {
+    /// Also show answered and expired questions
+    #[arg(long)]
+    all: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AnswerArgs {
+    /// The question's id (see `hive questions`)
+    id: i64,
+    /// The answer: free text, or one of the question's options
+    #[arg(required_unless_present = "choose", conflicts_with = "choose")]
+    text: Option<String>,
+    /// Pick an option (repeat for a question that takes several)
+    #[arg(long, value_name = "OPTION")]
+    choose: Vec<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn questions(state: &StateDir, args: QuestionsArgs) -> anyhow::Result<ExitCode> {
+    let path = if args.all { "/api/v1/questions?all=1" } else { "/api/v1/questions" };
+    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(path))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no open questions");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for q in items {
+        println!(
+            "#{} from {} [{}] asked {}, expires {}",
+            q["id"],
+            q["asker"].as_str().unwrap_or("?"),
+            q["status"].as_str().unwrap_or("?"),
+            output::time(&q["asked_at"]),
+            output::time(&q["expires_at"]),
+        );
+        println!("    {}", q["question"].as_str().unwrap_or_default());
+        if let Some(options) = q["options"].as_array().filter(|o| !o.is_empty()) {
+            let names: Vec<&str> = options.iter().filter_map(|o| o.as_str()).collect();
+            let how = if q["multi"] == true { "choose one or more" } else { "choose one" };
+            println!("    options ({how}): {}", names.join(" | "));
+        }
+        if let Some(answer) = q["answer"].as_str() {
+            println!("    answer: {answer}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn answer(state: &StateDir, args: AnswerArgs) -> anyhow::Result<ExitCode> {
+    let body = match args.text {
+        Some(text) => json!({"text": text}),
+        None => json!({"choices": args.choose}),
+    };
+    let path = format!("/api/v1/questions/{}/answer", args.id);
+    let q = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &body))?;
+    if args.json {
+        output::json(&q);
+    } else {
+        println!(
+            "answered question #{} from {}: {}",
+            q["id"],
+            q["asker"].as_str().unwrap_or("?"),
+            q["answer"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
