@@ -11,6 +11,23 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub store: StoreConfig,
     pub mailbox: MailboxConfig,
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Whether denying needs a note for the manager (default true).
+    pub deny_requires_note: bool,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            deny_requires_note: true,
+        }
+    }
 }
 
 /// `[store]`

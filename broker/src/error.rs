@@ -24,6 +24,8 @@ pub enum Error {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("refused to touch {0}")]
+    UnsafePath(String),
     #[error("the hive is shutting down; try again when it is back")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -50,6 +52,7 @@ impl Error {
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::UnsafePath(_) => "unsafe_path",
             Self::ShuttingDown => "shutting_down",
             Self::Internal(_) | Self::Store(_) | Self::Io { .. } => "internal",
         }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::config_repo::ConfigRepos;
 use crate::due::DueJobs;
 use crate::error::Result;
 use crate::mailbox::{Mailbox, MessageCounts};
@@ -29,6 +30,9 @@ pub struct Hive {
     pub bus: Bus,
     pub due: DueJobs,
     pub mcp: McpSockets,
+    pub repos: ConfigRepos,
+    /// Serializes the operations that touch config repos, so git and the store move together.
+    pub(crate) config_lock: tokio::sync::Mutex<()>,
     started: Instant,
 }
 
@@ -62,8 +66,8 @@ impl Hive {
         if released > 0 {
             tracing::info!(released, "returned unfinished turns to their inboxes");
         }
-        Ok(Arc::new(Self {
-            paths,
+        let hive = Arc::new(Self {
+            paths: paths.clone(),
             config,
             store,
             registry,
@@ -71,8 +75,13 @@ impl Hive {
             bus,
             due: DueJobs::default(),
             mcp: McpSockets::default(),
+            repos: ConfigRepos::new(paths.clone()),
+            config_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
-        }))
+        });
+        hive.ensure_manager_config().await?;
+        hive.reconcile_applied().await?;
+        Ok(hive)
     }
 
     pub async fn status(&self) -> Result<Status> {

@@ -2,8 +2,11 @@
 //! the API and MCP layers call [`hive::Hive`], which calls the services (mailbox, registry), which
 //! call the [`store`]. Nothing here speaks HTTP; the `dashboard` crate does.
 
+pub mod approvals;
+pub mod audit;
 pub mod bus;
 pub mod config;
+pub mod config_repo;
 pub mod due;
 pub mod error;
 pub mod hive;
@@ -16,6 +19,7 @@ pub mod questions;
 pub mod registry;
 pub mod reminders;
 pub mod store;
+pub mod tombstones;
 
 pub use error::{Error, Result};
 pub use hive::Hive;

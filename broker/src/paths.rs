@@ -73,6 +73,52 @@ impl StateDir {
     pub fn agent_dir(&self, agent: &AgentName) -> PathBuf {
         self.root.join("agents").join(agent.as_str())
     }
+
+    /// `agents/<name>/config`: the PROPOSED repo (the manager commits here).
+    pub fn proposed_repo(&self, agent: &AgentName) -> PathBuf {
+        self.agent_dir(agent).join("config")
+    }
+
+    /// `applied/<name>`: the APPLIED repo (only the broker writes it).
+    pub fn applied_repo(&self, agent: &AgentName) -> PathBuf {
+        self.root.join("applied").join(agent.as_str())
+    }
+
+    /// `secrets/<name>`: credentials and the home of the agent's model CLI.
+    pub fn secrets_dir(&self, agent: &AgentName) -> PathBuf {
+        self.root.join("secrets").join(agent.as_str())
+    }
+
+    /// `tombstones/`: what destroys keep.
+    pub fn tombstones_dir(&self) -> PathBuf {
+        self.root.join("tombstones")
+    }
+}
+
+/// Checks that `path` lies under `root` through real directories only: no `..`, no absolute
+/// part, and no symlink on the way (a symlink planted inside the state dir could lead out).
+/// Parts that do not exist yet are fine. Returns the path.
+pub fn checked_within(root: &Path, path: &Path) -> Result<PathBuf> {
+    let refuse = |why: &str| Error::UnsafePath(format!("{}: {why}", path.display()));
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| refuse("not inside the state dir"))?;
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(refuse("only plain names may follow the state dir"));
+        };
+        at.push(name);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse("a symlink is in the way; it is not followed"));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(Error::io(format!("cannot inspect {}", at.display()), e)),
+        }
+    }
+    Ok(path.to_path_buf())
 }
 
 /// Creates `dir` (and parents) and sets its mode, also when it already existed.

@@ -101,34 +101,24 @@ impl Registry {
         if self.get(&name).is_some() {
             return Err(Error::Conflict(format!("agent '{name}' exists already")));
         }
-        let record = AgentRecord {
-            name,
-            kind,
-            created_at: unix_millis(),
-            allowed_recipients: Vec::new(),
-        };
+        let record = new_record(name, kind);
         let row = record.clone();
-        self.store
-            .write(move |c| {
-                let inserted = c.execute(
-                    "INSERT INTO agents (name, kind, created_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO NOTHING",
-                    params![row.name.as_str(), row.kind.as_str(), row.created_at],
-                )?;
-                if inserted == 0 {
-                    return Err(Error::Conflict(format!(
-                        "agent '{}' exists already",
-                        row.name
-                    )));
-                }
-                Ok(())
-            })
-            .await?;
+        self.store.write(move |c| insert_row(c, &row)).await?;
+        self.remember(record.clone());
+        Ok(record)
+    }
+
+    /// Adds a record the caller has just committed with [`insert_row`].
+    pub(crate) fn remember(&self, record: AgentRecord) {
         self.agents
             .write()
             .expect("registry lock")
-            .insert(record.name.clone(), record.clone());
-        Ok(record)
+            .insert(record.name.clone(), record);
+    }
+
+    /// Forgets a record the caller has just deleted with [`delete_row`].
+    pub(crate) fn forget(&self, name: &AgentName) {
+        self.agents.write().expect("registry lock").remove(name);
     }
 
     /// Sets whom an agent may write to (from its applied config; empty = anyone).
@@ -188,6 +178,35 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A new record, as a row inside the caller's transaction.
+pub(crate) fn new_record(name: AgentName, kind: AgentKind) -> AgentRecord {
+    AgentRecord {
+        name,
+        kind,
+        created_at: unix_millis(),
+        allowed_recipients: Vec::new(),
+    }
+}
+
+/// Inserts an agent row inside the caller's transaction; a name that exists is a conflict.
+pub(crate) fn insert_row(c: &rusqlite::Connection, record: &AgentRecord) -> Result<()> {
+    let inserted = c.execute(
+        "INSERT INTO agents (name, kind, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO NOTHING",
+        params![record.name.as_str(), record.kind.as_str(), record.created_at],
+    )?;
+    if inserted == 0 {
+        return Err(Error::Conflict(format!("agent '{}' exists already", record.name)));
+    }
+    Ok(())
+}
+
+/// Deletes an agent row inside the caller's transaction.
+pub(crate) fn delete_row(c: &rusqlite::Connection, name: &AgentName) -> Result<()> {
+    c.execute("DELETE FROM agents WHERE name = ?1", [name.as_str()])?;
+    Ok(())
 }
 
 fn decode(name: &str, kind: &str, created_at: i64, allowed: &str) -> Result<AgentRecord, String> {

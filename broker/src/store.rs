@@ -29,6 +29,7 @@ const IDLE_READERS: usize = 4;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_core.sql"),
     include_str!("migrations/0002_questions_reminders_turn_events.sql"),
+    include_str!("migrations/0003_approvals_deploys_audit.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

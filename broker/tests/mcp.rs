@@ -121,7 +121,7 @@ async fn each_socket_lists_its_role_and_nothing_more() {
     let agent_tools = ["ask_operator", "recv", "remind", "send", "whoami"];
     assert_eq!(tools(&agent).await, agent_tools);
     let mut manager_tools = agent_tools.to_vec();
-    manager_tools.push("agents");
+    manager_tools.extend(["agents", "approvals", "request_apply_commit", "request_spawn"]);
     manager_tools.sort();
     assert_eq!(tools(&manager).await, manager_tools);
     assert_eq!(tools(&harness).await, ["finish_turn", "next_turn", "turn_events"]);

@@ -31,6 +31,25 @@ pub fn python3() -> Option<PathBuf> {
     which("python3")
 }
 
+/// A python that can `import mcp` (the Python MCP SDK): `$HYPERHIVE_PYTHON_MCP` when set, else the
+/// venv `scripts/setup` makes in `.tools/venv` with the pinned PyPI `mcp`. `None` when neither
+/// imports it.
+pub fn python_mcp() -> Option<PathBuf> {
+    let python = match std::env::var_os("HYPERHIVE_PYTHON_MCP").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join(".tools/venv/bin/python"),
+    };
+    let imports = is_executable(&python)
+        && std::process::Command::new(&python)
+            .args(["-c", "import mcp"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    imports.then_some(python)
+}
+
 /// The first executable file called `name` in a directory of `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -60,6 +79,7 @@ pub fn install_hint(name: &str) -> &'static str {
             "scripts/setup (installs the pinned npm @anthropic-ai/claude-code into .tools/)"
         }
         "python3" => "apt-get install python3 (or scripts/setup)",
+        "python mcp" => "scripts/setup (creates .tools/venv with the pinned PyPI mcp)",
         "node" | "npm" => "apt-get install nodejs npm (or scripts/setup)",
         _ => "scripts/setup",
     }

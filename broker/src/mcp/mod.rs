@@ -77,7 +77,7 @@ impl Hive {
         Ok(record)
     }
 
-    fn open_agent_sockets(self: &Arc<Self>, agent: &AgentRecord) -> Result<()> {
+    pub(crate) fn open_agent_sockets(self: &Arc<Self>, agent: &AgentRecord) -> Result<()> {
         let Some(shutdown) = self.mcp.serving.lock().expect("mcp sockets").clone() else {
             return Ok(());
         };

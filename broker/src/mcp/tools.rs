@@ -233,8 +233,72 @@ impl HiveMcp {
 
 // ---- the manager's own tools ----
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpawnArgs {
+    /// The new agent's name: 1–32 of a-z, 0-9 and '-', starting with a letter.
+    pub name: String,
+    /// The commit (7–40 hex) in /agents/<name>/config to create the agent from. Leave out to get
+    /// a draft repo to edit first.
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestApplyArgs {
+    /// The agent whose config changes.
+    pub agent: String,
+    /// The commit (7–40 hex) in /agents/<agent>/config to apply.
+    pub commit: String,
+    /// What the change does and why, for the operator who decides.
+    pub description: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsArgs {
+    /// Only approvals in this status: pending, approved, building, deployed, failed or denied.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
 #[tool_router(router = manager_tools, vis = "pub(super)")]
 impl HiveMcp {
+    /// Create a new agent: first a draft repo, then an approval for a commit of it.
+    #[tool(
+        description = "Create a new agent in two steps. 1) request_spawn(name) creates a draft config repo at /agents/<name>/config from the default template (agent.nix + prompt.md). 2) Edit and commit there with git, then request_spawn(name, commit) queues a Spawn approval; the operator sees the whole agent.nix and decides. The result arrives in your inbox as an `approval_resolved` message from `system`."
+    )]
+    async fn request_spawn(&self, Parameters(args): Parameters<RequestSpawnArgs>) -> ToolResult {
+        let done = self
+            .hive
+            .request_spawn(&self.me, &args.name, args.commit.as_deref())
+            .await
+            .map_err(explain)?;
+        to_json(&done)
+    }
+
+    /// Ask the operator to apply a commit of an agent's config.
+    #[tool(
+        description = "Ask the operator to apply a commit of an agent's config repo (/agents/<agent>/config). The commit is pinned at once (later changes to the repo do not alter it) and queued with its diff for the operator, who approves or denies; the result arrives in your inbox as an `approval_resolved` message from `system`. Nothing changes until then."
+    )]
+    async fn request_apply_commit(&self, Parameters(args): Parameters<RequestApplyArgs>) -> ToolResult {
+        let approval = self
+            .hive
+            .request_apply(&self.me, &args.agent, &args.commit, args.description)
+            .await
+            .map_err(explain)?;
+        to_json(&approval)
+    }
+
+    /// The approvals you asked for and how they were resolved.
+    #[tool(
+        description = "List approvals (newest last): id, kind (spawn/apply), agent, commit, status (pending, approved, building, deployed, failed, denied) and the operator's note."
+    )]
+    async fn approvals(&self, Parameters(args): Parameters<ApprovalsArgs>) -> ToolResult {
+        to_json(&self.hive.approvals(args.status, None).await.map_err(explain)?)
+    }
+
     /// The agents of the hive.
     #[tool(
         description = "List the agents of the hive: name, kind (manager or agent), when created, and whom each may write to (empty = anyone)."

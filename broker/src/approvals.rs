@@ -1,0 +1,498 @@
+//! Approvals (DESIGN §7): the manager asks, the operator decides. States
+//! `pending → approved → building → deployed | failed` and `pending → denied`; rows are never
+//! deleted. Exactly one of two concurrent decisions wins (a conditional UPDATE on `pending`).
+//!
+//! The store is the truth and git follows it: a decision commits its row, its deploy and its audit
+//! row in one transaction, then moves the applied repo. If the daemon dies between the two,
+//! [`Hive::reconcile_applied`] at the next start moves the repo to where the store says it is.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit;
+use crate::error::{Error, Result};
+use crate::hive::Hive;
+use crate::mailbox::{Message, insert_messages};
+use crate::names::AgentName;
+use crate::registry::{self, AgentKind, AgentRecord};
+use crate::store::unix_millis;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    pub id: i64,
+    pub kind: String,
+    pub agent: String,
+    pub requester: String,
+    pub commit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    pub description: String,
+    pub stat: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<i64>,
+    /// The unified diff (or, for a spawn, the whole agent.nix); only in single-approval views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deploy {
+    pub id: i64,
+    pub agent: String,
+    pub commit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<i64>,
+    pub kind: String,
+    pub status: String,
+    pub created_at: i64,
+}
+
+/// What `request_spawn(name)` without a commit answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Draft {
+    pub agent: String,
+    /// The proposed repo as the manager sees it inside its container.
+    pub repo: String,
+    pub head: String,
+    pub next: String,
+}
+
+const APPROVAL_COLUMNS: &str = "id, kind, agent, requester, commit_sha, base_sha, description, stat, \
+                                status, note, created_at, resolved_at";
+
+fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
+    Ok(Approval {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        agent: r.get(2)?,
+        requester: r.get(3)?,
+        commit: r.get(4)?,
+        base: r.get(5)?,
+        description: r.get(6)?,
+        stat: r.get(7)?,
+        status: r.get(8)?,
+        note: r.get(9)?,
+        created_at: r.get(10)?,
+        resolved_at: r.get(11)?,
+        diff: None,
+    })
+}
+
+fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
+    Ok(Deploy {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        commit: r.get(2)?,
+        approval: r.get(3)?,
+        kind: r.get(4)?,
+        status: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
+    c.prepare_cached(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1"))?
+        .query_row([id], approval_from_row)
+        .optional()?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("approval {id}"),
+        })
+}
+
+fn insert_deploy(c: &Connection, agent: &str, commit: &str, approval: Option<i64>, kind: &str) -> Result<Deploy> {
+    let now = unix_millis();
+    c.prepare_cached(
+        "INSERT INTO deploys (agent, commit_sha, approval_id, kind, status, created_at)
+         VALUES (?1, ?2, ?3, ?4, 'applied', ?5)",
+    )?
+    .execute(params![agent, commit, approval, kind, now])?;
+    Ok(Deploy {
+        id: c.last_insert_rowid(),
+        agent: agent.to_owned(),
+        commit: commit.to_owned(),
+        approval,
+        kind: kind.to_owned(),
+        status: "applied".into(),
+        created_at: now,
+    })
+}
+
+/// The `approval_resolved` message to the requester, inside the caller's transaction.
+fn tell_requester(c: &Connection, a: &Approval, status: &str, note: Option<&str>) -> Result<Message> {
+    let body = json!({
+        "event": "approval_resolved",
+        "id": a.id,
+        "kind": a.kind,
+        "agent": a.agent,
+        "commit": a.commit,
+        "status": status,
+        "note": note,
+    })
+    .to_string();
+    Ok(insert_messages(c, "system", &[a.requester.clone()], &body, None)?.remove(0))
+}
+
+impl Hive {
+    /// The manager's `request_spawn`: without a commit, creates the draft repo from the default
+    /// template (or shows the existing draft); with one, queues a Spawn approval for it.
+    pub async fn request_spawn(&self, requester: &AgentName, name: &str, commit: Option<&str>) -> Result<SpawnRequest> {
+        let agent = AgentName::parse(name)?;
+        if self.registry.get(&agent).is_some() {
+            return Err(Error::Conflict(format!(
+                "agent '{agent}' exists already; to change it, commit in /agents/{agent}/config and use request_apply_commit"
+            )));
+        }
+        let _config = self.config_lock.lock().await;
+        let Some(commit) = commit else {
+            let created = !self.repos.proposed_exists(&agent);
+            let head = if created {
+                self.repos.create_proposed(&agent, None)?
+            } else {
+                self.repos.proposed_head(&agent)?
+            };
+            return Ok(SpawnRequest::Draft(Draft {
+                repo: format!("/agents/{agent}/config"),
+                next: format!(
+                    "{} Edit agent.nix and prompt.md there, commit with git, then call request_spawn(name: \"{agent}\", commit: \"<sha>\") to ask the operator to create it.",
+                    if created { "Created a draft config repo from the default template." } else { "The draft exists already." }
+                ),
+                agent: agent.to_string(),
+                head,
+            }));
+        };
+        let approval = self
+            .queue_approval(requester, &agent, commit, "spawn", String::new())
+            .await?;
+        Ok(SpawnRequest::Queued(approval))
+    }
+
+    /// The manager's `request_apply_commit`: pins the commit and queues an Apply approval with its
+    /// diff against the applied HEAD.
+    pub async fn request_apply(&self, requester: &AgentName, agent: &str, commit: &str, description: String) -> Result<Approval> {
+        let agent = AgentName::parse(agent)?;
+        if self.registry.get(&agent).is_none() {
+            return Err(Error::UnknownAgent {
+                name: agent.to_string(),
+                allowed: self.registry.names().iter().map(|n| n.to_string()).collect(),
+            });
+        }
+        if description.trim().is_empty() || description.len() > 4096 {
+            return Err(Error::invalid(
+                "description",
+                "say in 1–4096 bytes what the change does; the operator reads it before approving",
+            ));
+        }
+        let _config = self.config_lock.lock().await;
+        self.queue_approval(requester, &agent, commit, "apply", description).await
+    }
+
+    /// Pins `commit` as `proposal/<id>` and stores the pending approval with its diff. The caller
+    /// holds the config lock, so the id read here is the id inserted.
+    async fn queue_approval(&self, requester: &AgentName, agent: &AgentName, commit: &str, kind: &str, description: String) -> Result<Approval> {
+        crate::config_repo::check_sha(commit)?;
+        let id: i64 = self
+            .store
+            .read(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) + 1 FROM approvals", [], |r| r.get(0))?))
+            .await?;
+        let sha = self.repos.pin(agent, commit, &format!("refs/tags/proposal/{id}"))?;
+        let change = self.repos.change(agent, &sha)?;
+        let (requester, agent, kind) = (requester.to_string(), agent.to_string(), kind.to_owned());
+        self.store
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO approvals (id, kind, agent, requester, commit_sha, base_sha,
+                                            description, diff, stat, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![id, kind, agent, requester, sha, change.base, description, change.diff, change.stat, unix_millis()],
+                )?;
+                audit::append(c, &requester, &format!("request_{kind}"), Some(&agent), json!({"approval": id, "commit": sha}))?;
+                let mut a = get_approval(c, id)?;
+                a.diff = Some(change.diff);
+                Ok(a)
+            })
+            .await
+    }
+
+    /// Approvals, newest last: all, or those in one status, or of one agent.
+    pub async fn approvals(&self, status: Option<String>, agent: Option<String>) -> Result<Vec<Approval>> {
+        if let Some(s) = &status
+            && !["pending", "approved", "building", "deployed", "failed", "denied"].contains(&s.as_str())
+        {
+            return Err(Error::invalid(
+                "status",
+                format!("'{s}' is not a status: pending, approved, building, deployed, failed or denied"),
+            ));
+        }
+        self.store
+            .read(move |c| {
+                let rows = c
+                    .prepare_cached(&format!(
+                        "SELECT {APPROVAL_COLUMNS} FROM approvals
+                         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR agent = ?2)
+                         ORDER BY id DESC LIMIT 500"
+                    ))?
+                    .query_map(params![status, agent], approval_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows.into_iter().rev().collect())
+            })
+            .await
+    }
+
+    /// One approval with its diff.
+    pub async fn approval(&self, id: i64) -> Result<Approval> {
+        self.store
+            .read(move |c| {
+                let mut a = get_approval(c, id)?;
+                a.diff = Some(c.query_row("SELECT diff FROM approvals WHERE id = ?1", [id], |r| r.get(0))?);
+                Ok(a)
+            })
+            .await
+    }
+
+    /// The operator approves: the applied repo moves to the pinned commit (tagged
+    /// `approved/<id>`), a spawn creates the agent, and the requester is told.
+    pub async fn approve(self: &Arc<Self>, id: i64) -> Result<Approval> {
+        let _config = self.config_lock.lock().await;
+        let (approval, deploy, created, message) = self
+            .store
+            .write(move |c| {
+                let a = get_approval(c, id)?;
+                if a.status != "pending" {
+                    return Err(Error::Conflict(format!("approval {id} is {} already; nothing was changed", a.status)));
+                }
+                let changed = c.execute(
+                    "UPDATE approvals SET status = 'approved', resolved_at = ?1 WHERE id = ?2 AND status = 'pending'",
+                    params![unix_millis(), id],
+                )?;
+                if changed != 1 {
+                    return Err(Error::Conflict(format!("approval {id} was decided meanwhile; nothing was changed")));
+                }
+                let name = AgentName::parse(&a.agent)?;
+                let exists = c
+                    .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
+                    .exists([name.as_str()])?;
+                let created = match (a.kind.as_str(), exists) {
+                    ("spawn", false) => {
+                        let record = registry::new_record(name, AgentKind::Agent);
+                        registry::insert_row(c, &record)?;
+                        Some(record)
+                    }
+                    ("spawn", true) => return Err(Error::Conflict(format!("agent '{}' exists already; nothing was changed", a.agent))),
+                    (_, false) => return Err(Error::Conflict(format!("agent '{}' no longer exists; nothing was changed", a.agent))),
+                    _ => None,
+                };
+                let deploy = insert_deploy(c, &a.agent, &a.commit, Some(id), &a.kind)?;
+                audit::append(c, "operator", "approve", Some(&a.agent), json!({"approval": id, "commit": a.commit, "deploy": deploy.id}))?;
+                let message = tell_requester(c, &a, "approved", None)?;
+                Ok((get_approval(c, id)?, deploy, created, message))
+            })
+            .await?;
+        if let Some(record) = created {
+            self.registry.remember(record.clone());
+            self.open_agent_sockets(&record)?;
+        }
+        self.mailbox.announce(vec![message]);
+        let name = AgentName::parse(&approval.agent)?;
+        self.repos
+            .apply(&name, &deploy.commit, &[format!("approved/{id}")])
+            .map_err(|e| {
+                Error::Internal(format!("approval {id} is recorded, but the applied repo could not be moved ({e}); it is retried at the next start"))
+            })?;
+        Ok(approval)
+    }
+
+    /// The operator denies, with a note (required unless the config says otherwise).
+    pub async fn deny(&self, id: i64, note: Option<String>) -> Result<Approval> {
+        let note = note.filter(|n| !n.trim().is_empty());
+        if note.is_none() && self.config.approvals.deny_requires_note {
+            return Err(Error::invalid("note", "say why you deny it (--note TEXT): the manager reads it"));
+        }
+        if note.as_ref().is_some_and(|n| n.len() > 4096) {
+            return Err(Error::invalid("note", "at most 4096 bytes"));
+        }
+        let _config = self.config_lock.lock().await;
+        let (approval, message) = self
+            .store
+            .write(move |c| {
+                let a = get_approval(c, id)?;
+                if a.status != "pending" {
+                    return Err(Error::Conflict(format!("approval {id} is {} already; nothing was changed", a.status)));
+                }
+                let changed = c.execute(
+                    "UPDATE approvals SET status = 'denied', note = ?1, resolved_at = ?2 WHERE id = ?3 AND status = 'pending'",
+                    params![note, unix_millis(), id],
+                )?;
+                if changed != 1 {
+                    return Err(Error::Conflict(format!("approval {id} was decided meanwhile; nothing was changed")));
+                }
+                audit::append(c, "operator", "deny", Some(&a.agent), json!({"approval": id, "commit": a.commit, "note": note}))?;
+                let message = tell_requester(c, &a, "denied", note.as_deref())?;
+                Ok((get_approval(c, id)?, message))
+            })
+            .await?;
+        self.mailbox.announce(vec![message]);
+        let name = AgentName::parse(&approval.agent)?;
+        if let Err(e) = self.repos.tag(&name, &format!("denied/{id}"), &approval.commit) {
+            tracing::warn!(id, error = %e, "cannot tag a denied approval; retried at the next start");
+        }
+        Ok(approval)
+    }
+
+    /// The operator creates an agent directly (audited, no approval): from its draft repo if the
+    /// manager made one, else from the template, or with `agent_nix` as its agent.nix.
+    pub async fn spawn(self: &Arc<Self>, name: &str, agent_nix: Option<String>) -> Result<AgentRecord> {
+        let agent = AgentName::parse(name)?;
+        if self.registry.get(&agent).is_some() {
+            return Err(Error::Conflict(format!("agent '{agent}' exists already")));
+        }
+        let _config = self.config_lock.lock().await;
+        let head = match (self.repos.proposed_exists(&agent), agent_nix) {
+            (true, Some(_)) => {
+                return Err(Error::Conflict(format!(
+                    "agent '{agent}' has a draft config repo already; spawn it without --from, or commit your agent.nix there"
+                )));
+            }
+            (true, None) => self.repos.proposed_head(&agent)?,
+            (false, own) => self.repos.create_proposed(&agent, own.as_deref())?,
+        };
+        let sha = self.repos.pin(&agent, &head, "refs/hyperhive/incoming")?;
+        let record = registry::new_record(agent.clone(), AgentKind::Agent);
+        let row = record.clone();
+        let deploy = self
+            .store
+            .write(move |c| {
+                registry::insert_row(c, &row)?;
+                let deploy = insert_deploy(c, row.name.as_str(), &sha, None, "spawn")?;
+                audit::append(c, "operator", "spawn", Some(row.name.as_str()), json!({"commit": sha, "deploy": deploy.id}))?;
+                Ok(deploy)
+            })
+            .await?;
+        self.registry.remember(record.clone());
+        self.open_agent_sockets(&record)?;
+        self.repos.apply(&agent, &deploy.commit, &[])?;
+        Ok(record)
+    }
+
+    /// The deploys of an agent, newest last.
+    pub async fn deploys(&self, agent: &AgentName) -> Result<Vec<Deploy>> {
+        let key = agent.to_string();
+        self.store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT id, agent, commit_sha, approval_id, kind, status, created_at
+                     FROM deploys WHERE agent = ?1 ORDER BY id",
+                )?
+                .query_map([key], deploy_from_row)?
+                .collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// The operator rolls an agent back: a new deploy of the commit of an earlier one.
+    pub async fn rollback(&self, agent: &AgentName, deploy_id: i64) -> Result<Deploy> {
+        if self.registry.get(agent).is_none() {
+            return Err(Error::UnknownAgent {
+                name: agent.to_string(),
+                allowed: self.registry.names().iter().map(|n| n.to_string()).collect(),
+            });
+        }
+        let _config = self.config_lock.lock().await;
+        let key = agent.to_string();
+        let deploy = self
+            .store
+            .write(move |c| {
+                let commit: String = c
+                    .prepare_cached("SELECT commit_sha FROM deploys WHERE id = ?1 AND agent = ?2")?
+                    .query_row(params![deploy_id, key], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("deploy {deploy_id} of '{key}' (see `hive history {key}`)"),
+                    })?;
+                let deploy = insert_deploy(c, &key, &commit, None, "rollback")?;
+                audit::append(c, "operator", "rollback", Some(&key), json!({"to_deploy": deploy_id, "commit": commit, "deploy": deploy.id}))?;
+                Ok(deploy)
+            })
+            .await?;
+        self.repos.apply(agent, &deploy.commit, &[])?;
+        Ok(deploy)
+    }
+
+    /// Makes every applied repo agree with the store: HEAD at the latest deploy's commit and the
+    /// tags of decided approvals present. Run at start, after a crash may have cut a decision
+    /// between its commit and its git step.
+    pub async fn reconcile_applied(&self) -> Result<()> {
+        let (heads, decided) = self
+            .store
+            .read(|c| {
+                let heads: Vec<(String, String)> = c
+                    .prepare(
+                        "SELECT d.agent, d.commit_sha FROM deploys d
+                         JOIN agents a ON a.name = d.agent
+                         WHERE d.id = (SELECT max(id) FROM deploys WHERE agent = d.agent)",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let decided: Vec<(i64, String, String, String)> = c
+                    .prepare(
+                        "SELECT ap.id, ap.agent, ap.commit_sha, ap.status FROM approvals ap
+                         JOIN agents a ON a.name = ap.agent WHERE ap.status != 'pending'",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok((heads, decided))
+            })
+            .await?;
+        for (agent, commit) in heads {
+            let name = AgentName::parse(&agent)?;
+            if self.repos.applied_head(&name)?.as_deref() != Some(commit.as_str()) {
+                tracing::warn!(%agent, %commit, "applied repo behind the store; moving it");
+                self.repos.apply(&name, &commit, &[])?;
+            }
+        }
+        for (id, agent, commit, status) in decided {
+            let name = AgentName::parse(&agent)?;
+            let tag = if status == "denied" { format!("denied/{id}") } else { format!("approved/{id}") };
+            self.repos.tag(&name, &tag, &commit)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the manager its config repos on first start.
+    pub(crate) async fn ensure_manager_config(&self) -> Result<()> {
+        let manager = AgentName::manager();
+        if self.repos.applied_head(&manager)?.is_some() {
+            return Ok(());
+        }
+        let _config = self.config_lock.lock().await;
+        let head = if self.repos.proposed_exists(&manager) {
+            self.repos.proposed_head(&manager)?
+        } else {
+            self.repos.create_proposed(&manager, None)?
+        };
+        let sha = self.repos.pin(&manager, &head, "refs/hyperhive/incoming")?;
+        let deploy = self
+            .store
+            .write(move |c| {
+                let deploy = insert_deploy(c, "manager", &sha, None, "spawn")?;
+                audit::append(c, "system", "spawn", Some("manager"), json!({"commit": sha, "deploy": deploy.id}))?;
+                Ok(deploy)
+            })
+            .await?;
+        self.repos.apply(&manager, &deploy.commit, &[])
+    }
+}
+
+/// What `request_spawn` did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SpawnRequest {
+    Draft(Draft),
+    Queued(Approval),
+}

@@ -1,0 +1,259 @@
+//! Destroy, restore and purge (operator only, DESIGN §7). A destroy moves the agent's
+//! `agents/<name>`, `secrets/<name>` and `applied/<name>` into `tombstones/<name>-<utc>/`; restore
+//! moves them back; purge deletes a tombstone. Tombstone ids are parsed, never joined raw, and
+//! every path is checked to stay inside the state dir before anything is touched.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit;
+use crate::error::{Error, Result};
+use crate::hive::Hive;
+use crate::names::AgentName;
+use crate::paths::checked_within;
+use crate::registry::{self, AgentKind};
+
+/// `<name>-<YYYYMMDDTHHMMSSZ>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct TombstoneId(String);
+
+impl TombstoneId {
+    pub fn parse(raw: &str) -> Result<(Self, AgentName)> {
+        let bad = || {
+            Error::invalid(
+                "tombstone",
+                format!(
+                    "'{}' is not a tombstone id: <agent>-<YYYYMMDDTHHMMSSZ>, as `hive tombstones` lists them",
+                    raw.chars().take(64).collect::<String>()
+                ),
+            )
+        };
+        let (name, stamp) = raw.rsplit_once('-').ok_or_else(bad)?;
+        let b = stamp.as_bytes();
+        let stamp_ok = b.len() == 16
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && b[15] == b'Z';
+        if !stamp_ok {
+            return Err(bad());
+        }
+        let name = AgentName::parse(name).map_err(|_| bad())?;
+        Ok((Self(raw.to_owned()), name))
+    }
+
+    fn new(name: &AgentName) -> Self {
+        let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+        Self(format!("{name}-{now}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TombstoneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tombstone {
+    pub id: TombstoneId,
+    pub agent: String,
+}
+
+/// The live places of an agent and their names inside a tombstone.
+fn parts(hive: &Hive, agent: &AgentName) -> [(PathBuf, &'static str); 3] {
+    [
+        (hive.paths.agent_dir(agent), "agents"),
+        (hive.paths.secrets_dir(agent), "secrets"),
+        (hive.paths.applied_repo(agent), "applied"),
+    ]
+}
+
+impl Hive {
+    fn tombstone_path(&self, id: &TombstoneId) -> Result<PathBuf> {
+        checked_within(self.paths.root(), &self.paths.tombstones_dir().join(id.as_str()))
+    }
+
+    /// Stops an agent and moves what it has into a tombstone (deleted at once with `purge`).
+    pub async fn destroy(&self, agent: &AgentName, purge: bool) -> Result<TombstoneId> {
+        if agent.is_manager() {
+            return Err(Error::Conflict("the manager cannot be destroyed".into()));
+        }
+        if self.registry.get(agent).is_none() {
+            return Err(Error::UnknownAgent {
+                name: agent.to_string(),
+                allowed: self.registry.names().iter().map(|n| n.to_string()).collect(),
+            });
+        }
+        let _config = self.config_lock.lock().await;
+        let id = TombstoneId::new(agent);
+        let tomb = self.tombstone_path(&id)?;
+        if tomb.exists() {
+            return Err(Error::Conflict(format!("tombstone {id} exists already; try again in a second")));
+        }
+        let moves = parts(self, agent)
+            .into_iter()
+            .map(|(live, part)| Ok((checked_within(self.paths.root(), &live)?, tomb.join(part))))
+            .collect::<Result<Vec<_>>>()?;
+
+        // The store first: if the daemon dies before the moves, the agent is gone and its files
+        // wait where they were (a later spawn of the name says so); never the other way round.
+        let (name, tid) = (agent.clone(), id.clone());
+        self.store
+            .write(move |c| {
+                registry::delete_row(c, &name)?;
+                audit::append(c, "operator", "destroy", Some(name.as_str()), json!({"tombstone": tid, "purged": purge}))?;
+                Ok(())
+            })
+            .await?;
+        self.registry.forget(agent);
+        self.close_agent_sockets(agent);
+        self.mailbox.release_leases(agent).await?;
+
+        crate::paths::make_dir(&tomb, 0o700)?;
+        for (live, dest) in &moves {
+            if live.exists() {
+                std::fs::rename(live, dest)
+                    .map_err(|e| Error::io(format!("cannot move {} into the tombstone", live.display()), e))?;
+            }
+        }
+        if purge {
+            std::fs::remove_dir_all(&tomb).map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))?;
+        }
+        Ok(id)
+    }
+
+    /// The tombstones, oldest first.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>> {
+        let dir = checked_within(self.paths.root(), &self.paths.tombstones_dir())?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot list tombstones", e)),
+        };
+        let mut list: Vec<Tombstone> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let raw = e.file_name().into_string().ok()?;
+                let (id, agent) = TombstoneId::parse(&raw).ok()?;
+                Some(Tombstone {
+                    id,
+                    agent: agent.to_string(),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.as_str()[a.agent.len()..].cmp(&b.id.as_str()[b.agent.len()..]));
+        Ok(list)
+    }
+
+    /// Brings a destroyed agent back from its tombstone (refused while the name is live).
+    pub async fn restore(self: &Arc<Self>, raw: &str) -> Result<AgentName> {
+        let (id, agent) = TombstoneId::parse(raw)?;
+        let _config = self.config_lock.lock().await;
+        let tomb = self.existing_tombstone(&id)?;
+        if self.registry.get(&agent).is_some() {
+            return Err(Error::Conflict(format!(
+                "an agent named '{agent}' is live; destroy it first or keep the tombstone"
+            )));
+        }
+        let mut moves = Vec::new();
+        for (live, part) in parts(self, &agent) {
+            let live = checked_within(self.paths.root(), &live)?;
+            let kept = checked_within(self.paths.root(), &tomb.join(part))?;
+            if live.exists() {
+                return Err(Error::Conflict(format!(
+                    "{} exists; move it away before restoring",
+                    live.strip_prefix(self.paths.root()).unwrap_or(&live).display()
+                )));
+            }
+            if kept.exists() {
+                moves.push((kept, live));
+            }
+        }
+        for (kept, live) in &moves {
+            if let Some(parent) = live.parent() {
+                crate::paths::make_dir(parent, 0o755)?;
+            }
+            std::fs::rename(kept, live)
+                .map_err(|e| Error::io(format!("cannot restore {}", live.display()), e))?;
+        }
+        let record = registry::new_record(agent.clone(), AgentKind::Agent);
+        let (row, tid) = (record.clone(), id.clone());
+        self.store
+            .write(move |c| {
+                registry::insert_row(c, &row)?;
+                audit::append(c, "operator", "restore", Some(row.name.as_str()), json!({"tombstone": tid}))?;
+                Ok(())
+            })
+            .await?;
+        let _ = std::fs::remove_dir(&tomb);
+        self.registry.remember(record.clone());
+        self.open_agent_sockets(&record)?;
+        Ok(agent)
+    }
+
+    /// Deletes a tombstone for good.
+    pub async fn purge(&self, raw: &str) -> Result<()> {
+        let (id, agent) = TombstoneId::parse(raw)?;
+        let _config = self.config_lock.lock().await;
+        let tomb = self.existing_tombstone(&id)?;
+        let tid = id.clone();
+        self.store
+            .write(move |c| {
+                audit::append(c, "operator", "purge", Some(agent.as_str()), json!({"tombstone": tid}))?;
+                Ok(())
+            })
+            .await?;
+        std::fs::remove_dir_all(&tomb).map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))
+    }
+
+    /// The tombstone's directory: a real directory inside the state dir.
+    fn existing_tombstone(&self, id: &TombstoneId) -> Result<PathBuf> {
+        let tomb = self.tombstone_path(id)?;
+        match std::fs::symlink_metadata(&tomb) {
+            Ok(m) if m.is_dir() => Ok(tomb),
+            Ok(_) => Err(Error::UnsafePath(format!("{}: not a directory", tomb.display()))),
+            Err(_) => Err(Error::NotFound {
+                what: format!("tombstone {id} (see `hive tombstones`)"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_strictly() {
+        let (id, name) = TombstoneId::parse("bob-2-20261126T101500Z").unwrap();
+        assert_eq!(name.as_str(), "bob-2");
+        assert_eq!(id.as_str(), "bob-2-20261126T101500Z");
+        for bad in [
+            "..",
+            "../..",
+            "x/../../etc",
+            "/etc/passwd",
+            "bob",
+            "bob-",
+            "bob-20261126T101500",
+            "Bob-20261126T101500Z",
+            "bob-20261126T10150aZ",
+            "../bob-20261126T101500Z",
+            "bob/x-20261126T101500Z",
+            "",
+        ] {
+            assert!(TombstoneId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
