@@ -98,15 +98,23 @@ fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
 }
 
 fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
-    c.prepare_cached(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1"))?
-        .query_row([id], approval_from_row)
-        .optional()?
-        .ok_or_else(|| Error::NotFound {
-            what: format!("approval {id}"),
-        })
+    c.prepare_cached(&format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1"
+    ))?
+    .query_row([id], approval_from_row)
+    .optional()?
+    .ok_or_else(|| Error::NotFound {
+        what: format!("approval {id}"),
+    })
 }
 
-fn insert_deploy(c: &Connection, agent: &str, commit: &str, approval: Option<i64>, kind: &str) -> Result<Deploy> {
+fn insert_deploy(
+    c: &Connection,
+    agent: &str,
+    commit: &str,
+    approval: Option<i64>,
+    kind: &str,
+) -> Result<Deploy> {
     let now = unix_millis();
     c.prepare_cached(
         "INSERT INTO deploys (agent, commit_sha, approval_id, kind, status, created_at)
@@ -125,7 +133,12 @@ fn insert_deploy(c: &Connection, agent: &str, commit: &str, approval: Option<i64
 }
 
 /// The `approval_resolved` message to the requester, inside the caller's transaction.
-fn tell_requester(c: &Connection, a: &Approval, status: &str, note: Option<&str>) -> Result<Message> {
+fn tell_requester(
+    c: &Connection,
+    a: &Approval,
+    status: &str,
+    note: Option<&str>,
+) -> Result<Message> {
     let body = json!({
         "event": "approval_resolved",
         "id": a.id,
@@ -142,7 +155,12 @@ fn tell_requester(c: &Connection, a: &Approval, status: &str, note: Option<&str>
 impl Hive {
     /// The manager's `request_spawn`: without a commit, creates the draft repo from the default
     /// template (or shows the existing draft); with one, queues a Spawn approval for it.
-    pub async fn request_spawn(&self, requester: &AgentName, name: &str, commit: Option<&str>) -> Result<SpawnRequest> {
+    pub async fn request_spawn(
+        &self,
+        requester: &AgentName,
+        name: &str,
+        commit: Option<&str>,
+    ) -> Result<SpawnRequest> {
         let agent = AgentName::parse(name)?;
         if self.registry.get(&agent).is_some() {
             return Err(Error::Conflict(format!(
@@ -161,7 +179,11 @@ impl Hive {
                 repo: format!("/agents/{agent}/config"),
                 next: format!(
                     "{} Edit agent.nix and prompt.md there, commit with git, then call request_spawn(name: \"{agent}\", commit: \"<sha>\") to ask the operator to create it.",
-                    if created { "Created a draft config repo from the default template." } else { "The draft exists already." }
+                    if created {
+                        "Created a draft config repo from the default template."
+                    } else {
+                        "The draft exists already."
+                    }
                 ),
                 agent: agent.to_string(),
                 head,
@@ -175,12 +197,23 @@ impl Hive {
 
     /// The manager's `request_apply_commit`: pins the commit and queues an Apply approval with its
     /// diff against the applied HEAD.
-    pub async fn request_apply(&self, requester: &AgentName, agent: &str, commit: &str, description: String) -> Result<Approval> {
+    pub async fn request_apply(
+        &self,
+        requester: &AgentName,
+        agent: &str,
+        commit: &str,
+        description: String,
+    ) -> Result<Approval> {
         let agent = AgentName::parse(agent)?;
         if self.registry.get(&agent).is_none() {
             return Err(Error::UnknownAgent {
                 name: agent.to_string(),
-                allowed: self.registry.names().iter().map(|n| n.to_string()).collect(),
+                allowed: self
+                    .registry
+                    .names()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
             });
         }
         if description.trim().is_empty() || description.len() > 4096 {
@@ -190,18 +223,34 @@ impl Hive {
             ));
         }
         let _config = self.config_lock.lock().await;
-        self.queue_approval(requester, &agent, commit, "apply", description).await
+        self.queue_approval(requester, &agent, commit, "apply", description)
+            .await
     }
 
     /// Pins `commit` as `proposal/<id>` and stores the pending approval with its diff. The caller
     /// holds the config lock, so the id read here is the id inserted.
-    async fn queue_approval(&self, requester: &AgentName, agent: &AgentName, commit: &str, kind: &str, description: String) -> Result<Approval> {
+    async fn queue_approval(
+        &self,
+        requester: &AgentName,
+        agent: &AgentName,
+        commit: &str,
+        kind: &str,
+        description: String,
+    ) -> Result<Approval> {
         crate::config_repo::check_sha(commit)?;
         let id: i64 = self
             .store
-            .read(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) + 1 FROM approvals", [], |r| r.get(0))?))
+            .read(|c| {
+                Ok(
+                    c.query_row("SELECT coalesce(max(id), 0) + 1 FROM approvals", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
             .await?;
-        let sha = self.repos.pin(agent, commit, &format!("refs/tags/proposal/{id}"))?;
+        let sha = self
+            .repos
+            .pin(agent, commit, &format!("refs/tags/proposal/{id}"))?;
         let change = self.repos.change(agent, &sha)?;
         let (requester, agent, kind) = (requester.to_string(), agent.to_string(), kind.to_owned());
         self.store
@@ -210,9 +259,26 @@ impl Hive {
                     "INSERT INTO approvals (id, kind, agent, requester, commit_sha, base_sha,
                                             description, diff, stat, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![id, kind, agent, requester, sha, change.base, description, change.diff, change.stat, unix_millis()],
+                    params![
+                        id,
+                        kind,
+                        agent,
+                        requester,
+                        sha,
+                        change.base,
+                        description,
+                        change.diff,
+                        change.stat,
+                        unix_millis()
+                    ],
                 )?;
-                audit::append(c, &requester, &format!("request_{kind}"), Some(&agent), json!({"approval": id, "commit": sha}))?;
+                audit::append(
+                    c,
+                    &requester,
+                    &format!("request_{kind}"),
+                    Some(&agent),
+                    json!({"approval": id, "commit": sha}),
+                )?;
                 let mut a = get_approval(c, id)?;
                 a.diff = Some(change.diff);
                 Ok(a)
@@ -221,13 +287,22 @@ impl Hive {
     }
 
     /// Approvals, newest last: all, or those in one status, or of one agent.
-    pub async fn approvals(&self, status: Option<String>, agent: Option<String>) -> Result<Vec<Approval>> {
+    pub async fn approvals(
+        &self,
+        status: Option<String>,
+        agent: Option<String>,
+    ) -> Result<Vec<Approval>> {
         if let Some(s) = &status
-            && !["pending", "approved", "building", "deployed", "failed", "denied"].contains(&s.as_str())
+            && ![
+                "pending", "approved", "building", "deployed", "failed", "denied",
+            ]
+            .contains(&s.as_str())
         {
             return Err(Error::invalid(
                 "status",
-                format!("'{s}' is not a status: pending, approved, building, deployed, failed or denied"),
+                format!(
+                    "'{s}' is not a status: pending, approved, building, deployed, failed or denied"
+                ),
             ));
         }
         self.store
@@ -250,7 +325,11 @@ impl Hive {
         self.store
             .read(move |c| {
                 let mut a = get_approval(c, id)?;
-                a.diff = Some(c.query_row("SELECT diff FROM approvals WHERE id = ?1", [id], |r| r.get(0))?);
+                a.diff = Some(c.query_row(
+                    "SELECT diff FROM approvals WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )?);
                 Ok(a)
             })
             .await
@@ -312,7 +391,10 @@ impl Hive {
     pub async fn deny(&self, id: i64, note: Option<String>) -> Result<Approval> {
         let note = note.filter(|n| !n.trim().is_empty());
         if note.is_none() && self.config.approvals.deny_requires_note {
-            return Err(Error::invalid("note", "say why you deny it (--note TEXT): the manager reads it"));
+            return Err(Error::invalid(
+                "note",
+                "say why you deny it (--note TEXT): the manager reads it",
+            ));
         }
         if note.as_ref().is_some_and(|n| n.len() > 4096) {
             return Err(Error::invalid("note", "at most 4096 bytes"));
@@ -339,7 +421,10 @@ impl Hive {
             .await?;
         self.mailbox.announce(vec![message]);
         let name = AgentName::parse(&approval.agent)?;
-        if let Err(e) = self.repos.tag(&name, &format!("denied/{id}"), &approval.commit) {
+        if let Err(e) = self
+            .repos
+            .tag(&name, &format!("denied/{id}"), &approval.commit)
+        {
             tracing::warn!(id, error = %e, "cannot tag a denied approval; retried at the next start");
         }
         Ok(approval)
@@ -347,7 +432,11 @@ impl Hive {
 
     /// The operator creates an agent directly (audited, no approval): from its draft repo if the
     /// manager made one, else from the template, or with `agent_nix` as its agent.nix.
-    pub async fn spawn(self: &Arc<Self>, name: &str, agent_nix: Option<String>) -> Result<AgentRecord> {
+    pub async fn spawn(
+        self: &Arc<Self>,
+        name: &str,
+        agent_nix: Option<String>,
+    ) -> Result<AgentRecord> {
         let agent = AgentName::parse(name)?;
         if self.registry.get(&agent).is_some() {
             return Err(Error::Conflict(format!("agent '{agent}' exists already")));
@@ -370,7 +459,13 @@ impl Hive {
             .write(move |c| {
                 registry::insert_row(c, &row)?;
                 let deploy = insert_deploy(c, row.name.as_str(), &sha, None, "spawn")?;
-                audit::append(c, "operator", "spawn", Some(row.name.as_str()), json!({"commit": sha, "deploy": deploy.id}))?;
+                audit::append(
+                    c,
+                    "operator",
+                    "spawn",
+                    Some(row.name.as_str()),
+                    json!({"commit": sha, "deploy": deploy.id}),
+                )?;
                 Ok(deploy)
             })
             .await?;
@@ -400,7 +495,12 @@ impl Hive {
         if self.registry.get(agent).is_none() {
             return Err(Error::UnknownAgent {
                 name: agent.to_string(),
-                allowed: self.registry.names().iter().map(|n| n.to_string()).collect(),
+                allowed: self
+                    .registry
+                    .names()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
             });
         }
         let _config = self.config_lock.lock().await;
@@ -416,7 +516,13 @@ impl Hive {
                         what: format!("deploy {deploy_id} of '{key}' (see `hive history {key}`)"),
                     })?;
                 let deploy = insert_deploy(c, &key, &commit, None, "rollback")?;
-                audit::append(c, "operator", "rollback", Some(&key), json!({"to_deploy": deploy_id, "commit": commit, "deploy": deploy.id}))?;
+                audit::append(
+                    c,
+                    "operator",
+                    "rollback",
+                    Some(&key),
+                    json!({"to_deploy": deploy_id, "commit": commit, "deploy": deploy.id}),
+                )?;
                 Ok(deploy)
             })
             .await?;
@@ -458,7 +564,11 @@ impl Hive {
         }
         for (id, agent, commit, status) in decided {
             let name = AgentName::parse(&agent)?;
-            let tag = if status == "denied" { format!("denied/{id}") } else { format!("approved/{id}") };
+            let tag = if status == "denied" {
+                format!("denied/{id}")
+            } else {
+                format!("approved/{id}")
+            };
             self.repos.tag(&name, &tag, &commit)?;
         }
         Ok(())
@@ -481,7 +591,13 @@ impl Hive {
             .store
             .write(move |c| {
                 let deploy = insert_deploy(c, "manager", &sha, None, "spawn")?;
-                audit::append(c, "system", "spawn", Some("manager"), json!({"commit": sha, "deploy": deploy.id}))?;
+                audit::append(
+                    c,
+                    "system",
+                    "spawn",
+                    Some("manager"),
+                    json!({"commit": sha, "deploy": deploy.id}),
+                )?;
                 Ok(deploy)
             })
             .await?;

@@ -36,7 +36,15 @@ pub struct Verification {
     pub first_broken: Option<i64>,
 }
 
-fn hash_of(prev_hash: &str, id: i64, ts: i64, actor: &str, action: &str, agent: Option<&str>, detail: &str) -> String {
+fn hash_of(
+    prev_hash: &str,
+    id: i64,
+    ts: i64,
+    actor: &str,
+    action: &str,
+    agent: Option<&str>,
+    detail: &str,
+) -> String {
     // serde_json's maps are ordered by key: this is the canonical form.
     let fields = json!({
         "id": id, "ts": ts, "actor": actor, "action": action, "agent": agent, "detail": detail,
@@ -70,7 +78,16 @@ pub(crate) fn append(
         "INSERT INTO audit (id, ts, actor, action, agent, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![id, ts, actor, action, agent, detail_text, prev_hash, hash])?;
+    .execute(params![
+        id,
+        ts,
+        actor,
+        action,
+        agent,
+        detail_text,
+        prev_hash,
+        hash
+    ])?;
     Ok(AuditEntry {
         id,
         ts,
@@ -92,7 +109,8 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditEntry, String
             actor: r.get(2)?,
             action: r.get(3)?,
             agent: r.get(4)?,
-            detail: serde_json::from_str(&detail_text).unwrap_or(Value::String(detail_text.clone())),
+            detail: serde_json::from_str(&detail_text)
+                .unwrap_or(Value::String(detail_text.clone())),
             prev_hash: r.get(6)?,
             hash: r.get(7)?,
         },
@@ -109,12 +127,16 @@ impl Hive {
             .read(move |c| {
                 let mut rows: Vec<AuditEntry> = match &agent {
                     Some(a) => c
-                        .prepare(&format!("SELECT {COLUMNS} FROM audit WHERE agent = ?1 ORDER BY id DESC LIMIT ?2"))?
+                        .prepare(&format!(
+                            "SELECT {COLUMNS} FROM audit WHERE agent = ?1 ORDER BY id DESC LIMIT ?2"
+                        ))?
                         .query_map(params![a, limit as i64], entry_from_row)?
                         .map(|r| r.map(|(e, _)| e))
                         .collect::<Result<_, _>>()?,
                     None => c
-                        .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"))?
+                        .prepare(&format!(
+                            "SELECT {COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"
+                        ))?
                         .query_map([limit as i64], entry_from_row)?
                         .map(|r| r.map(|(e, _)| e))
                         .collect::<Result<_, _>>()?,

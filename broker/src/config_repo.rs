@@ -63,11 +63,13 @@ impl ConfigRepos {
     }
 
     pub fn proposed_exists(&self, agent: &AgentName) -> bool {
-        self.proposed_path(agent).is_ok_and(|p| p.join(".git").exists())
+        self.proposed_path(agent)
+            .is_ok_and(|p| p.join(".git").exists())
     }
 
     pub fn applied_exists(&self, agent: &AgentName) -> bool {
-        self.applied_path(agent).is_ok_and(|p| p.join("HEAD").exists())
+        self.applied_path(agent)
+            .is_ok_and(|p| p.join("HEAD").exists())
     }
 
     /// Creates the proposed repo with one commit: the template, or `agent_nix` in place of the
@@ -82,8 +84,13 @@ impl ConfigRepos {
         crate::paths::make_dir(&path, 0o755)?;
         let mut opts = RepositoryInitOptions::new();
         opts.initial_head("main");
-        let repo = Repository::init_opts(&path, &opts).map_err(|e| git("cannot create the repo", e))?;
-        let template = if agent.is_manager() { MANAGER_TEMPLATE } else { DEFAULT_TEMPLATE };
+        let repo =
+            Repository::init_opts(&path, &opts).map_err(|e| git("cannot create the repo", e))?;
+        let template = if agent.is_manager() {
+            MANAGER_TEMPLATE
+        } else {
+            DEFAULT_TEMPLATE
+        };
         for (file, content) in template {
             let content = match (*file, agent_nix) {
                 ("agent.nix", Some(own)) => own,
@@ -94,7 +101,9 @@ impl ConfigRepos {
         }
         let mut index = repo.index().map_err(|e| git("index", e))?;
         for (file, _) in template {
-            index.add_path(Path::new(file)).map_err(|e| git("git add", e))?;
+            index
+                .add_path(Path::new(file))
+                .map_err(|e| git("git add", e))?;
         }
         index.write().map_err(|e| git("index", e))?;
         let tree_id = index.write_tree().map_err(|e| git("write tree", e))?;
@@ -111,7 +120,8 @@ impl ConfigRepos {
     pub fn ensure_applied(&self, agent: &AgentName) -> Result<Repository> {
         let path = self.applied_path(agent)?;
         if path.join("HEAD").exists() {
-            return Repository::open_bare(&path).map_err(|e| git("cannot open the applied repo", e));
+            return Repository::open_bare(&path)
+                .map_err(|e| git("cannot open the applied repo", e));
         }
         crate::paths::make_dir(&path, 0o755)?;
         let mut opts = RepositoryInitOptions::new();
@@ -129,10 +139,11 @@ impl ConfigRepos {
     /// The proposed repo's HEAD commit.
     pub fn proposed_head(&self, agent: &AgentName) -> Result<String> {
         let repo = self.open_proposed(agent)?;
-        let head = repo
-            .head()
-            .and_then(|h| h.peel_to_commit())
-            .map_err(|_| Error::Conflict(format!("agents/{agent}/config has no commit yet; commit agent.nix first")))?;
+        let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(|_| {
+            Error::Conflict(format!(
+                "agents/{agent}/config has no commit yet; commit agent.nix first"
+            ))
+        })?;
         Ok(head.id().to_string())
     }
 
@@ -142,18 +153,22 @@ impl ConfigRepos {
     pub fn pin(&self, agent: &AgentName, commit: &str, dest: &str) -> Result<String> {
         check_sha(commit)?;
         let proposed = self.open_proposed(agent)?;
-        let object = proposed.revparse_single(commit).map_err(|e| match e.code() {
-            ErrorCode::Ambiguous => Error::invalid(
-                "commit",
-                format!("'{commit}' is ambiguous in agents/{agent}/config; give more hex digits"),
-            ),
-            _ => Error::NotFound {
-                what: format!("commit '{commit}' in agents/{agent}/config"),
-            },
-        })?;
-        let found = object.peel_to_commit().map_err(|_| {
-            Error::invalid("commit", format!("'{commit}' is not a commit"))
-        })?;
+        let object = proposed
+            .revparse_single(commit)
+            .map_err(|e| match e.code() {
+                ErrorCode::Ambiguous => Error::invalid(
+                    "commit",
+                    format!(
+                        "'{commit}' is ambiguous in agents/{agent}/config; give more hex digits"
+                    ),
+                ),
+                _ => Error::NotFound {
+                    what: format!("commit '{commit}' in agents/{agent}/config"),
+                },
+            })?;
+        let found = object
+            .peel_to_commit()
+            .map_err(|_| Error::invalid("commit", format!("'{commit}' is not a commit")))?;
         let sha = found.id().to_string();
         // Hold the commit at a ref while the applied repo fetches it (it may be on no branch).
         let hold = "refs/hyperhive/pin".to_owned();
@@ -163,7 +178,9 @@ impl ConfigRepos {
         let fetched = (|| {
             let applied = self.ensure_applied(agent)?;
             let url = self.proposed_path(agent)?.display().to_string();
-            let mut remote = applied.remote_anonymous(&url).map_err(|e| git("remote", e))?;
+            let mut remote = applied
+                .remote_anonymous(&url)
+                .map_err(|e| git("remote", e))?;
             let refspec = format!("+{hold}:{dest}");
             remote
                 .fetch(&[refspec.as_str()], None, None)
@@ -182,7 +199,10 @@ impl ConfigRepos {
             return Ok(None);
         }
         let repo = self.ensure_applied(agent)?;
-        Ok(repo.refname_to_id(APPLIED_BRANCH).ok().map(|o| o.to_string()))
+        Ok(repo
+            .refname_to_id(APPLIED_BRANCH)
+            .ok()
+            .map(|o| o.to_string()))
     }
 
     /// What approving `commit` would change: the diff against the applied HEAD (or the whole
@@ -238,7 +258,9 @@ impl ConfigRepos {
     pub fn apply(&self, agent: &AgentName, commit: &str, tags: &[String]) -> Result<()> {
         let repo = self.ensure_applied(agent)?;
         let oid = Oid::from_str(commit).map_err(|e| git("sha", e))?;
-        let target = repo.find_commit(oid).map_err(|e| git("commit to apply", e))?;
+        let target = repo
+            .find_commit(oid)
+            .map_err(|e| git("commit to apply", e))?;
         repo.reference(APPLIED_BRANCH, oid, true, "applied by the operator")
             .map_err(|e| git("cannot move the applied HEAD", e))?;
         for tag in tags {
@@ -261,7 +283,12 @@ impl ConfigRepos {
     pub fn applied_tags(&self, agent: &AgentName) -> Result<Vec<String>> {
         let repo = self.ensure_applied(agent)?;
         let names = repo.tag_names(None).map_err(|e| git("tags", e))?;
-        Ok(names.iter().flatten().flatten().map(str::to_owned).collect())
+        Ok(names
+            .iter()
+            .flatten()
+            .flatten()
+            .map(str::to_owned)
+            .collect())
     }
 
     /// The applied agent.nix, if any.
@@ -282,9 +309,7 @@ fn read_file(repo: &Repository, tree: &git2::Tree<'_>, name: &str) -> Result<Opt
     let Some(entry) = tree.get_name(name) else {
         return Ok(None);
     };
-    let blob = repo
-        .find_blob(entry.id())
-        .map_err(|e| git("blob", e))?;
+    let blob = repo.find_blob(entry.id()).map_err(|e| git("blob", e))?;
     Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
 }
 

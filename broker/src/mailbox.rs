@@ -404,7 +404,10 @@ impl Mailbox {
         if size > self.max_body_bytes * 16 {
             return Err(Error::invalid(
                 "events",
-                format!("{size} bytes of events in one call; send at most {}", self.max_body_bytes * 16),
+                format!(
+                    "{size} bytes of events in one call; send at most {}",
+                    self.max_body_bytes * 16
+                ),
             ));
         }
         let key = agent.to_string();

@@ -70,7 +70,10 @@ impl Hive {
     ) -> Result<Question> {
         let max_body = self.mailbox.max_body_bytes();
         if question.trim().is_empty() {
-            return Err(Error::invalid("question", "ask something: the question is empty"));
+            return Err(Error::invalid(
+                "question",
+                "ask something: the question is empty",
+            ));
         }
         if question.len() > max_body {
             return Err(Error::BodyTooLarge {
@@ -79,7 +82,10 @@ impl Hive {
             });
         }
         if options.len() > MAX_OPTIONS {
-            return Err(Error::invalid("options", format!("offer at most {MAX_OPTIONS} options")));
+            return Err(Error::invalid(
+                "options",
+                format!("offer at most {MAX_OPTIONS} options"),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for o in &options {
@@ -94,7 +100,10 @@ impl Hive {
             }
         }
         if multi && options.is_empty() {
-            return Err(Error::invalid("multi", "multi needs options to choose from"));
+            return Err(Error::invalid(
+                "multi",
+                "multi needs options to choose from",
+            ));
         }
         let ttl = ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
         if ttl == 0 || ttl > MAX_TTL_SECONDS {
@@ -110,16 +119,27 @@ impl Hive {
                 let now = unix_millis();
                 let expires_at = now + (ttl as i64) * 1000;
                 let next_id: i64 =
-                    c.query_row("SELECT coalesce(max(id), 0) + 1 FROM questions", [], |r| r.get(0))?;
+                    c.query_row("SELECT coalesce(max(id), 0) + 1 FROM questions", [], |r| {
+                        r.get(0)
+                    })?;
                 let body = inbox_text(next_id, &asker_name, &question, &options, multi, expires_at);
-                let message = insert_messages(c, &asker_name, &["operator".into()], &body, None)?
-                    .remove(0);
+                let message =
+                    insert_messages(c, &asker_name, &["operator".into()], &body, None)?.remove(0);
                 let options_json = serde_json::to_string(&options).expect("strings serialize");
                 c.execute(
                     "INSERT INTO questions (id, asker, question, options, multi, message_id,
                                             asked_at, expires_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![next_id, asker_name, question, options_json, multi, message.id, now, expires_at],
+                    params![
+                        next_id,
+                        asker_name,
+                        question,
+                        options_json,
+                        multi,
+                        message.id,
+                        now,
+                        expires_at
+                    ],
                 )?;
                 let q = get(c, next_id)?.expect("just inserted");
                 Ok((q, message))
@@ -164,8 +184,9 @@ impl Hive {
                 }
                 let text = check_answer(&q, answer, max_body)?;
                 let body = format!("Answer to your question #{id} (\"{}\"): {text}", q.question);
-                let message = insert_messages(c, "operator", &[q.asker.clone()], &body, Some(q.message_id))?
-                    .remove(0);
+                let message =
+                    insert_messages(c, "operator", &[q.asker.clone()], &body, Some(q.message_id))?
+                        .remove(0);
                 resolve(c, id, "answered", Some(&text), message.id)?;
                 Ok((get(c, id)?.expect("exists"), message))
             })
@@ -176,10 +197,11 @@ impl Hive {
 }
 
 fn get(c: &Connection, id: i64) -> Result<Option<Question>> {
-    Ok(c
-        .prepare_cached(&format!("SELECT {QUESTION_COLUMNS} FROM questions WHERE id = ?1"))?
-        .query_row([id], question_from_row)
-        .optional()?)
+    Ok(c.prepare_cached(&format!(
+        "SELECT {QUESTION_COLUMNS} FROM questions WHERE id = ?1"
+    ))?
+    .query_row([id], question_from_row)
+    .optional()?)
 }
 
 fn resolve(c: &Connection, id: i64, status: &str, answer: Option<&str>, reply: i64) -> Result<()> {
@@ -203,9 +225,12 @@ pub(crate) fn expire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
         .collect::<Result<_, _>>()?;
     let mut sent = Vec::with_capacity(due.len());
     for q in due {
-        let body = format!("Your question #{} (\"{}\") expired, no answer.", q.id, q.question);
-        let message = insert_messages(c, "system", &[q.asker.clone()], &body, Some(q.message_id))?
-            .remove(0);
+        let body = format!(
+            "Your question #{} (\"{}\") expired, no answer.",
+            q.id, q.question
+        );
+        let message =
+            insert_messages(c, "system", &[q.asker.clone()], &body, Some(q.message_id))?.remove(0);
         resolve(c, q.id, "expired", None, message.id)?;
         sent.push(message);
     }
@@ -230,7 +255,10 @@ fn check_answer(q: &Question, answer: Answer, max_body: usize) -> Result<String>
         Answer::Text(text) => text,
         Answer::Choices(choices) => {
             if q.options.is_empty() {
-                return Err(Error::invalid("answer", "this question takes a free-text answer"));
+                return Err(Error::invalid(
+                    "answer",
+                    "this question takes a free-text answer",
+                ));
             }
             if choices.is_empty() {
                 return Err(Error::invalid("answer", "choose at least one option"));
@@ -242,7 +270,10 @@ fn check_answer(q: &Question, answer: Answer, max_body: usize) -> Result<String>
                 if !q.options.contains(c) {
                     return Err(Error::invalid(
                         "answer",
-                        format!("'{c}' is not an option; choose from: {}", q.options.join(", ")),
+                        format!(
+                            "'{c}' is not an option; choose from: {}",
+                            q.options.join(", ")
+                        ),
                     ));
                 }
             }
@@ -283,6 +314,8 @@ fn inbox_text(
     let expires = jiff::Timestamp::from_millisecond(expires_at)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default();
-    text.push_str(&format!("Answer with `hive answer {id} …` before {expires}."));
+    text.push_str(&format!(
+        "Answer with `hive answer {id} …` before {expires}."
+    ));
     text
 }

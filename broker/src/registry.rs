@@ -122,7 +122,11 @@ impl Registry {
     }
 
     /// Sets whom an agent may write to (from its applied config; empty = anyone).
-    pub async fn set_allowed_recipients(&self, name: &AgentName, allowed: Vec<AgentName>) -> Result<()> {
+    pub async fn set_allowed_recipients(
+        &self,
+        name: &AgentName,
+        allowed: Vec<AgentName>,
+    ) -> Result<()> {
         if self.get(name).is_none() {
             return Err(Error::NotFound {
                 what: format!("agent '{name}'"),
@@ -195,10 +199,17 @@ pub(crate) fn insert_row(c: &rusqlite::Connection, record: &AgentRecord) -> Resu
     let inserted = c.execute(
         "INSERT INTO agents (name, kind, created_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO NOTHING",
-        params![record.name.as_str(), record.kind.as_str(), record.created_at],
+        params![
+            record.name.as_str(),
+            record.kind.as_str(),
+            record.created_at
+        ],
     )?;
     if inserted == 0 {
-        return Err(Error::Conflict(format!("agent '{}' exists already", record.name)));
+        return Err(Error::Conflict(format!(
+            "agent '{}' exists already",
+            record.name
+        )));
     }
     Ok(())
 }

@@ -24,7 +24,12 @@ pub struct Reminder {
 
 impl Hive {
     /// Sets a reminder for `agent` in `in_seconds` (1 s to 30 days), at most [`MAX_PENDING`] pending.
-    pub async fn remind(&self, agent: &AgentName, in_seconds: u64, body: String) -> Result<Reminder> {
+    pub async fn remind(
+        &self,
+        agent: &AgentName,
+        in_seconds: u64,
+        body: String,
+    ) -> Result<Reminder> {
         if in_seconds == 0 || in_seconds > MAX_DELAY_SECONDS {
             return Err(Error::invalid(
                 "in_seconds",
@@ -36,7 +41,10 @@ impl Hive {
         }
         let max = self.mailbox.max_body_bytes();
         if body.len() > max {
-            return Err(Error::BodyTooLarge { len: body.len(), max });
+            return Err(Error::BodyTooLarge {
+                len: body.len(),
+                max,
+            });
         }
         let name = agent.to_string();
         let reminder = self
@@ -82,8 +90,10 @@ pub(crate) fn fire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
     let mut sent = Vec::with_capacity(due.len());
     for (id, agent, body) in due {
         let message = insert_messages(c, "system", &[agent], &body, None)?.remove(0);
-        c.prepare_cached("UPDATE reminders SET status = 'delivered', message_id = ?1 WHERE id = ?2")?
-            .execute(params![message.id, id])?;
+        c.prepare_cached(
+            "UPDATE reminders SET status = 'delivered', message_id = ?1 WHERE id = ?2",
+        )?
+        .execute(params![message.id, id])?;
         sent.push(message);
     }
     Ok(sent)

@@ -80,7 +80,10 @@ fn parts(hive: &Hive, agent: &AgentName) -> [(PathBuf, &'static str); 3] {
 
 impl Hive {
     fn tombstone_path(&self, id: &TombstoneId) -> Result<PathBuf> {
-        checked_within(self.paths.root(), &self.paths.tombstones_dir().join(id.as_str()))
+        checked_within(
+            self.paths.root(),
+            &self.paths.tombstones_dir().join(id.as_str()),
+        )
     }
 
     /// Stops an agent and moves what it has into a tombstone (deleted at once with `purge`).
@@ -91,14 +94,21 @@ impl Hive {
         if self.registry.get(agent).is_none() {
             return Err(Error::UnknownAgent {
                 name: agent.to_string(),
-                allowed: self.registry.names().iter().map(|n| n.to_string()).collect(),
+                allowed: self
+                    .registry
+                    .names()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
             });
         }
         let _config = self.config_lock.lock().await;
         let id = TombstoneId::new(agent);
         let tomb = self.tombstone_path(&id)?;
         if tomb.exists() {
-            return Err(Error::Conflict(format!("tombstone {id} exists already; try again in a second")));
+            return Err(Error::Conflict(format!(
+                "tombstone {id} exists already; try again in a second"
+            )));
         }
         let moves = parts(self, agent)
             .into_iter()
@@ -111,7 +121,13 @@ impl Hive {
         self.store
             .write(move |c| {
                 registry::delete_row(c, &name)?;
-                audit::append(c, "operator", "destroy", Some(name.as_str()), json!({"tombstone": tid, "purged": purge}))?;
+                audit::append(
+                    c,
+                    "operator",
+                    "destroy",
+                    Some(name.as_str()),
+                    json!({"tombstone": tid, "purged": purge}),
+                )?;
                 Ok(())
             })
             .await?;
@@ -122,12 +138,17 @@ impl Hive {
         crate::paths::make_dir(&tomb, 0o700)?;
         for (live, dest) in &moves {
             if live.exists() {
-                std::fs::rename(live, dest)
-                    .map_err(|e| Error::io(format!("cannot move {} into the tombstone", live.display()), e))?;
+                std::fs::rename(live, dest).map_err(|e| {
+                    Error::io(
+                        format!("cannot move {} into the tombstone", live.display()),
+                        e,
+                    )
+                })?;
             }
         }
         if purge {
-            std::fs::remove_dir_all(&tomb).map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))?;
+            std::fs::remove_dir_all(&tomb)
+                .map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))?;
         }
         Ok(id)
     }
@@ -173,7 +194,9 @@ impl Hive {
             if live.exists() {
                 return Err(Error::Conflict(format!(
                     "{} exists; move it away before restoring",
-                    live.strip_prefix(self.paths.root()).unwrap_or(&live).display()
+                    live.strip_prefix(self.paths.root())
+                        .unwrap_or(&live)
+                        .display()
                 )));
             }
             if kept.exists() {
@@ -192,7 +215,13 @@ impl Hive {
         self.store
             .write(move |c| {
                 registry::insert_row(c, &row)?;
-                audit::append(c, "operator", "restore", Some(row.name.as_str()), json!({"tombstone": tid}))?;
+                audit::append(
+                    c,
+                    "operator",
+                    "restore",
+                    Some(row.name.as_str()),
+                    json!({"tombstone": tid}),
+                )?;
                 Ok(())
             })
             .await?;
@@ -210,11 +239,18 @@ impl Hive {
         let tid = id.clone();
         self.store
             .write(move |c| {
-                audit::append(c, "operator", "purge", Some(agent.as_str()), json!({"tombstone": tid}))?;
+                audit::append(
+                    c,
+                    "operator",
+                    "purge",
+                    Some(agent.as_str()),
+                    json!({"tombstone": tid}),
+                )?;
                 Ok(())
             })
             .await?;
-        std::fs::remove_dir_all(&tomb).map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))
+        std::fs::remove_dir_all(&tomb)
+            .map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))
     }
 
     /// The tombstone's directory: a real directory inside the state dir.
@@ -222,7 +258,10 @@ impl Hive {
         let tomb = self.tombstone_path(id)?;
         match std::fs::symlink_metadata(&tomb) {
             Ok(m) if m.is_dir() => Ok(tomb),
-            Ok(_) => Err(Error::UnsafePath(format!("{}: not a directory", tomb.display()))),
+            Ok(_) => Err(Error::UnsafePath(format!(
+                "{}: not a directory",
+                tomb.display()
+            ))),
             Err(_) => Err(Error::NotFound {
                 what: format!("tombstone {id} (see `hive tombstones`)"),
             }),

@@ -121,16 +121,32 @@ async fn each_socket_lists_its_role_and_nothing_more() {
     let agent_tools = ["ask_operator", "recv", "remind", "send", "whoami"];
     assert_eq!(tools(&agent).await, agent_tools);
     let mut manager_tools = agent_tools.to_vec();
-    manager_tools.extend(["agents", "approvals", "request_apply_commit", "request_spawn"]);
+    manager_tools.extend([
+        "agents",
+        "approvals",
+        "request_apply_commit",
+        "request_spawn",
+    ]);
     manager_tools.sort();
     assert_eq!(tools(&manager).await, manager_tools);
-    assert_eq!(tools(&harness).await, ["finish_turn", "next_turn", "turn_events"]);
-    for list in [tools(&agent).await, tools(&manager).await, tools(&harness).await] {
+    assert_eq!(
+        tools(&harness).await,
+        ["finish_turn", "next_turn", "turn_events"]
+    );
+    for list in [
+        tools(&agent).await,
+        tools(&manager).await,
+        tools(&harness).await,
+    ] {
         assert!(!list.iter().any(|t| t.contains("approve")), "{list:?}");
     }
     // Every tool explains itself.
     for tool in agent.list_all_tools().await.unwrap() {
-        assert!(tool.description.as_deref().is_some_and(|d| d.len() > 40), "{}", tool.name);
+        assert!(
+            tool.description.as_deref().is_some_and(|d| d.len() > 40),
+            "{}",
+            tool.name
+        );
     }
 
     // A manager tool called on a sub-agent socket fails.
@@ -165,7 +181,11 @@ async fn send_on_one_socket_wakes_recv_on_another() {
     let sent_at = Instant::now();
     let sent = ok(&alice, "send", json!({"to": "bob", "body": "hello bob"})).await;
     let (got, woke, _bob) = waiter.await.unwrap();
-    assert!(woke - sent_at < Duration::from_millis(200), "{:?}", woke - sent_at);
+    assert!(
+        woke - sent_at < Duration::from_millis(200),
+        "{:?}",
+        woke - sent_at
+    );
     assert_eq!(got[0]["id"], sent["sent"][0]);
     assert_eq!(got[0]["from"], "alice");
     assert_eq!(got[0]["body"], "hello bob");
@@ -207,20 +227,56 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     }
     // Tool errors the model reads.
     let cases = [
-        ("send", json!({"to": "dave", "body": "x"}), "unknown agent 'dave'; you may write to: carol, manager, operator"),
-        ("send", json!({"to": "bob", "body": "x"}), "'bob' is not in your allowed recipients; you may write to: carol, manager, operator"),
+        (
+            "send",
+            json!({"to": "dave", "body": "x"}),
+            "unknown agent 'dave'; you may write to: carol, manager, operator",
+        ),
+        (
+            "send",
+            json!({"to": "bob", "body": "x"}),
+            "'bob' is not in your allowed recipients; you may write to: carol, manager, operator",
+        ),
         ("send", json!({"to": "alice", "body": "x"}), "use `remind`"),
-        ("send", json!({"to": "../x", "body": "x"}), "invalid agent name"),
-        ("send", json!({"to": "carol", "body": "x".repeat(1025)}), "1025 bytes; the limit is 1024"),
+        (
+            "send",
+            json!({"to": "../x", "body": "x"}),
+            "invalid agent name",
+        ),
+        (
+            "send",
+            json!({"to": "carol", "body": "x".repeat(1025)}),
+            "1025 bytes; the limit is 1024",
+        ),
         ("send", json!({"to": "carol", "body": ""}), "needs a body"),
-        ("recv", json!({"wait_seconds": 1_000_000_000u64}), "wait at most 180 seconds"),
+        (
+            "recv",
+            json!({"wait_seconds": 1_000_000_000u64}),
+            "wait at most 180 seconds",
+        ),
         ("recv", json!({"max": 0}), "take 1 to 32"),
         ("recv", json!({"max": 1000}), "take 1 to 32"),
         ("ask_operator", json!({"question": ""}), "question is empty"),
-        ("ask_operator", json!({"question": "?", "options": ["a", "a"]}), "offered twice"),
-        ("ask_operator", json!({"question": "?", "ttl_seconds": 0}), "out of range"),
-        ("remind", json!({"in_seconds": 0, "body": "x"}), "out of range"),
-        ("remind", json!({"in_seconds": 99_999_999u64, "body": "x"}), "out of range"),
+        (
+            "ask_operator",
+            json!({"question": "?", "options": ["a", "a"]}),
+            "offered twice",
+        ),
+        (
+            "ask_operator",
+            json!({"question": "?", "ttl_seconds": 0}),
+            "out of range",
+        ),
+        (
+            "remind",
+            json!({"in_seconds": 0, "body": "x"}),
+            "out of range",
+        ),
+        (
+            "remind",
+            json!({"in_seconds": 99_999_999u64, "body": "x"}),
+            "out of range",
+        ),
     ];
     for (tool, args, expect) in cases {
         let text = tool_error(&alice, tool, args).await;
@@ -244,11 +300,20 @@ async fn a_client_gone_during_recv_takes_nothing() {
     let _ = waiting.await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let alice = connect(&f, "alice", "mcp.sock").await;
-    let sent = ok(&alice, "send", json!({"to": "bob", "body": "are you there?"})).await;
+    let sent = ok(
+        &alice,
+        "send",
+        json!({"to": "bob", "body": "are you there?"}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let bob = connect(&f, "bob", "mcp.sock").await;
     let got = ok(&bob, "recv", json!({})).await;
-    assert_eq!(got.as_array().unwrap().len(), 1, "the message was taken by a gone waiter");
+    assert_eq!(
+        got.as_array().unwrap().len(),
+        1,
+        "the message was taken by a gone waiter"
+    );
     assert_eq!(got[0]["id"], sent["sent"][0]);
 }
 
@@ -318,10 +383,20 @@ async fn a_harness_that_drops_mid_turn_gets_the_message_again_flagged() {
     let t2 = again["turn"].as_i64().unwrap();
     let err = tool_error(&harness, "finish_turn", json!({"turn": t, "outcome": "ok"})).await;
     assert!(err.contains("not found"), "{err}");
-    ok(&harness, "finish_turn", json!({"turn": t2, "outcome": "ok", "usage": {"input_tokens": 3}})).await;
+    ok(
+        &harness,
+        "finish_turn",
+        json!({"turn": t2, "outcome": "ok", "usage": {"input_tokens": 3}}),
+    )
+    .await;
     // Another agent's harness cannot touch bob's turn.
     let alice_harness = connect(&f, "alice", "harness.sock").await;
-    let err = tool_error(&alice_harness, "turn_events", json!({"turn": t2, "events": []})).await;
+    let err = tool_error(
+        &alice_harness,
+        "turn_events",
+        json!({"turn": t2, "events": []}),
+    )
+    .await;
     assert!(err.contains("not found"), "{err}");
 }
 
@@ -340,7 +415,11 @@ async fn ask_operator_gets_the_answer_as_a_reply_from_operator() {
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].options, ["yes", "no"]);
     let in_inbox = f.hive.mailbox.inbox(&Inbox::Operator, 10).await.unwrap();
-    assert!(in_inbox[0].body.contains("Deploy now?"), "{}", in_inbox[0].body);
+    assert!(
+        in_inbox[0].body.contains("Deploy now?"),
+        "{}",
+        in_inbox[0].body
+    );
 
     use broker::questions::Answer;
     let before = snapshot(&f.hive).await;
@@ -352,28 +431,58 @@ async fn ask_operator_gets_the_answer_as_a_reply_from_operator() {
         let e = f.hive.answer_question(id, bad).await.unwrap_err();
         assert_eq!(e.code(), "invalid_argument", "{e}");
     }
-    assert_eq!(f.hive.answer_question(999, Answer::Text("x".into())).await.unwrap_err().code(), "not_found");
+    assert_eq!(
+        f.hive
+            .answer_question(999, Answer::Text("x".into()))
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
     assert_eq!(snapshot(&f.hive).await, before);
 
-    f.hive.answer_question(id, Answer::Text("yes".into())).await.unwrap();
-    let again = f.hive.answer_question(id, Answer::Text("no".into())).await.unwrap_err();
+    f.hive
+        .answer_question(id, Answer::Text("yes".into()))
+        .await
+        .unwrap();
+    let again = f
+        .hive
+        .answer_question(id, Answer::Text("no".into()))
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), "conflict");
     let got = ok(&alice, "recv", json!({"wait_seconds": 5})).await;
     assert_eq!(got[0]["from"], "operator");
     assert_eq!(got[0]["in_reply_to"], in_inbox[0].id);
-    assert!(got[0]["body"].as_str().unwrap().contains(": yes"), "{}", got[0]["body"]);
+    assert!(
+        got[0]["body"].as_str().unwrap().contains(": yes"),
+        "{}",
+        got[0]["body"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_question_expires_into_the_askers_inbox() {
     let f = fixture(&["alice"]).await;
     let alice = connect(&f, "alice", "mcp.sock").await;
-    ok(&alice, "ask_operator", json!({"question": "Anyone?", "ttl_seconds": 1})).await;
+    ok(
+        &alice,
+        "ask_operator",
+        json!({"question": "Anyone?", "ttl_seconds": 1}),
+    )
+    .await;
     let started = Instant::now();
     let got = ok(&alice, "recv", json!({"wait_seconds": 10})).await;
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(got[0]["from"], "system");
-    assert!(got[0]["body"].as_str().unwrap().contains("expired, no answer"), "{}", got[0]["body"]);
+    assert!(
+        got[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("expired, no answer"),
+        "{}",
+        got[0]["body"]
+    );
     assert_eq!(f.hive.questions(true).await.unwrap()[0].status, "expired");
 }
 
@@ -382,9 +491,17 @@ async fn a_reminder_survives_a_restart_and_arrives_from_system() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let f = open(dir, Config::default()).await;
-    f.hive.add_agent(name("alice"), AgentKind::Agent).await.unwrap();
+    f.hive
+        .add_agent(name("alice"), AgentKind::Agent)
+        .await
+        .unwrap();
     let alice = connect(&f, "alice", "mcp.sock").await;
-    ok(&alice, "remind", json!({"in_seconds": 2, "body": "check the build"})).await;
+    ok(
+        &alice,
+        "remind",
+        json!({"in_seconds": 2, "body": "check the build"}),
+    )
+    .await;
     drop(alice);
     // Stop the hive before the reminder is due, then start it again.
     f.shutdown.cancel();

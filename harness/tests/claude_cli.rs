@@ -95,7 +95,13 @@ async fn run_claude(
         .args(["--print", "--verbose", "--output-format", "stream-json"])
         .arg("--mcp-config")
         .arg(&config)
-        .args(["--strict-mcp-config", "--allowedTools", allowed_tools, "--", PROMPT])
+        .args([
+            "--strict-mcp-config",
+            "--allowedTools",
+            allowed_tools,
+            "--",
+            PROMPT,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

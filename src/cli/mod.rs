@@ -1,6 +1,8 @@
 //! The `hive` command line: the clap definitions and the dispatch, one file per command group.
 //! Every command but `serve` and `check-config` is a client of the admin socket.
 
+mod approvals;
+mod audit;
 mod client;
 mod config;
 mod messages;
@@ -8,6 +10,7 @@ mod output;
 mod questions;
 mod serve;
 mod status;
+mod tombstones;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +66,30 @@ enum Command {
     Questions(questions::QuestionsArgs),
     /// Answer an agent's question; the answer reaches it as a message from `operator`
     Answer(questions::AnswerArgs),
+    /// List the approvals the manager asked for
+    Approvals(approvals::ApprovalsArgs),
+    /// Show one approval with its diff
+    Show(approvals::IdArgs),
+    /// Approve: the agent's applied config moves to the pinned commit
+    Approve(approvals::IdArgs),
+    /// Deny, with a note the manager reads
+    Deny(approvals::DenyArgs),
+    /// Create an agent directly (audited; no approval)
+    Spawn(approvals::SpawnArgs),
+    /// Show an agent's deploys (every move of its applied config)
+    History(approvals::HistoryArgs),
+    /// Go back to an earlier deploy of an agent
+    Rollback(approvals::RollbackArgs),
+    /// Stop an agent and move its files into a tombstone
+    Destroy(tombstones::DestroyArgs),
+    /// List the tombstones of destroyed agents
+    Tombstones(tombstones::ListArgs),
+    /// Bring a destroyed agent back from its tombstone
+    Restore(tombstones::TombstoneArgs),
+    /// Delete a tombstone for good
+    Purge(tombstones::TombstoneArgs),
+    /// Show the audit chain, or verify it (`hive audit verify`)
+    Audit(audit::AuditArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -82,6 +109,18 @@ pub fn run() -> ExitCode {
         Command::Messages(args) => messages::messages(&state, args),
         Command::Questions(args) => questions::questions(&state, args),
         Command::Answer(args) => questions::answer(&state, args),
+        Command::Approvals(args) => approvals::approvals(&state, args),
+        Command::Show(args) => approvals::show(&state, args),
+        Command::Approve(args) => approvals::approve(&state, args),
+        Command::Deny(args) => approvals::deny(&state, args),
+        Command::Spawn(args) => approvals::spawn(&state, args),
+        Command::History(args) => approvals::history(&state, args),
+        Command::Rollback(args) => approvals::rollback(&state, args),
+        Command::Destroy(args) => tombstones::destroy(&state, args),
+        Command::Tombstones(args) => tombstones::tombstones(&state, args),
+        Command::Restore(args) => tombstones::restore(&state, args),
+        Command::Purge(args) => tombstones::purge(&state, args),
+        Command::Audit(args) => audit::audit(&state, args),
     };
     match result {
         Ok(code) => code,

@@ -34,7 +34,11 @@ pub struct AnswerArgs {
 }
 
 pub fn questions(state: &StateDir, args: QuestionsArgs) -> anyhow::Result<ExitCode> {
-    let path = if args.all { "/api/v1/questions?all=1" } else { "/api/v1/questions" };
+    let path = if args.all {
+        "/api/v1/questions?all=1"
+    } else {
+        "/api/v1/questions"
+    };
     let list = super::client_runtime()?.block_on(AdminClient::new(state).get(path))?;
     if args.json {
         output::json(&list);
@@ -57,7 +61,11 @@ pub fn questions(state: &StateDir, args: QuestionsArgs) -> anyhow::Result<ExitCo
         println!("    {}", q["question"].as_str().unwrap_or_default());
         if let Some(options) = q["options"].as_array().filter(|o| !o.is_empty()) {
             let names: Vec<&str> = options.iter().filter_map(|o| o.as_str()).collect();
-            let how = if q["multi"] == true { "choose one or more" } else { "choose one" };
+            let how = if q["multi"] == true {
+                "choose one or more"
+            } else {
+                "choose one"
+            };
             println!("    options ({how}): {}", names.join(" | "));
         }
         if let Some(answer) = q["answer"].as_str() {

@@ -71,7 +71,11 @@ impl Hive {
     }
 
     /// Registers an agent and, when the hive is serving, opens its sockets.
-    pub async fn add_agent(self: &Arc<Self>, name: AgentName, kind: AgentKind) -> Result<AgentRecord> {
+    pub async fn add_agent(
+        self: &Arc<Self>,
+        name: AgentName,
+        kind: AgentKind,
+    ) -> Result<AgentRecord> {
         let record = self.registry.register(name, kind).await?;
         self.open_agent_sockets(&record)?;
         Ok(record)
@@ -125,7 +129,8 @@ impl Hive {
 
 /// Binds a socket at `path` (replacing a stale one) with mode 0660.
 fn bind(path: &Path) -> Result<UnixListener> {
-    let io_err = |what: &str, e: io::Error| Error::io(format!("cannot {what} {}", path.display()), e);
+    let io_err =
+        |what: &str, e: io::Error| Error::io(format!("cannot {what} {}", path.display()), e);
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -161,7 +166,14 @@ async fn accept_loop(
             tracing::warn!(%agent, role = role.as_str(), "too many MCP connections; closing one");
             continue;
         };
-        tokio::spawn(serve_connection(hive.clone(), agent.clone(), role, stream, token.clone(), slot));
+        tokio::spawn(serve_connection(
+            hive.clone(),
+            agent.clone(),
+            role,
+            stream,
+            token.clone(),
+            slot,
+        ));
     }
 }
 
@@ -196,7 +208,9 @@ async fn serve_connection(
     let turns: Vec<i64> = conn.leased_turns.lock().expect("turns").drain().collect();
     match hive.mailbox.release_turns(&agent, turns).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(%agent, released = n, "harness went away mid-turn; message requeued"),
+        Ok(n) => {
+            tracing::info!(%agent, released = n, "harness went away mid-turn; message requeued")
+        }
         Err(e) => tracing::warn!(%agent, error = %e, "cannot requeue an abandoned turn"),
     }
 }
@@ -215,7 +229,11 @@ impl<R> HangupReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for HangupReader<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         match &polled {

@@ -59,7 +59,12 @@ fn to_json(v: &impl serde::Serialize) -> ToolResult {
 }
 
 impl HiveMcp {
-    pub(super) fn new(hive: Arc<Hive>, me: AgentName, role: Role, conn: Arc<ConnectionState>) -> Self {
+    pub(super) fn new(
+        hive: Arc<Hive>,
+        me: AgentName,
+        role: Role,
+        conn: Arc<ConnectionState>,
+    ) -> Self {
         let tool_router = match role {
             Role::Agent => Self::agent_tools(),
             Role::Manager => Self::agent_tools() + Self::manager_tools(),
@@ -84,7 +89,11 @@ impl HiveMcp {
     }
 
     /// Waits for `fut` unless the request is cancelled or the peer hangs up first.
-    async fn unless_gone<T>(&self, ct: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
+    async fn unless_gone<T>(
+        &self,
+        ct: &CancellationToken,
+        fut: impl Future<Output = T>,
+    ) -> Option<T> {
         tokio::select! {
             out = fut => Some(out),
             _ = ct.cancelled() => None,
@@ -158,7 +167,12 @@ impl HiveMcp {
         let ids = self
             .hive
             .mailbox
-            .send(&Sender::Agent(self.me.clone()), &to, args.body, args.in_reply_to)
+            .send(
+                &Sender::Agent(self.me.clone()),
+                &to,
+                args.body,
+                args.in_reply_to,
+            )
             .await
             .map_err(explain)?;
         to_json(&json!({ "sent": ids }))
@@ -168,11 +182,18 @@ impl HiveMcp {
     #[tool(
         description = "Take the messages waiting in your inbox, oldest first (each is returned once). With `wait_seconds` > 0 and nothing queued, waits up to that long for a message to arrive and returns as soon as one does. Returns a JSON list of {id, from, body, in_reply_to, sent_at}."
     )]
-    async fn recv(&self, Parameters(args): Parameters<RecvArgs>, ct: CancellationToken) -> ToolResult {
+    async fn recv(
+        &self,
+        Parameters(args): Parameters<RecvArgs>,
+        ct: CancellationToken,
+    ) -> ToolResult {
         let limits = RecvLimits::new(args.wait_seconds, args.max.unwrap_or(MAX_RECV as u64))
             .map_err(explain)?;
         let inbox = Inbox::Agent(self.me.clone());
-        let Some(got) = self.unless_gone(&ct, self.hive.mailbox.recv(&inbox, limits)).await else {
+        let Some(got) = self
+            .unless_gone(&ct, self.hive.mailbox.recv(&inbox, limits))
+            .await
+        else {
             return Err("cancelled".into());
         };
         to_json(&got.map_err(explain)?)
@@ -185,7 +206,13 @@ impl HiveMcp {
     async fn ask_operator(&self, Parameters(args): Parameters<AskArgs>) -> ToolResult {
         let q = self
             .hive
-            .ask_operator(&self.me, args.question, args.options, args.multi, args.ttl_seconds)
+            .ask_operator(
+                &self.me,
+                args.question,
+                args.options,
+                args.multi,
+                args.ttl_seconds,
+            )
             .await
             .map_err(explain)?;
         to_json(&json!({
@@ -282,7 +309,10 @@ impl HiveMcp {
     #[tool(
         description = "Ask the operator to apply a commit of an agent's config repo (/agents/<agent>/config). The commit is pinned at once (later changes to the repo do not alter it) and queued with its diff for the operator, who approves or denies; the result arrives in your inbox as an `approval_resolved` message from `system`. Nothing changes until then."
     )]
-    async fn request_apply_commit(&self, Parameters(args): Parameters<RequestApplyArgs>) -> ToolResult {
+    async fn request_apply_commit(
+        &self,
+        Parameters(args): Parameters<RequestApplyArgs>,
+    ) -> ToolResult {
         let approval = self
             .hive
             .request_apply(&self.me, &args.agent, &args.commit, args.description)
@@ -296,7 +326,13 @@ impl HiveMcp {
         description = "List approvals (newest last): id, kind (spawn/apply), agent, commit, status (pending, approved, building, deployed, failed, denied) and the operator's note."
     )]
     async fn approvals(&self, Parameters(args): Parameters<ApprovalsArgs>) -> ToolResult {
-        to_json(&self.hive.approvals(args.status, None).await.map_err(explain)?)
+        to_json(
+            &self
+                .hive
+                .approvals(args.status, None)
+                .await
+                .map_err(explain)?,
+        )
     }
 
     /// The agents of the hive.
@@ -352,7 +388,9 @@ impl HiveMcp {
         ct: CancellationToken,
     ) -> ToolResult {
         if args.wait_seconds > MAX_WAIT_SECONDS {
-            return Err(format!("wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"));
+            return Err(format!(
+                "wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"
+            ));
         }
         let wait = Duration::from_secs(args.wait_seconds);
         let Some(got) = self
@@ -366,7 +404,11 @@ impl HiveMcp {
             self.conn.leased_turns.lock().expect("turns").insert(t.turn);
             // The peer may have hung up while the lease committed: give it back at once.
             if self.conn.closed.is_cancelled() {
-                let _ = self.hive.mailbox.release_turns(&self.me, vec![t.turn]).await;
+                let _ = self
+                    .hive
+                    .mailbox
+                    .release_turns(&self.me, vec![t.turn])
+                    .await;
                 return Err("cancelled".into());
             }
         }
@@ -399,7 +441,11 @@ impl HiveMcp {
             .finish_turn(&self.me, args.turn, &args.outcome, args.usage)
             .await
             .map_err(explain)?;
-        self.conn.leased_turns.lock().expect("turns").remove(&args.turn);
+        self.conn
+            .leased_turns
+            .lock()
+            .expect("turns")
+            .remove(&args.turn);
         to_json(&json!({ "finished": args.turn }))
     }
 }

@@ -1,0 +1,265 @@
+//! `hive approvals`, `show`, `approve`, `deny`, `spawn`, `history` and `rollback`: config changes
+//! from the operator's side.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use broker::paths::StateDir;
+use serde_json::{Value, json};
+
+use super::client::AdminClient;
+use super::output;
+
+#[derive(clap::Args)]
+pub struct ApprovalsArgs {
+    /// Only approvals in this status (pending, approved, building, deployed, failed, denied)
+    #[arg(long)]
+    status: Option<String>,
+    /// Only approvals of this agent
+    #[arg(long)]
+    agent: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct IdArgs {
+    /// The approval's id (see `hive approvals`)
+    id: i64,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DenyArgs {
+    /// The approval's id
+    id: i64,
+    /// Why: the manager reads it
+    #[arg(long)]
+    note: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SpawnArgs {
+    /// The new agent's name
+    name: String,
+    /// Use this file as its agent.nix (default: the manager's draft, else the template)
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// The agent
+    agent: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    /// The agent
+    agent: String,
+    /// The deploy to go back to (see `hive history AGENT`)
+    deploy: i64,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+fn short(sha: &Value) -> String {
+    sha.as_str().unwrap_or("?").chars().take(12).collect()
+}
+
+pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
+    let mut query = vec![];
+    if let Some(s) = &args.status {
+        query.push(format!("status={s}"));
+    }
+    if let Some(a) = &args.agent {
+        query.push(format!("agent={a}"));
+    }
+    let path = format!("/api/v1/approvals?{}", query.join("&"));
+    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            vec![
+                a["id"].to_string(),
+                a["kind"].as_str().unwrap_or("?").to_owned(),
+                a["agent"].as_str().unwrap_or("?").to_owned(),
+                a["status"].as_str().unwrap_or("?").to_owned(),
+                short(&a["commit"]),
+                output::time(&a["created_at"]),
+                a["description"].as_str().unwrap_or("").replace('\n', " "),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no approvals");
+    } else {
+        output::table(
+            &[
+                "ID",
+                "KIND",
+                "AGENT",
+                "STATUS",
+                "COMMIT",
+                "ASKED (UTC)",
+                "DESCRIPTION",
+            ],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_approval(a: &Value) {
+    println!(
+        "approval #{}: {} {} ({}), asked by {} at {}",
+        a["id"],
+        a["kind"].as_str().unwrap_or("?"),
+        a["agent"].as_str().unwrap_or("?"),
+        a["status"].as_str().unwrap_or("?"),
+        a["requester"].as_str().unwrap_or("?"),
+        output::time(&a["created_at"])
+    );
+    println!("commit {}", a["commit"].as_str().unwrap_or("?"));
+    if let Some(d) = a["description"].as_str().filter(|d| !d.is_empty()) {
+        println!("\n    {}\n", d.replace('\n', "\n    "));
+    }
+    if let Some(note) = a["note"].as_str() {
+        println!("note: {note}");
+    }
+    println!("{}", a["stat"].as_str().unwrap_or(""));
+}
+
+pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
+    let a = super::client_runtime()?
+        .block_on(AdminClient::new(state).get(&format!("/api/v1/approvals/{}", args.id)))?;
+    if args.json {
+        output::json(&a);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_approval(&a);
+    println!();
+    print!("{}", a["diff"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/approvals/{}/approve", args.id);
+    let a = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
+    if args.json {
+        output::json(&a);
+    } else {
+        println!(
+            "approved #{}: {} {} is now at {}",
+            a["id"],
+            a["kind"].as_str().unwrap_or("?"),
+            a["agent"].as_str().unwrap_or("?"),
+            short(&a["commit"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn deny(state: &StateDir, args: DenyArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/approvals/{}/deny", args.id);
+    let a = super::client_runtime()?
+        .block_on(AdminClient::new(state).post(&path, &json!({"note": args.note})))?;
+    if args.json {
+        output::json(&a);
+    } else {
+        println!(
+            "denied #{} ({} {})",
+            a["id"],
+            a["kind"].as_str().unwrap_or("?"),
+            a["agent"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
+    let agent_nix = match &args.from {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+        ),
+        None => None,
+    };
+    let body = json!({"name": args.name, "agent_nix": agent_nix});
+    let a =
+        super::client_runtime()?.block_on(AdminClient::new(state).post("/api/v1/agents", &body))?;
+    if args.json {
+        output::json(&a);
+    } else {
+        println!("spawned {}", a["name"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/agents/{}/deploys", args.agent);
+    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                d["id"].to_string(),
+                d["kind"].as_str().unwrap_or("?").to_owned(),
+                d["status"].as_str().unwrap_or("?").to_owned(),
+                short(&d["commit"]),
+                d["approval"]
+                    .as_i64()
+                    .map(|a| format!("#{a}"))
+                    .unwrap_or_else(|| "-".into()),
+                output::time(&d["created_at"]),
+            ]
+        })
+        .collect();
+    output::table(
+        &["DEPLOY", "KIND", "STATUS", "COMMIT", "APPROVAL", "AT (UTC)"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rollback(state: &StateDir, args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/agents/{}/rollback", args.agent);
+    let d = super::client_runtime()?
+        .block_on(AdminClient::new(state).post(&path, &json!({"deploy": args.deploy})))?;
+    if args.json {
+        output::json(&d);
+    } else {
+        println!(
+            "{} is back at {} (deploy {})",
+            args.agent,
+            short(&d["commit"]),
+            d["id"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,92 @@
+//! `hive destroy`, `tombstones`, `restore` and `purge`.
+
+use std::process::ExitCode;
+
+use broker::paths::StateDir;
+use serde_json::json;
+
+use super::client::AdminClient;
+use super::output;
+
+#[derive(clap::Args)]
+pub struct DestroyArgs {
+    /// The agent to destroy (its files go to a tombstone)
+    name: String,
+    /// Delete its files at once instead of keeping a tombstone
+    #[arg(long)]
+    purge: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct TombstoneArgs {
+    /// The tombstone, as `hive tombstones` lists it (<agent>-<YYYYMMDDTHHMMSSZ>)
+    tombstone: String,
+}
+
+pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/agents/{}/destroy", args.name);
+    let d = super::client_runtime()?
+        .block_on(AdminClient::new(state).post(&path, &json!({"purge": args.purge})))?;
+    if args.json {
+        output::json(&d);
+    } else if args.purge {
+        println!("destroyed {} and deleted its files", args.name);
+    } else {
+        println!(
+            "destroyed {}; its files are kept in tombstone {} (`hive restore` brings it back)",
+            args.name,
+            d["tombstone"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let list =
+        super::client_runtime()?.block_on(AdminClient::new(state).get("/api/v1/tombstones"))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            vec![
+                t["id"].as_str().unwrap_or("?").to_owned(),
+                t["agent"].as_str().unwrap_or("?").to_owned(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no tombstones");
+    } else {
+        output::table(&["TOMBSTONE", "AGENT"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn restore(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/tombstones/{}/restore", args.tombstone);
+    let r = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
+    println!("restored {}", r["agent"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn purge(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/tombstones/{}/purge", args.tombstone);
+    super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
+    println!("purged {}", args.tombstone);
+    Ok(ExitCode::SUCCESS)
+}
