@@ -279,6 +279,48 @@ impl ConfigRepos {
         Ok(())
     }
 
+    /// Removes the lock files a killed daemon left in the middle of a ref update: every `*.lock`
+    /// in the applied repo (only the broker writes it, and the caller holds the daemon lock) and
+    /// the broker's own `refs/hyperhive/*.lock` in the proposed repo (the manager's git may be
+    /// working there; its locks are left alone). Returns how many went.
+    pub fn clear_stale_locks(&self, agent: &AgentName) -> Result<usize> {
+        let mut removed = 0;
+        let mut remove_locks_under = |dir: PathBuf, recursive: bool| -> Result<()> {
+            let mut pending = vec![dir];
+            while let Some(dir) = pending.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let Ok(kind) = entry.file_type() else {
+                        continue;
+                    };
+                    if kind.is_dir() && recursive && entry.file_name() != "objects" {
+                        pending.push(path);
+                    } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+                        std::fs::remove_file(&path).map_err(|e| {
+                            Error::io(format!("cannot remove {}", path.display()), e)
+                        })?;
+                        tracing::warn!(lock = %path.display(), "removed a lock file left by a killed daemon");
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(())
+        };
+        if self.applied_exists(agent) {
+            remove_locks_under(self.applied_path(agent)?, true)?;
+        }
+        if self.proposed_exists(agent) {
+            remove_locks_under(
+                self.proposed_path(agent)?.join(".git/refs/hyperhive"),
+                false,
+            )?;
+        }
+        Ok(removed)
+    }
+
     /// The names of the tags in the applied repo (for tests and diagnostics).
     pub fn applied_tags(&self, agent: &AgentName) -> Result<Vec<String>> {
         let repo = self.ensure_applied(agent)?;

@@ -711,3 +711,34 @@ async fn an_agent_sees_only_its_own_sockets() {
     inside.sort();
     assert_eq!(inside, ["harness.sock", "mcp.sock"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open_in(dir, Config::default()).await;
+    f.hive.spawn("bob", None).await.unwrap();
+    let c = f.commit(
+        "bob",
+        "{ ... }: { hyperhive.model = \"after\"; }\n",
+        "after",
+    );
+    // As if killed in the middle of ref updates in both repos.
+    std::fs::create_dir_all(f.applied("bob").join("refs/tags/proposal")).unwrap();
+    std::fs::write(f.applied("bob").join("refs/tags/proposal/1.lock"), "").unwrap();
+    std::fs::write(f.applied("bob").join("refs/heads/main.lock"), "").unwrap();
+    std::fs::create_dir_all(f.proposed("bob").join(".git/refs/hyperhive")).unwrap();
+    std::fs::write(f.proposed("bob").join(".git/refs/hyperhive/pin.lock"), "").unwrap();
+    // A lock of the manager's own git is not ours to remove.
+    std::fs::write(f.proposed("bob").join(".git/index.lock"), "").unwrap();
+    f.hive.close();
+    let Fixture { dir, .. } = f;
+    let f = open_in(dir, Config::default()).await;
+    let a = f
+        .hive
+        .request_apply(&manager(), "bob", &c, "after a crash".into())
+        .await
+        .unwrap();
+    f.hive.approve(a.id).await.unwrap();
+    assert_eq!(f.applied_head("bob"), c);
+    assert!(f.proposed("bob").join(".git/index.lock").exists());
+}

@@ -54,9 +54,11 @@ impl Daemon {
             notify,
             _notify_dir: notify_dir,
         };
-        let first = daemon
-            .next_notification()
-            .expect("the daemon said nothing to systemd");
+        let mut daemon = daemon;
+        let Some(first) = daemon.next_notification() else {
+            let exited = daemon.child.as_mut().unwrap().try_wait().unwrap();
+            panic!("the daemon said nothing to systemd (exit: {exited:?}); its stderr is above")
+        };
         assert!(
             first.lines().any(|l| l == "READY=1"),
             "first notification: {first:?}"
