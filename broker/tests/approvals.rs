@@ -303,21 +303,20 @@ async fn a_force_push_after_the_request_changes_nothing_approved() {
     assert!(applied.contains("good"), "{applied}");
 }
 
-/// Writes blobs into the repo until two share a 7-hex-digit prefix; returns that prefix.
+/// Writes two blobs whose ids share the 7-hex-digit prefix `ba64e11` (found once by searching
+/// "ambiguity N" contents) and returns that prefix.
 fn plant_ambiguous_prefix(repo: &Path) -> String {
     let repo = git2::Repository::open(repo).unwrap();
-    let mut seen = std::collections::HashMap::new();
-    for i in 0u64.. {
-        let oid = repo
-            .blob(format!("ambiguity {i}\n").as_bytes())
-            .unwrap()
-            .to_string();
-        let prefix = oid[..7].to_owned();
-        if seen.insert(prefix.clone(), oid).is_some() {
-            return prefix;
-        }
-    }
-    unreachable!()
+    let ids: Vec<String> = [7282, 48501]
+        .iter()
+        .map(|i| {
+            repo.blob(format!("ambiguity {i}\n").as_bytes())
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids[0][..7], ids[1][..7], "{ids:?}");
+    ids[0][..7].to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

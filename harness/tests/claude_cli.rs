@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use broker::mailbox::RecvLimits;
+use broker::mcp::Role;
 use broker::names::Inbox;
 use common::{AGENT_TOOLS, MANAGER_ONLY_TOOLS, TestHive, mcp_config, name};
 use serde_json::{Value, json};
@@ -242,25 +243,40 @@ async fn each_socket_shows_claude_its_own_tools() {
     let hive = TestHive::open(&["alice"]).await;
     let manager_server = ModelServer::start(vec![Reply::text("ok")]).await;
     let alice_server = ModelServer::start(vec![Reply::text("ok")]).await;
+    let (manager_dir, alice_dir) = (hive.scratch("manager"), hive.scratch("alice"));
+    let (manager_socket, alice_socket) = (hive.mcp_socket("manager"), hive.mcp_socket("alice"));
     let (manager, alice) = tokio::join!(
         run_claude(
             &claude,
             &manager_server,
-            &hive.scratch("manager"),
-            &hive.mcp_socket("manager"),
-            "mcp__hive",
+            &manager_dir,
+            &manager_socket,
+            "mcp__hive"
         ),
         run_claude(
             &claude,
             &alice_server,
-            &hive.scratch("alice"),
-            &hive.mcp_socket("alice"),
-            "mcp__hive",
+            &alice_dir,
+            &alice_socket,
+            "mcp__hive"
         ),
     );
 
-    let mut manager_tools = set(&AGENT_TOOLS);
-    manager_tools.extend(set(&MANAGER_ONLY_TOOLS));
+    // The manager's set is the hive's own list for its socket: the agent tools, `agents`, and
+    // whatever else the manager gains; a sub-agent's is exactly the agent tools.
+    let manager_tools: BTreeSet<String> = hive
+        .hive
+        .mcp_tool_names(&name("manager"), Role::Manager)
+        .into_iter()
+        .collect();
+    assert!(
+        manager_tools.is_superset(&set(&AGENT_TOOLS)),
+        "{manager_tools:?}"
+    );
+    assert!(
+        manager_tools.is_superset(&set(&MANAGER_ONLY_TOOLS)),
+        "{manager_tools:?}"
+    );
     for (run, server, want) in [
         (&manager, &manager_server, &manager_tools),
         (&alice, &alice_server, &set(&AGENT_TOOLS)),

@@ -1,1 +1,495 @@
-fn main() {}
+//! `hive-bench`: every performance row of DESIGN §19 that this build can measure, in one command:
+//!
+//! ```text
+//! cargo build --release --bin hive && cargo run --release --bin hive-bench [-- --quick] [-- --json]
+//! ```
+//!
+//! Each row prints its figure beside its target, the physical limit it chases (measured in the
+//! same run: bare sqlite commits, a bare unix-socket round trip) and, for latencies, the baseline
+//! of hyperhive's first version (a receiver polling every 5 s). Results go in docs/benchmarks.md.
+
+mod admin;
+mod daemon;
+mod inproc;
+mod limits;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use broker::config::Synchronous;
+use clap::Parser;
+use serde_json::json;
+
+use crate::limits::Limits;
+use crate::report::{Machine, Row, Verdict};
+use crate::stats::{Samples, fmt_dur, fmt_rate, us};
+
+#[derive(Parser)]
+#[command(
+    name = "hive-bench",
+    about = "Measure hyperhive against its performance targets (DESIGN §19)",
+    after_help = "Build the daemon first (row 5 starts it): cargo build --release --bin hive"
+)]
+struct Args {
+    /// A smaller run (fewer samples, shorter windows, one baseline sample): ~30 s instead of ~1 min
+    #[arg(long)]
+    quick: bool,
+    /// Print the machine and the rows as JSON on stdout (progress still goes to stderr)
+    #[arg(long)]
+    json: bool,
+    /// The `hive` binary for row 5 [default: `hive` next to this executable]
+    #[arg(long, value_name = "FILE")]
+    hive: Option<PathBuf>,
+    /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
+    /// 4-full-64), 5, baseline
+    #[arg(long, value_delimiter = ',', value_name = "ROWS")]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, row: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|r| r == row)
+    }
+}
+
+/// How much each row measures.
+struct Plan {
+    latency_samples: usize,
+    baseline_samples: usize,
+    throughput_warmup: Duration,
+    throughput_window: Duration,
+    rss_agents: usize,
+    rss_per_agent: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        Self {
+            latency_samples: if quick { 300 } else { 2000 },
+            baseline_samples: if quick { 1 } else { 3 },
+            throughput_warmup: Duration::from_millis(if quick { 150 } else { 300 }),
+            throughput_window: Duration::from_millis(if quick { 500 } else { 2000 }),
+            rss_agents: 50,
+            rss_per_agent: 1000,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hive-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("hive-bench: {what}");
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let machine = Machine::detect(args.quick);
+    let plan = Plan::new(args.quick);
+    if cfg!(debug_assertions) {
+        eprintln!("hive-bench: WARNING: a debug build; run with --release for real figures");
+    }
+
+    progress("row 1: bare sqlite commits and unix-socket round trips");
+    let limits = Limits::measure(args.quick)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hive-bench")
+        .build()?;
+    let measured = runtime.block_on(measure(args, &plan, &limits))?;
+    runtime.shutdown_timeout(Duration::from_secs(5));
+
+    let mut rows = limit_rows(&limits);
+    rows.extend(measured);
+    if args.json {
+        let out = json!({ "machine": machine, "rows": rows });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", machine.line());
+        println!();
+        print!("{}", report::markdown(&rows));
+        println!();
+        println!(
+            "limit = the bare operation measured in this run; baseline = the same path with a \
+             receiver that polls its inbox every 5 s (hyperhive's first version)."
+        );
+    }
+    let missed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Missed)
+        .map(|r| r.id.as_str())
+        .collect();
+    eprintln!(
+        "hive-bench: done in {:.0} s; {}",
+        started.elapsed().as_secs_f64(),
+        if missed.is_empty() {
+            "every target met".to_owned()
+        } else {
+            format!("missed: {}", missed.join(", "))
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn limit_note(design: &str) -> String {
+    if design == "—" {
+        "(is a limit)".into()
+    } else {
+        format!("(is a limit; §19 measured {design})")
+    }
+}
+
+fn limit_rows(l: &Limits) -> Vec<Row> {
+    let commit = |id: &str, name: &str, s: &Samples, design: &str| {
+        Row::new(
+            id,
+            name,
+            format!("p50 {} · p99 {}", fmt_dur(s.p50()), fmt_dur(s.p99())),
+        )
+        .limit(limit_note(design))
+        .values(json!({"p50_us": us(s.p50()), "p99_us": us(s.p99()), "samples": s.len()}))
+    };
+    let rates = |id: &str, name: &str, s: &limits::SqliteLimit, design: &str| {
+        Row::new(
+            id,
+            name,
+            format!(
+                "{} · {} · {} rows/s",
+                fmt_rate(s.commits_per_s).trim_end_matches("/s"),
+                fmt_rate(s.rows8_per_s).trim_end_matches("/s"),
+                fmt_rate(s.rows64_per_s).trim_end_matches("/s"),
+            ),
+        )
+        .limit(limit_note(design))
+        .values(json!({
+            "rows_per_s_1": s.commits_per_s,
+            "rows_per_s_8": s.rows8_per_s,
+            "rows_per_s_64": s.rows64_per_s,
+        }))
+    };
+    vec![
+        commit(
+            "1a",
+            "bare sqlite WAL commit, one 200 B row, synchronous=normal",
+            &l.normal.commit,
+            "~11 µs",
+        ),
+        commit(
+            "1b",
+            "bare sqlite WAL commit, one 200 B row, synchronous=full",
+            &l.full.commit,
+            "~156 µs",
+        ),
+        rates(
+            "1c",
+            "bare sqlite rows/s, 1 · 8 · 64 rows per commit, normal",
+            &l.normal,
+            "63 000/s at 1",
+        ),
+        rates(
+            "1d",
+            "bare sqlite rows/s, 1 · 8 · 64 rows per commit, full",
+            &l.full,
+            "4 400/s at 1, 142 000/s at 64",
+        ),
+        Row::new(
+            "1e",
+            "bare unix-socket 200 B round trip (echo thread)",
+            format!(
+                "p50 {} · p99 {}",
+                fmt_dur(l.uds.p50()),
+                fmt_dur(l.uds.p99())
+            ),
+        )
+        .limit("(is a limit; §19 measured ~9 µs)")
+        .values(
+            json!({"p50_us": us(l.uds.p50()), "p99_us": us(l.uds.p99()), "samples": l.uds.len()}),
+        ),
+        commit(
+            "1f",
+            "sqlite commit of one message in the hive's own schema (indexes, no broker), normal",
+            &l.schema_normal.commit,
+            "—",
+        ),
+        commit(
+            "1g",
+            "sqlite commit of one message in the hive's own schema, full",
+            &l.schema_full.commit,
+            "—",
+        ),
+        rates(
+            "1h",
+            "hive schema rows/s, 1 · 8 · 64 rows per commit, normal",
+            &l.schema_normal,
+            "—",
+        ),
+        rates(
+            "1i",
+            "hive schema rows/s, 1 · 8 · 64 rows per commit, full",
+            &l.schema_full,
+            "—",
+        ),
+        Row::new(
+            "1j",
+            "thread wake-up round trip (2 wake-ups), back to back · after 0.5 ms idle",
+            format!(
+                "p50 {} · p50 {} (p99 {})",
+                fmt_dur(l.wake_hot.p50()),
+                fmt_dur(l.wake_idle.p50()),
+                fmt_dur(l.wake_idle.p99())
+            ),
+        )
+        .limit("(is a limit; not in §19)")
+        .values(json!({
+            "hot_p50_us": us(l.wake_hot.p50()), "hot_p99_us": us(l.wake_hot.p99()),
+            "idle_p50_us": us(l.wake_idle.p50()), "idle_p99_us": us(l.wake_idle.p99()),
+        })),
+    ]
+}
+
+fn latency_figure(s: &Samples) -> String {
+    format!("p50 {} · p99 {}", fmt_dur(s.p50()), fmt_dur(s.p99()))
+}
+
+fn latency_values(s: &Samples) -> serde_json::Value {
+    json!({"p50_us": us(s.p50()), "p99_us": us(s.p99()), "mean_us": us(s.mean()), "samples": s.len()})
+}
+
+async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Vec<Row>> {
+    let commit = limits.commit_p50(false);
+    let two_commits = commit * 2;
+    let mut latency_rows = Vec::new();
+
+    if args.wants("2") {
+        progress("row 2: in-process send → a waiting recv");
+        let wake = inproc::send_to_waiting_recv(plan.latency_samples).await?;
+        latency_rows.push(
+            Row::new(
+                "2",
+                "in-process send → a waiting recv returns",
+                latency_figure(&wake),
+            )
+            .target(
+                "p50 < 100 µs · p99 < 500 µs",
+                us(wake.p50()) < 100.0 && us(wake.p99()) < 500.0,
+            )
+            .limit(format!(
+                "{} (2 bare commits: send + take)",
+                fmt_dur(two_commits)
+            ))
+            .values(latency_values(&wake)),
+        );
+    }
+
+    if args.wants("3") {
+        progress("row 3: operator send over the admin socket (HTTP) → a waiting recv");
+        let admin = admin::operator_send_to_waiting_recv(plan.latency_samples).await?;
+        let uds = limits.uds.p50();
+        latency_rows.push(
+            Row::new(
+                "3",
+                "operator send over the admin socket (HTTP/1, kept alive) → the manager's waiting recv returns",
+                latency_figure(&admin.wake),
+            )
+            .target(
+                "p50 < 300 µs · p99 < 1.5 ms (the MCP socket path's, §19)",
+                us(admin.wake.p50()) < 300.0 && us(admin.wake.p99()) < 1500.0,
+            )
+            .limit(format!(
+                "{} (1 socket round trip + 2 bare commits)",
+                fmt_dur(uds + two_commits)
+            ))
+            .values(latency_values(&admin.wake)),
+        );
+        latency_rows.push(
+            Row::new(
+                "3b",
+                "operator send over the admin socket → 201 acknowledgement read",
+                latency_figure(&admin.ack),
+            )
+            .limit(format!(
+                "{} (1 socket round trip + 1 bare commit)",
+                fmt_dur(uds + commit)
+            ))
+            .values(latency_values(&admin.ack)),
+        );
+    }
+
+    let mut rows = Vec::new();
+    if args.wants("baseline") {
+        progress(&format!(
+            "baseline: a receiver polling every 5 s ({} sample{}, ~{} s)",
+            plan.baseline_samples,
+            if plan.baseline_samples == 1 { "" } else { "s" },
+            plan.baseline_samples * 5
+        ));
+        let poll = inproc::send_to_polling_recv(plan.baseline_samples).await?;
+        let baseline = format!("5 s poll: mean {} (n={})", fmt_dur(poll.mean()), poll.len());
+        let poll_values = json!({"mean_us": us(poll.mean()), "samples": poll.len()});
+        if latency_rows.is_empty() {
+            rows.push(
+                Row::new(
+                    "2-baseline",
+                    "send → a receiver polling every 5 s sees it",
+                    baseline,
+                )
+                .values(poll_values),
+            );
+        } else {
+            for row in &mut latency_rows {
+                if row.id == "3b" {
+                    continue;
+                }
+                row.baseline = baseline.clone();
+                row.values["baseline_poll"] = poll_values.clone();
+            }
+        }
+    }
+    rows.splice(0..0, latency_rows);
+
+    let row4 = ["normal", "full"]
+        .iter()
+        .flat_map(|s| [1, 8, 64].map(|n| format!("4-{s}-{n}")))
+        .any(|id| args.wants(&id));
+    if args.wants("4") || row4 {
+        progress("row 4: durable sends per second, 1 / 8 / 64 senders, normal and full");
+        for (sync, bare, schema) in [
+            (Synchronous::Normal, &limits.normal, &limits.schema_normal),
+            (Synchronous::Full, &limits.full, &limits.schema_full),
+        ] {
+            for senders in [1usize, 8, 64] {
+                let id = format!("4-{sync}-{senders}");
+                if !args.wants("4") && !args.wants(&id) {
+                    continue;
+                }
+                let rate = inproc::sends_per_second(
+                    sync,
+                    senders,
+                    plan.throughput_warmup,
+                    plan.throughput_window,
+                )
+                .await?;
+                let pick = |l: &limits::SqliteLimit| match senders {
+                    1 => l.commits_per_s,
+                    8 => l.rows8_per_s,
+                    _ => l.rows64_per_s,
+                };
+                let target = match (sync, senders) {
+                    (Synchronous::Normal, 1) => Some(20_000.0),
+                    (Synchronous::Normal, 64) => Some(100_000.0),
+                    (Synchronous::Full, 64) => Some(40_000.0),
+                    _ => None,
+                };
+                let per_commit = senders.min(64);
+                let mut row = Row::new(
+                    id,
+                    format!(
+                        "durable sends in-process, synchronous={sync}, {senders} sender{}",
+                        if senders == 1 { "" } else { "s" }
+                    ),
+                    fmt_rate(rate),
+                )
+                .limit(format!(
+                    "{} bare · {} hive schema ({per_commit} row{} per commit)",
+                    fmt_rate(pick(bare)),
+                    fmt_rate(pick(schema)),
+                    if per_commit == 1 { "" } else { "s" }
+                ))
+                .values(json!({"per_s": rate, "limit_bare_per_s": pick(bare),
+                    "limit_schema_per_s": pick(schema), "senders": senders,
+                    "synchronous": sync.to_string()}));
+                if let Some(t) = target {
+                    row = row.target(format!("≥ {}", fmt_rate(t)), rate >= t);
+                }
+                rows.push(row);
+            }
+        }
+    }
+
+    if args.wants("5") {
+        progress("row 5: daemon RSS (idle fresh; 50 agents + 50 000 queued messages)");
+        rows.extend(rss_rows(args, plan).await);
+    }
+    Ok(rows)
+}
+
+const RSS_TARGET_BYTES: f64 = 25e6;
+
+fn mb(kib: u64) -> String {
+    format!("{:.1} MB", kib as f64 * 1024.0 / 1e6)
+}
+
+async fn rss_rows(args: &Args, plan: &Plan) -> Vec<Row> {
+    let names = [
+        ("5a", "daemon RSS, idle, fresh state dir"),
+        (
+            "5b",
+            "daemon RSS, 50 agents registered, 50 000 queued, after READY",
+        ),
+        (
+            "5c",
+            "daemon RSS, 50 agents, 50 000 queued, after GET /api/v1/status (counts every message)",
+        ),
+    ];
+    match rss(args, plan).await {
+        Ok(figures) => names
+            .iter()
+            .zip(figures)
+            .map(|((id, name), m)| {
+                let bytes = m.rss_kib as f64 * 1024.0;
+                Row::new(
+                    *id,
+                    *name,
+                    format!("{} (peak {})", mb(m.rss_kib), mb(m.hwm_kib)),
+                )
+                .target("< 25 MB", bytes < RSS_TARGET_BYTES)
+                .values(json!({"rss_kib": m.rss_kib, "hwm_kib": m.hwm_kib}))
+            })
+            .collect(),
+        Err(e) => {
+            eprintln!("hive-bench: row 5 skipped: {e:#}");
+            vec![
+                Row::new("5", "daemon RSS", format!("not measured: {e:#}"))
+                    .target("< 25 MB", false)
+                    .skipped(),
+            ]
+        }
+    }
+}
+
+/// Row 5's three readings: fresh idle, loaded after READY, loaded after a status request.
+async fn rss(args: &Args, plan: &Plan) -> anyhow::Result<[daemon::Memory; 3]> {
+    let hive = match &args.hive {
+        Some(path) => path.clone(),
+        None => daemon::hive_binary()?,
+    };
+
+    let fresh_dir = tempfile::tempdir()?;
+    let fresh = daemon::Daemon::start(&hive, fresh_dir.path())?;
+    tokio::time::sleep(daemon::SETTLE).await;
+    let idle = daemon::memory(fresh.pid())?;
+    fresh.stop()?;
+
+    let loaded_dir = tempfile::tempdir()?;
+    inproc::prepare_loaded_state(loaded_dir.path(), plan.rss_agents, plan.rss_per_agent).await?;
+    let loaded = daemon::Daemon::start(&hive, loaded_dir.path())?;
+    tokio::time::sleep(daemon::SETTLE).await;
+    let ready = daemon::memory(loaded.pid())?;
+    let status = loaded.get("/api/v1/status").await?;
+    anyhow::ensure!(status == 200, "GET /api/v1/status answered {status}");
+    tokio::time::sleep(daemon::SETTLE).await;
+    let after_status = daemon::memory(loaded.pid())?;
+    loaded.stop()?;
+    Ok([idle, ready, after_status])
+}

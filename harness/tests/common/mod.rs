@@ -17,7 +17,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The agent tools every model-facing socket lists, sorted.
 pub const AGENT_TOOLS: [&str; 5] = ["ask_operator", "recv", "remind", "send", "whoami"];
-/// The tools only the manager's socket adds.
+/// Tools the manager's socket adds (it may add more).
 pub const MANAGER_ONLY_TOOLS: [&str; 1] = ["agents"];
 
 /// A hive in a temporary state directory, serving MCP until dropped.
