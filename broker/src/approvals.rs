@@ -149,7 +149,7 @@ fn tell_requester(
         "note": note,
     })
     .to_string();
-    Ok(insert_messages(c, "system", &[a.requester.clone()], &body, None)?.remove(0))
+    Ok(insert_messages(c, "system", std::slice::from_ref(&a.requester), &body, None)?.remove(0))
 }
 
 impl Hive {

@@ -184,9 +184,14 @@ impl Hive {
                 }
                 let text = check_answer(&q, answer, max_body)?;
                 let body = format!("Answer to your question #{id} (\"{}\"): {text}", q.question);
-                let message =
-                    insert_messages(c, "operator", &[q.asker.clone()], &body, Some(q.message_id))?
-                        .remove(0);
+                let message = insert_messages(
+                    c,
+                    "operator",
+                    std::slice::from_ref(&q.asker),
+                    &body,
+                    Some(q.message_id),
+                )?
+                .remove(0);
                 resolve(c, id, "answered", Some(&text), message.id)?;
                 Ok((get(c, id)?.expect("exists"), message))
             })
@@ -229,8 +234,14 @@ pub(crate) fn expire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
             "Your question #{} (\"{}\") expired, no answer.",
             q.id, q.question
         );
-        let message =
-            insert_messages(c, "system", &[q.asker.clone()], &body, Some(q.message_id))?.remove(0);
+        let message = insert_messages(
+            c,
+            "system",
+            std::slice::from_ref(&q.asker),
+            &body,
+            Some(q.message_id),
+        )?
+        .remove(0);
         resolve(c, q.id, "expired", None, message.id)?;
         sent.push(message);
     }
