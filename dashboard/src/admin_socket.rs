@@ -2,7 +2,8 @@
 //!
 //! The socket file is 0600, and each connection's peer is checked again with SO_PEERCRED: a
 //! client of another uid gets `403 forbidden` and nothing else. Slow clients are cut off: the
-//! request head must arrive within [`HEADER_DEADLINE`], the body within the API's deadline.
+//! request head must arrive within [`HEADER_DEADLINE`], the body within the API's deadline, and at
+//! most [`MAX_CONNECTIONS`] are open at once.
 
 use std::io;
 use std::path::Path;
@@ -20,6 +21,9 @@ use crate::error::ApiError;
 
 /// How long a client may take to send a request head.
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Open connections at once; more are closed on accept, so a flood cannot take every fd.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// How long in-flight requests get to finish at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -66,6 +70,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let forbidden = Router::new().fallback(|| async {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -86,6 +91,10 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("too many admin connections; closing one");
+            continue;
+        };
         let peer = stream.peer_cred().ok();
         let allowed = peer.is_some_and(|c| policy.permits(c.uid()));
         if !allowed {
@@ -103,6 +112,7 @@ pub async fn serve(
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
