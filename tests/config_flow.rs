@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
@@ -25,18 +23,6 @@ async fn call(
     let text = result.content[0].as_text().unwrap().text.clone();
     assert!(!result.is_error.unwrap_or(false), "{tool}: {text}");
     serde_json::from_str(&text).unwrap()
-}
-
-fn git(repo: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=manager", "-c", "user.email=manager@hive"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().to_owned()
 }
 
 fn ok(state: &std::path::Path, args: &[&str]) -> String {

@@ -132,27 +132,10 @@ fn sigterm_finishes_in_flight_sends_and_exits_zero() {
 
 /// A send that may fail because the daemon is going away: `None` then.
 async fn try_send(state: &std::path::Path, req: &str) -> Option<i64> {
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::UnixStream::connect(state.join("run/admin.sock"))
-        .await
-        .ok()?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
-    let request = hyper::Request::post("/api/v1/messages")
-        .header("host", "hive")
-        .header("content-type", "application/json")
-        .body(Full::new(hyper::body::Bytes::from(req.to_owned())))
-        .ok()?;
-    let resp = sender.send_request(request).await.ok()?;
-    if resp.status() != 201 {
-        return None;
+    match try_api(state, "POST", "/api/v1/messages", req).await? {
+        (201, v) => v["ids"][0].as_i64(),
+        _ => None,
     }
-    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v["ids"][0].as_i64()
 }
 
 #[test]

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -30,7 +32,8 @@ fn status_latency(state: &Path) -> Duration {
     let started = Instant::now();
     let mut s = UnixStream::connect(state.join("run/admin.sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /api/v1/status HTTP/1.1\r\nhost: hive\r\nconnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /api/v1/status HTTP/1.1\r\nhost: hive\r\nconnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -64,7 +67,9 @@ fn read_until_closed(s: &mut UnixStream, limit: Duration) -> (bool, String) {
         match s.read(&mut buf) {
             Ok(0) => return (true, String::from_utf8_lossy(&got).into_owned()),
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (true, String::from_utf8_lossy(&got).into_owned());
+            }
             Err(_) => return (false, String::from_utf8_lossy(&got).into_owned()),
         }
     }
@@ -90,11 +95,17 @@ fn connection_floods_leave_no_fds_and_others_are_served() {
             }
         }
     });
-    assert!(slowest < Duration::from_millis(100), "status took {slowest:?} during the flood");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "status took {slowest:?} during the flood"
+    );
     let settled = eventually(Duration::from_secs(15), || open_fds(pid) <= fds_before);
     assert!(settled, "fds: {fds_before} before, {} after", open_fds(pid));
     let rss_after = rss_kib(pid);
-    assert!(rss_after < rss_before + 8 * 1024, "RSS {rss_before} KiB → {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS {rss_before} KiB → {rss_after} KiB"
+    );
 }
 
 #[test]
@@ -143,7 +154,11 @@ fn huge_deep_and_slow_requests_are_cut_off() {
                 sent += 1;
             }
             let (_, answer) = read_until_closed(&mut c, Duration::from_secs(5));
-            assert!(answer.starts_with("HTTP/1.1 413"), "100 MB body: {:.200}", answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 413"),
+                "100 MB body: {:.200}",
+                answer
+            );
             assert!(answer.contains("request_too_large"), "{answer}");
 
             // 100 MB on one MCP line: dropped past the line limit; the connection and the daemon
@@ -178,11 +193,17 @@ fn huge_deep_and_slow_requests_are_cut_off() {
             assert!(after < Duration::from_secs(13), "cut off after {after:?}");
         });
     });
-    assert!(slowest < Duration::from_millis(100), "status took {slowest:?} meanwhile");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "status took {slowest:?} meanwhile"
+    );
     let settled = eventually(Duration::from_secs(15), || open_fds(pid) <= fds_before);
     assert!(settled, "fds: {fds_before} before, {} after", open_fds(pid));
     let rss_after = rss_kib(pid);
-    assert!(rss_after < rss_before + 16 * 1024, "RSS {rss_before} KiB → {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_before} KiB → {rss_after} KiB"
+    );
     // Nothing was stored by any of it.
     assert_eq!(db_snapshot(state).0, 0);
 }

@@ -129,44 +129,6 @@ async fn decider(state: PathBuf, commits: Vec<String>, acked: Arc<Mutex<Acked>>)
     }
 }
 
-async fn try_api(state: &Path, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::UnixStream::connect(state.join("run/admin.sock"))
-        .await
-        .ok()?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "hive")
-        .header("content-type", "application/json")
-        .body(Full::new(hyper::body::Bytes::from(body.to_owned())))
-        .ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=manager", "-c", "user.email=manager@hive"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().to_owned()
-}
-
 /// Checks the store after a kill against what was acknowledged.
 fn check(state: &Path, acked: &Acked, round: usize) {
     let db = open_db(state);

@@ -205,17 +205,7 @@ impl Hive {
         description: String,
     ) -> Result<Approval> {
         let agent = AgentName::parse(agent)?;
-        if self.registry.get(&agent).is_none() {
-            return Err(Error::UnknownAgent {
-                name: agent.to_string(),
-                allowed: self
-                    .registry
-                    .names()
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect(),
-            });
-        }
+        self.registry.require(&agent)?;
         if description.trim().is_empty() || description.len() > 4096 {
             return Err(Error::invalid(
                 "description",
@@ -492,17 +482,7 @@ impl Hive {
 
     /// The operator rolls an agent back: a new deploy of the commit of an earlier one.
     pub async fn rollback(&self, agent: &AgentName, deploy_id: i64) -> Result<Deploy> {
-        if self.registry.get(agent).is_none() {
-            return Err(Error::UnknownAgent {
-                name: agent.to_string(),
-                allowed: self
-                    .registry
-                    .names()
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect(),
-            });
-        }
+        self.registry.require(agent)?;
         let _config = self.config_lock.lock().await;
         let key = agent.to_string();
         let deploy = self

@@ -149,6 +149,14 @@ impl Registry {
         Ok(())
     }
 
+    /// The record of `name`, or an `unknown_agent` error listing the agents there are.
+    pub fn require(&self, name: &AgentName) -> Result<AgentRecord> {
+        self.get(name).ok_or_else(|| Error::UnknownAgent {
+            name: name.to_string(),
+            allowed: self.names().iter().map(|n| n.to_string()).collect(),
+        })
+    }
+
     pub fn get(&self, name: &AgentName) -> Option<AgentRecord> {
         self.agents
             .read()

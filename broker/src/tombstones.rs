@@ -91,17 +91,7 @@ impl Hive {
         if agent.is_manager() {
             return Err(Error::Conflict("the manager cannot be destroyed".into()));
         }
-        if self.registry.get(agent).is_none() {
-            return Err(Error::UnknownAgent {
-                name: agent.to_string(),
-                allowed: self
-                    .registry
-                    .names()
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect(),
-            });
-        }
+        self.registry.require(agent)?;
         let _config = self.config_lock.lock().await;
         let id = TombstoneId::new(agent);
         let tomb = self.tombstone_path(&id)?;

@@ -17,21 +17,37 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        prop_oneof!["[a-z]{0,8}", "\\PC{0,16}", Just("manager".to_owned()), Just("../x".to_owned())]
-            .prop_map(Value::String),
+        prop_oneof![
+            "[a-z]{0,8}",
+            "\\PC{0,16}",
+            Just("manager".to_owned()),
+            Just("../x".to_owned())
+        ]
+        .prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 5, |inner| {
         let key = prop_oneof![
             prop::sample::select(vec![
-                "to", "body", "in_reply_to", "wait_seconds", "max", "note", "name", "agent_nix",
-                "deploy", "purge", "text", "choices",
+                "to",
+                "body",
+                "in_reply_to",
+                "wait_seconds",
+                "max",
+                "note",
+                "name",
+                "agent_nix",
+                "deploy",
+                "purge",
+                "text",
+                "choices",
             ])
             .prop_map(str::to_owned),
             "[a-z_]{1,6}",
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(key, inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(key, inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -96,7 +112,12 @@ fn any_request_gets_a_clear_answer() {
         "(agent|limit|follow|status|all|bogus)=[a-z0-9./-]{0,6}",
         "[a-z=&%0-9]{0,16}",
     ];
-    let strategy = (prop::sample::select(ROUTES.to_vec()), arb_segment(), query, arb_body());
+    let strategy = (
+        prop::sample::select(ROUTES.to_vec()),
+        arb_segment(),
+        query,
+        arb_body(),
+    );
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 1500,
         ..ProptestConfig::default()
@@ -118,15 +139,39 @@ fn any_request_gets_a_clear_answer() {
             let response = rt.block_on(app.clone().oneshot(request)).unwrap();
             let status = response.status().as_u16();
             *counts.borrow_mut().entry(status).or_default() += 1;
-            let bytes = rt.block_on(response.into_body().collect()).unwrap().to_bytes();
-            prop_assert!(status < 500, "{} {} → {}: {}", method, uri, status, String::from_utf8_lossy(&bytes));
-            let value: Value = serde_json::from_slice(&bytes)
-                .map_err(|_| TestCaseError::fail(format!("{method} {uri}: not JSON: {}", String::from_utf8_lossy(&bytes))))?;
+            let bytes = rt
+                .block_on(response.into_body().collect())
+                .unwrap()
+                .to_bytes();
+            prop_assert!(
+                status < 500,
+                "{} {} → {}: {}",
+                method,
+                uri,
+                status,
+                String::from_utf8_lossy(&bytes)
+            );
+            let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                TestCaseError::fail(format!(
+                    "{method} {uri}: not JSON: {}",
+                    String::from_utf8_lossy(&bytes)
+                ))
+            })?;
             if status >= 400 {
                 let code = value["error"]["code"].as_str().unwrap_or("");
                 let message = value["error"]["message"].as_str().unwrap_or("");
-                prop_assert!(!code.is_empty() && !message.is_empty(), "{} {}: {}", method, uri, value);
-                prop_assert!(!message.contains(dir.path().to_str().unwrap()), "a path leaked: {}", message);
+                prop_assert!(
+                    !code.is_empty() && !message.is_empty(),
+                    "{} {}: {}",
+                    method,
+                    uri,
+                    value
+                );
+                prop_assert!(
+                    !message.contains(dir.path().to_str().unwrap()),
+                    "a path leaked: {}",
+                    message
+                );
             }
             Ok(())
         })
@@ -134,5 +179,8 @@ fn any_request_gets_a_clear_answer() {
     let counts = counts.into_inner();
     println!("statuses: {counts:?}");
     assert!(counts.keys().any(|s| *s < 300), "some requests succeed");
-    assert!(counts.keys().filter(|s| **s >= 400).count() >= 3, "several kinds of refusal");
+    assert!(
+        counts.keys().filter(|s| **s >= 400).count() >= 3,
+        "several kinds of refusal"
+    );
 }

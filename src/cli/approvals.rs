@@ -8,7 +8,7 @@ use broker::paths::StateDir;
 use serde_json::{Value, json};
 
 use super::client::AdminClient;
-use super::output;
+use super::{output, print_listing};
 
 #[derive(clap::Args)]
 pub struct ApprovalsArgs {
@@ -89,16 +89,21 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
         query.push(format!("agent={a}"));
     }
     let path = format!("/api/v1/approvals?{}", query.join("&"));
-    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
-    if args.json {
-        output::json(&list);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
+    print_listing(
+        state,
+        &path,
+        args.json,
+        "no approvals",
+        &[
+            "ID",
+            "KIND",
+            "AGENT",
+            "STATUS",
+            "COMMIT",
+            "ASKED (UTC)",
+            "DESCRIPTION",
+        ],
+        |a| {
             vec![
                 a["id"].to_string(),
                 a["kind"].as_str().unwrap_or("?").to_owned(),
@@ -108,25 +113,8 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
                 output::time(&a["created_at"]),
                 a["description"].as_str().unwrap_or("").replace('\n', " "),
             ]
-        })
-        .collect();
-    if rows.is_empty() {
-        println!("no approvals");
-    } else {
-        output::table(
-            &[
-                "ID",
-                "KIND",
-                "AGENT",
-                "STATUS",
-                "COMMIT",
-                "ASKED (UTC)",
-                "DESCRIPTION",
-            ],
-            &rows,
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 fn print_approval(a: &Value) {
@@ -217,16 +205,13 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
 
 pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/deploys", args.agent);
-    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
-    if args.json {
-        output::json(&list);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| {
+    print_listing(
+        state,
+        &path,
+        args.json,
+        "no deploys",
+        &["DEPLOY", "KIND", "STATUS", "COMMIT", "APPROVAL", "AT (UTC)"],
+        |d| {
             vec![
                 d["id"].to_string(),
                 d["kind"].as_str().unwrap_or("?").to_owned(),
@@ -238,13 +223,8 @@ pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> 
                     .unwrap_or_else(|| "-".into()),
                 output::time(&d["created_at"]),
             ]
-        })
-        .collect();
-    output::table(
-        &["DEPLOY", "KIND", "STATUS", "COMMIT", "APPROVAL", "AT (UTC)"],
-        &rows,
-    );
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 pub fn rollback(state: &StateDir, args: RollbackArgs) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,7 @@ use broker::paths::StateDir;
 use clap::Subcommand;
 
 use super::client::AdminClient;
-use super::output;
+use super::{output, print_listing};
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
@@ -56,16 +56,13 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
     if let Some(a) = &args.agent {
         path.push_str(&format!("&agent={a}"));
     }
-    let list = rt.block_on(client.get(&path))?;
-    if args.json {
-        output::json(&list);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
+    print_listing(
+        state,
+        &path,
+        args.json,
+        "no audit rows",
+        &["ROW", "AT (UTC)", "ACTOR", "ACTION", "AGENT", "DETAIL"],
+        |e| {
             vec![
                 e["id"].to_string(),
                 output::time(&e["ts"]),
@@ -74,11 +71,6 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
                 e["agent"].as_str().unwrap_or("-").to_owned(),
                 e["detail"].to_string(),
             ]
-        })
-        .collect();
-    output::table(
-        &["ROW", "AT (UTC)", "ACTOR", "ACTION", "AGENT", "DETAIL"],
-        &rows,
-    );
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }

@@ -145,6 +145,30 @@ fn init_logging(format: LogFormat, daemon: bool) {
     }
 }
 
+/// GETs a JSON list from the hive and prints it: as JSON with `--json`, else as a table under
+/// `header` with a row per item (or `empty` when there is none).
+fn print_listing(
+    state: &broker::paths::StateDir,
+    path: &str,
+    json: bool,
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let list = client_runtime()?.block_on(client::AdminClient::new(state).get(path))?;
+    if json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(row).collect();
+    if rows.is_empty() {
+        println!("{empty}");
+    } else {
+        output::table(header, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A tokio runtime for one client command.
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

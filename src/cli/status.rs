@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 
 use super::client::AdminClient;
-use super::output;
+use super::{output, print_listing};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -48,20 +48,14 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let list = super::client_runtime()?.block_on(AdminClient::new(state).get("/api/v1/agents"))?;
-    if args.json {
-        output::json(&list);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            let allowed = a["allowed_recipients"]
-                .as_array()
-                .map(|v| v.len())
-                .unwrap_or(0);
+    print_listing(
+        state,
+        "/api/v1/agents",
+        args.json,
+        "no agents",
+        &["NAME", "KIND", "CREATED (UTC)", "MAY WRITE TO"],
+        |a| {
+            let allowed = a["allowed_recipients"].as_array().map_or(0, Vec::len);
             vec![
                 a["name"].as_str().unwrap_or("?").to_owned(),
                 a["kind"].as_str().unwrap_or("?").to_owned(),
@@ -72,8 +66,6 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
                     format!("{allowed} names")
                 },
             ]
-        })
-        .collect();
-    output::table(&["NAME", "KIND", "CREATED (UTC)", "MAY WRITE TO"], &rows);
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }

@@ -6,7 +6,7 @@ use broker::paths::StateDir;
 use serde_json::json;
 
 use super::client::AdminClient;
-use super::output;
+use super::{output, print_listing};
 
 #[derive(clap::Args)]
 pub struct DestroyArgs {
@@ -52,29 +52,19 @@ pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> {
-    let list =
-        super::client_runtime()?.block_on(AdminClient::new(state).get("/api/v1/tombstones"))?;
-    if args.json {
-        output::json(&list);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| {
+    print_listing(
+        state,
+        "/api/v1/tombstones",
+        args.json,
+        "no tombstones",
+        &["TOMBSTONE", "AGENT"],
+        |t| {
             vec![
                 t["id"].as_str().unwrap_or("?").to_owned(),
                 t["agent"].as_str().unwrap_or("?").to_owned(),
             ]
-        })
-        .collect();
-    if rows.is_empty() {
-        println!("no tombstones");
-    } else {
-        output::table(&["TOMBSTONE", "AGENT"], &rows);
-    }
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 pub fn restore(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {

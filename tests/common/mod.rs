@@ -144,27 +144,48 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// One HTTP request on the admin socket; the raw body lets tests send malformed JSON.
-pub async fn api(state: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+/// One HTTP request on the admin socket; the raw body lets tests send malformed JSON. `None` when
+/// the daemon is not there or went away mid-request.
+pub async fn try_api(state: &Path, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
     let stream = tokio::net::UnixStream::connect(state.join("run/admin.sock"))
         .await
-        .unwrap();
+        .ok()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .ok()?;
     tokio::spawn(conn);
     let req = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "hive")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .ok()?;
+    let resp = sender.send_request(req).await.ok()?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(text(&bytes)));
-    (status, value)
+    Some((status, value))
+}
+
+/// [`try_api`] against a daemon that must answer.
+pub async fn api(state: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    try_api(state, method, path, body.unwrap_or(""))
+        .await
+        .unwrap_or_else(|| panic!("the hive did not answer {method} {path}"))
+}
+
+/// Runs git in `repo` as the manager would and returns its stdout; fails the test on error.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=manager", "-c", "user.email=manager@hive"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
 }
 
 /// Sends as the operator over the admin socket and returns the id, once acknowledged.
