@@ -38,6 +38,21 @@ async fn mcp_client(
     ().serve(stream).await.ok()
 }
 
+/// Calls a tool; `None` once the daemon is gone (or the call was refused).
+async fn try_tool(
+    client: &rmcp::service::RunningService<rmcp::service::RoleClient, ()>,
+    tool: &str,
+    args: Value,
+) -> Option<Value> {
+    let params = CallToolRequestParams::new(tool.to_owned())
+        .with_arguments(args.as_object().cloned().unwrap());
+    let result = client.call_tool(params).await.ok()?;
+    if result.is_error.unwrap_or(false) {
+        return None;
+    }
+    serde_json::from_str(&result.content[0].as_text()?.text).ok()
+}
+
 /// Sends from `agent` over MCP until the daemon dies, recording each acknowledged id.
 async fn mcp_sender(state: PathBuf, agent: &'static str, next_seq: u64, acked: Arc<Mutex<Acked>>) {
     let Some(client) = mcp_client(&state, agent).await else {
@@ -45,20 +60,9 @@ async fn mcp_sender(state: PathBuf, agent: &'static str, next_seq: u64, acked: A
     };
     for seq in next_seq.. {
         let args = json!({"to": "manager", "body": format!("{agent}:{seq}")});
-        let Ok(result) = client
-            .call_tool(
-                CallToolRequestParams::new("send")
-                    .with_arguments(args.as_object().cloned().unwrap()),
-            )
-            .await
-        else {
+        let Some(v) = try_tool(&client, "send", args).await else {
             return;
         };
-        if result.is_error.unwrap_or(false) {
-            return;
-        }
-        let text = &result.content[0].as_text().unwrap().text;
-        let v: Value = serde_json::from_str(text).unwrap();
         let id = v["sent"][0].as_i64().unwrap();
         acked
             .lock()
@@ -96,19 +100,9 @@ async fn decider(state: PathBuf, commits: Vec<String>, acked: Arc<Mutex<Acked>>)
     for (n, commit) in commits.iter().cycle().enumerate() {
         let args =
             json!({"agent": "alice", "commit": commit, "description": format!("change {n}")});
-        let Ok(result) = manager
-            .call_tool(
-                CallToolRequestParams::new("request_apply_commit")
-                    .with_arguments(args.as_object().cloned().unwrap()),
-            )
-            .await
-        else {
+        let Some(v) = try_tool(&manager, "request_apply_commit", args).await else {
             return;
         };
-        if result.is_error.unwrap_or(false) {
-            return;
-        }
-        let v: Value = serde_json::from_str(&result.content[0].as_text().unwrap().text).unwrap();
         let id = v["id"].as_i64().unwrap();
         acked.lock().unwrap().approvals.insert(id, "pending");
         if n % 2 == 0 {

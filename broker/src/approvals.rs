@@ -132,6 +132,28 @@ fn insert_deploy(
     })
 }
 
+/// Moves a pending approval to `status`, inside the caller's transaction: the one place a
+/// decision is taken. A conditional UPDATE, so of two deciders exactly one wins.
+fn decide(c: &Connection, id: i64, status: &str, note: Option<&str>) -> Result<Approval> {
+    let a = get_approval(c, id)?;
+    if a.status != "pending" {
+        return Err(Error::Conflict(format!(
+            "approval {id} is {} already; nothing was changed",
+            a.status
+        )));
+    }
+    let changed = c.execute(
+        "UPDATE approvals SET status = ?1, note = ?2, resolved_at = ?3 WHERE id = ?4 AND status = 'pending'",
+        params![status, note, unix_millis(), id],
+    )?;
+    if changed != 1 {
+        return Err(Error::Conflict(format!(
+            "approval {id} was decided meanwhile; nothing was changed"
+        )));
+    }
+    Ok(a)
+}
+
 /// The `approval_resolved` message to the requester, inside the caller's transaction.
 fn tell_requester(
     c: &Connection,
@@ -332,17 +354,7 @@ impl Hive {
         let (approval, deploy, created, message) = self
             .store
             .write(move |c| {
-                let a = get_approval(c, id)?;
-                if a.status != "pending" {
-                    return Err(Error::Conflict(format!("approval {id} is {} already; nothing was changed", a.status)));
-                }
-                let changed = c.execute(
-                    "UPDATE approvals SET status = 'approved', resolved_at = ?1 WHERE id = ?2 AND status = 'pending'",
-                    params![unix_millis(), id],
-                )?;
-                if changed != 1 {
-                    return Err(Error::Conflict(format!("approval {id} was decided meanwhile; nothing was changed")));
-                }
+                let a = decide(c, id, "approved", None)?;
                 let name = AgentName::parse(&a.agent)?;
                 let exists = c
                     .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
@@ -353,12 +365,28 @@ impl Hive {
                         registry::insert_row(c, &record)?;
                         Some(record)
                     }
-                    ("spawn", true) => return Err(Error::Conflict(format!("agent '{}' exists already; nothing was changed", a.agent))),
-                    (_, false) => return Err(Error::Conflict(format!("agent '{}' no longer exists; nothing was changed", a.agent))),
+                    ("spawn", true) => {
+                        return Err(Error::Conflict(format!(
+                            "agent '{}' exists already; nothing was changed",
+                            a.agent
+                        )));
+                    }
+                    (_, false) => {
+                        return Err(Error::Conflict(format!(
+                            "agent '{}' no longer exists; nothing was changed",
+                            a.agent
+                        )));
+                    }
                     _ => None,
                 };
                 let deploy = insert_deploy(c, &a.agent, &a.commit, Some(id), &a.kind)?;
-                audit::append(c, "operator", "approve", Some(&a.agent), json!({"approval": id, "commit": a.commit, "deploy": deploy.id}))?;
+                audit::append(
+                    c,
+                    "operator",
+                    "approve",
+                    Some(&a.agent),
+                    json!({"approval": id, "commit": a.commit, "deploy": deploy.id}),
+                )?;
                 let message = tell_requester(c, &a, "approved", None)?;
                 Ok((get_approval(c, id)?, deploy, created, message))
             })
@@ -393,18 +421,14 @@ impl Hive {
         let (approval, message) = self
             .store
             .write(move |c| {
-                let a = get_approval(c, id)?;
-                if a.status != "pending" {
-                    return Err(Error::Conflict(format!("approval {id} is {} already; nothing was changed", a.status)));
-                }
-                let changed = c.execute(
-                    "UPDATE approvals SET status = 'denied', note = ?1, resolved_at = ?2 WHERE id = ?3 AND status = 'pending'",
-                    params![note, unix_millis(), id],
+                let a = decide(c, id, "denied", note.as_deref())?;
+                audit::append(
+                    c,
+                    "operator",
+                    "deny",
+                    Some(&a.agent),
+                    json!({"approval": id, "commit": a.commit, "note": note}),
                 )?;
-                if changed != 1 {
-                    return Err(Error::Conflict(format!("approval {id} was decided meanwhile; nothing was changed")));
-                }
-                audit::append(c, "operator", "deny", Some(&a.agent), json!({"approval": id, "commit": a.commit, "note": note}))?;
                 let message = tell_requester(c, &a, "denied", note.as_deref())?;
                 Ok((get_approval(c, id)?, message))
             })
