@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{AGENT_TOOLS, TestHive, hive_agent};
 use serde_json::{Value, json};
-use testkit::tools;
+use testkit::{process, tools};
 
 /// The client, kept beside this test (see the file for what it prints).
 const CLIENT: &str = include_str!("python_sdk_client.py");
@@ -31,23 +30,12 @@ async fn the_python_sdk_lists_the_agent_tools_and_sends() {
         .arg(hive_agent())
         .arg(hive.mcp_socket("alice"))
         .arg("send")
-        .arg(args.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the python client did not finish within 60 s")
-        .expect("spawn python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let describe = format!(
-        "exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(args.to_string());
+    let out = process::finish(&mut cmd, "the python client", Duration::from_secs(60)).await;
+    let describe = out.describe();
     assert!(out.status.success(), "{describe}");
-    let lines: Vec<Value> = stdout
+    let lines: Vec<Value> = out
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
@@ -64,14 +52,7 @@ async fn the_python_sdk_lists_the_agent_tools_and_sends() {
     assert_eq!(call["is_error"], false, "{describe}");
 
     // Stored once, from the socket's agent to bob; the result names it.
-    let stored = hive.messages().await;
-    assert_eq!(stored.len(), 1, "{stored:?}");
-    let msg = &stored[0];
-    assert_eq!(
-        (msg.from.as_str(), msg.to.as_str(), msg.body.as_str()),
-        ("alice", "bob", "hello from python"),
-        "{msg:?}"
-    );
+    let msg = hive.only_message("alice", "bob", "hello from python").await;
     let answer: Value = serde_json::from_str(call["text"].as_str().unwrap_or_default())
         .unwrap_or_else(|e| panic!("the send result is not JSON ({e}): {describe}"));
     assert_eq!(answer, json!({"sent": [msg.id]}));

@@ -65,6 +65,19 @@ impl TestHive {
     pub async fn messages(&self) -> Vec<Message> {
         self.hive.mailbox.history(None, 1000).await.unwrap()
     }
+
+    /// The one stored message; asserts that it is the only one and goes `from` → `to` with `body`.
+    pub async fn only_message(&self, from: &str, to: &str, body: &str) -> Message {
+        let mut stored = self.messages().await;
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        let msg = stored.remove(0);
+        assert_eq!(
+            (msg.from.as_str(), msg.to.as_str(), msg.body.as_str()),
+            (from, to, body),
+            "{msg:?}"
+        );
+        msg
+    }
 }
 
 pub fn name(s: &str) -> AgentName {
