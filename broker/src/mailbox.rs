@@ -146,7 +146,7 @@ pub struct Mailbox {
     store: Store,
     registry: Arc<Registry>,
     bus: Bus,
-    notifiers: Notifiers,
+    notifiers: Arc<Notifiers>,
     max_body_bytes: usize,
 }
 
@@ -156,7 +156,7 @@ impl Mailbox {
             store,
             registry,
             bus,
-            notifiers: Notifiers::default(),
+            notifiers: Arc::default(),
             max_body_bytes,
         }
     }
@@ -193,24 +193,33 @@ impl Mailbox {
         }
         let recipients = self.resolve(from, to)?;
         let sender = from.as_str().to_owned();
+        // The receivers are woken on the writer thread the moment the commit is done.
+        let notifiers = self.notifiers.clone();
         let rows = self
             .store
-            .write(move |c| insert_messages(c, &sender, &recipients, &body, in_reply_to))
+            .write_then(
+                move |c| insert_messages(c, &sender, &recipients, &body, in_reply_to),
+                move |rows: &Vec<Message>| rows.iter().for_each(|m| notifiers.wake(&m.to)),
+            )
             .await?;
         let ids = rows.iter().map(|m| m.id).collect();
-        self.announce(rows);
+        self.publish(rows);
         Ok(ids)
+    }
+
+    fn publish(&self, rows: Vec<Message>) {
+        for message in rows {
+            self.bus.publish(Event::MessageSent {
+                message: Arc::new(message),
+            });
+        }
     }
 
     /// Wakes the inboxes of messages that have just COMMITTED and tells the bus. Every path that
     /// inserts messages (sends, reminders, answers, helper events) ends here.
     pub(crate) fn announce(&self, rows: Vec<Message>) {
-        for message in rows {
-            self.notifiers.wake(&message.to);
-            self.bus.publish(Event::MessageSent {
-                message: Arc::new(message),
-            });
-        }
+        rows.iter().for_each(|m| self.notifiers.wake(&m.to));
+        self.publish(rows);
     }
 
     /// The inboxes a send reaches, checked against the registry and the sender's allow-list.
@@ -521,11 +530,8 @@ impl Mailbox {
                 let mut rows = match &agent {
                     Some(who) => c
                         .prepare_cached(&format!(
-                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
-                               SELECT id FROM messages WHERE sender = ?1
-                               UNION SELECT id FROM messages WHERE recipient = ?1
-                               ORDER BY id DESC LIMIT ?2)
-                             ORDER BY id"
+                            "SELECT {MESSAGE_COLUMNS} FROM messages
+                             WHERE sender = ?1 OR recipient = ?1 ORDER BY id DESC LIMIT ?2"
                         ))?
                         .query_map(params![who, limit as i64], message_from_row)?
                         .collect::<Result<Vec<_>, _>>()?,

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_core.sql"),
     include_str!("migrations/0002_questions_reminders_turn_events.sql"),
     include_str!("migrations/0003_approvals_deploys_audit.sql"),
+    include_str!("migrations/0004_drop_sender_index.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
@@ -77,11 +78,14 @@ impl Store {
         ))?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Checkpoints run on their own thread (below), not inside the writer's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(path)?;
 
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("hive-store-writer".into())
-            .spawn(move || run_writer(conn, rx))
+            .spawn(move || run_writer(conn, rx, checkpointer))
             .map_err(|e| Error::io("cannot start the store writer thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -107,6 +111,18 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// [`Store::write`], and `after_commit` runs on the writer thread as soon as the transaction
+    /// has committed, before the caller is answered: for wake-ups that should not wait for the
+    /// caller's task to be scheduled.
+    pub async fn write_then<T, F, A>(&self, f: F, after_commit: A) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             if tx.is_closed() {
@@ -116,7 +132,12 @@ impl Store {
             let ok = result.is_ok();
             let done: Completion = Box::new(move |commit| {
                 let answer = match commit {
-                    Ok(()) => result,
+                    Ok(()) => {
+                        if let Ok(value) = &result {
+                            after_commit(value);
+                        }
+                        result
+                    }
                     Err(e) => Err(Error::Internal(format!("commit failed: {e}"))),
                 };
                 let _ = tx.send(answer);
@@ -199,10 +220,73 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>) {
+/// How long the writer polls for the next request before it sleeps: waking a sleeping thread
+/// costs tens of microseconds on a virtual machine, more than a commit, and a busy writer's
+/// next request usually comes within this window.
+const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The next request: polled for a moment, then waited for. `None` when every sender is gone.
+fn next_request(rx: &mpsc::Receiver<Request>) -> Option<Request> {
+    let spin_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
+    while std::time::Instant::now() < spin_until {
+        match rx.try_recv() {
+            Ok(request) => return Some(request),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+        }
+    }
+    rx.recv().ok()
+}
+
+/// Copies the WAL back into the database on its own connection and thread, asked by the writer
+/// after every [`CHECKPOINT_EVERY`] committed requests, so a commit never waits for a checkpoint
+/// (SQLite's automatic checkpoint would run it inside the commit that crosses the threshold).
+struct Checkpointer {
+    poke: mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// Committed requests between two checkpoints (about as often as SQLite's default of 1000 pages).
+const CHECKPOINT_EVERY: usize = 2000;
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (poke, asked) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("hive-store-checkpoint".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+                    }
+                }
+                // The writer stopped: fold the whole WAL back in before the process goes.
+                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            })
+            .map_err(|e| Error::io("cannot start the checkpoint thread", e))?;
+        Ok(Self { poke, thread })
+    }
+
+    fn ask(&self) {
+        // Full means one is already asked for: nothing to add.
+        let _ = self.poke.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.poke);
+        let _ = self.thread.join();
+    }
+}
+
+fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>, checkpointer: Checkpointer) {
+    let mut since_checkpoint = 0;
     let mut stopping = false;
     while !stopping {
-        let Ok(first) = rx.recv() else { break };
+        let Some(first) = next_request(&rx) else {
+            break;
+        };
         let mut batch = Vec::with_capacity(16);
         match first {
             Request::Write(job) => batch.push(job),
@@ -218,9 +302,25 @@ fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        since_checkpoint += batch.len();
         commit_batch(&conn, batch);
+        if since_checkpoint >= CHECKPOINT_EVERY {
+            checkpointer.ask();
+            since_checkpoint = 0;
+        }
     }
+    drop(conn);
+    checkpointer.stop();
     tracing::debug!("store writer stopped");
+}
+
+/// Runs one request; a panic in it counts as a failure (its changes are rolled back) and never
+/// takes the writer down.
+fn run_job(conn: &Connection, job: Job) -> (bool, Completion) {
+    catch_unwind(AssertUnwindSafe(|| job(conn))).unwrap_or_else(|_| {
+        tracing::error!("a store request panicked; its changes are rolled back");
+        (false, Box::new(|_| {}))
+    })
 }
 
 fn commit_batch(conn: &Connection, batch: Vec<Job>) {
@@ -230,17 +330,24 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         tracing::error!(error = %e, requests = batch.len(), "cannot begin a transaction");
         return;
     }
+    // One request needs no savepoint: if it fails, the whole transaction is its own.
+    let alone = batch.len() == 1;
     for job in batch {
+        if alone {
+            let (ok, done) = run_job(conn, job);
+            let end = if ok { "COMMIT" } else { "ROLLBACK" };
+            let outcome = conn.execute_batch(end).map_err(|e| {
+                tracing::error!(error = %e, "{end} failed; the request is rolled back");
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            });
+            done(outcome);
+            return;
+        }
         if let Err(e) = conn.execute_batch("SAVEPOINT job") {
             tracing::error!(error = %e, "cannot open a savepoint");
         }
-        let (ok, done) = match catch_unwind(AssertUnwindSafe(|| job(conn))) {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::error!("a store request panicked; its changes are rolled back");
-                (false, Box::new(|_| {}) as Completion)
-            }
-        };
+        let (ok, done) = run_job(conn, job);
         let end = if ok {
             "RELEASE job"
         } else {
