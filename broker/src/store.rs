@@ -121,7 +121,7 @@ impl Store {
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-        A: FnOnce(&T) + Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
@@ -133,7 +133,8 @@ impl Store {
             let done: Completion = Box::new(move |commit| {
                 let answer = match commit {
                     Ok(()) => {
-                        if let Ok(value) = &result {
+                        let mut result = result;
+                        if let Ok(value) = &mut result {
                             after_commit(value);
                         }
                         result
@@ -149,6 +150,32 @@ impl Store {
             .send(Request::Write(job))
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Queues `f` for the next group commit without waiting for it; its failure is logged. For
+    /// repairs the writer itself decides on (e.g. putting back a message nobody took); `after_commit`
+    /// runs on the writer thread once it committed.
+    pub fn write_detached<F, A>(&self, what: &'static str, f: F, after_commit: A)
+    where
+        F: FnOnce(&Connection) -> Result<()> + Send + 'static,
+        A: FnOnce() + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "{what} failed");
+            }
+            let done: Completion = Box::new(move |commit| match commit {
+                Ok(()) if ok => after_commit(),
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "{what}: commit failed"),
+            });
+            (ok, done)
+        });
+        if self.inner.writer.send(Request::Write(job)).is_err() {
+            tracing::error!("{what}: the store is closed");
+        }
     }
 
     /// Runs `f` on a read-only connection on the blocking pool.

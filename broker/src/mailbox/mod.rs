@@ -15,6 +15,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod handoff;
+
+use handoff::{Handoff, Waiters, Want};
+
 use crate::bus::{Bus, Event};
 use crate::error::{Error, Result};
 use crate::names::{AgentName, Inbox, Recipient, Sender};
@@ -147,6 +151,7 @@ pub struct Mailbox {
     registry: Arc<Registry>,
     bus: Bus,
     notifiers: Arc<Notifiers>,
+    waiters: Arc<Waiters>,
     max_body_bytes: usize,
 }
 
@@ -157,6 +162,7 @@ impl Mailbox {
             registry,
             bus,
             notifiers: Arc::default(),
+            waiters: Arc::default(),
             max_body_bytes,
         }
     }
@@ -193,13 +199,31 @@ impl Mailbox {
         }
         let recipients = self.resolve(from, to)?;
         let sender = from.as_str().to_owned();
-        // The receivers are woken on the writer thread the moment the commit is done.
-        let notifiers = self.notifiers.clone();
-        let rows = self
+        // A waiting receiver gets its message in this same transaction, handed over on the writer
+        // thread the moment the commit is done; other receivers are woken there too.
+        let (notifiers, waiters, store) = (
+            self.notifiers.clone(),
+            self.waiters.clone(),
+            self.store.clone(),
+        );
+        let (rows, _) = self
             .store
             .write_then(
-                move |c| insert_messages(c, &sender, &recipients, &body, in_reply_to),
-                move |rows: &Vec<Message>| rows.iter().for_each(|m| notifiers.wake(&m.to)),
+                move |c| {
+                    let mut rows = insert_messages(c, &sender, &recipients, &body, in_reply_to)?;
+                    let claims = waiters.claim(c, &mut rows)?;
+                    Ok((rows, claims))
+                },
+                move |(rows, claims)| {
+                    for claim in claims.drain(..) {
+                        if let Some(untaken) = claim.hand_over() {
+                            put_back(&store, &notifiers, untaken);
+                        }
+                    }
+                    for m in rows.iter().filter(|m| m.state == MessageState::Queued) {
+                        notifiers.wake(&m.to);
+                    }
+                },
             )
             .await?;
         let ids = rows.iter().map(|m| m.id).collect();
@@ -302,10 +326,18 @@ impl Mailbox {
     pub async fn recv(&self, inbox: &Inbox, limits: RecvLimits) -> Result<Vec<Message>> {
         let key = inbox.as_str().to_owned();
         let taken = self
-            .wait_for(&key, limits.wait, || {
-                let key = key.clone();
-                self.store
-                    .write(move |c| take_delivered(c, &key, limits.max))
+            .wait_for(&key, limits.wait, Want::Messages, |id| {
+                let (key, waiters) = (key.clone(), self.waiters.clone());
+                self.store.write(move |c| {
+                    if !waiters.is_waiting(&key, id) {
+                        return Ok(Vec::new()); // claimed by a send: the hand-over brings it
+                    }
+                    let taken = take_delivered(c, &key, limits.max)?;
+                    if !taken.is_empty() {
+                        waiters.withdraw(&key, id);
+                    }
+                    Ok(taken)
+                })
             })
             .await?;
         if let Some(taken) = &taken {
@@ -317,26 +349,46 @@ impl Mailbox {
         Ok(taken.unwrap_or_default())
     }
 
-    /// Runs `take` until it finds something or `wait` passes, sleeping on the inbox's notifier.
+    /// Takes with `take` until it finds something, a send hands something over, or `wait` passes.
+    /// The wait is registered before each look, so a send that commits between the look and the
+    /// wait hands its message over (or, for messages queued another way, wakes the notifier).
     /// `None` means nothing came.
-    async fn wait_for<T, F, Fut>(&self, inbox: &str, wait: Duration, take: F) -> Result<Option<T>>
+    async fn wait_for<T, F, Fut>(
+        &self,
+        inbox: &str,
+        wait: Duration,
+        want: Want,
+        take: F,
+    ) -> Result<Option<T>>
     where
         T: Taken,
-        F: Fn() -> Fut,
+        F: Fn(u64) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        // Subscribe before looking, so a send that commits between the look and the wait wakes us.
         let mut woken = self.notifiers.subscribe(inbox);
         let deadline = Instant::now() + wait;
         loop {
-            let got = take().await?;
+            let mut wait = self.waiters.register(inbox, want);
+            let got = take(wait.id).await?;
             if !got.is_nothing() {
                 return Ok(Some(got));
             }
-            match tokio::time::timeout_at(deadline, woken.changed()).await {
-                Ok(Ok(())) => continue,
-                // Timed out (or the notifier is gone, which only happens at shutdown).
-                _ => return Ok(None),
+            tokio::select! {
+                handed = &mut wait.rx => match handed {
+                    Ok(handoff) => return Ok(Some(T::from_handoff(handoff))),
+                    Err(_) => continue, // the send's commit failed: look again
+                },
+                changed = woken.changed() => {
+                    if let Some(handoff) = wait.settle().await {
+                        return Ok(Some(T::from_handoff(handoff)));
+                    }
+                    if changed.is_err() {
+                        return Ok(None); // shutting down
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Ok(wait.settle().await.map(T::from_handoff));
+                }
             }
         }
     }
@@ -351,9 +403,18 @@ impl Mailbox {
             ));
         }
         let key = agent.to_string();
-        self.wait_for(&key, wait, || {
-            let key = key.clone();
-            self.store.write(move |c| lease_oldest(c, &key))
+        self.wait_for(&key, wait, Want::Turn, |id| {
+            let (key, waiters) = (key.clone(), self.waiters.clone());
+            self.store.write(move |c| {
+                if !waiters.is_waiting(&key, id) {
+                    return Ok(None);
+                }
+                let turn = lease_oldest(c, &key)?;
+                if turn.is_some() {
+                    waiters.withdraw(&key, id);
+                }
+                Ok(turn)
+            })
         })
         .await
         .map(Option::flatten)
@@ -597,11 +658,19 @@ pub struct MessageCounts {
 /// What a take found; "nothing" sends the waiter back to sleep.
 trait Taken {
     fn is_nothing(&self) -> bool;
+    fn from_handoff(handoff: Handoff) -> Self;
 }
 
 impl Taken for Vec<Message> {
     fn is_nothing(&self) -> bool {
         self.is_empty()
+    }
+
+    fn from_handoff(handoff: Handoff) -> Self {
+        match handoff {
+            Handoff::Messages(messages) => messages,
+            Handoff::Turn(t) => vec![t.message],
+        }
     }
 }
 
@@ -609,6 +678,25 @@ impl Taken for Option<Turn> {
     fn is_nothing(&self) -> bool {
         self.is_none()
     }
+
+    fn from_handoff(handoff: Handoff) -> Self {
+        match handoff {
+            Handoff::Turn(t) => Some(t),
+            Handoff::Messages(_) => None,
+        }
+    }
+}
+
+/// Puts a hand-over nobody took back in its queue and wakes the inbox: run from the writer
+/// thread, so it is queued behind the commit that claimed it.
+fn put_back(store: &Store, notifiers: &Arc<Notifiers>, untaken: Handoff) {
+    let inbox = untaken.inbox().to_owned();
+    let notifiers = notifiers.clone();
+    store.write_detached(
+        "putting back a message its receiver left",
+        move |c| handoff::undo(c, &untaken),
+        move || notifiers.wake(&inbox),
+    );
 }
 
 /// Inserts one message per recipient inside the caller's transaction. The caller must

@@ -1,0 +1,224 @@
+//! Direct delivery to a waiting receiver. A `recv` or `next_turn` that finds its inbox empty
+//! registers here; the next send to that inbox delivers (or leases) the message to it inside the
+//! send's own transaction and hands it over the moment that commits — one commit and one wake-up
+//! instead of a wake-up, a second take and a second commit.
+//!
+//! Order holds: a send claims a waiter only when its message is the oldest queued one of the
+//! inbox. Nothing is lost: a waiter that went away before the hand-over gets its message put back
+//! in the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use super::{Message, MessageState, Turn};
+use crate::error::Result;
+use crate::store::unix_millis;
+
+/// What a waiter takes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Want {
+    /// `recv`: messages, marked delivered.
+    Messages,
+    /// `next_turn`: one message, leased to a new turn.
+    Turn,
+}
+
+/// What a waiter is handed.
+#[derive(Debug)]
+pub(super) enum Handoff {
+    Messages(Vec<Message>),
+    Turn(Turn),
+}
+
+struct Waiter {
+    id: u64,
+    want: Want,
+    tx: oneshot::Sender<Handoff>,
+}
+
+#[derive(Default)]
+pub(super) struct Waiters {
+    next_id: AtomicU64,
+    by_inbox: Mutex<HashMap<String, VecDeque<Waiter>>>,
+}
+
+/// A registered wait; dropping it withdraws it.
+pub(super) struct Registration {
+    waiters: Arc<Waiters>,
+    inbox: String,
+    pub id: u64,
+    pub rx: oneshot::Receiver<Handoff>,
+}
+
+impl Registration {
+    /// Ends the wait: `None` if nothing was claimed for it, else what was (or is being) handed
+    /// over. A hand-over whose commit failed comes as `None` too.
+    pub async fn settle(&mut self) -> Option<Handoff> {
+        if self.waiters.withdraw(&self.inbox, self.id) {
+            return None;
+        }
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.waiters.withdraw(&self.inbox, self.id);
+    }
+}
+
+/// A message claimed for a waiter in a send's transaction, to hand over after the commit.
+pub(super) struct Claim {
+    tx: oneshot::Sender<Handoff>,
+    handoff: Handoff,
+}
+
+impl Claim {
+    /// Hands the message over; gives it back if the waiter is gone.
+    pub fn hand_over(self) -> Option<Handoff> {
+        self.tx.send(self.handoff).err()
+    }
+}
+
+impl Waiters {
+    pub fn register(self: &Arc<Self>, inbox: &str, want: Want) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.by_inbox
+            .lock()
+            .expect("waiters")
+            .entry(inbox.to_owned())
+            .or_default()
+            .push_back(Waiter { id, want, tx });
+        Registration {
+            waiters: self.clone(),
+            inbox: inbox.to_owned(),
+            id,
+            rx,
+        }
+    }
+
+    /// Whether the wait `id` is still registered (not claimed, not withdrawn).
+    pub fn is_waiting(&self, inbox: &str, id: u64) -> bool {
+        let map = self.by_inbox.lock().expect("waiters");
+        map.get(inbox).is_some_and(|q| q.iter().any(|w| w.id == id))
+    }
+
+    /// Removes the wait `id`; false if it was no longer there (claimed).
+    pub fn withdraw(&self, inbox: &str, id: u64) -> bool {
+        let mut map = self.by_inbox.lock().expect("waiters");
+        let Some(queue) = map.get_mut(inbox) else {
+            return false;
+        };
+        let before = queue.len();
+        queue.retain(|w| w.id != id);
+        let removed = queue.len() != before;
+        if queue.is_empty() {
+            map.remove(inbox);
+        }
+        removed
+    }
+
+    /// Inside a send's transaction: gives each new message whose inbox has a live waiter, and no
+    /// older queued message, to the first such waiter — marked delivered, or leased to a new turn.
+    /// Returns the claims to hand over after the commit; `rows` are updated to their new state.
+    pub fn claim(&self, c: &Connection, rows: &mut [Message]) -> Result<Vec<Claim>> {
+        let mut map = self.by_inbox.lock().expect("waiters");
+        let mut claims = Vec::new();
+        for row in rows.iter_mut() {
+            let Some(queue) = map.get_mut(&row.to) else {
+                continue;
+            };
+            while queue.front().is_some_and(|w| w.tx.is_closed()) {
+                queue.pop_front();
+            }
+            if queue.is_empty() {
+                map.remove(&row.to);
+                continue;
+            }
+            let older_queued = c
+                .prepare_cached(
+                    "SELECT 1 FROM messages WHERE recipient = ?1 AND state = 'queued' AND id < ?2",
+                )?
+                .exists(params![row.to, row.id])?;
+            if older_queued {
+                continue;
+            }
+            let waiter = queue.pop_front().expect("not empty");
+            let now = unix_millis();
+            let handoff = match waiter.want {
+                Want::Messages => {
+                    c.prepare_cached(
+                        "UPDATE messages SET state = 'delivered', delivered_at = ?1 WHERE id = ?2",
+                    )?
+                    .execute(params![now, row.id])?;
+                    row.state = MessageState::Delivered;
+                    row.delivered_at = Some(now);
+                    Handoff::Messages(vec![row.clone()])
+                }
+                Want::Turn => {
+                    c.prepare_cached(
+                        "INSERT INTO turns (agent, message_id, started_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![row.to, row.id, now])?;
+                    let turn = c.last_insert_rowid();
+                    c.prepare_cached(
+                        "UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2",
+                    )?
+                    .execute(params![turn, row.id])?;
+                    row.state = MessageState::Leased;
+                    Handoff::Turn(Turn {
+                        turn,
+                        message: row.clone(),
+                    })
+                }
+            };
+            claims.push(Claim {
+                tx: waiter.tx,
+                handoff,
+            });
+        }
+        Ok(claims)
+    }
+}
+
+/// Puts back a hand-over nobody took, inside the caller's transaction.
+pub(super) fn undo(c: &Connection, handoff: &Handoff) -> Result<()> {
+    match handoff {
+        Handoff::Messages(messages) => {
+            for m in messages {
+                c.execute(
+                    "UPDATE messages SET state = 'queued', delivered_at = NULL
+                     WHERE id = ?1 AND state = 'delivered'",
+                    [m.id],
+                )?;
+            }
+        }
+        Handoff::Turn(t) => {
+            c.execute(
+                "UPDATE turns SET finished_at = ?1, outcome = 'abandoned'
+                 WHERE id = ?2 AND finished_at IS NULL",
+                params![unix_millis(), t.turn],
+            )?;
+            c.execute(
+                "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1
+                 WHERE id = ?1 AND state = 'leased' AND lease_turn = ?2",
+                params![t.message.id, t.turn],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl Handoff {
+    pub fn inbox(&self) -> &str {
+        match self {
+            Self::Messages(m) => &m[0].to,
+            Self::Turn(t) => &t.message.to,
+        }
+    }
+}
