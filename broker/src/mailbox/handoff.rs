@@ -222,3 +222,75 @@ impl Handoff {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::mailbox::insert_messages;
+    use crate::store::Store;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Store::open(&path, Synchronous::Normal).unwrap().close();
+        (dir, Connection::open(&path).unwrap())
+    }
+
+    fn state(c: &Connection, id: i64) -> String {
+        c.query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_claim_for_a_receiver_that_left_is_put_back() {
+        let (_dir, c) = db();
+        let waiters = Arc::new(Waiters::default());
+        let wait = waiters.register("bob", Want::Messages);
+        let mut rows = insert_messages(&c, "alice", &["bob".into()], "hi", None).unwrap();
+        let claims = waiters.claim(&c, &mut rows).unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(state(&c, rows[0].id), "delivered");
+        drop(wait); // the receiver leaves before the hand-over
+        let untaken = claims
+            .into_iter()
+            .next()
+            .unwrap()
+            .hand_over()
+            .expect("given back");
+        undo(&c, &untaken).unwrap();
+        assert_eq!(state(&c, rows[0].id), "queued");
+    }
+
+    #[test]
+    fn an_older_queued_message_is_not_overtaken() {
+        let (_dir, c) = db();
+        let waiters = Arc::new(Waiters::default());
+        let first = insert_messages(&c, "alice", &["bob".into()], "first", None).unwrap();
+        let mut wait = waiters.register("bob", Want::Turn);
+        let mut second = insert_messages(&c, "alice", &["bob".into()], "second", None).unwrap();
+        assert!(waiters.claim(&c, &mut second).unwrap().is_empty());
+        assert_eq!(state(&c, first[0].id), "queued");
+        assert_eq!(state(&c, second[0].id), "queued");
+        assert!(waiters.is_waiting("bob", wait.id));
+        assert!(wait.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_turn_claim_leases_the_message() {
+        let (_dir, c) = db();
+        let waiters = Arc::new(Waiters::default());
+        let mut wait = waiters.register("bob", Want::Turn);
+        let mut rows = insert_messages(&c, "alice", &["bob".into()], "work", None).unwrap();
+        let claim = waiters.claim(&c, &mut rows).unwrap().pop().unwrap();
+        assert!(claim.hand_over().is_none());
+        let Ok(Handoff::Turn(t)) = wait.rx.try_recv() else {
+            panic!("no turn handed over")
+        };
+        assert_eq!(t.message.body, "work");
+        assert_eq!(state(&c, rows[0].id), "leased");
+        assert!(!waiters.is_waiting("bob", wait.id));
+    }
+}
