@@ -516,11 +516,20 @@ async fn two_approvers_at_once_exactly_one_wins() {
             .await
             .unwrap();
         let (h1, h2) = (f.hive.clone(), f.hive.clone());
-        let (r1, r2) = tokio::join!(
-            tokio::spawn(async move { h1.approve(a.id).await }),
-            tokio::spawn(async move { h2.deny(a.id, Some("no".into())).await })
-        );
-        let (r1, r2) = (r1.unwrap(), r2.unwrap());
+        // Two operators approving the same id, or one approving while another denies.
+        let (r1, r2) = if round % 2 == 0 {
+            let (r1, r2) = tokio::join!(
+                tokio::spawn(async move { h1.approve(a.id).await }),
+                tokio::spawn(async move { h2.approve(a.id).await })
+            );
+            (r1.unwrap(), r2.unwrap())
+        } else {
+            let (r1, r2) = tokio::join!(
+                tokio::spawn(async move { h1.approve(a.id).await }),
+                tokio::spawn(async move { h2.deny(a.id, Some("no".into())).await })
+            );
+            (r1.unwrap(), r2.unwrap())
+        };
         assert!(r1.is_ok() != r2.is_ok(), "exactly one wins: {r1:?} {r2:?}");
         let loser = r1.err().or(r2.err()).unwrap();
         assert_eq!(loser.code(), "conflict");

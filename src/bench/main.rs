@@ -14,6 +14,7 @@ mod admin;
 mod daemon;
 mod inproc;
 mod limits;
+mod mcp;
 mod report;
 mod stats;
 
@@ -47,9 +48,16 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     hive: Option<PathBuf>,
     /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
-    /// 4-full-64), 5, baseline
+    /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), baseline
     #[arg(long, value_delimiter = ',', value_name = "ROWS")]
     only: Vec<String>,
+    /// Where the MCP clients of rows 6 and 7 run: in a second hive-bench process, or on a second
+    /// tokio runtime in this one
+    #[arg(long, value_enum, default_value = "process", value_name = "WHERE")]
+    mcp_clients: mcp::Place,
+    /// Internal: run as the MCP client process of rows 6 and 7 (TASK is JSON)
+    #[arg(long, hide = true, value_name = "TASK")]
+    mcp_client: Option<String>,
 }
 
 impl Args {
@@ -86,6 +94,15 @@ impl Plan {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(task) = &args.mcp_client {
+        return match mcp::client_main(task) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hive-bench (MCP client): {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -277,14 +294,18 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
     let two_commits = commit * 2;
     let mut latency_rows = Vec::new();
 
-    if args.wants("2") {
+    // Row 6 is compared with row 2: it is measured whenever either is.
+    let mut inproc_wake = None;
+    if args.wants("2") || args.wants("6") {
         progress("row 2: in-process send → a waiting recv");
-        let wake = inproc::send_to_waiting_recv(plan.latency_samples).await?;
+        inproc_wake = Some(inproc::send_to_waiting_recv(plan.latency_samples).await?);
+    }
+    if let Some(wake) = inproc_wake.as_ref().filter(|_| args.wants("2")) {
         latency_rows.push(
             Row::new(
                 "2",
                 "in-process send → a waiting recv returns",
-                latency_figure(&wake),
+                latency_figure(wake),
             )
             .target(
                 "p50 < 100 µs · p99 < 500 µs",
@@ -294,7 +315,7 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
                 "{} (2 bare commits: send + take)",
                 fmt_dur(two_commits)
             ))
-            .values(latency_values(&wake)),
+            .values(latency_values(wake)),
         );
     }
 
@@ -332,6 +353,43 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         );
     }
 
+    if let Some(inproc) = &inproc_wake
+        && args.wants("6")
+    {
+        progress(&format!(
+            "row 6: MCP send → a waiting MCP recv ({})",
+            args.mcp_clients.describe()
+        ));
+        let got = mcp::send_to_waiting_recv(args.mcp_clients, plan.latency_samples).await?;
+        let uds = limits.uds.p50();
+        latency_rows.push(
+            Row::new(
+                "6",
+                "MCP send on one agent's socket → a waiting recv (wait_seconds 60) on another's returns",
+                latency_figure(&got.wake),
+            )
+            .target(
+                "p50 < 300 µs · p99 < 1.5 ms",
+                us(got.wake.p50()) < 300.0 && us(got.wake.p99()) < 1500.0,
+            )
+            .limit(format!(
+                "{} (1 socket round trip + 2 bare commits); row 2 + 1 round trip: p50 {} · p99 {}",
+                fmt_dur(uds + two_commits),
+                fmt_dur(inproc.p50() + uds),
+                fmt_dur(inproc.p99() + uds),
+            ))
+            .values(latency_values(&got.wake)),
+        );
+        latency_rows.push(
+            Row::new("6b", "MCP send → its result read", latency_figure(&got.ack))
+                .limit(format!(
+                    "{} (1 socket round trip + 1 bare commit)",
+                    fmt_dur(uds + commit)
+                ))
+                .values(latency_values(&got.ack)),
+        );
+    }
+
     let mut rows = Vec::new();
     if args.wants("baseline") {
         progress(&format!(
@@ -354,7 +412,7 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
             );
         } else {
             for row in &mut latency_rows {
-                if row.id == "3b" {
+                if row.id == "3b" || row.id == "6b" {
                     continue;
                 }
                 row.baseline = baseline.clone();
@@ -421,9 +479,84 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         }
     }
 
+    if args.wants("7") || args.wants("7-1") || args.wants("7-16") {
+        progress(&format!(
+            "row 7: MCP tool calls per second on 1 and {MCP_CONNECTIONS} connections ({})",
+            args.mcp_clients.describe()
+        ));
+        rows.extend(mcp_rate_rows(args, plan).await?);
+    }
+
     if args.wants("5") {
         progress("row 5: daemon RSS (idle fresh; 50 agents + 50 000 queued messages)");
         rows.extend(rss_rows(args, plan).await);
+    }
+    Ok(rows)
+}
+
+/// Row 7's many connections.
+const MCP_CONNECTIONS: usize = 16;
+
+async fn mcp_rate_rows(args: &Args, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+    let rates = mcp::calls_per_second(
+        args.mcp_clients,
+        MCP_CONNECTIONS,
+        plan.throughput_warmup,
+        plan.throughput_window,
+    )
+    .await?;
+    let mut rows = Vec::new();
+    for r in rates {
+        let id = format!("7-{}", r.connections);
+        if !args.wants("7") && !args.wants(&id) {
+            continue;
+        }
+        // The same sends without MCP: row 4's path with as many senders as connections.
+        let inproc = inproc::sends_per_second(
+            Synchronous::Normal,
+            r.connections,
+            plan.throughput_warmup,
+            plan.throughput_window,
+        )
+        .await?;
+        let (target, what) = if r.connections == 1 {
+            (5_000.0, "one connection, sequential calls".to_owned())
+        } else {
+            (
+                20_000.0,
+                format!("{} connections (one per agent socket)", r.connections),
+            )
+        };
+        let plural = if r.connections == 1 { "" } else { "s" };
+        rows.push(
+            Row::new(
+                id,
+                format!("MCP tool calls per second, {what}: whoami · send (200 B, durable)"),
+                format!(
+                    "whoami {} · send {}",
+                    fmt_rate(r.whoami),
+                    fmt_rate(r.send)
+                ),
+            )
+            .target(
+                format!("≥ {} (whoami)", fmt_rate(target)),
+                r.whoami >= target,
+            )
+            .limit(format!(
+                "echo {} (the same socket{plural}, 200 B lines, no MCP) · in-process send {} ({} sender{plural})",
+                fmt_rate(r.echo),
+                fmt_rate(inproc),
+                r.connections
+            ))
+            .values(json!({
+                "connections": r.connections,
+                "whoami_per_s": r.whoami,
+                "send_per_s": r.send,
+                "limit_echo_per_s": r.echo,
+                "limit_inproc_send_per_s": inproc,
+                "clients": format!("{:?}", args.mcp_clients).to_lowercase(),
+            })),
+        );
     }
     Ok(rows)
 }
