@@ -145,7 +145,8 @@ pub fn sqlite(schema: Schema, pragma: &str, commits: usize) -> anyhow::Result<Sq
 
 /// A wake-up round trip between two threads (std channels both ways: two wake-ups), each after
 /// `idle` of doing nothing — how long this machine takes to wake a thread that sleeps. The hive's
-/// send → recv path crosses threads four times (task → writer → task → writer → task).
+/// send → waiting recv path crosses threads twice in process (the sending task → the writer → the
+/// waiting task), more over a socket.
 pub fn thread_wake(round_trips: usize, idle: Duration) -> anyhow::Result<Samples> {
     let (ping_tx, ping_rx) = std::sync::mpsc::channel::<()>();
     let (pong_tx, pong_rx) = std::sync::mpsc::channel::<()>();

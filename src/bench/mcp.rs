@@ -38,7 +38,7 @@ use crate::stats::Samples;
 pub enum Place {
     /// A second `hive-bench` process (this executable, re-run as a client).
     Process,
-    /// A second tokio runtime (two worker threads) on its own thread, in this process.
+    /// A second tokio runtime (two worker threads), in this process.
     Thread,
 }
 
@@ -61,11 +61,6 @@ pub enum ClientTask {
         sender: PathBuf,
         receiver: PathBuf,
         to: String,
-        samples: usize,
-    },
-    Rtt {
-        socket: PathBuf,
-        call: Call,
         samples: usize,
     },
     /// Row 7: one client per socket, each making `call` back to back.
@@ -157,10 +152,11 @@ pub fn client_main(task: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a client task on a fresh multi-thread runtime with two workers (as many as this machine
-/// has cores), blocking this thread.
+/// Runs a client task on a fresh multi-thread runtime with two workers (the hive's runtime has as
+/// many as the machine has cores: two on the machines of §19), blocking this thread.
 fn run_task(task: ClientTask) -> anyhow::Result<ClientReport> {
-    let runtime = if std::env::var_os("EXP_CLIENT_CT").is_some() { tokio::runtime::Builder::new_current_thread() } else { let mut b = tokio::runtime::Builder::new_multi_thread(); b.worker_threads(2); b }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .thread_name("hive-bench-client")
         .build()?;
@@ -173,7 +169,6 @@ fn run_task(task: ClientTask) -> anyhow::Result<ClientReport> {
                 to,
                 samples,
             } => latency(&sender, &receiver, &to, samples).await,
-            ClientTask::Rtt { socket, call, samples } => rtt(&socket, call, samples).await,
             ClientTask::Calls {
                 sockets,
                 call,
@@ -245,39 +240,6 @@ async fn latency(
     let bob = waiter.await.context("the waiter panicked")??;
     let _ = bob.cancel().await;
     let _ = alice.cancel().await;
-    Ok(report)
-}
-
-async fn rtt(socket: &Path, what: Call, n: usize) -> anyhow::Result<ClientReport> {
-    let mut report = ClientReport::default();
-    if what == Call::Echo {
-        let stream = UnixStream::connect(socket).await?;
-        let (read, mut write) = stream.into_split();
-        let mut read = BufReader::new(read);
-        let mut line = "x".repeat(BODY_BYTES - 1);
-        line.push('\n');
-        let mut back = String::new();
-        for i in 0..n + n / 10 {
-            tokio::time::sleep(REARM).await;
-            let t0 = Instant::now();
-            write.write_all(line.as_bytes()).await?;
-            back.clear();
-            read.read_line(&mut back).await?;
-            if i >= n / 10 { report.wake_ns.push(t0.elapsed().as_nanos() as u64); }
-        }
-        return Ok(report);
-    }
-    let client = connect(socket).await?;
-    let (tool, args) = match what {
-        Call::Whoami => ("whoami", Map::new()),
-        _ => ("send", object(json!({"to": "manager", "body": body()}))),
-    };
-    for i in 0..n + n / 10 {
-        tokio::time::sleep(REARM).await;
-        let t0 = Instant::now();
-        call(&client, tool, &args).await?;
-        if i >= n / 10 { report.wake_ns.push(t0.elapsed().as_nanos() as u64); }
-    }
     Ok(report)
 }
 
@@ -414,32 +376,7 @@ pub struct McpLatency {
 
 /// Row 6: `n` MCP sends from `alice` to `bob`, whose `recv` waits on his own socket.
 pub async fn send_to_waiting_recv(place: Place, n: usize) -> anyhow::Result<McpLatency> {
-    if std::env::var_os("EXP_CT").is_some() {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let hive = McpHive::open(&["alice".into(), "bob".into()]).await.unwrap();
-                tx.send((hive.socket("alice").unwrap(), hive.socket("bob").unwrap())).unwrap();
-                let _ = done_rx.await;
-                drop(hive);
-            });
-        });
-        let (a, b) = rx.await?;
-        let report = run_clients(place, ClientTask::Latency { sender: a, receiver: b, to: "bob".into(), samples: n }).await?;
-        let _ = done_tx.send(());
-        return Ok(McpLatency { wake: samples(&report.wake_ns), ack: samples(&report.ack_ns) });
-    }
     let hive = McpHive::open(&["alice".into(), "bob".into()]).await?;
-    if std::env::var_os("RTT").is_some() {
-        let echo = EchoServer::start(hive.h.dir.path().join("e.sock"))?;
-        for (c, sock) in [(Call::Echo, echo.socket.clone()), (Call::Whoami, hive.socket("alice")?), (Call::Send, hive.socket("alice")?)] {
-            let r = run_clients(place, ClientTask::Rtt { socket: sock, call: c, samples: n }).await?;
-            let s = samples(&r.wake_ns);
-            eprintln!("RTT {c:?}: p50 {:?} p99 {:?}", s.p50(), s.p99());
-        }
-    }
     let report = run_clients(
         place,
         ClientTask::Latency {
