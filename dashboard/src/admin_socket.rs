@@ -61,6 +61,19 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
+/// Serves `/api/v1` of `hive` on `listener` (for root and this process's uid) until `shutdown`.
+pub fn spawn_admin_api(
+    hive: std::sync::Arc<broker::Hive>,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let app = crate::api::router(crate::api::ApiState {
+        hive,
+        shutdown: shutdown.clone(),
+    });
+    tokio::spawn(serve(listener, app, PeerPolicy::current(), shutdown))
+}
+
 /// Serves `app` on `listener` until `shutdown`, then lets in-flight requests finish (at most
 /// [`DRAIN`]).
 pub async fn serve(

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use broker::config::Synchronous;
 use broker::names::{AgentName, Inbox, Recipient, Sender};
-use dashboard::admin_socket::{self, PeerPolicy};
-use dashboard::api::{self, ApiState};
+use dashboard::admin_socket;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -33,16 +32,7 @@ pub async fn operator_send_to_waiting_recv(n: usize) -> anyhow::Result<AdminFigu
     let shutdown = CancellationToken::new();
     let socket = h.dir.path().join("bench-admin.sock");
     let listener = admin_socket::bind(&socket).context("cannot bind the admin socket")?;
-    let app = api::router(ApiState {
-        hive: h.hive.clone(),
-        shutdown: shutdown.clone(),
-    });
-    let server = tokio::spawn(admin_socket::serve(
-        listener,
-        app,
-        PeerPolicy::current(),
-        shutdown.clone(),
-    ));
+    let server = admin_socket::spawn_admin_api(h.hive.clone(), listener, shutdown.clone());
 
     let stream = tokio::net::UnixStream::connect(&socket).await?;
     let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

@@ -15,7 +15,7 @@ use broker::registry::AgentKind;
 use tokio::sync::mpsc;
 
 use crate::limits::BODY_BYTES;
-use crate::stats::Samples;
+use crate::stats::{Samples, count_over_window};
 
 /// How long the sender lets a woken receiver go back to waiting before the next sample.
 pub const REARM: Duration = crate::limits::IDLE;
@@ -204,15 +204,8 @@ pub async fn sends_per_second(
             anyhow::Ok(())
         }));
     }
-    tokio::time::sleep(warmup).await;
-    let (c0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-    tokio::time::sleep(window).await;
-    let (c1, t1) = (count.load(Ordering::Relaxed), Instant::now());
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.context("a sender panicked")??;
-    }
-    Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
+    let (sent, seconds) = count_over_window(&count, &stop, tasks, warmup, window).await?;
+    Ok(sent as f64 / seconds)
 }
 
 /// Fills `root` with a hive of `agents` agents and `per_agent` queued messages from each to the

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::inproc::{REARM, TempHive, body};
 use crate::limits::BODY_BYTES;
-use crate::stats::Samples;
+use crate::stats::{Samples, count_over_window};
 
 /// Where the MCP clients of rows 6 and 7 run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -288,17 +288,10 @@ async fn calls(
             Ok(())
         }));
     }
-    tokio::time::sleep(warmup).await;
-    let (c0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-    tokio::time::sleep(window).await;
-    let (c1, t1) = (count.load(Ordering::Relaxed), Instant::now());
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.context("a client panicked")??;
-    }
+    let (calls, seconds) = count_over_window(&count, &stop, tasks, warmup, window).await?;
     Ok(ClientReport {
-        calls: c1 - c0,
-        seconds: (t1 - t0).as_secs_f64(),
+        calls,
+        seconds,
         ..ClientReport::default()
     })
 }

@@ -74,6 +74,27 @@ pub fn fmt_rate(per_second: f64) -> String {
     format!("{out}/s")
 }
 
+/// Lets `tasks` run for `warmup`, counts what they add to `count` over the next `window`, then
+/// raises `stop` and waits for them. Returns (the count in the window, its length in seconds).
+pub async fn count_over_window(
+    count: &std::sync::atomic::AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<(u64, f64)> {
+    use std::sync::atomic::Ordering;
+    tokio::time::sleep(warmup).await;
+    let (c0, t0) = (count.load(Ordering::Relaxed), std::time::Instant::now());
+    tokio::time::sleep(window).await;
+    let (c1, t1) = (count.load(Ordering::Relaxed), std::time::Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        anyhow::Context::context(task.await, "a load task panicked")??;
+    }
+    Ok((c1 - c0, (t1 - t0).as_secs_f64()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

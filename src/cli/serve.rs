@@ -10,8 +10,7 @@ use broker::config::Config;
 use broker::lock::DaemonLock;
 use broker::paths::StateDir;
 use broker::{Hive, paths};
-use dashboard::admin_socket::{self, PeerPolicy};
-use dashboard::api::{self, ApiState};
+use dashboard::admin_socket;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -53,16 +52,7 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     hive.spawn_upkeep(shutdown.clone());
     hive.spawn_due_jobs(shutdown.clone());
     hive.serve_mcp(shutdown.clone())?;
-    let app = api::router(ApiState {
-        hive: hive.clone(),
-        shutdown: shutdown.clone(),
-    });
-    let server = tokio::spawn(admin_socket::serve(
-        listener,
-        app,
-        PeerPolicy::current(),
-        shutdown.clone(),
-    ));
+    let server = admin_socket::spawn_admin_api(hive.clone(), listener, shutdown.clone());
     tracing::info!(
         state_dir = %state.root().display(),
         admin_socket = %admin_path.display(),
