@@ -250,7 +250,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// How long the writer polls for the next request before it sleeps: waking a sleeping thread
 /// costs tens of microseconds on a virtual machine, more than a commit, and a busy writer's
 /// next request usually comes within this window.
-const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(150);
 
 /// The next request: polled for a moment, then waited for. `None` when every sender is gone.
 fn next_request(rx: &mpsc::Receiver<Request>) -> Option<Request> {
