@@ -19,19 +19,29 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::pr
     None
 }
 
-#[test]
-fn the_hive_hanging_up_ends_the_bridge_even_with_stdin_open() {
+/// A socket standing in for the hive, and a bridge connected to it with piped stdin and stdout.
+fn bridge_to_a_socket() -> (
+    tempfile::TempDir,
+    std::process::Child,
+    std::os::unix::net::UnixStream,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mcp.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let mut bridge = Command::new(BRIDGE)
+    let bridge = Command::new(BRIDGE)
         .args(["mcp", "--socket"])
         .arg(&path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut hive, _) = listener.accept().unwrap();
+    let (hive, _) = listener.accept().unwrap();
+    (dir, bridge, hive)
+}
+
+#[test]
+fn the_hive_hanging_up_ends_the_bridge_even_with_stdin_open() {
+    let (_dir, mut bridge, mut hive) = bridge_to_a_socket();
     bridge
         .stdin
         .as_mut()
@@ -57,17 +67,7 @@ fn the_hive_hanging_up_ends_the_bridge_even_with_stdin_open() {
 
 #[test]
 fn stdin_closing_lets_the_hive_answer_then_ends_the_bridge() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mcp.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let mut bridge = Command::new(BRIDGE)
-        .args(["mcp", "--socket"])
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (mut hive, _) = listener.accept().unwrap();
+    let (_dir, mut bridge, mut hive) = bridge_to_a_socket();
     bridge
         .stdin
         .take()
