@@ -22,8 +22,9 @@ use crate::error::ApiError;
 /// How long a client may take to send a request head.
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Open connections at once; more are closed on accept, so a flood cannot take every fd.
-pub const MAX_CONNECTIONS: usize = 256;
+/// Open connections at once; more are closed on accept, so a flood cannot take every fd. Each
+/// idle one is cut off after [`HEADER_DEADLINE`], so a flood holds the door for 10 s at most.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How long in-flight requests get to finish at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(5);

@@ -28,6 +28,7 @@ pub fn run(state: StateDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => Config::load(&state.config_file(), true)?,
     };
     state.create()?;
+    raise_fd_limit();
     let _lock = DaemonLock::acquire(&state.lock_file(), state.root())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,6 +75,18 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&admin_path);
     tracing::info!("hive stopped");
     Ok(())
+}
+
+/// Lifts the soft limit on open files to the hard one: every agent holds sockets and every client
+/// a connection (systemd's default soft limit, 1024, is below the connection caps).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+    }
 }
 
 fn notify_systemd(state: &[NotifyState]) {
