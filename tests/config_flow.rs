@@ -117,6 +117,15 @@ fn manager_proposes_operator_approves_destroys_restores() {
     for bad in ["..", "x/../../etc", "bob"] {
         assert!(!cli(state, &["restore", bad]).status.success());
     }
+    // Whatever is typed stays one path segment: this must not reach the restore endpoint.
+    let out = cli(state, &["purge", &format!("{tomb}/restore?")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a tombstone id"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!ok(state, &["agents"]).contains("bob"));
     assert!(ok(state, &["restore", &tomb]).contains("restored bob"));
     assert!(ok(state, &["agents"]).contains("bob"));
     assert!(ok(state, &["tombstones"]).contains("no tombstones"));

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 use serde_json::{Value, json};
 
-use super::client::AdminClient;
+use super::client::{AdminClient, encode};
 use super::{output, print_listing};
 
 #[derive(clap::Args)]
@@ -83,10 +83,10 @@ fn short(sha: &Value) -> String {
 pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let mut query = vec![];
     if let Some(s) = &args.status {
-        query.push(format!("status={s}"));
+        query.push(format!("status={}", encode(s)));
     }
     if let Some(a) = &args.agent {
-        query.push(format!("agent={a}"));
+        query.push(format!("agent={}", encode(a)));
     }
     let path = format!("/api/v1/approvals?{}", query.join("&"));
     print_listing(
@@ -204,7 +204,7 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("/api/v1/agents/{}/deploys", args.agent);
+    let path = format!("/api/v1/agents/{}/deploys", encode(&args.agent));
     print_listing(
         state,
         &path,
@@ -228,7 +228,7 @@ pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub fn rollback(state: &StateDir, args: RollbackArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("/api/v1/agents/{}/rollback", args.agent);
+    let path = format!("/api/v1/agents/{}/rollback", encode(&args.agent));
     let d = super::client_runtime()?
         .block_on(AdminClient::new(state).post(&path, &json!({"deploy": args.deploy})))?;
     if args.json {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 use clap::Subcommand;
 
-use super::client::AdminClient;
+use super::client::{AdminClient, encode};
 use super::{output, print_listing};
 
 #[derive(clap::Args)]
@@ -54,7 +54,7 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     let mut path = format!("/api/v1/audit?limit={}", args.limit);
     if let Some(a) = &args.agent {
-        path.push_str(&format!("&agent={a}"));
+        path.push_str(&format!("&agent={}", encode(a)));
     }
     print_listing(
         state,

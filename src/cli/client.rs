@@ -135,6 +135,20 @@ impl AdminClient {
     }
 }
 
+/// Percent-encodes `raw` for a URL path segment or query value: whatever a user typed (`/`, `?`,
+/// `&`, `..`) stays inside its one segment and cannot reach another endpoint.
+pub fn encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn api_error_text(status: StatusCode, value: &Value) -> String {
     match value["error"]["message"].as_str() {
         Some(message) => message.to_owned(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 use serde_json::{Value, json};
 
-use super::client::AdminClient;
+use super::client::{AdminClient, encode};
 use super::output;
 
 #[derive(clap::Args)]
@@ -120,7 +120,7 @@ pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode
     let client = AdminClient::new(state);
     let mut query = format!("/api/v1/messages?limit={}", args.limit);
     if let Some(agent) = &args.agent {
-        query.push_str(&format!("&agent={agent}"));
+        query.push_str(&format!("&agent={}", encode(agent)));
     }
     super::client_runtime()?.block_on(async {
         if !args.follow {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 use serde_json::json;
 
-use super::client::AdminClient;
+use super::client::{AdminClient, encode};
 use super::{output, print_listing};
 
 #[derive(clap::Args)]
@@ -34,7 +34,7 @@ pub struct TombstoneArgs {
 }
 
 pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("/api/v1/agents/{}/destroy", args.name);
+    let path = format!("/api/v1/agents/{}/destroy", encode(&args.name));
     let d = super::client_runtime()?
         .block_on(AdminClient::new(state).post(&path, &json!({"purge": args.purge})))?;
     if args.json {
@@ -68,14 +68,14 @@ pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub fn restore(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("/api/v1/tombstones/{}/restore", args.tombstone);
+    let path = format!("/api/v1/tombstones/{}/restore", encode(&args.tombstone));
     let r = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
     println!("restored {}", r["agent"].as_str().unwrap_or("?"));
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn purge(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("/api/v1/tombstones/{}/purge", args.tombstone);
+    let path = format!("/api/v1/tombstones/{}/purge", encode(&args.tombstone));
     super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
     println!("purged {}", args.tombstone);
     Ok(ExitCode::SUCCESS)
