@@ -39,6 +39,18 @@ fn bridge_to_a_socket() -> (
     (dir, bridge, hive)
 }
 
+/// Everything the bridge wrote to its standard output.
+fn all_stdout(bridge: &mut std::process::Child) -> String {
+    let mut out = String::new();
+    bridge
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
 #[test]
 fn the_hive_hanging_up_ends_the_bridge_even_with_stdin_open() {
     let (_dir, mut bridge, mut hive) = bridge_to_a_socket();
@@ -55,13 +67,7 @@ fn the_hive_hanging_up_ends_the_bridge_even_with_stdin_open() {
     drop(hive);
     let status = wait_exit(&mut bridge, Duration::from_secs(5)).expect("the bridge kept running");
     assert!(status.success(), "{status:?}");
-    let mut out = String::new();
-    bridge
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = all_stdout(&mut bridge);
     assert_eq!(out, "{\"pong\":1}\n");
 }
 
@@ -81,13 +87,7 @@ fn stdin_closing_lets_the_hive_answer_then_ends_the_bridge() {
     drop(hive);
     let status = wait_exit(&mut bridge, Duration::from_secs(5)).expect("the bridge kept running");
     assert!(status.success());
-    let mut out = String::new();
-    bridge
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = all_stdout(&mut bridge);
     assert_eq!(out, "last answer\n");
 }
 

@@ -8,7 +8,7 @@ use broker::paths::StateDir;
 use serde_json::{Value, json};
 
 use super::client::{AdminClient, encode};
-use super::{output, print_listing};
+use super::{output, post_action, print_listing};
 
 #[derive(clap::Args)]
 pub struct ApprovalsArgs {
@@ -152,10 +152,7 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
 
 pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/approve", args.id);
-    let a = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
-    if args.json {
-        output::json(&a);
-    } else {
+    post_action(state, &path, &json!({}), args.json, |a| {
         println!(
             "approved #{}: {} {} is now at {}",
             a["id"],
@@ -163,25 +160,19 @@ pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
             a["agent"].as_str().unwrap_or("?"),
             short(&a["commit"])
         );
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn deny(state: &StateDir, args: DenyArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/deny", args.id);
-    let a = super::client_runtime()?
-        .block_on(AdminClient::new(state).post(&path, &json!({"note": args.note})))?;
-    if args.json {
-        output::json(&a);
-    } else {
+    post_action(state, &path, &json!({"note": args.note}), args.json, |a| {
         println!(
             "denied #{} ({} {})",
             a["id"],
             a["kind"].as_str().unwrap_or("?"),
             a["agent"].as_str().unwrap_or("?")
         );
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
@@ -193,14 +184,9 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let body = json!({"name": args.name, "agent_nix": agent_nix});
-    let a =
-        super::client_runtime()?.block_on(AdminClient::new(state).post("/api/v1/agents", &body))?;
-    if args.json {
-        output::json(&a);
-    } else {
+    post_action(state, "/api/v1/agents", &body, args.json, |a| {
         println!("spawned {}", a["name"].as_str().unwrap_or("?"));
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {
@@ -229,17 +215,18 @@ pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> 
 
 pub fn rollback(state: &StateDir, args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/rollback", encode(&args.agent));
-    let d = super::client_runtime()?
-        .block_on(AdminClient::new(state).post(&path, &json!({"deploy": args.deploy})))?;
-    if args.json {
-        output::json(&d);
-    } else {
-        println!(
-            "{} is back at {} (deploy {})",
-            args.agent,
-            short(&d["commit"]),
-            d["id"]
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    post_action(
+        state,
+        &path,
+        &json!({"deploy": args.deploy}),
+        args.json,
+        |d| {
+            println!(
+                "{} is back at {} (deploy {})",
+                args.agent,
+                short(&d["commit"]),
+                d["id"]
+            );
+        },
+    )
 }

@@ -169,6 +169,23 @@ fn print_listing(
     Ok(ExitCode::SUCCESS)
 }
 
+/// POSTs an action to the hive and prints its answer: as JSON with `--json`, else with `human`.
+fn post_action(
+    state: &broker::paths::StateDir,
+    path: &str,
+    body: &serde_json::Value,
+    json: bool,
+    human: impl FnOnce(&serde_json::Value),
+) -> anyhow::Result<ExitCode> {
+    let answer = client_runtime()?.block_on(client::AdminClient::new(state).post(path, body))?;
+    if json {
+        output::json(&answer);
+    } else {
+        human(&answer);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A tokio runtime for one client command.
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@ use broker::paths::StateDir;
 use serde_json::json;
 
 use super::client::AdminClient;
-use super::output;
+use super::{output, post_action};
 
 #[derive(clap::Args)]
 pub struct QuestionsArgs {
@@ -81,16 +81,12 @@ pub fn answer(state: &StateDir, args: AnswerArgs) -> anyhow::Result<ExitCode> {
         None => json!({"choices": args.choose}),
     };
     let path = format!("/api/v1/questions/{}/answer", args.id);
-    let q = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &body))?;
-    if args.json {
-        output::json(&q);
-    } else {
+    post_action(state, &path, &body, args.json, |q| {
         println!(
             "answered question #{} from {}: {}",
             q["id"],
             q["asker"].as_str().unwrap_or("?"),
             q["answer"].as_str().unwrap_or_default()
         );
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }

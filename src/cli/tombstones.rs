@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 use serde_json::json;
 
-use super::client::{AdminClient, encode};
-use super::{output, print_listing};
+use super::client::encode;
+use super::{post_action, print_listing};
 
 #[derive(clap::Args)]
 pub struct DestroyArgs {
@@ -35,20 +35,18 @@ pub struct TombstoneArgs {
 
 pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/destroy", encode(&args.name));
-    let d = super::client_runtime()?
-        .block_on(AdminClient::new(state).post(&path, &json!({"purge": args.purge})))?;
-    if args.json {
-        output::json(&d);
-    } else if args.purge {
-        println!("destroyed {} and deleted its files", args.name);
-    } else {
-        println!(
-            "destroyed {}; its files are kept in tombstone {} (`hive restore` brings it back)",
-            args.name,
-            d["tombstone"].as_str().unwrap_or("?")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    let body = json!({"purge": args.purge});
+    post_action(state, &path, &body, args.json, |d| {
+        if args.purge {
+            println!("destroyed {} and deleted its files", args.name);
+        } else {
+            println!(
+                "destroyed {}; its files are kept in tombstone {} (`hive restore` brings it back)",
+                args.name,
+                d["tombstone"].as_str().unwrap_or("?")
+            );
+        }
+    })
 }
 
 pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -69,14 +67,14 @@ pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> 
 
 pub fn restore(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/tombstones/{}/restore", encode(&args.tombstone));
-    let r = super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
-    println!("restored {}", r["agent"].as_str().unwrap_or("?"));
-    Ok(ExitCode::SUCCESS)
+    post_action(state, &path, &json!({}), false, |r| {
+        println!("restored {}", r["agent"].as_str().unwrap_or("?"));
+    })
 }
 
 pub fn purge(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/tombstones/{}/purge", encode(&args.tombstone));
-    super::client_runtime()?.block_on(AdminClient::new(state).post(&path, &json!({})))?;
-    println!("purged {}", args.tombstone);
-    Ok(ExitCode::SUCCESS)
+    post_action(state, &path, &json!({}), false, |_| {
+        println!("purged {}", args.tombstone);
+    })
 }
