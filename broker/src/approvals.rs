@@ -538,9 +538,6 @@ impl Hive {
     /// tags of decided approvals present. Run at start, after a crash may have cut a decision
     /// between its commit and its git step.
     pub async fn reconcile_applied(&self) -> Result<()> {
-        for agent in self.registry.names() {
-            self.repos.clear_stale_locks(&agent)?;
-        }
         let (heads, decided) = self
             .store
             .read(|c| {

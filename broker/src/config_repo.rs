@@ -271,10 +271,16 @@ impl ConfigRepos {
     }
 
     /// Adds a tag in the applied repo pointing at `commit`.
+    /// Writes nothing when the tag already points there (the start-up reconcile calls this for
+    /// every decided approval).
     pub fn tag(&self, agent: &AgentName, tag: &str, commit: &str) -> Result<()> {
         let repo = self.ensure_applied(agent)?;
         let oid = Oid::from_str(commit).map_err(|e| git("sha", e))?;
-        repo.reference(&format!("refs/tags/{tag}"), oid, true, "hyperhive")
+        let name = format!("refs/tags/{tag}");
+        if repo.refname_to_id(&name).ok() == Some(oid) {
+            return Ok(());
+        }
+        repo.reference(&name, oid, true, "hyperhive")
             .map_err(|e| git("cannot tag", e))?;
         Ok(())
     }

@@ -79,6 +79,11 @@ impl Hive {
             config_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
         });
+        // A daemon killed in the middle of a ref update left its lock files: clear them before
+        // any git work, the manager's first-start setup included.
+        for agent in hive.registry.names() {
+            hive.repos.clear_stale_locks(&agent)?;
+        }
         hive.ensure_manager_config().await?;
         hive.reconcile_applied().await?;
         Ok(hive)
