@@ -77,10 +77,12 @@ fn sigterm_finishes_in_flight_sends_and_exits_zero() {
     let mut daemon = Daemon::start(dir.path(), "");
     let state = dir.path().to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acked = rt.block_on(async {
         let mut senders = Vec::new();
         for s in 0..8 {
             let state = state.clone();
+            let acked_so_far = acked_so_far.clone();
             senders.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
                 for n in 0..10_000 {
@@ -96,14 +98,23 @@ fn sigterm_finishes_in_flight_sends_and_exits_zero() {
                     )
                     .await
                     {
-                        Ok(Some(id)) => acked.push(id),
+                        Ok(Some(id)) => {
+                            acked.push(id);
+                            acked_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         _ => break,
                     }
                 }
                 acked
             }));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SIGTERM lands while every sender is busy: after a few hundred acknowledged sends.
+        let busy = Instant::now() + Duration::from_secs(30);
+        while acked_so_far.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+            assert!(Instant::now() < busy, "the senders got no sends through");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let status = tokio::task::spawn_blocking(move || daemon.sigterm())
             .await
             .unwrap();
@@ -154,8 +165,9 @@ fn the_admin_socket_refuses_other_uids() {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
+    let (_bin_dir, hive) = hive_for_other_uids();
     let as_nobody = || {
-        Command::new(HIVE)
+        Command::new(&hive)
             .args(["status"])
             .env("HIVE_STATE_DIR", dir.path())
             .uid(65534)
@@ -184,7 +196,7 @@ fn the_admin_socket_refuses_other_uids() {
         err.contains("the admin socket is for root and the hive's own user"),
         "{err}"
     );
-    let out = Command::new(HIVE)
+    let out = Command::new(&hive)
         .args(["send", "manager", "sneaky"])
         .env("HIVE_STATE_DIR", dir.path())
         .uid(65534)

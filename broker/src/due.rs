@@ -1,6 +1,7 @@
 //! Due jobs: reminders and question expiries. One task sleeps until the earliest due time in the
 //! store (or until something new is scheduled), fires what is due in one transaction, and sleeps
-//! again. This is the one timer of the mailbox, and it waits for a due time, never polls.
+//! again. It waits for a due time, never polls. (The other timer of the hive is the daily
+//! retention vacuum in `Hive::spawn_upkeep`.)
 
 use std::sync::Arc;
 use std::time::Duration;

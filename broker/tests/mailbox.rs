@@ -1,5 +1,7 @@
 //! The mailbox against a real sqlite file: wake-ups, durability of order, leases, bad input.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,7 @@ use broker::mailbox::{MessageState, RecvLimits};
 use broker::names::{AgentName, Inbox, Recipient, Sender};
 use broker::paths::StateDir;
 use broker::registry::AgentKind;
+use common::until;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -91,7 +94,10 @@ async fn a_waiting_recv_wakes_on_the_send_not_at_its_timeout() {
             .unwrap();
         (got, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("bob's recv waits", || {
+        f.hive.mailbox.waiting_receivers(&inbox("bob")) == 1
+    })
+    .await;
     let sent_at = Instant::now();
     let ids = f
         .hive
@@ -142,16 +148,19 @@ async fn a_waiter_that_went_away_marks_nothing_delivered() {
     let hive = f.hive.clone();
     let waiter =
         tokio::spawn(async move { hive.mailbox.recv(&inbox("bob"), limits(60, 32)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until("bob's recv waits", || {
+        f.hive.mailbox.waiting_receivers(&inbox("bob")) == 1
+    })
+    .await;
     waiter.abort();
     let _ = waiter.await;
+    assert_eq!(f.hive.mailbox.waiting_receivers(&inbox("bob")), 0);
     let ids = f
         .hive
         .mailbox
         .send(&agent("alice"), &to("bob"), "still here?".into(), None)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, _, _, states) = snapshot(&f.hive).await;
     assert_eq!(states, format!("{}:queued:0", ids[0]));
     let got = f

@@ -1,62 +1,17 @@
 //! The MCP surfaces over real unix sockets with a real rmcp client: the tool set each socket lists,
 //! what each tool does, and what bad callers get.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::Hive;
 use broker::config::Config;
-use broker::names::{AgentName, Inbox};
-use broker::paths::StateDir;
+use broker::names::Inbox;
 use broker::registry::AgentKind;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::{ServiceError, ServiceExt};
-use serde_json::{Value, json};
-use tokio::net::UnixStream;
-use tokio_util::sync::CancellationToken;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    hive: Arc<Hive>,
-    shutdown: CancellationToken,
-    _stop_on_drop: tokio_util::sync::DropGuard,
-}
-
-async fn open(dir: tempfile::TempDir, config: Config) -> Fixture {
-    let state = StateDir::new(dir.path());
-    state.create().unwrap();
-    let hive = Hive::open(state, config).await.unwrap();
-    let shutdown = CancellationToken::new();
-    hive.serve_mcp(shutdown.clone()).unwrap();
-    hive.spawn_due_jobs(shutdown.clone());
-    Fixture {
-        dir,
-        hive,
-        _stop_on_drop: shutdown.clone().drop_guard(),
-        shutdown,
-    }
-}
-
-async fn fixture(agents: &[&str]) -> Fixture {
-    let f = open(tempfile::tempdir().unwrap(), Config::default()).await;
-    for a in agents {
-        f.hive.add_agent(name(a), AgentKind::Agent).await.unwrap();
-    }
-    f
-}
-
-fn name(s: &str) -> AgentName {
-    AgentName::parse(s).unwrap()
-}
-
-type Client = RunningService<RoleClient, ()>;
-
-async fn connect(f: &Fixture, agent: &str, socket: &str) -> Client {
-    let path = f.dir.path().join("run/agents").join(agent).join(socket);
-    let stream = UnixStream::connect(&path).await.unwrap();
-    ().serve(stream).await.unwrap()
-}
+use common::*;
+use serde_json::json;
 
 async fn tools(client: &Client) -> Vec<String> {
     let mut names: Vec<String> = client
@@ -68,32 +23,6 @@ async fn tools(client: &Client) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// Calls a tool: Ok((is_error, text)) for a tool result, Err for a protocol error.
-async fn call(client: &Client, tool: &str, args: Value) -> Result<(bool, String), ServiceError> {
-    let params = CallToolRequestParams::new(tool.to_owned())
-        .with_arguments(args.as_object().cloned().unwrap_or_default());
-    let result = client.call_tool(params).await?;
-    let text = result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("");
-    Ok((result.is_error.unwrap_or(false), text))
-}
-
-async fn ok(client: &Client, tool: &str, args: Value) -> Value {
-    let (is_error, text) = call(client, tool, args).await.unwrap();
-    assert!(!is_error, "{tool} failed: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-async fn tool_error(client: &Client, tool: &str, args: Value) -> String {
-    let (is_error, text) = call(client, tool, args).await.unwrap();
-    assert!(is_error, "{tool} should have failed: {text}");
-    text
 }
 
 /// (messages, questions, reminders, turns) counts and message states.
@@ -177,7 +106,10 @@ async fn send_on_one_socket_wakes_recv_on_another() {
         let got = ok(&bob, "recv", json!({"wait_seconds": 60})).await;
         (got, Instant::now(), bob)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("bob's recv waits", || {
+        f.hive.mailbox.waiting_receivers(&inbox("bob")) == 1
+    })
+    .await;
     let sent_at = Instant::now();
     let sent = ok(&alice, "send", json!({"to": "bob", "body": "hello bob"})).await;
     let (got, woke, _bob) = waiter.await.unwrap();
@@ -295,10 +227,11 @@ async fn a_client_gone_during_recv_takes_nothing() {
     let waiting = tokio::spawn(async move {
         let _ = call(&bob, "recv", json!({"wait_seconds": 60})).await;
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bob_waits = || f.hive.mailbox.waiting_receivers(&inbox("bob"));
+    until("bob's recv waits", || bob_waits() == 1).await;
     waiting.abort(); // drops the client: the socket closes mid-recv
     let _ = waiting.await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("the broker saw bob's recv go", || bob_waits() == 0).await;
     let alice = connect(&f, "alice", "mcp.sock").await;
     let sent = ok(
         &alice,
@@ -306,7 +239,6 @@ async fn a_client_gone_during_recv_takes_nothing() {
         json!({"to": "bob", "body": "are you there?"}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let bob = connect(&f, "bob", "mcp.sock").await;
     let got = ok(&bob, "recv", json!({})).await;
     assert_eq!(
@@ -315,46 +247,6 @@ async fn a_client_gone_during_recv_takes_nothing() {
         "the message was taken by a gone waiter"
     );
     assert_eq!(got[0]["id"], sent["sent"][0]);
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_dropped_connections_leak_no_fd() {
-    let f = fixture(&["alice"]).await;
-    let path = f.dir.path().join("run/agents/alice/mcp.sock");
-    // Warm up: one full session, so lazily opened things (read connections) are counted before.
-    let c = connect(&f, "alice", "mcp.sock").await;
-    ok(&c, "whoami", json!({})).await;
-    drop(c);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = open_fds();
-    for i in 0..500 {
-        let stream = UnixStream::connect(&path).await.unwrap();
-        if i % 2 == 0 {
-            // Half of them finish the handshake first.
-            let client = ().serve(stream).await.unwrap();
-            drop(client);
-        } else {
-            drop(stream);
-        }
-    }
-    let settled = {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let now = open_fds();
-            if now <= before || Instant::now() > end {
-                break now;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    assert!(settled <= before, "fds: {before} before, {settled} after");
-    // Still serving.
-    let c = connect(&f, "alice", "mcp.sock").await;
-    assert_eq!(ok(&c, "whoami", json!({})).await["name"], "alice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,9 +398,12 @@ async fn a_reminder_survives_a_restart_and_arrives_from_system() {
     // Stop the hive before the reminder is due, then start it again.
     f.shutdown.cancel();
     f.hive.close();
-    let Fixture { dir, .. } = f;
+    let old = Arc::downgrade(&f.hive);
+    let Fixture { dir, hive, .. } = f;
+    drop(hive);
     assert_eq!(dir.path(), path);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every task of the old hive (listeners, due jobs) has ended.
+    until("the old hive is gone", || old.strong_count() == 0).await;
     let f = open(dir, Config::default()).await;
     let alice = connect(&f, "alice", "mcp.sock").await;
     let got = ok(&alice, "recv", json!({"wait_seconds": 10})).await;

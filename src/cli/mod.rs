@@ -80,7 +80,7 @@ enum Command {
     History(approvals::HistoryArgs),
     /// Go back to an earlier deploy of an agent
     Rollback(approvals::RollbackArgs),
-    /// Stop an agent and move its files into a tombstone
+    /// Remove an agent (its sockets close, it gets no more mail) and move its files into a tombstone
     Destroy(tombstones::DestroyArgs),
     /// List the tombstones of destroyed agents
     Tombstones(tombstones::ListArgs),

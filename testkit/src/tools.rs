@@ -1,8 +1,9 @@
 //! Finding the real components the tests drive, and failing loudly in CI when one is missing.
 //!
-//! Tests use real programs (the `claude` CLI, python3, …). Outside CI a missing one is a note on
-//! stderr and the test returns early; with `CI=true` it is a panic naming the component and the
-//! command that installs it, so a CI run never passes by skipping.
+//! Tests use real programs (the `claude` CLI, python3, …). A missing one FAILS the test with a panic
+//! naming the component and the command that installs it. Only a person who sets
+//! `HYPERHIVE_ALLOW_SKIP=1` by hand gets a note on stderr and an early return instead; CI never sets
+//! it (and with `CI=true` it is ignored), so no run passes by skipping.
 
 use std::path::{Path, PathBuf};
 
@@ -67,7 +68,17 @@ fn is_executable(p: &Path) -> bool {
 
 /// Whether this is a CI run (`CI=true`, or `1`).
 pub fn in_ci() -> bool {
-    std::env::var("CI")
+    env_is_true("CI")
+}
+
+/// Whether a person allowed missing components to skip their tests (`HYPERHIVE_ALLOW_SKIP=1`);
+/// never in CI.
+pub fn skip_allowed() -> bool {
+    env_is_true("HYPERHIVE_ALLOW_SKIP") && !in_ci()
+}
+
+fn env_is_true(name: &str) -> bool {
+    std::env::var(name)
         .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
         .unwrap_or(false)
 }
@@ -85,9 +96,9 @@ pub fn install_hint(name: &str) -> &'static str {
     }
 }
 
-/// `found` when the component `name` is there. When it is missing: with `CI=true` this panics,
-/// naming the component and the command that installs it; otherwise it prints a note to stderr
-/// and returns `None`, so the test can return early:
+/// `found` when the component `name` is there. When it is missing this panics, naming the
+/// component and the command that installs it, unless [`skip_allowed`]: then it prints a note to
+/// stderr and returns `None`, so the test can return early:
 ///
 /// ```no_run
 /// let Some(claude) = testkit::tools::require("claude", testkit::tools::claude_bin()) else {
@@ -98,14 +109,22 @@ pub fn require<T>(name: &str, found: Option<T>) -> Option<T> {
     if found.is_some() {
         return found;
     }
+    missing(name, skip_allowed());
+    None
+}
+
+/// A missing component: a panic, or with `allow_skip` a note on stderr.
+fn missing(name: &str, allow_skip: bool) {
     let hint = install_hint(name);
-    if in_ci() {
+    if !allow_skip {
         panic!(
-            "required test component `{name}` is missing (CI=true, so this fails); install it with: {hint}"
+            "required test component `{name}` is missing; install it with: {hint} \
+             (or set HYPERHIVE_ALLOW_SKIP=1 by hand to skip the tests that need it)"
         );
     }
-    eprintln!("note: skipping: test component `{name}` is missing; install it with: {hint}");
-    None
+    eprintln!(
+        "note: skipping (HYPERHIVE_ALLOW_SKIP=1): test component `{name}` is missing; install it with: {hint}"
+    );
 }
 
 #[cfg(test)]
@@ -115,6 +134,17 @@ mod tests {
     #[test]
     fn require_passes_found_through() {
         assert_eq!(require("x", Some(3)), Some(3));
+    }
+
+    #[test]
+    #[should_panic(expected = "required test component `surely-missing` is missing")]
+    fn a_missing_component_fails_unless_skips_were_allowed() {
+        missing("surely-missing", false);
+    }
+
+    #[test]
+    fn a_missing_component_is_a_note_when_skips_were_allowed() {
+        missing("surely-missing", true);
     }
 
     #[test]

@@ -15,6 +15,18 @@ use serde_json::Value;
 
 pub const HIVE: &str = env!("CARGO_BIN_EXE_hive");
 
+/// A copy of the `hive` binary that another uid can execute: the build tree may sit under a home
+/// directory only its owner can enter (root's is 0700). Keep the returned dir alive while used.
+pub fn hive_for_other_uids() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("hive");
+    std::fs::copy(HIVE, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
+
 /// A running `hive serve`.
 pub struct Daemon {
     pub state: PathBuf,

@@ -102,6 +102,12 @@ impl Waiters {
         }
     }
 
+    /// How many waits are registered on `inbox`.
+    pub fn count(&self, inbox: &str) -> usize {
+        let map = self.by_inbox.lock().expect("waiters");
+        map.get(inbox).map_or(0, VecDeque::len)
+    }
+
     /// Whether the wait `id` is still registered (not claimed, not withdrawn).
     pub fn is_waiting(&self, inbox: &str, id: u64) -> bool {
         let map = self.by_inbox.lock().expect("waiters");

@@ -323,6 +323,12 @@ impl Mailbox {
 
     /// Takes up to `limits.max` queued messages of `inbox`, oldest first, marking them delivered.
     /// With none queued, waits up to `limits.wait` for a send to wake it.
+    /// How many receivers (`recv` or `next_turn`) wait on `inbox` right now. A harness waiting
+    /// here is an agent at rest; tests wait for it instead of sleeping.
+    pub fn waiting_receivers(&self, inbox: &Inbox) -> usize {
+        self.waiters.count(inbox.as_str())
+    }
+
     pub async fn recv(&self, inbox: &Inbox, limits: RecvLimits) -> Result<Vec<Message>> {
         let key = inbox.as_str().to_owned();
         let taken = self

@@ -224,7 +224,7 @@ impl HiveMcp {
 
     /// Who you are and whom you may write to.
     #[tool(
-        description = "Tell who you are in the hive: your name, your role, whom you may send messages to, and how many messages wait in your inbox."
+        description = "Tell who you are in the hive: your name, your role, and whom you may send messages to. (`recv` with wait_seconds 0 shows what waits in your inbox.)"
     )]
     async fn whoami(&self) -> ToolResult {
         let record = self.hive.registry.get(&self.me);
