@@ -274,7 +274,10 @@ async fn an_unfinished_lease_is_delivered_again_flagged() {
         &name("bob"),
         again.turn,
         "ok",
-        Some(serde_json::json!({"in": 3})),
+        Some(proto::Usage {
+            input_tokens: Some(3),
+            ..Default::default()
+        }),
     )
     .await
     .unwrap();

@@ -25,10 +25,7 @@ use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::registry::Registry;
 use crate::store::{Store, unix_millis};
 
-/// The longest a `recv` or `next_turn` may wait.
-pub const MAX_WAIT_SECONDS: u64 = 180;
-/// The most messages one `recv` returns.
-pub const MAX_RECV: usize = 32;
+pub use proto::tools::{MAX_RECV, MAX_WAIT_SECONDS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -432,11 +429,14 @@ impl Mailbox {
         agent: &AgentName,
         turn: i64,
         outcome: &str,
-        usage: Option<serde_json::Value>,
+        usage: Option<proto::Usage>,
     ) -> Result<()> {
         let key = agent.to_string();
         let outcome = outcome.to_owned();
-        let usage = usage.map(|u| u.to_string());
+        let usage = usage
+            .map(|u| serde_json::to_string(&u))
+            .transpose()
+            .map_err(|e| Error::Internal(format!("cannot encode usage: {e}")))?;
         let message_id = self
             .store
             .write(move |c| {

@@ -23,7 +23,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use tools::{HiveMcp, MAX_EVENTS_PER_CALL};
+pub use proto::tools::MAX_EVENTS_PER_CALL;
+pub use tools::HiveMcp;
 
 use crate::error::{Error, Result};
 use crate::hive::Hive;

@@ -10,21 +10,17 @@ use std::time::Duration;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
-use rmcp::schemars::{self, JsonSchema};
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Role;
 use crate::Hive;
-use crate::mailbox::{MAX_RECV, MAX_WAIT_SECONDS, RecvLimits};
+use proto::tools::*;
+
+use crate::mailbox::RecvLimits;
 use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::questions::{DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS};
 use crate::registry::AgentKind;
-
-/// The most events one `turn_events` call may carry.
-pub const MAX_EVENTS_PER_CALL: usize = 256;
 
 /// What one connection owns: the turns it leased (returned to the queue when it drops) and a token
 /// cancelled when its peer hangs up, so waits end and take nothing.
@@ -104,57 +100,6 @@ impl HiveMcp {
 
 // ---- the agent tools (every agent, the manager too) ----
 
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SendArgs {
-    /// Who gets it: an agent's name (see `whoami` for whom you may write to), `operator` for the
-    /// human running the hive, or `*` for every other agent.
-    pub to: String,
-    /// The message text (UTF-8, at most 64 KiB unless the hive is configured otherwise).
-    pub body: String,
-    /// The id of the message you are answering, if any.
-    #[serde(default)]
-    pub in_reply_to: Option<i64>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RecvArgs {
-    /// How long to wait for a message when none is queued, 0 to 180 seconds (default 0: return at
-    /// once).
-    #[serde(default)]
-    pub wait_seconds: u64,
-    /// The most messages to return, 1 to 32 (default 32).
-    #[serde(default)]
-    pub max: Option<u64>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AskArgs {
-    /// The question, as the operator should read it.
-    pub question: String,
-    /// Choices the operator picks from; leave out for a free-text answer.
-    #[serde(default)]
-    pub options: Vec<String>,
-    /// With options: whether the operator may pick more than one.
-    #[serde(default)]
-    pub multi: bool,
-    /// How long the question stays open, in seconds (default 86400, at most 604800). When it
-    /// expires you get a message saying so.
-    #[serde(default)]
-    pub ttl_seconds: Option<u64>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RemindArgs {
-    /// In how many seconds to be reminded (1 to 2592000, i.e. 30 days).
-    pub in_seconds: u64,
-    /// The text you will receive, as a message from `system`.
-    pub body: String,
-}
-
 #[tool_router(router = agent_tools, vis = "pub(super)")]
 impl HiveMcp {
     /// Send a message to another agent, the operator, or everyone. Returns the new message id(s)
@@ -175,7 +120,7 @@ impl HiveMcp {
             )
             .await
             .map_err(explain)?;
-        to_json(&json!({ "sent": ids }))
+        to_json(&Sent { sent: ids })
     }
 
     /// Take queued messages from your inbox, optionally waiting for one to arrive.
@@ -215,11 +160,11 @@ impl HiveMcp {
             )
             .await
             .map_err(explain)?;
-        to_json(&json!({
-            "question": q.id,
-            "expires_at": q.expires_at,
-            "note": "the answer will arrive in your inbox as a message from `operator`"
-        }))
+        to_json(&Asked {
+            question: q.id,
+            expires_at: q.expires_at,
+            note: "the answer will arrive in your inbox as a message from `operator`".into(),
+        })
     }
 
     /// Who you are and whom you may write to.
@@ -237,11 +182,11 @@ impl HiveMcp {
             .map(|n| n.to_string())
             .chain(["operator".to_owned()])
             .collect();
-        to_json(&json!({
-            "name": self.me,
-            "role": self.role.as_str(),
-            "may_write_to": may_write_to,
-        }))
+        to_json(&Whoami {
+            name: self.me.to_string(),
+            role: self.role.as_str().into(),
+            may_write_to,
+        })
     }
 
     /// Be sent a message from `system` after a delay.
@@ -254,41 +199,14 @@ impl HiveMcp {
             .remind(&self.me, args.in_seconds, args.body)
             .await
             .map_err(explain)?;
-        to_json(&json!({ "reminder": r.id, "due_at": r.due_at }))
+        to_json(&Reminded {
+            reminder: r.id,
+            due_at: r.due_at,
+        })
     }
 }
 
 // ---- the manager's own tools ----
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestSpawnArgs {
-    /// The new agent's name: 1–32 of a-z, 0-9 and '-', starting with a letter.
-    pub name: String,
-    /// The commit (7–40 hex) in /agents/<name>/config to create the agent from. Leave out to get
-    /// a draft repo to edit first.
-    #[serde(default)]
-    pub commit: Option<String>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestApplyArgs {
-    /// The agent whose config changes.
-    pub agent: String,
-    /// The commit (7–40 hex) in /agents/<agent>/config to apply.
-    pub commit: String,
-    /// What the change does and why, for the operator who decides.
-    pub description: String,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovalsArgs {
-    /// Only approvals in this status: pending, approved, building, deployed, failed or denied.
-    #[serde(default)]
-    pub status: Option<String>,
-}
 
 #[tool_router(router = manager_tools, vis = "pub(super)")]
 impl HiveMcp {
@@ -346,36 +264,6 @@ impl HiveMcp {
 
 // ---- the harness surface ----
 
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NextTurnArgs {
-    /// How long to wait for a message, 0 to 180 seconds.
-    #[serde(default)]
-    pub wait_seconds: u64,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TurnEventsArgs {
-    /// The turn id from `next_turn`.
-    pub turn: i64,
-    /// Events of the turn in order (e.g. the model's stream-json events), at most 256 per call.
-    pub events: Vec<Value>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FinishTurnArgs {
-    /// The turn id from `next_turn`.
-    pub turn: i64,
-    /// How the turn ended, e.g. `ok`, `error`, `cancelled`.
-    pub outcome: String,
-    /// Token and cost accounting of the turn, e.g. {"input_tokens":…, "output_tokens":…,
-    /// "cost_usd":…, "duration_ms":…}.
-    #[serde(default)]
-    pub usage: Option<Value>,
-}
-
 #[tool_router(router = harness_tools, vis = "pub(super)")]
 impl HiveMcp {
     /// Lease the next message of this agent's inbox as a turn.
@@ -427,7 +315,7 @@ impl HiveMcp {
             .record_turn_events(&self.me, args.turn, args.events)
             .await
             .map_err(explain)?;
-        to_json(&json!({ "recorded": n }))
+        to_json(&Recorded { recorded: n })
     }
 
     /// End a turn: its message is delivered.
@@ -446,7 +334,9 @@ impl HiveMcp {
             .lock()
             .expect("turns")
             .remove(&args.turn);
-        to_json(&json!({ "finished": args.turn }))
+        to_json(&Finished {
+            finished: args.turn,
+        })
     }
 }
 

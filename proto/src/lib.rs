@@ -1,0 +1,10 @@
+//! The wire types every side of hyperhive shares (DESIGN §2): the broker serves them, the CLI and
+//! the harness (inside a container) speak them. One definition of each tool's arguments and
+//! result, so a field renamed on one side is a compile error on the other.
+//!
+//! Nothing here does I/O or knows about sqlite, git or sockets.
+
+pub mod tools;
+pub mod usage;
+
+pub use usage::Usage;
