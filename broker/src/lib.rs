@@ -5,6 +5,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod bus;
+pub mod components;
 pub mod config;
 pub mod config_repo;
 pub mod due;
