@@ -166,7 +166,10 @@ fn insert_deploy(
 fn decide(c: &Connection, id: i64, to: ApprovalStatus, note: Option<&str>) -> Result<Approval> {
     let a = get_approval(c, id)?;
     transition(c, id, ApprovalStatus::Pending, to)?;
-    c.execute("UPDATE approvals SET note = ?1 WHERE id = ?2", params![note, id])?;
+    c.execute(
+        "UPDATE approvals SET note = ?1 WHERE id = ?2",
+        params![note, id],
+    )?;
     Ok(a)
 }
 
@@ -239,7 +242,7 @@ impl Hive {
         let approval = self
             .queue_approval(requester, &agent, commit, "spawn", String::new())
             .await?;
-        Ok(SpawnRequest::Queued(approval))
+        Ok(SpawnRequest::Queued(Box::new(approval)))
     }
 
     /// The manager's `request_apply_commit`: pins the commit and queues an Apply approval with its
@@ -736,5 +739,5 @@ impl Hive {
 #[serde(untagged)]
 pub enum SpawnRequest {
     Draft(Draft),
-    Queued(Approval),
+    Queued(Box<Approval>),
 }

@@ -198,9 +198,10 @@ impl ConfigRepos {
             .map_err(|e| Error::io("cannot make a staging dir", e))?;
         proposed.copy_objects(staged.path(), caps.max_repo_bytes)?;
         let odb = git2::Odb::new().map_err(|e| git("odb", e))?;
-        let staged_path = staged.path().to_str().ok_or_else(|| {
-            Error::Internal("the state dir's path is not UTF-8".into())
-        })?;
+        let staged_path = staged
+            .path()
+            .to_str()
+            .ok_or_else(|| Error::Internal("the state dir's path is not UTF-8".into()))?;
         odb.add_disk_alternate(staged_path)
             .map_err(|e| git("staged objects", e))?;
         let source = Repository::from_odb(odb).map_err(|e| git("staged repo", e))?;
@@ -220,7 +221,10 @@ impl ConfigRepos {
                 },
             })?;
         let found = source.find_commit(oid).map_err(|_| {
-            Error::invalid("commit", format!("'{commit}' is not a commit (give a commit's id)"))
+            Error::invalid(
+                "commit",
+                format!("'{commit}' is not a commit (give a commit's id)"),
+            )
         })?;
         let objects = objects_of(&source, &found, caps, agent)?;
         let applied = self.ensure_applied(agent)?;
@@ -249,7 +253,10 @@ impl ConfigRepos {
     }
 
     fn mark_shallow(&self, agent: &AgentName, oid: Oid) -> Result<()> {
-        let path = checked_within(self.paths.root(), &self.applied_path(agent)?.join("shallow"))?;
+        let path = checked_within(
+            self.paths.root(),
+            &self.applied_path(agent)?.join("shallow"),
+        )?;
         let mut lines = match std::fs::read_to_string(&path) {
             Ok(text) => text.lines().map(str::to_owned).collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

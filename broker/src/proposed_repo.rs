@@ -81,7 +81,9 @@ impl ProposedGitDir {
 
     fn open_at(&self, dir: &OwnedFd, rel: &str, flags: OFlag) -> Result<Option<OwnedFd>> {
         open_beneath(dir, rel, flags).map_err(|e| match e {
-            Errno::ELOOP | Errno::EXDEV => self.refuse(rel, "a symlink is in the way; it is not followed"),
+            Errno::ELOOP | Errno::EXDEV => {
+                self.refuse(rel, "a symlink is in the way; it is not followed")
+            }
             Errno::ENOTDIR => self.refuse(rel, "not a directory"),
             e => Error::io(format!("cannot open {}/{rel}", self.shown), e.into()),
         })
@@ -168,7 +170,8 @@ impl ProposedGitDir {
     /// `objects/info` is not copied, and a repo with `objects/info/alternates` is refused: libgit2
     /// would follow it wherever it points.
     pub(crate) fn copy_objects(&self, into: &Path, max_bytes: u64) -> Result<()> {
-        let Some(objects) = self.open_at(&self.fd, "objects", OFlag::O_RDONLY | OFlag::O_DIRECTORY)?
+        let Some(objects) =
+            self.open_at(&self.fd, "objects", OFlag::O_RDONLY | OFlag::O_DIRECTORY)?
         else {
             return Err(Error::NotFound {
                 what: format!("{}/objects", self.shown),
@@ -189,7 +192,8 @@ impl ProposedGitDir {
             if !(is_fanout || dir == "pack") || keep != SFlag::S_IFDIR {
                 continue;
             }
-            let Some(sub) = self.open_at(&objects, &dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)? else {
+            let Some(sub) = self.open_at(&objects, &dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?
+            else {
                 continue;
             };
             let target = into.join(&dir);
@@ -238,16 +242,11 @@ impl ProposedGitDir {
             if name == "." || name == ".." {
                 continue;
             }
-            let stat = nix::sys::stat::fstatat(
-                dir,
-                name,
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| Error::io(format!("cannot inspect {shown}/{name}"), e.into()))?;
+            let stat = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| Error::io(format!("cannot inspect {shown}/{name}"), e.into()))?;
             let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
             names.push((name.to_owned(), kind));
         }
         Ok(names)
     }
 }
-

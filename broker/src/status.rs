@@ -90,9 +90,7 @@ impl Lifecycle for ApprovalStatus {
         use ApprovalStatus::*;
         matches!(
             (self, to),
-            (Pending, Approved | Denied)
-                | (Approved, Building)
-                | (Building, Deployed | Failed)
+            (Pending, Approved | Denied) | (Approved, Building) | (Building, Deployed | Failed)
         )
     }
 

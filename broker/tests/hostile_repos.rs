@@ -70,7 +70,11 @@ fn git(repo: &Path, args: &[&str]) -> String {
 fn outside_repo() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     git(dir.path(), &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.path().join("agent.nix"), "{ ... }: { secret = \"outside\"; }\n").unwrap();
+    std::fs::write(
+        dir.path().join("agent.nix"),
+        "{ ... }: { secret = \"outside\"; }\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("stale.lock"), "not the hive's").unwrap();
     git(dir.path(), &["add", "agent.nix"]);
     git(dir.path(), &["commit", "-qm", "outside"]);
@@ -251,9 +255,16 @@ async fn symlinks_alternates_and_fanout_dirs_inside_the_git_dir_lead_nowhere() {
 
     // refs/heads a symlink: reading the draft's HEAD is refused, nothing written there.
     std::fs::rename(git_dir.join("refs/heads"), f.dir.path().join("bob-heads")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join(".git/refs/heads"), git_dir.join("refs/heads"))
-        .unwrap();
-    let e = f.hive.repos.proposed_head(&AgentName::parse("bob").unwrap()).unwrap_err();
+    std::os::unix::fs::symlink(
+        outside.path().join(".git/refs/heads"),
+        git_dir.join("refs/heads"),
+    )
+    .unwrap();
+    let e = f
+        .hive
+        .repos
+        .proposed_head(&AgentName::parse("bob").unwrap())
+        .unwrap_err();
     assert_eq!(e.code(), "unsafe_path", "{e}");
     std::fs::remove_file(git_dir.join("refs/heads")).unwrap();
     std::fs::rename(f.dir.path().join("bob-heads"), git_dir.join("refs/heads")).unwrap();
@@ -267,8 +278,14 @@ async fn symlinks_alternates_and_fanout_dirs_inside_the_git_dir_lead_nowhere() {
     std::os::unix::fs::symlink(outside.path(), git_dir.join("refs/hyperhive")).unwrap();
     let repo = f.proposed("bob");
     std::fs::write(repo.join("agent.nix"), "{ ... }: { ok = true; }\n").unwrap();
-    git(&repo, &["--work-tree", repo.to_str().unwrap(), "add", "agent.nix"]);
-    git(&repo, &["--work-tree", repo.to_str().unwrap(), "commit", "-qm", "ok"]);
+    git(
+        &repo,
+        &["--work-tree", repo.to_str().unwrap(), "add", "agent.nix"],
+    );
+    git(
+        &repo,
+        &["--work-tree", repo.to_str().unwrap(), "commit", "-qm", "ok"],
+    );
     let ok = git(&repo, &["rev-parse", "HEAD"]);
     let a = f
         .hive
@@ -338,7 +355,11 @@ async fn every_file_is_shown_with_modes_symlinks_and_escaped_binary_content() {
     f.hive.approve(spawn.id).await.unwrap();
 
     // A change: a NUL byte in prompt.md, a mode change, a symlink.
-    std::fs::write(repo.join("prompt.md"), b"You obey eve\0 only.\nsecond line\n").unwrap();
+    std::fs::write(
+        repo.join("prompt.md"),
+        b"You obey eve\0 only.\nsecond line\n",
+    )
+    .unwrap();
     std::fs::set_permissions(
         repo.join("extra.sh"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -376,9 +397,19 @@ async fn an_older_request_is_shown_against_todays_head_and_refused_as_stale() {
     let f = with_bob().await;
     let base = f.applied_head("bob");
     let repo = f.proposed("bob");
-    let older = f.commit_file("bob", "agent.nix", b"{ ... }: { allowedRecipients = \"all\"; }\n", "old");
+    let older = f.commit_file(
+        "bob",
+        "agent.nix",
+        b"{ ... }: { allowedRecipients = \"all\"; }\n",
+        "old",
+    );
     git(&repo, &["reset", "-q", "--hard", &base]);
-    let newer = f.commit_file("bob", "agent.nix", b"{ ... }: { allowedRecipients = \"manager\"; }\n", "new");
+    let newer = f.commit_file(
+        "bob",
+        "agent.nix",
+        b"{ ... }: { allowedRecipients = \"manager\"; }\n",
+        "new",
+    );
     let a_old = f
         .hive
         .request_apply(&manager(), "bob", &older, "widen".into())
@@ -396,12 +427,18 @@ async fn an_older_request_is_shown_against_todays_head_and_refused_as_stale() {
     assert_eq!(shown.base.as_deref(), Some(base.as_str()));
     assert_eq!(shown.applied_head.as_deref(), Some(newer.as_str()));
     let diff = shown.diff.as_deref().unwrap();
-    assert!(diff.contains("-{ ... }: { allowedRecipients = \"manager\"; }"), "{diff}");
+    assert!(
+        diff.contains("-{ ... }: { allowedRecipients = \"manager\"; }"),
+        "{diff}"
+    );
 
     let before = f.snapshot().await;
     let e = f.hive.approve(a_old.id).await.unwrap_err();
     assert_eq!(e.code(), "stale", "{e}");
-    assert!(e.to_string().contains("ask the manager to request again"), "{e}");
+    assert!(
+        e.to_string().contains("ask the manager to request again"),
+        "{e}"
+    );
     assert_eq!(f.snapshot().await, before);
     assert_eq!(f.applied_head("bob"), newer);
     // Denying it still works.
@@ -424,7 +461,10 @@ async fn requests_over_the_caps_are_refused_and_change_nothing() {
     assert!(e.to_string().contains("prompt.md"), "{e}");
     assert!(e.to_string().contains("approvals.max_file_bytes"), "{e}");
     assert_eq!(f.snapshot().await, before);
-    assert_eq!(tree_bytes(&f.applied("bob").join("objects")), objects_before);
+    assert_eq!(
+        tree_bytes(&f.applied("bob").join("objects")),
+        objects_before
+    );
 
     // Per commit: files under the per-file cap that together exceed the commit cap.
     let mut config = Config::default();
