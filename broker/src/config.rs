@@ -199,4 +199,17 @@ mod tests {
         let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
         assert!(e.contains("runtime"), "{e}");
     }
+
+    #[test]
+    fn approval_caps_must_nest() {
+        let c =
+            Config::from_toml("[approvals]\nmax_file_bytes = 10\nmax_commit_bytes = 20\n").unwrap();
+        assert_eq!(c.approvals.max_file_bytes, 10);
+        let e = Config::from_toml("[approvals]\nmax_file_bytes = 0\n").unwrap_err();
+        assert!(e.contains("approvals.max_file_bytes"), "{e}");
+        let e = Config::from_toml("[approvals]\nmax_file_bytes = 9000000\n").unwrap_err();
+        assert!(e.contains("approvals.max_file_bytes"), "{e}");
+        let e = Config::from_toml("[approvals]\nmax_repo_bytes = 100\n").unwrap_err();
+        assert!(e.contains("approvals.max_commit_bytes"), "{e}");
+    }
 }

@@ -750,5 +750,9 @@ async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
     f.hive.approve(a.id).await.unwrap();
     assert_eq!(f.applied_head("bob"), c);
     assert!(f.proposed("bob").join(".git/index.lock").exists());
-    assert!(f.proposed("bob").join(".git/refs/hyperhive/pin.lock").exists());
+    assert!(
+        f.proposed("bob")
+            .join(".git/refs/hyperhive/pin.lock")
+            .exists()
+    );
 }
