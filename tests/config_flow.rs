@@ -83,6 +83,13 @@ fn manager_proposes_operator_approves_destroys_restores() {
     );
     let shown = ok(state, &["show", &id]);
     assert!(shown.contains("hyperhive.model = \"bob-model\""), "{shown}");
+    // Every file of the commit is listed and shown, the prompt the template reads included.
+    assert!(
+        shown.contains("files:\n  added      agent.nix mode 100644"),
+        "{shown}"
+    );
+    assert!(shown.contains("  added      prompt.md"), "{shown}");
+    assert!(shown.contains("+++ b/prompt.md"), "{shown}");
     let out = cli(state, &["deny", &id]);
     assert!(!out.status.success());
     assert!(

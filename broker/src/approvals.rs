@@ -1,6 +1,9 @@
 //! Approvals (DESIGN §7): the manager asks, the operator decides. States
-//! `pending → approved → building → deployed | failed` and `pending → denied`; rows are never
-//! deleted. Exactly one of two concurrent decisions wins (a conditional UPDATE on `pending`).
+//! `pending → approved → building → deployed | failed` and `pending → denied` ([`crate::status`]);
+//! rows are never deleted. Exactly one of two concurrent decisions wins (a conditional UPDATE on
+//! `pending`). What the operator is shown is what applies: `show` and `approve` compare the
+//! request's base with the applied HEAD of that moment, and a request whose base moved is shown
+//! against today's HEAD, flagged stale, and refused at approve ("stale: ask again").
 //!
 //! The store is the truth and git follows it: a decision commits its row, its deploy and its audit
 //! row in one transaction, then moves the applied repo. If the daemon dies between the two,
@@ -13,11 +16,14 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit;
+use crate::bus::Event;
+use crate::config_repo::ChangedFile;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
 use crate::registry::{self, AgentKind, AgentRecord};
+use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, transition};
 use crate::store::unix_millis;
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,15 +37,27 @@ pub struct Approval {
     pub base: Option<String>,
     pub description: String,
     pub stat: String,
-    pub status: String,
+    pub status: ApprovalStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     pub created_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<i64>,
-    /// The unified diff (or, for a spawn, the whole agent.nix); only in single-approval views.
+    /// The unified diff of every file (for a spawn, every file as added); only in
+    /// single-approval views. For a pending approval, taken against the applied HEAD now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// Every file the commit changes, with modes, symlink targets and a binary flag; only in
+    /// single-approval views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<ChangedFile>>,
+    /// The applied config moved since the request: `diff` is against `applied_head`, not
+    /// `base`, and approving is refused until the manager asks again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// The applied HEAD when the view was taken, when it is not `base`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_head: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +68,7 @@ pub struct Deploy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<i64>,
     pub kind: String,
-    pub status: String,
+    pub status: DeployStatus,
     pub created_at: i64,
 }
 
@@ -82,6 +100,9 @@ fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         created_at: r.get(10)?,
         resolved_at: r.get(11)?,
         diff: None,
+        files: None,
+        stale: false,
+        applied_head: None,
     })
 }
 
@@ -118,47 +139,54 @@ fn insert_deploy(
     let now = unix_millis();
     c.prepare_cached(
         "INSERT INTO deploys (agent, commit_sha, approval_id, kind, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, 'applied', ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![agent, commit, approval, kind, now])?;
+    .execute(params![
+        agent,
+        commit,
+        approval,
+        kind,
+        DeployStatus::Applied,
+        now
+    ])?;
     Ok(Deploy {
         id: c.last_insert_rowid(),
         agent: agent.to_owned(),
         commit: commit.to_owned(),
         approval,
         kind: kind.to_owned(),
-        status: "applied".into(),
+        status: DeployStatus::Applied,
         created_at: now,
     })
 }
 
-/// Moves a pending approval to `status`, inside the caller's transaction: the one place a
-/// decision is taken. A conditional UPDATE, so of two deciders exactly one wins.
-fn decide(c: &Connection, id: i64, status: &str, note: Option<&str>) -> Result<Approval> {
+/// Decides a pending approval (`approved` or `denied`), inside the caller's transaction: the one
+/// place a decision is taken, through the one conditional [`transition`], so of two deciders
+/// exactly one wins. Returns the approval as it was before.
+fn decide(c: &Connection, id: i64, to: ApprovalStatus, note: Option<&str>) -> Result<Approval> {
     let a = get_approval(c, id)?;
-    if a.status != "pending" {
-        return Err(Error::Conflict(format!(
-            "approval {id} is {} already; nothing was changed",
-            a.status
-        )));
-    }
-    let changed = c.execute(
-        "UPDATE approvals SET status = ?1, note = ?2, resolved_at = ?3 WHERE id = ?4 AND status = 'pending'",
-        params![status, note, unix_millis(), id],
+    transition(c, id, ApprovalStatus::Pending, to)?;
+    c.execute(
+        "UPDATE approvals SET note = ?1 WHERE id = ?2",
+        params![note, id],
     )?;
-    if changed != 1 {
-        return Err(Error::Conflict(format!(
-            "approval {id} was decided meanwhile; nothing was changed"
-        )));
-    }
     Ok(a)
+}
+
+/// Runs git work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("a git task failed: {e}")))?
 }
 
 /// The `approval_resolved` message to the requester, inside the caller's transaction.
 fn tell_requester(
     c: &Connection,
     a: &Approval,
-    status: &str,
+    status: ApprovalStatus,
     note: Option<&str>,
 ) -> Result<Message> {
     let body = json!({
@@ -214,7 +242,7 @@ impl Hive {
         let approval = self
             .queue_approval(requester, &agent, commit, "spawn", String::new())
             .await?;
-        Ok(SpawnRequest::Queued(approval))
+        Ok(SpawnRequest::Queued(Box::new(approval)))
     }
 
     /// The manager's `request_apply_commit`: pins the commit and queues an Apply approval with its
@@ -260,12 +288,21 @@ impl Hive {
                 )
             })
             .await?;
-        let sha = self
-            .repos
-            .pin(agent, commit, &format!("refs/tags/proposal/{id}"))?;
-        let change = self.repos.change(agent, &sha)?;
+        let (repos, caps, name, commit) = (
+            self.repos.clone(),
+            self.config.approvals.clone(),
+            agent.clone(),
+            commit.to_owned(),
+        );
+        let change = blocking(move || {
+            let sha = repos.pin(&name, &commit, &format!("refs/tags/proposal/{id}"), &caps)?;
+            repos.change(&name, &sha)
+        })
+        .await?;
+        let sha = change.commit.clone();
         let (requester, agent, kind) = (requester.to_string(), agent.to_string(), kind.to_owned());
-        self.store
+        let approval = self
+            .store
             .write(move |c| {
                 c.execute(
                     "INSERT INTO approvals (id, kind, agent, requester, commit_sha, base_sha,
@@ -293,9 +330,16 @@ impl Hive {
                 )?;
                 let mut a = get_approval(c, id)?;
                 a.diff = Some(change.diff);
+                a.files = Some(change.files);
                 Ok(a)
             })
-            .await
+            .await?;
+        let mut summary = approval.clone();
+        summary.diff = None;
+        self.bus.publish(Event::ApprovalRequested {
+            approval: Arc::new(summary),
+        });
+        Ok(approval)
     }
 
     /// Approvals, newest last: all, or those in one status, or of one agent.
@@ -304,19 +348,7 @@ impl Hive {
         status: Option<String>,
         agent: Option<String>,
     ) -> Result<Vec<Approval>> {
-        if let Some(s) = &status
-            && ![
-                "pending", "approved", "building", "deployed", "failed", "denied",
-            ]
-            .contains(&s.as_str())
-        {
-            return Err(Error::invalid(
-                "status",
-                format!(
-                    "'{s}' is not a status: pending, approved, building, deployed, failed or denied"
-                ),
-            ));
-        }
+        let status = status.map(|s| ApprovalStatus::parse(&s)).transpose()?;
         self.store
             .read(move |c| {
                 let rows = c
@@ -332,9 +364,11 @@ impl Hive {
             .await
     }
 
-    /// One approval with its diff.
+    /// One approval with its diff and its files. A pending one is diffed against the applied HEAD
+    /// now; if that is not the base it was asked against, it is flagged stale.
     pub async fn approval(&self, id: i64) -> Result<Approval> {
-        self.store
+        let mut a = self
+            .store
             .read(move |c| {
                 let mut a = get_approval(c, id)?;
                 a.diff = Some(c.query_row(
@@ -344,17 +378,73 @@ impl Hive {
                 )?);
                 Ok(a)
             })
-            .await
+            .await?;
+        let (repos, name, commit, base, pending) = (
+            self.repos.clone(),
+            AgentName::parse(&a.agent)?,
+            a.commit.clone(),
+            a.base.clone(),
+            a.status == ApprovalStatus::Pending,
+        );
+        let change = blocking(move || {
+            if pending {
+                repos.change(&name, &commit)
+            } else {
+                repos.change_from(&name, base.as_deref(), &commit)
+            }
+        })
+        .await;
+        match change {
+            Ok(change) => {
+                if change.base != a.base {
+                    a.stale = true;
+                    a.applied_head = change.base;
+                    a.stat = change.stat;
+                    a.diff = Some(change.diff);
+                }
+                a.files = Some(change.files);
+            }
+            // A decided approval of a destroyed agent has no repo to diff in: the stored diff
+            // is still shown.
+            Err(e) if !pending => tracing::debug!(id, error = %e, "no live diff"),
+            Err(e) => return Err(e),
+        }
+        Ok(a)
+    }
+
+    /// Refuses to approve a request whose base is not the applied HEAD now: approving it would
+    /// silently revert what was applied since. The caller holds the config lock.
+    async fn refuse_stale(&self, id: i64) -> Result<()> {
+        let a = self.store.read(move |c| get_approval(c, id)).await?;
+        if a.status != ApprovalStatus::Pending {
+            return Ok(());
+        }
+        let (repos, name) = (self.repos.clone(), AgentName::parse(&a.agent)?);
+        let head = blocking(move || repos.applied_head(&name)).await?;
+        if head == a.base {
+            return Ok(());
+        }
+        let short = |s: &Option<String>| {
+            s.as_deref()
+                .map_or("nothing".to_owned(), |s| s.chars().take(12).collect())
+        };
+        Err(Error::Stale(format!(
+            "approval {id} was asked against {} but the applied config of '{}' is at {} now; approving it would undo what was applied since. Nothing was changed: deny it and ask the manager to request again (`hive show {id}` shows it against today's config)",
+            short(&a.base),
+            a.agent,
+            short(&head)
+        )))
     }
 
     /// The operator approves: the applied repo moves to the pinned commit (tagged
     /// `approved/<id>`), a spawn creates the agent, and the requester is told.
     pub async fn approve(self: &Arc<Self>, id: i64) -> Result<Approval> {
         let _config = self.config_lock.lock().await;
+        self.refuse_stale(id).await?;
         let (approval, deploy, created, message) = self
             .store
             .write(move |c| {
-                let a = decide(c, id, "approved", None)?;
+                let a = decide(c, id, ApprovalStatus::Approved, None)?;
                 let name = AgentName::parse(&a.agent)?;
                 let exists = c
                     .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
@@ -387,7 +477,7 @@ impl Hive {
                     Some(&a.agent),
                     json!({"approval": id, "commit": a.commit, "deploy": deploy.id}),
                 )?;
-                let message = tell_requester(c, &a, "approved", None)?;
+                let message = tell_requester(c, &a, ApprovalStatus::Approved, None)?;
                 Ok((get_approval(c, id)?, deploy, created, message))
             })
             .await?;
@@ -396,6 +486,10 @@ impl Hive {
             self.open_agent_sockets(&record)?;
         }
         self.mailbox.announce(vec![message]);
+        self.publish_resolved(&approval);
+        self.bus.publish(Event::Deploy {
+            deploy: deploy.clone(),
+        });
         let name = AgentName::parse(&approval.agent)?;
         self.repos
             .apply(&name, &deploy.commit, &[format!("approved/{id}")])
@@ -421,7 +515,7 @@ impl Hive {
         let (approval, message) = self
             .store
             .write(move |c| {
-                let a = decide(c, id, "denied", note.as_deref())?;
+                let a = decide(c, id, ApprovalStatus::Denied, note.as_deref())?;
                 audit::append(
                     c,
                     "operator",
@@ -429,11 +523,12 @@ impl Hive {
                     Some(&a.agent),
                     json!({"approval": id, "commit": a.commit, "note": note}),
                 )?;
-                let message = tell_requester(c, &a, "denied", note.as_deref())?;
+                let message = tell_requester(c, &a, ApprovalStatus::Denied, note.as_deref())?;
                 Ok((get_approval(c, id)?, message))
             })
             .await?;
         self.mailbox.announce(vec![message]);
+        self.publish_resolved(&approval);
         let name = AgentName::parse(&approval.agent)?;
         if let Err(e) = self
             .repos
@@ -465,7 +560,12 @@ impl Hive {
             (true, None) => self.repos.proposed_head(&agent)?,
             (false, own) => self.repos.create_proposed(&agent, own.as_deref())?,
         };
-        let sha = self.repos.pin(&agent, &head, "refs/hyperhive/incoming")?;
+        let sha = self.repos.pin(
+            &agent,
+            &head,
+            "refs/hyperhive/incoming",
+            &self.config.approvals,
+        )?;
         let record = registry::new_record(agent.clone(), AgentKind::Agent);
         let row = record.clone();
         let deploy = self
@@ -485,6 +585,9 @@ impl Hive {
             .await?;
         self.registry.remember(record.clone());
         self.open_agent_sockets(&record)?;
+        self.bus.publish(Event::Deploy {
+            deploy: deploy.clone(),
+        });
         self.repos.apply(&agent, &deploy.commit, &[])?;
         Ok(record)
     }
@@ -530,6 +633,9 @@ impl Hive {
                 Ok(deploy)
             })
             .await?;
+        self.bus.publish(Event::Deploy {
+            deploy: deploy.clone(),
+        });
         self.repos.apply(agent, &deploy.commit, &[])?;
         Ok(deploy)
     }
@@ -590,7 +696,12 @@ impl Hive {
         } else {
             self.repos.create_proposed(&manager, None)?
         };
-        let sha = self.repos.pin(&manager, &head, "refs/hyperhive/incoming")?;
+        let sha = self.repos.pin(
+            &manager,
+            &head,
+            "refs/hyperhive/incoming",
+            &self.config.approvals,
+        )?;
         let deploy = self
             .store
             .write(move |c| {
@@ -609,10 +720,24 @@ impl Hive {
     }
 }
 
+impl Hive {
+    fn publish_resolved(&self, a: &Approval) {
+        self.bus.publish(Event::ApprovalResolved {
+            id: a.id,
+            kind: a.kind.clone(),
+            agent: a.agent.clone(),
+            requester: a.requester.clone(),
+            commit: a.commit.clone(),
+            status: a.status,
+            note: a.note.clone(),
+        });
+    }
+}
+
 /// What `request_spawn` did.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum SpawnRequest {
     Draft(Draft),
-    Queued(Approval),
+    Queued(Box<Approval>),
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::approvals::{Approval, Deploy};
 use crate::mailbox::Message;
+use crate::status::ApprovalStatus;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 const CAPACITY: usize = 4096;
@@ -25,6 +27,21 @@ pub enum Event {
         turn: i64,
         events: Arc<Vec<serde_json::Value>>,
     },
+    /// The manager asked for an approval (without its diff: `hive show` has it).
+    ApprovalRequested { approval: Arc<Approval> },
+    /// The operator approved or denied.
+    ApprovalResolved {
+        id: i64,
+        kind: String,
+        agent: String,
+        requester: String,
+        commit: String,
+        status: ApprovalStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// An applied HEAD moved (spawn, approved apply, rollback), or a deploy changed status.
+    Deploy { deploy: Deploy },
 }
 
 impl Event {
@@ -35,6 +52,9 @@ impl Event {
             Self::MessageSent { .. } => "message_sent",
             Self::MessageDelivered { .. } => "message_delivered",
             Self::TurnEvents { .. } => "turn_events",
+            Self::ApprovalRequested { .. } => "approval_requested",
+            Self::ApprovalResolved { .. } => "approval_resolved",
+            Self::Deploy { .. } => "deploy",
         }
     }
 
@@ -43,6 +63,13 @@ impl Event {
             Self::MessageSent { message } => message.from == who || message.to == who,
             Self::MessageDelivered { to, .. } => to == who,
             Self::TurnEvents { agent, .. } => agent == who,
+            Self::ApprovalRequested { approval } => {
+                approval.agent == who || approval.requester == who
+            }
+            Self::ApprovalResolved {
+                agent, requester, ..
+            } => agent == who || requester == who,
+            Self::Deploy { deploy } => deploy.agent == who,
         }
     }
 }

@@ -20,12 +20,22 @@ pub struct Config {
 pub struct ApprovalsConfig {
     /// Whether denying needs a note for the manager (default true).
     pub deny_requires_note: bool,
+    /// The largest file a requested commit may hold, in bytes (default 1 MiB).
+    pub max_file_bytes: u64,
+    /// The most all files of a requested commit may hold together, in bytes (default 8 MiB).
+    pub max_commit_bytes: u64,
+    /// The most a proposed repo's object store may hold for a request to be read (default
+    /// 256 MiB); the broker copies it before reading it.
+    pub max_repo_bytes: u64,
 }
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         Self {
             deny_requires_note: true,
+            max_file_bytes: 1024 * 1024,
+            max_commit_bytes: 8 * 1024 * 1024,
+            max_repo_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -138,6 +148,19 @@ impl Config {
                 "mailbox.max_body_bytes = {max}: must be between 1 and {MAX_BODY_CEILING}"
             ));
         }
+        let a = &self.approvals;
+        if a.max_file_bytes == 0 || a.max_file_bytes > a.max_commit_bytes {
+            return Err(format!(
+                "approvals.max_file_bytes = {}: must be between 1 and approvals.max_commit_bytes ({})",
+                a.max_file_bytes, a.max_commit_bytes
+            ));
+        }
+        if a.max_commit_bytes > a.max_repo_bytes {
+            return Err(format!(
+                "approvals.max_commit_bytes = {}: must be at most approvals.max_repo_bytes ({})",
+                a.max_commit_bytes, a.max_repo_bytes
+            ));
+        }
         if self.mailbox.retention_days == 0 {
             return Err("mailbox.retention_days = 0: must be at least 1".into());
         }
@@ -175,5 +198,18 @@ mod tests {
         assert!(e.contains("mailbox.max_body_bytes"), "{e}");
         let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
         assert!(e.contains("runtime"), "{e}");
+    }
+
+    #[test]
+    fn approval_caps_must_nest() {
+        let c =
+            Config::from_toml("[approvals]\nmax_file_bytes = 10\nmax_commit_bytes = 20\n").unwrap();
+        assert_eq!(c.approvals.max_file_bytes, 10);
+        let e = Config::from_toml("[approvals]\nmax_file_bytes = 0\n").unwrap_err();
+        assert!(e.contains("approvals.max_file_bytes"), "{e}");
+        let e = Config::from_toml("[approvals]\nmax_file_bytes = 9000000\n").unwrap_err();
+        assert!(e.contains("approvals.max_file_bytes"), "{e}");
+        let e = Config::from_toml("[approvals]\nmax_repo_bytes = 100\n").unwrap_err();
+        assert!(e.contains("approvals.max_commit_bytes"), "{e}");
     }
 }

@@ -1,16 +1,22 @@
 //! Each agent's config in git (DESIGN §7): the PROPOSED repo `agents/<name>/config` (non-bare; the
 //! manager commits there) and the APPLIED repo `applied/<name>` (bare). Only this module writes
-//! the applied repo, and it writes the proposed one only to create a draft and to hold a commit
-//! still while it is fetched. Every path is checked to stay inside the state dir: the manager can
-//! write `agents/`, so a repo there may be a planted symlink.
+//! the applied repo. It writes the proposed one only to create a draft, and reads it only through
+//! [`crate::proposed_repo`], which trusts nothing there (no symlink, gitfile, repo config or
+//! alternates is followed). What an approval shows is rendered here: every file of the commit,
+//! modes and symlink targets, binary content escaped and flagged, never hidden.
 
 use std::path::{Path, PathBuf};
 
-use git2::{ErrorCode, Oid, Repository, RepositoryInitOptions, Signature};
+use std::collections::HashSet;
 
+use git2::{DiffOptions, ErrorCode, ObjectType, Oid, Repository, RepositoryInitOptions, Signature};
+use serde::Serialize;
+
+use crate::config::ApprovalsConfig;
 use crate::error::{Error, Result};
 use crate::names::AgentName;
 use crate::paths::{StateDir, checked_within};
+use crate::proposed_repo::ProposedGitDir;
 
 /// The agent templates, embedded: a new draft starts from these.
 const DEFAULT_TEMPLATE: &[(&str, &str)] = &[
@@ -31,12 +37,35 @@ pub struct ProposedChange {
     pub commit: String,
     /// The applied HEAD it is compared with (`None` for a new agent).
     pub base: Option<String>,
-    /// Unified diff, or for a new agent the whole agent.nix.
+    /// Unified diff of every file (for a new agent, every file as added), binary content escaped.
     pub diff: String,
     /// "N files changed, N insertions(+), N deletions(-)".
     pub stat: String,
+    pub files: Vec<ChangedFile>,
 }
 
+/// One file an approval changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChangedFile {
+    /// The path, with control characters escaped.
+    pub path: String,
+    /// added, deleted, modified, renamed, typechange, ...
+    pub change: String,
+    /// Octal git modes (100644, 100755, 120000 symlink, 160000 submodule); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_mode: Option<String>,
+    /// Where a symlink in the commit points (escaped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+    /// Holds NUL bytes or is not UTF-8: shown escaped in the diff, and flagged.
+    pub binary: bool,
+    /// Size of the new content in bytes (0 when deleted).
+    pub size: u64,
+}
+
+#[derive(Clone)]
 pub struct ConfigRepos {
     paths: StateDir,
 }
@@ -62,9 +91,11 @@ impl ConfigRepos {
         checked_within(self.paths.root(), &self.paths.applied_repo(agent))
     }
 
+    /// Whether anything named `.git` is in the proposed repo's place (not followed: a symlink or
+    /// gitfile counts, and reading it is then refused with a clear error).
     pub fn proposed_exists(&self, agent: &AgentName) -> bool {
         self.proposed_path(agent)
-            .is_ok_and(|p| p.join(".git").exists())
+            .is_ok_and(|p| std::fs::symlink_metadata(p.join(".git")).is_ok())
     }
 
     pub fn applied_exists(&self, agent: &AgentName) -> bool {
@@ -129,32 +160,55 @@ impl ConfigRepos {
         Repository::init_opts(&path, &opts).map_err(|e| git("cannot create the applied repo", e))
     }
 
-    fn open_proposed(&self, agent: &AgentName) -> Result<Repository> {
-        let path = self.proposed_path(agent)?;
-        Repository::open(&path).map_err(|_| Error::NotFound {
+    fn open_proposed(&self, agent: &AgentName) -> Result<ProposedGitDir> {
+        ProposedGitDir::open(self.paths.root(), agent)?.ok_or_else(|| Error::NotFound {
             what: format!("config repo of '{agent}' (agents/{agent}/config)"),
         })
     }
 
-    /// The proposed repo's HEAD commit.
+    /// The proposed repo's HEAD commit, read from its ref files (never through its config).
     pub fn proposed_head(&self, agent: &AgentName) -> Result<String> {
-        let repo = self.open_proposed(agent)?;
-        let head = repo.head().and_then(|h| h.peel_to_commit()).map_err(|_| {
+        let head = self.open_proposed(agent)?.head()?.ok_or_else(|| {
             Error::Conflict(format!(
                 "agents/{agent}/config has no commit yet; commit agent.nix first"
             ))
         })?;
-        Ok(head.id().to_string())
+        Ok(head.to_string())
     }
 
-    /// Finds `commit` (7–40 hex, unambiguous) in the proposed repo and copies it into the applied
-    /// repo's object store, held there by the ref `dest` (e.g. `refs/tags/proposal/<id>`), so
-    /// later force-pushes or deleted tags in the proposed repo change nothing. Returns the sha.
-    pub fn pin(&self, agent: &AgentName, commit: &str, dest: &str) -> Result<String> {
+    /// Finds `commit` (7–40 hex, unambiguous; never a ref name) among the proposed repo's objects
+    /// and copies it with its tree into the applied repo's object store, held there by the ref
+    /// `dest` (e.g. `refs/tags/proposal/<id>`), so later force-pushes or deleted tags in the
+    /// proposed repo change nothing. The proposed repo is only read, through a private copy of its
+    /// objects. Refuses a commit over the caps before writing anything. Returns the full sha.
+    pub fn pin(
+        &self,
+        agent: &AgentName,
+        commit: &str,
+        dest: &str,
+        caps: &ApprovalsConfig,
+    ) -> Result<String> {
         check_sha(commit)?;
         let proposed = self.open_proposed(agent)?;
-        let object = proposed
-            .revparse_single(commit)
+        let staging_root = checked_within(self.paths.root(), &self.paths.staging_dir())?;
+        crate::paths::make_dir(&staging_root, 0o700)?;
+        let staged = tempfile::Builder::new()
+            .prefix(&format!("{agent}-"))
+            .tempdir_in(&staging_root)
+            .map_err(|e| Error::io("cannot make a staging dir", e))?;
+        proposed.copy_objects(staged.path(), caps.max_repo_bytes)?;
+        let odb = git2::Odb::new().map_err(|e| git("odb", e))?;
+        let staged_path = staged
+            .path()
+            .to_str()
+            .ok_or_else(|| Error::Internal("the state dir's path is not UTF-8".into()))?;
+        odb.add_disk_alternate(staged_path)
+            .map_err(|e| git("staged objects", e))?;
+        let source = Repository::from_odb(odb).map_err(|e| git("staged repo", e))?;
+        let source_odb = source.odb().map_err(|e| git("odb", e))?;
+        let short = Oid::from_str(commit).map_err(|e| git("sha", e))?;
+        let oid = source_odb
+            .exists_prefix(short, commit.len())
             .map_err(|e| match e.code() {
                 ErrorCode::Ambiguous => Error::invalid(
                     "commit",
@@ -166,31 +220,57 @@ impl ConfigRepos {
                     what: format!("commit '{commit}' in agents/{agent}/config"),
                 },
             })?;
-        let found = object
-            .peel_to_commit()
-            .map_err(|_| Error::invalid("commit", format!("'{commit}' is not a commit")))?;
-        let sha = found.id().to_string();
-        // Hold the commit at a ref while the applied repo fetches it (it may be on no branch).
-        let hold = "refs/hyperhive/pin".to_owned();
-        proposed
-            .reference(&hold, found.id(), true, "held for the hive to fetch")
-            .map_err(|e| git("cannot hold the commit", e))?;
-        let fetched = (|| {
-            let applied = self.ensure_applied(agent)?;
-            let url = self.proposed_path(agent)?.display().to_string();
-            let mut remote = applied
-                .remote_anonymous(&url)
-                .map_err(|e| git("remote", e))?;
-            let refspec = format!("+{hold}:{dest}");
-            remote
-                .fetch(&[refspec.as_str()], None, None)
-                .map_err(|e| git("cannot fetch the commit", e))
-        })();
-        if let Ok(mut r) = proposed.find_reference(&hold) {
-            let _ = r.delete();
+        let found = source.find_commit(oid).map_err(|_| {
+            Error::invalid(
+                "commit",
+                format!("'{commit}' is not a commit (give a commit's id)"),
+            )
+        })?;
+        let objects = objects_of(&source, &found, caps, agent)?;
+        let applied = self.ensure_applied(agent)?;
+        let applied_odb = applied.odb().map_err(|e| git("applied odb", e))?;
+        for id in &objects {
+            if applied_odb.exists(*id) {
+                continue;
+            }
+            let object = source_odb.read(*id).map_err(|e| git("staged object", e))?;
+            let written = applied_odb
+                .write(object.kind(), object.data())
+                .map_err(|e| git("cannot copy an object", e))?;
+            if written != *id {
+                return Err(Error::Internal(format!("object {id} copied as {written}")));
+            }
         }
-        fetched?;
-        Ok(sha)
+        // Only the commit and its tree are copied: where its parents are absent, git is told
+        // so (the `shallow` file), so `git log` in the applied repo stops there cleanly.
+        if found.parent_ids().any(|p| !applied_odb.exists(p)) {
+            self.mark_shallow(agent, oid)?;
+        }
+        applied
+            .reference(dest, oid, true, "requested")
+            .map_err(|e| git("cannot hold the commit", e))?;
+        Ok(oid.to_string())
+    }
+
+    fn mark_shallow(&self, agent: &AgentName, oid: Oid) -> Result<()> {
+        let path = checked_within(
+            self.paths.root(),
+            &self.applied_path(agent)?.join("shallow"),
+        )?;
+        let mut lines = match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("cannot read the shallow file", e)),
+        };
+        let sha = oid.to_string();
+        if lines.contains(&sha) {
+            return Ok(());
+        }
+        lines.push(sha);
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, lines.join("\n") + "\n")
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io("cannot write the shallow file", e))
     }
 
     /// The applied HEAD, if anything was ever applied.
@@ -205,51 +285,36 @@ impl ConfigRepos {
             .map(|o| o.to_string()))
     }
 
-    /// What approving `commit` would change: the diff against the applied HEAD (or the whole
-    /// agent.nix for a new agent). The commit must be pinned in the applied repo.
+    /// What approving `commit` would change today: the diff against the applied HEAD now (for a
+    /// new agent, every file as added). The commit must be pinned in the applied repo.
     pub fn change(&self, agent: &AgentName, commit: &str) -> Result<ProposedChange> {
+        let base = self.applied_head(agent)?;
+        self.change_from(agent, base.as_deref(), commit)
+    }
+
+    /// The diff of `commit` against `base` (or against nothing), both in the applied repo.
+    pub fn change_from(
+        &self,
+        agent: &AgentName,
+        base: Option<&str>,
+        commit: &str,
+    ) -> Result<ProposedChange> {
         let repo = self.ensure_applied(agent)?;
-        let oid = Oid::from_str(commit).map_err(|e| git("sha", e))?;
-        let new = repo.find_commit(oid).map_err(|e| git("pinned commit", e))?;
-        let new_tree = new.tree().map_err(|e| git("tree", e))?;
-        let base = repo.refname_to_id(APPLIED_BRANCH).ok();
-        let Some(base) = base else {
-            let diff = read_file(&repo, &new_tree, "agent.nix")?
-                .unwrap_or_else(|| "(no agent.nix in this commit)".into());
-            return Ok(ProposedChange {
-                commit: commit.to_owned(),
-                base: None,
-                stat: format!("new agent: {} files", new_tree.len()),
-                diff,
-            });
+        let tree_of = |sha: &str| {
+            let oid = Oid::from_str(sha).map_err(|e| git("sha", e))?;
+            repo.find_commit(oid)
+                .and_then(|c| c.tree())
+                .map_err(|e| git("pinned commit", e))
         };
-        let old_tree = repo
-            .find_commit(base)
-            .and_then(|c| c.tree())
-            .map_err(|e| git("applied tree", e))?;
-        let diff = repo
-            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)
-            .map_err(|e| git("diff", e))?;
-        let stats = diff.stats().map_err(|e| git("diff stats", e))?;
-        let mut patch = String::new();
-        diff.print(git2::DiffFormat::Patch, |_, _, line| {
-            if matches!(line.origin(), '+' | '-' | ' ') {
-                patch.push(line.origin());
-            }
-            patch.push_str(&String::from_utf8_lossy(line.content()));
-            true
-        })
-        .map_err(|e| git("diff text", e))?;
+        let new_tree = tree_of(commit)?;
+        let old_tree = base.map(tree_of).transpose()?;
+        let (diff, stat, files) = render(&repo, old_tree.as_ref(), &new_tree)?;
         Ok(ProposedChange {
             commit: commit.to_owned(),
-            base: Some(base.to_string()),
-            diff: patch,
-            stat: format!(
-                "{} files changed, {} insertions(+), {} deletions(-)",
-                stats.files_changed(),
-                stats.insertions(),
-                stats.deletions()
-            ),
+            base: base.map(str::to_owned),
+            diff,
+            stat,
+            files,
         })
     }
 
@@ -286,12 +351,12 @@ impl ConfigRepos {
     }
 
     /// Removes the lock files a killed daemon left in the middle of a ref update: every `*.lock`
-    /// in the applied repo (only the broker writes it, and the caller holds the daemon lock) and
-    /// the broker's own `refs/hyperhive/*.lock` in the proposed repo (the manager's git may be
-    /// working there; its locks are left alone). Returns how many went.
+    /// in the applied repo (only the broker writes it, and the caller holds the daemon lock).
+    /// Never in the proposed repo: the broker writes nothing there, and what looks like a lock
+    /// there may be a symlink planted to make it delete files elsewhere. Returns how many went.
     pub fn clear_stale_locks(&self, agent: &AgentName) -> Result<usize> {
         let mut removed = 0;
-        let mut remove_locks_under = |dir: PathBuf, recursive: bool| -> Result<()> {
+        let mut remove_locks_under = |dir: PathBuf| -> Result<()> {
             let mut pending = vec![dir];
             while let Some(dir) = pending.pop() {
                 let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -302,7 +367,7 @@ impl ConfigRepos {
                     let Ok(kind) = entry.file_type() else {
                         continue;
                     };
-                    if kind.is_dir() && recursive && entry.file_name() != "objects" {
+                    if kind.is_dir() && entry.file_name() != "objects" {
                         pending.push(path);
                     } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
                         std::fs::remove_file(&path).map_err(|e| {
@@ -316,13 +381,7 @@ impl ConfigRepos {
             Ok(())
         };
         if self.applied_exists(agent) {
-            remove_locks_under(self.applied_path(agent)?, true)?;
-        }
-        if self.proposed_exists(agent) {
-            remove_locks_under(
-                self.proposed_path(agent)?.join(".git/refs/hyperhive"),
-                false,
-            )?;
+            remove_locks_under(self.applied_path(agent)?)?;
         }
         Ok(removed)
     }
@@ -359,6 +418,175 @@ fn read_file(repo: &Repository, tree: &git2::Tree<'_>, name: &str) -> Result<Opt
     };
     let blob = repo.find_blob(entry.id()).map_err(|e| git("blob", e))?;
     Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+}
+
+/// The objects approving `commit` needs (the commit, its trees and blobs), checked against the
+/// caps: no blob over `max_file_bytes`, all blobs together at most `max_commit_bytes`.
+fn objects_of(
+    repo: &Repository,
+    commit: &git2::Commit<'_>,
+    caps: &ApprovalsConfig,
+    agent: &AgentName,
+) -> Result<Vec<Oid>> {
+    let odb = repo.odb().map_err(|e| git("odb", e))?;
+    let missing = |what: String| Error::NotFound {
+        what: format!("{what} of commit {} in agents/{agent}/config", commit.id()),
+    };
+    let mut seen = HashSet::new();
+    let mut order = vec![commit.id()];
+    let mut total = 0u64;
+    let mut pending = vec![(String::new(), commit.tree_id())];
+    while let Some((prefix, tree_id)) = pending.pop() {
+        if !seen.insert(tree_id) {
+            continue;
+        }
+        order.push(tree_id);
+        let tree = repo
+            .find_tree(tree_id)
+            .map_err(|_| missing(format!("tree {tree_id}")))?;
+        for entry in tree.iter() {
+            let path = format!("{prefix}{}", escape(entry.name_bytes()));
+            match entry.kind() {
+                Some(ObjectType::Tree) => pending.push((format!("{path}/"), entry.id())),
+                Some(ObjectType::Blob) => {
+                    if !seen.insert(entry.id()) {
+                        continue;
+                    }
+                    let (size, _) = odb
+                        .read_header(entry.id())
+                        .map_err(|_| missing(format!("file {path}")))?;
+                    let size = size as u64;
+                    if size > caps.max_file_bytes {
+                        return Err(Error::TooLarge(format!(
+                            "{path} in commit {} is {size} bytes; a file may hold at most {} bytes (approvals.max_file_bytes in hive.toml). Nothing was queued",
+                            commit.id(),
+                            caps.max_file_bytes
+                        )));
+                    }
+                    total += size;
+                    if total > caps.max_commit_bytes {
+                        return Err(Error::TooLarge(format!(
+                            "commit {} holds more than {} bytes of files (approvals.max_commit_bytes in hive.toml). Nothing was queued",
+                            commit.id(),
+                            caps.max_commit_bytes
+                        )));
+                    }
+                    order.push(entry.id());
+                }
+                // A submodule's commit is named, not carried.
+                _ => {}
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn mode(mode: git2::FileMode) -> Option<String> {
+    let bits = i32::from(mode);
+    (bits != 0).then(|| format!("{bits:o}"))
+}
+
+/// Whether content must be shown escaped: NUL bytes, or not UTF-8.
+fn is_binary(bytes: &[u8]) -> bool {
+    bytes.contains(&0) || std::str::from_utf8(bytes).is_err()
+}
+
+/// Text safe to show: NUL as `\0`, other control characters and invalid UTF-8 as `\xNN` or
+/// `\u{..}` (bidi controls too); newlines and tabs kept.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' | '\t' => out.push(c),
+                '\0' => out.push_str("\\0"),
+                c if (c as u32) < 0x80 && c.is_control() => {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                }
+                c if c.is_control()
+                    || ('\u{202a}'..='\u{202e}').contains(&c)
+                    || ('\u{2066}'..='\u{2069}').contains(&c) =>
+                {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The diff text, its stat line and the list of files, from `old` (or nothing) to `new`.
+fn render(
+    repo: &Repository,
+    old: Option<&git2::Tree<'_>>,
+    new: &git2::Tree<'_>,
+) -> Result<(String, String, Vec<ChangedFile>)> {
+    let mut opts = DiffOptions::new();
+    // Text for everything: binary content is escaped below, never summarised away.
+    opts.force_text(true).include_typechange(true);
+    let diff = repo
+        .diff_tree_to_tree(old, Some(new), Some(&mut opts))
+        .map_err(|e| git("diff", e))?;
+    let stats = diff.stats().map_err(|e| git("diff stats", e))?;
+    let blob = |id: Oid| repo.find_blob(id).ok();
+    let mut files = Vec::new();
+    for delta in diff.deltas() {
+        let (old_file, new_file) = (delta.old_file(), delta.new_file());
+        let path = new_file
+            .path_bytes()
+            .or(old_file.path_bytes())
+            .map(escape)
+            .unwrap_or_default();
+        let new_blob = (!new_file.id().is_zero())
+            .then(|| blob(new_file.id()))
+            .flatten();
+        let old_blob = (!old_file.id().is_zero())
+            .then(|| blob(old_file.id()))
+            .flatten();
+        let binary = [&new_blob, &old_blob]
+            .into_iter()
+            .flatten()
+            .any(|b| is_binary(b.content()));
+        let symlink_target = (new_file.mode() == git2::FileMode::Link)
+            .then(|| new_blob.as_ref().map(|b| escape(b.content())))
+            .flatten();
+        files.push(ChangedFile {
+            path,
+            change: format!("{:?}", delta.status()).to_lowercase(),
+            old_mode: mode(old_file.mode()),
+            new_mode: mode(new_file.mode()),
+            symlink_target,
+            binary,
+            size: new_blob.map_or(0, |b| b.size() as u64),
+        });
+    }
+    let mut patch = String::new();
+    for f in files.iter().filter(|f| f.binary) {
+        patch.push_str(&format!(
+            "!!! BINARY: {} holds NUL bytes or is not UTF-8; its content is shown below with those bytes escaped (\\0, \\xNN)\n",
+            f.path
+        ));
+    }
+    diff.print(git2::DiffFormat::Patch, |_, _, line| {
+        if matches!(line.origin(), '+' | '-' | ' ') {
+            patch.push(line.origin());
+        }
+        patch.push_str(&escape(line.content()));
+        true
+    })
+    .map_err(|e| git("diff text", e))?;
+    let stat = format!(
+        "{}{} files changed, {} insertions(+), {} deletions(-)",
+        if old.is_none() { "new agent: " } else { "" },
+        stats.files_changed(),
+        stats.insertions(),
+        stats.deletions()
+    );
+    Ok((patch, stat, files))
 }
 
 /// A commit as the manager may give it: 7 to 40 hex digits.

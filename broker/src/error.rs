@@ -24,6 +24,12 @@ pub enum Error {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    /// A request carries more than the configured caps allow.
+    #[error("{0}")]
+    TooLarge(String),
+    /// An approval was asked against an applied config that has moved since.
+    #[error("stale: {0}")]
+    Stale(String),
     #[error("refused to touch {0}")]
     UnsafePath(String),
     #[error("the hive is shutting down; try again when it is back")]
@@ -53,6 +59,8 @@ impl Error {
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",
             Self::UnsafePath(_) => "unsafe_path",
+            Self::TooLarge(_) => "too_large",
+            Self::Stale(_) => "stale",
             Self::ShuttingDown => "shutting_down",
             Self::Internal(_) | Self::Store(_) | Self::Io { .. } => "internal",
         }

@@ -16,9 +16,11 @@ pub mod mailbox;
 pub mod mcp;
 pub mod names;
 pub mod paths;
+mod proposed_repo;
 pub mod questions;
 pub mod registry;
 pub mod reminders;
+pub mod status;
 pub mod store;
 pub mod tombstones;
 

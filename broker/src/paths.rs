@@ -89,6 +89,11 @@ impl StateDir {
         self.root.join("secrets").join(agent.as_str())
     }
 
+    /// `staging/`: private copies of a proposed repo's objects while a request is read.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
     /// `tombstones/`: what destroys keep.
     pub fn tombstones_dir(&self) -> PathBuf {
         self.root.join("tombstones")

@@ -736,7 +736,8 @@ async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
     std::fs::write(f.applied("bob").join("refs/heads/main.lock"), "").unwrap();
     std::fs::create_dir_all(f.proposed("bob").join(".git/refs/hyperhive")).unwrap();
     std::fs::write(f.proposed("bob").join(".git/refs/hyperhive/pin.lock"), "").unwrap();
-    // A lock of the manager's own git is not ours to remove.
+    // Locks in the proposed repo are not ours to remove: the broker never writes there, and a
+    // "lock" there may be a planted symlink.
     std::fs::write(f.proposed("bob").join(".git/index.lock"), "").unwrap();
     f.hive.close();
     let Fixture { dir, .. } = f;
@@ -749,4 +750,9 @@ async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
     f.hive.approve(a.id).await.unwrap();
     assert_eq!(f.applied_head("bob"), c);
     assert!(f.proposed("bob").join(".git/index.lock").exists());
+    assert!(
+        f.proposed("bob")
+            .join(".git/refs/hyperhive/pin.lock")
+            .exists()
+    );
 }

@@ -33,7 +33,8 @@ impl From<broker::Error> for ApiError {
             E::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::UnknownAgent { .. } | E::NotFound { .. } => StatusCode::NOT_FOUND,
             E::NotAllowed { .. } => StatusCode::FORBIDDEN,
-            E::Conflict(_) | E::UnsafePath(_) => StatusCode::CONFLICT,
+            E::Conflict(_) | E::UnsafePath(_) | E::Stale(_) => StatusCode::CONFLICT,
+            E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             E::Internal(_) | E::Store(_) | E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -145,6 +145,37 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_approval(&a);
+    if a["stale"].as_bool() == Some(true) {
+        println!(
+            "\nSTALE: asked against {} but the applied config is at {} now; the diff below is against today's config. Approving is refused: deny it and let the manager ask again.",
+            short(&a["base"]),
+            short(&a["applied_head"])
+        );
+    }
+    if let Some(files) = a["files"].as_array() {
+        println!("\nfiles:");
+        for f in files {
+            let modes = match (f["old_mode"].as_str(), f["new_mode"].as_str()) {
+                (Some(o), Some(n)) if o != n => format!(" mode {o} -> {n}"),
+                (None, Some(n)) => format!(" mode {n}"),
+                _ => String::new(),
+            };
+            let target = f["symlink_target"]
+                .as_str()
+                .map(|t| format!(" -> {t}"))
+                .unwrap_or_default();
+            let binary = if f["binary"].as_bool() == Some(true) {
+                "  BINARY (shown escaped)"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<10} {}{target}{modes}{binary}",
+                f["change"].as_str().unwrap_or("?"),
+                f["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
     println!();
     print!("{}", a["diff"].as_str().unwrap_or(""));
     Ok(ExitCode::SUCCESS)

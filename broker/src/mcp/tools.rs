@@ -212,7 +212,7 @@ impl HiveMcp {
 impl HiveMcp {
     /// Create a new agent: first a draft repo, then an approval for a commit of it.
     #[tool(
-        description = "Create a new agent in two steps. 1) request_spawn(name) creates a draft config repo at /agents/<name>/config from the default template (agent.nix + prompt.md). 2) Edit and commit there with git, then request_spawn(name, commit) queues a Spawn approval; the operator sees the whole agent.nix and decides. The result arrives in your inbox as an `approval_resolved` message from `system`."
+        description = "Create a new agent in two steps. 1) request_spawn(name) creates a draft config repo at /agents/<name>/config from the default template (agent.nix + prompt.md). 2) Edit and commit there with git, then request_spawn(name, commit) queues a Spawn approval; the operator sees every file of the commit and decides. The result arrives in your inbox as an `approval_resolved` message from `system`."
     )]
     async fn request_spawn(&self, Parameters(args): Parameters<RequestSpawnArgs>) -> ToolResult {
         let done = self
