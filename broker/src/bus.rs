@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::mailbox::Message;
+use crate::registry::AgentRecord;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 const CAPACITY: usize = 4096;
@@ -25,6 +26,11 @@ pub enum Event {
         turn: i64,
         events: Arc<Vec<serde_json::Value>>,
     },
+    /// An agent came into being: spawned, approved, or restored (a restore brings back its old
+    /// incarnation).
+    AgentCreated { agent: AgentRecord },
+    /// An agent was destroyed; rows of `incarnation` are no longer anyone's.
+    AgentRemoved { agent: String, incarnation: i64 },
 }
 
 impl Event {
@@ -35,6 +41,8 @@ impl Event {
             Self::MessageSent { .. } => "message_sent",
             Self::MessageDelivered { .. } => "message_delivered",
             Self::TurnEvents { .. } => "turn_events",
+            Self::AgentCreated { .. } => "agent_created",
+            Self::AgentRemoved { .. } => "agent_removed",
         }
     }
 
@@ -43,6 +51,8 @@ impl Event {
             Self::MessageSent { message } => message.from == who || message.to == who,
             Self::MessageDelivered { to, .. } => to == who,
             Self::TurnEvents { agent, .. } => agent == who,
+            Self::AgentCreated { agent } => agent.name.as_str() == who,
+            Self::AgentRemoved { agent, .. } => agent == who,
         }
     }
 }
