@@ -508,3 +508,80 @@ fn check_config_names_the_key() {
     assert!(text(&out.stderr).contains("max_body_byte"));
     assert!(!state.exists());
 }
+
+fn hive_ok(state: &std::path::Path, args: &[&str]) -> String {
+    let out = cli(state, args);
+    assert!(out.status.success(), "hive {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn the_hive_restarts_after_a_rollback_to_a_deploy_of_an_earlier_agent_of_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut daemon = Daemon::start(state, "");
+    hive_ok(state, &["spawn", "x1"]);
+    let first: serde_json::Value =
+        serde_json::from_str(&hive_ok(state, &["history", "x1", "--json"])).unwrap();
+    let old_deploy = first[0]["id"].as_i64().unwrap().to_string();
+    hive_ok(state, &["destroy", "x1"]);
+    // Another agent.nix, so the new x1's commit cannot be the old one's.
+    let file = state.join("x1.nix");
+    std::fs::write(&file, "{ ... }: { hyperhive.model = \"second\"; }\n").unwrap();
+    hive_ok(state, &["spawn", "x1", "--from", file.to_str().unwrap()]);
+    let deploys_before: i64 = daemon
+        .db()
+        .query_row("SELECT count(*) FROM deploys", [], |r| r.get(0))
+        .unwrap();
+    let out = cli(state, &["rollback", "x1", &old_deploy]);
+    assert!(
+        !out.status.success(),
+        "a rollback into the old x1's history was taken"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("deploy {old_deploy} of 'x1'")),
+        "{}",
+        text(&out.stderr)
+    );
+    let deploys_after: i64 = daemon
+        .db()
+        .query_row("SELECT count(*) FROM deploys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(deploys_after, deploys_before);
+
+    assert_eq!(daemon.sigterm().code(), Some(0));
+    let _daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_, status) = rt.block_on(api(state, "GET", "/api/v1/status", None));
+    assert_eq!(status["faulted"], serde_json::json!([]), "{status}");
+    rt.block_on(send(state, "x1", "the new x1 answers"));
+}
+
+#[test]
+fn one_corrupt_applied_repo_stops_that_agent_and_the_rest_of_the_hive_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut daemon = Daemon::start(state, "");
+    hive_ok(state, &["spawn", "x1"]);
+    hive_ok(state, &["spawn", "x2"]);
+    assert_eq!(daemon.sigterm().code(), Some(0));
+    // x1's applied repo loses its object store; its HEAD still names a commit.
+    std::fs::remove_dir_all(state.join("applied/x1/objects")).unwrap();
+
+    let _daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_, status) = rt.block_on(api(state, "GET", "/api/v1/status", None));
+    let faulted = status["faulted"].as_array().unwrap();
+    assert_eq!(faulted.len(), 1, "{status}");
+    assert_eq!(faulted[0]["agent"], "x1", "{status}");
+    assert!(!faulted[0]["reason"].as_str().unwrap().is_empty());
+    assert!(
+        !state.join("run/agents/x1/mcp.sock").exists(),
+        "the inconsistent agent is kept stopped"
+    );
+    // The others work.
+    assert!(state.join("run/agents/x2/mcp.sock").exists());
+    assert!(state.join("run/agents/manager/mcp.sock").exists());
+    rt.block_on(send(state, "x2", "still here"));
+    hive_ok(state, &["spawn", "x3"]);
+}

@@ -66,7 +66,9 @@ impl Hive {
         *self.mcp.serving.lock().expect("mcp sockets") = Some(shutdown);
         for agent in self.registry.list() {
             if self.is_faulted(&agent.name) {
-                continue; // kept stopped: `hive status` says why
+                // Kept stopped (`hive status` says why): no socket, not even a stale one.
+                self.close_agent_sockets(&agent.name);
+                continue;
             }
             self.open_agent_sockets(&agent)?;
         }
