@@ -585,3 +585,63 @@ fn one_corrupt_applied_repo_stops_that_agent_and_the_rest_of_the_hive_starts() {
     rt.block_on(send(state, "x2", "still here"));
     hive_ok(state, &["spawn", "x3"]);
 }
+
+#[test]
+fn a_purge_of_a_big_tombstone_does_not_hold_up_mcp_calls() {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    hive_ok(state, &["spawn", "big"]);
+    let files = state.join("agents/big/state");
+    for d in 0..200 {
+        let sub = files.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for n in 0..200 {
+            std::fs::write(sub.join(format!("f{n}")), "x").unwrap();
+        }
+    }
+    let destroyed: serde_json::Value =
+        serde_json::from_str(&hive_ok(state, &["destroy", "big", "--json"])).unwrap();
+    let tomb = destroyed["tombstone"].as_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let worst = rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(state.join("run/agents/manager/mcp.sock"))
+            .await
+            .unwrap();
+        let manager = ().serve(stream).await.unwrap();
+        let whoami = || async {
+            let started = Instant::now();
+            let result = manager
+                .call_tool(CallToolRequestParams::new("whoami"))
+                .await
+                .unwrap();
+            assert!(!result.is_error.unwrap_or(false));
+            started.elapsed()
+        };
+        whoami().await; // warm
+        let path = format!("/api/v1/tombstones/{tomb}/purge");
+        let purge = tokio::spawn({
+            let state = state.to_owned();
+            async move { api(&state, "POST", &path, Some("{}")).await }
+        });
+        let mut worst = Duration::ZERO;
+        let mut calls = 0;
+        while !purge.is_finished() {
+            worst = worst.max(whoami().await);
+            calls += 1;
+        }
+        let (status, body) = purge.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(calls > 5, "only {calls} calls while the purge ran");
+        worst
+    });
+    assert!(!state.join("tombstones").join(&tomb).exists());
+    assert!(
+        worst < Duration::from_millis(50),
+        "a whoami took {worst:?} while the purge ran"
+    );
+}

@@ -240,3 +240,57 @@ async fn a_rollback_to_a_deploy_of_an_earlier_incarnation_is_refused_and_changes
     f.hive.reconcile_applied().await.unwrap();
     assert!(f.hive.faults().is_empty(), "{:?}", f.hive.faults());
 }
+
+/// What a destroy has committed when the daemon dies before moving the files: the agent's row is
+/// gone and its incarnation waits for its tombstone (`destroying`, or `purging` for a purge).
+fn crash_after_the_destroy_commit(state: &std::path::Path, agent: &str, tomb: &str, purge: bool) {
+    let db = rusqlite::Connection::open(state.join("hive.db")).unwrap();
+    db.execute(
+        "UPDATE incarnations SET state = ?1, tombstone = ?2, destroyed_at = 0
+         WHERE id = (SELECT incarnation FROM agents WHERE name = ?3)",
+        rusqlite::params![if purge { "purging" } else { "destroying" }, tomb, agent],
+    )
+    .unwrap();
+    db.execute("DELETE FROM agents WHERE name = ?1", [agent])
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_cut_between_its_commit_and_its_file_moves_is_finished_at_the_next_start() {
+    let f = fixture().await;
+    f.hive.spawn("x1", None).await.unwrap();
+    f.hive.spawn("x2", None).await.unwrap();
+    std::fs::create_dir_all(f.dir.path().join("agents/x1/state")).unwrap();
+    std::fs::write(f.dir.path().join("agents/x1/state/notes.md"), "remember").unwrap();
+    f.hive.close();
+    let Fixture { dir, hive, _stop } = f;
+    drop((hive, _stop));
+    crash_after_the_destroy_commit(dir.path(), "x1", "x1-20260101T000000Z", false);
+    crash_after_the_destroy_commit(dir.path(), "x2", "x2-20260101T000000Z", true);
+
+    let state = StateDir::new(dir.path());
+    let hive = Hive::open(state, Config::default()).await.unwrap();
+    let tomb = dir.path().join("tombstones/x1-20260101T000000Z");
+    assert!(
+        !dir.path().join("agents/x1").exists(),
+        "x1's files stayed live"
+    );
+    assert!(!dir.path().join("applied/x1").exists());
+    assert!(tomb.join("agents/state/notes.md").exists());
+    assert!(tomb.join("applied/HEAD").exists());
+    assert!(
+        !dir.path().join("agents/x2").exists(),
+        "x2's purge was not finished"
+    );
+    assert!(!dir.path().join("applied/x2").exists());
+    assert!(!dir.path().join("tombstones/x2-20260101T000000Z").exists());
+
+    // The names are free again, and the tombstone restores.
+    hive.spawn("x2", None).await.unwrap();
+    hive.restore("x1-20260101T000000Z").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("agents/x1/state/notes.md")).unwrap(),
+        "remember"
+    );
+    hive.close();
+}
