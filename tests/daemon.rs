@@ -593,7 +593,8 @@ fn a_purge_of_a_big_tombstone_does_not_hold_up_mcp_calls() {
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let _daemon = Daemon::start(state, "");
+    // One async worker: file work done on it would stall every other call, so none may be.
+    let _daemon = Daemon::start_with_env(state, "", &[("TOKIO_WORKER_THREADS", "1")]);
     hive_ok(state, &["spawn", "big"]);
     let files = state.join("agents/big/state");
     for d in 0..200 {
