@@ -460,10 +460,8 @@ impl Hive {
             .await?;
         self.mailbox.announce(vec![message]);
         let name = AgentName::parse(&approval.agent)?;
-        if let Err(e) = self
-            .repos
-            .tag(&name, &format!("denied/{id}"), &approval.commit)
-        {
+        let (tag, commit) = (format!("denied/{id}"), approval.commit.clone());
+        if let Err(e) = self.git(move |repos| repos.tag(&name, &tag, &commit)).await {
             tracing::warn!(id, error = %e, "cannot tag a denied approval; retried at the next start");
         }
         Ok(approval)
@@ -599,9 +597,9 @@ impl Hive {
                 Ok((heads, decided))
             })
             .await?;
-        let mut plans: BTreeMap<String, (Option<String>, Vec<(String, String)>)> = BTreeMap::new();
+        let mut plans: BTreeMap<String, RepoPlan> = BTreeMap::new();
         for (agent, commit) in heads {
-            plans.entry(agent).or_default().0 = Some(commit);
+            plans.entry(agent).or_default().head = Some(commit);
         }
         for (id, agent, commit, status) in decided {
             let tag = if status == "denied" {
@@ -609,9 +607,9 @@ impl Hive {
             } else {
                 format!("approved/{id}")
             };
-            plans.entry(agent).or_default().1.push((tag, commit));
+            plans.entry(agent).or_default().tags.push((tag, commit));
         }
-        for (agent, (head, tags)) in plans {
+        for (agent, RepoPlan { head, tags }) in plans {
             let Ok(name) = AgentName::parse(&agent) else {
                 continue; // the registry refused to load such a row already
             };
@@ -643,7 +641,12 @@ impl Hive {
     /// Gives the manager its config repos on first start.
     pub(crate) async fn ensure_manager_config(&self) -> Result<()> {
         let manager = AgentName::manager();
-        if self.repos.applied_head(&manager)?.is_some() {
+        let target = manager.clone();
+        if self
+            .git(move |repos| repos.applied_head(&target))
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let _config = self.config_lock.lock().await;
@@ -674,6 +677,13 @@ impl Hive {
         self.move_applied(&AgentName::manager(), deploy.commit, Vec::new())
             .await
     }
+}
+
+/// Where the store says one applied repo should be: its HEAD and its (tag, commit) pairs.
+#[derive(Default)]
+struct RepoPlan {
+    head: Option<String>,
+    tags: Vec<(String, String)>,
 }
 
 /// What `request_spawn` did.
