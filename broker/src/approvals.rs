@@ -355,6 +355,12 @@ impl Hive {
     pub async fn approve(self: &Arc<Self>, id: i64) -> Result<Approval> {
         let _config = self.config_lock.lock().await;
         let pending = self.store.read(move |c| get_approval(c, id)).await?;
+        if pending.status != "pending" {
+            return Err(Error::Conflict(format!(
+                "approval {id} is {} already; nothing was changed",
+                pending.status
+            )));
+        }
         let name = AgentName::parse(&pending.agent)?;
         // The pinned commit must still be in the applied repo: a destroy since the request took
         // that repo (and the pin) into a tombstone.
@@ -362,7 +368,7 @@ impl Hive {
         let pinned = self
             .git(move |repos| Ok(repos.applied_has_commit(&agent, &commit)))
             .await?;
-        if pending.status == "pending" && !pinned {
+        if !pinned {
             return Err(Error::Conflict(format!(
                 "approval {id}: the commit it pinned is no longer in applied/{name} (the agent was destroyed since the request); nothing was changed, ask for it again"
             )));
