@@ -294,3 +294,61 @@ async fn a_destroy_cut_between_its_commit_and_its_file_moves_is_finished_at_the_
     );
     hive.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_belong_to_the_incarnation_they_were_asked_for() {
+    use broker::approvals::SpawnRequest;
+    use broker::bus::Event;
+
+    let f = fixture().await;
+    let mut events = f.hive.bus.subscribe();
+    let manager = AgentName::manager();
+    let SpawnRequest::Draft(draft) = f.hive.request_spawn(&manager, "x1", None).await.unwrap()
+    else {
+        panic!("no draft")
+    };
+    let queue = || async {
+        match f
+            .hive
+            .request_spawn(&manager, "x1", Some(&draft.head))
+            .await
+            .unwrap()
+        {
+            SpawnRequest::Queued(a) => a.id,
+            SpawnRequest::Draft(_) => panic!("not queued"),
+        }
+    };
+    let (first, second) = (queue().await, queue().await);
+    f.hive.approve(first).await.unwrap();
+    f.hive.destroy(&name("x1"), false).await.unwrap();
+
+    // The second request's pin went into the tombstone with the old x1's applied repo.
+    let snapshot = || {
+        (
+            f.count("SELECT count(*) FROM agents"),
+            f.count("SELECT count(*) FROM deploys"),
+            f.count("SELECT count(*) FROM approvals WHERE status = 'pending'"),
+            f.dir.path().join("applied/x1").exists(),
+        )
+    };
+    let before = snapshot();
+    let e = f.hive.approve(second).await.unwrap_err();
+    assert_eq!(e.code(), "conflict", "{e}");
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    assert_eq!(snapshot(), before);
+
+    // A new x1: the old one's decided approval is not its, and the start-up reconcile agrees.
+    f.hive.spawn("x1", None).await.unwrap();
+    f.hive.reconcile_applied().await.unwrap();
+    assert!(f.hive.faults().is_empty(), "{:?}", f.hive.faults());
+
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::AgentCreated { agent } => seen.push(format!("created {}", agent.name)),
+            Event::AgentRemoved { agent, .. } => seen.push(format!("removed {agent}")),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["created x1", "removed x1", "created x1"]);
+}
