@@ -352,3 +352,50 @@ async fn approvals_belong_to_the_incarnation_they_were_asked_for() {
     }
     assert_eq!(seen, ["created x1", "removed x1", "created x1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_incarnations_migrates_and_keeps_its_agents_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = rusqlite::Connection::open(dir.path().join("hive.db")).unwrap();
+        for sql in [
+            include_str!("../src/migrations/0001_core.sql"),
+            include_str!("../src/migrations/0002_questions_reminders_turn_events.sql"),
+            include_str!("../src/migrations/0003_approvals_deploys_audit.sql"),
+            include_str!("../src/migrations/0004_drop_sender_index.sql"),
+        ] {
+            db.execute_batch(sql).unwrap();
+        }
+        db.execute_batch(
+            "PRAGMA user_version = 4;
+             INSERT INTO agents (name, kind, created_at) VALUES ('manager', 'manager', 1), ('bob', 'agent', 2);
+             INSERT INTO messages (sender, recipient, body, sent_at) VALUES ('operator', 'bob', 'kept', 3);
+             INSERT INTO reminders (agent, body, created_at, due_at) VALUES ('bob', 'due', 3, 0);",
+        )
+        .unwrap();
+    }
+    let state = StateDir::new(dir.path());
+    state.create().unwrap();
+    let hive = Hive::open(state, Config::default()).await.unwrap();
+    let bob = hive.registry.get(&name("bob")).unwrap();
+    assert!(bob.incarnation > 0);
+    assert_ne!(
+        bob.incarnation,
+        hive.registry
+            .get(&AgentName::manager())
+            .unwrap()
+            .incarnation
+    );
+    hive.fire_due_jobs().await.unwrap();
+    let mut got: Vec<String> = hive
+        .mailbox
+        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["due", "kept"]);
+    hive.close();
+}
