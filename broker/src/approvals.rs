@@ -9,6 +9,7 @@
 //! row in one transaction, then moves the applied repo. If the daemon dies between the two,
 //! [`Hive::reconcile_applied`] at the next start moves the repo to where the store says it is.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,9 +21,10 @@ use crate::bus::Event;
 use crate::config_repo::ChangedFile;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
+use crate::lifecycle::NewAgent;
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
-use crate::registry::{self, AgentKind, AgentRecord};
+use crate::registry::{AgentKind, AgentRecord};
 use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, transition};
 use crate::store::unix_millis;
 
@@ -138,8 +140,8 @@ fn insert_deploy(
 ) -> Result<Deploy> {
     let now = unix_millis();
     c.prepare_cached(
-        "INSERT INTO deploys (agent, commit_sha, approval_id, kind, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO deploys (agent, commit_sha, approval_id, kind, status, created_at, incarnation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT incarnation FROM agents WHERE name = ?1))",
     )?
     .execute(params![
         agent,
@@ -306,8 +308,9 @@ impl Hive {
             .write(move |c| {
                 c.execute(
                     "INSERT INTO approvals (id, kind, agent, requester, commit_sha, base_sha,
-                                            description, diff, stat, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                            description, diff, stat, created_at, incarnation)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                             (SELECT incarnation FROM agents WHERE name = ?3))",
                     params![
                         id,
                         kind,
@@ -441,61 +444,91 @@ impl Hive {
     pub async fn approve(self: &Arc<Self>, id: i64) -> Result<Approval> {
         let _config = self.config_lock.lock().await;
         self.refuse_stale(id).await?;
-        let (approval, deploy, created, message) = self
+        let pending = self.store.read(move |c| get_approval(c, id)).await?;
+        if pending.status != "pending" {
+            return Err(Error::Conflict(format!(
+                "approval {id} is {} already; nothing was changed",
+                pending.status
+            )));
+        }
+        let name = AgentName::parse(&pending.agent)?;
+        // The pinned commit must still be in the applied repo: a destroy since the request took
+        // that repo (and the pin) into a tombstone.
+        let (agent, commit) = (name.clone(), pending.commit.clone());
+        let pinned = self
+            .git(move |repos| Ok(repos.applied_has_commit(&agent, &commit)))
+            .await?;
+        if !pinned {
+            return Err(Error::Conflict(format!(
+                "approval {id}: the commit it pinned is no longer in applied/{name} (the agent was destroyed since the request); nothing was changed, ask for it again"
+            )));
+        }
+        let tags = vec![format!("approved/{id}")];
+        let decision = move |c: &Connection| -> Result<(Approval, Deploy, Message)> {
+            let a = decide(c, id, ApprovalStatus::Approved, None)?;
+            let deploy = insert_deploy(c, &a.agent, &a.commit, Some(id), &a.kind)?;
+            audit::append(
+                c,
+                "operator",
+                "approve",
+                Some(&a.agent),
+                json!({"approval": id, "commit": a.commit, "deploy": deploy.id}),
+            )?;
+            let message = tell_requester(c, &a, ApprovalStatus::Approved, None)?;
+            Ok((get_approval(c, id)?, deploy, message))
+        };
+        if pending.kind == "spawn" {
+            let new = NewAgent {
+                name,
+                kind: AgentKind::Agent,
+                revive: None,
+                deploy: Some((pending.commit.clone(), tags)),
+            };
+            let created = self
+                .create_agent(new, move |c, record| {
+                    let decided = decision(c)?;
+                    c.execute(
+                        "UPDATE approvals SET incarnation = ?1 WHERE id = ?2",
+                        params![record.incarnation, id],
+                    )?;
+                    Ok(decided)
+                })
+                .await?;
+            let (approval, deploy, message) = created.with;
+            self.mailbox.announce(vec![message]);
+            self.publish_resolved(&approval);
+            self.bus.publish(Event::Deploy { deploy });
+            created.applied?;
+            return Ok(approval);
+        }
+        let (approval, deploy, message) = self
             .store
             .write(move |c| {
-                let a = decide(c, id, ApprovalStatus::Approved, None)?;
-                let name = AgentName::parse(&a.agent)?;
-                let exists = c
-                    .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
-                    .exists([name.as_str()])?;
-                let created = match (a.kind.as_str(), exists) {
-                    ("spawn", false) => {
-                        let record = registry::new_record(name, AgentKind::Agent);
-                        registry::insert_row(c, &record)?;
-                        Some(record)
-                    }
-                    ("spawn", true) => {
-                        return Err(Error::Conflict(format!(
-                            "agent '{}' exists already; nothing was changed",
-                            a.agent
-                        )));
-                    }
-                    (_, false) => {
-                        return Err(Error::Conflict(format!(
-                            "agent '{}' no longer exists; nothing was changed",
-                            a.agent
-                        )));
-                    }
-                    _ => None,
-                };
-                let deploy = insert_deploy(c, &a.agent, &a.commit, Some(id), &a.kind)?;
-                audit::append(
-                    c,
-                    "operator",
-                    "approve",
-                    Some(&a.agent),
-                    json!({"approval": id, "commit": a.commit, "deploy": deploy.id}),
-                )?;
-                let message = tell_requester(c, &a, ApprovalStatus::Approved, None)?;
-                Ok((get_approval(c, id)?, deploy, created, message))
+                // An apply belongs to the incarnation it was asked for; a later agent of the
+                // same name does not inherit it.
+                let current: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT 1 FROM approvals ap JOIN agents a ON a.incarnation = ap.incarnation
+                         WHERE ap.id = ?1",
+                    )?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?;
+                if current.is_none() {
+                    return Err(Error::Conflict(format!(
+                        "approval {id} was asked for an agent '{}' that no longer exists (a later agent of that name does not inherit it); nothing was changed",
+                        pending.agent
+                    )));
+                }
+                decision(c)
             })
             .await?;
-        if let Some(record) = created {
-            self.registry.remember(record.clone());
-            self.open_agent_sockets(&record)?;
-        }
         self.mailbox.announce(vec![message]);
         self.publish_resolved(&approval);
         self.bus.publish(Event::Deploy {
             deploy: deploy.clone(),
         });
-        let name = AgentName::parse(&approval.agent)?;
-        self.repos
-            .apply(&name, &deploy.commit, &[format!("approved/{id}")])
-            .map_err(|e| {
-                Error::Internal(format!("approval {id} is recorded, but the applied repo could not be moved ({e}); it is retried at the next start"))
-            })?;
+        self.move_applied(&name, deploy.commit, vec![format!("approved/{id}")])
+            .await?;
         Ok(approval)
     }
 
@@ -530,10 +563,8 @@ impl Hive {
         self.mailbox.announce(vec![message]);
         self.publish_resolved(&approval);
         let name = AgentName::parse(&approval.agent)?;
-        if let Err(e) = self
-            .repos
-            .tag(&name, &format!("denied/{id}"), &approval.commit)
-        {
+        let (tag, commit) = (format!("denied/{id}"), approval.commit.clone());
+        if let Err(e) = self.git(move |repos| repos.tag(&name, &tag, &commit)).await {
             tracing::warn!(id, error = %e, "cannot tag a denied approval; retried at the next start");
         }
         Ok(approval)
@@ -551,45 +582,46 @@ impl Hive {
             return Err(Error::Conflict(format!("agent '{agent}' exists already")));
         }
         let _config = self.config_lock.lock().await;
-        let head = match (self.repos.proposed_exists(&agent), agent_nix) {
-            (true, Some(_)) => {
-                return Err(Error::Conflict(format!(
-                    "agent '{agent}' has a draft config repo already; spawn it without --from, or commit your agent.nix there"
-                )));
-            }
-            (true, None) => self.repos.proposed_head(&agent)?,
-            (false, own) => self.repos.create_proposed(&agent, own.as_deref())?,
+        let draft = agent.clone();
+        let caps = self.config.approvals.clone();
+        let sha = self
+            .git(move |repos| {
+                let head = match (repos.proposed_exists(&draft), agent_nix) {
+                    (true, Some(_)) => {
+                        return Err(Error::Conflict(format!(
+                            "agent '{draft}' has a draft config repo already; spawn it without --from, or commit your agent.nix there"
+                        )));
+                    }
+                    (true, None) => repos.proposed_head(&draft)?,
+                    (false, own) => repos.create_proposed(&draft, own.as_deref())?,
+                };
+                repos.pin(&draft, &head, "refs/hyperhive/incoming", &caps)
+            })
+            .await?;
+        let new = NewAgent {
+            name: agent,
+            kind: AgentKind::Agent,
+            revive: None,
+            deploy: Some((sha.clone(), Vec::new())),
         };
-        let sha = self.repos.pin(
-            &agent,
-            &head,
-            "refs/hyperhive/incoming",
-            &self.config.approvals,
-        )?;
-        let record = registry::new_record(agent.clone(), AgentKind::Agent);
-        let row = record.clone();
-        let deploy = self
-            .store
-            .write(move |c| {
-                registry::insert_row(c, &row)?;
-                let deploy = insert_deploy(c, row.name.as_str(), &sha, None, "spawn")?;
+        let created = self
+            .create_agent(new, move |c, record| {
+                let deploy = insert_deploy(c, record.name.as_str(), &sha, None, "spawn")?;
                 audit::append(
                     c,
                     "operator",
                     "spawn",
-                    Some(row.name.as_str()),
-                    json!({"commit": sha, "deploy": deploy.id}),
+                    Some(record.name.as_str()),
+                    json!({"commit": sha, "deploy": deploy.id, "incarnation": record.incarnation}),
                 )?;
                 Ok(deploy)
             })
             .await?;
-        self.registry.remember(record.clone());
-        self.open_agent_sockets(&record)?;
         self.bus.publish(Event::Deploy {
-            deploy: deploy.clone(),
+            deploy: created.with,
         });
-        self.repos.apply(&agent, &deploy.commit, &[])?;
-        Ok(record)
+        created.applied?;
+        Ok(created.record)
     }
 
     /// The deploys of an agent, newest last.
@@ -599,7 +631,9 @@ impl Hive {
             .read(move |c| {
                 Ok(c.prepare_cached(
                     "SELECT id, agent, commit_sha, approval_id, kind, status, created_at
-                     FROM deploys WHERE agent = ?1 ORDER BY id",
+                     FROM deploys
+                     WHERE incarnation = (SELECT incarnation FROM agents WHERE name = ?1)
+                     ORDER BY id",
                 )?
                 .query_map([key], deploy_from_row)?
                 .collect::<Result<_, _>>()?)
@@ -616,7 +650,12 @@ impl Hive {
             .store
             .write(move |c| {
                 let commit: String = c
-                    .prepare_cached("SELECT commit_sha FROM deploys WHERE id = ?1 AND agent = ?2")?
+                    // Only a deploy of this incarnation: an earlier agent of the same name had
+                    // its own repo, and its commits are not in this one.
+                    .prepare_cached(
+                        "SELECT commit_sha FROM deploys WHERE id = ?1 AND agent = ?2
+                         AND incarnation = (SELECT incarnation FROM agents WHERE name = ?2)",
+                    )?
                     .query_row(params![deploy_id, key], |r| r.get(0))
                     .optional()?
                     .ok_or_else(|| Error::NotFound {
@@ -636,50 +675,76 @@ impl Hive {
         self.bus.publish(Event::Deploy {
             deploy: deploy.clone(),
         });
-        self.repos.apply(agent, &deploy.commit, &[])?;
+        self.move_applied(agent, deploy.commit.clone(), Vec::new())
+            .await?;
         Ok(deploy)
     }
 
     /// Makes every applied repo agree with the store: HEAD at the latest deploy's commit and the
     /// tags of decided approvals present. Run at start, after a crash may have cut a decision
-    /// between its commit and its git step.
+    /// between its commit and its git step. Only rows of the live incarnations count, and an
+    /// agent whose repo cannot be made to agree is reported (kept stopped), never the end of the
+    /// start.
     pub async fn reconcile_applied(&self) -> Result<()> {
         let (heads, decided) = self
             .store
             .read(|c| {
                 let heads: Vec<(String, String)> = c
                     .prepare(
-                        "SELECT d.agent, d.commit_sha FROM deploys d
-                         JOIN agents a ON a.name = d.agent
-                         WHERE d.id = (SELECT max(id) FROM deploys WHERE agent = d.agent)",
+                        "SELECT a.name, d.commit_sha FROM agents a
+                         JOIN deploys d ON d.id = (SELECT max(id) FROM deploys
+                                                   WHERE incarnation = a.incarnation)",
                     )?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
                 let decided: Vec<(i64, String, String, String)> = c
                     .prepare(
-                        "SELECT ap.id, ap.agent, ap.commit_sha, ap.status FROM approvals ap
-                         JOIN agents a ON a.name = ap.agent WHERE ap.status != 'pending'",
+                        "SELECT ap.id, a.name, ap.commit_sha, ap.status FROM approvals ap
+                         JOIN agents a ON a.incarnation = ap.incarnation
+                         WHERE ap.status != 'pending'",
                     )?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<Result<_, _>>()?;
                 Ok((heads, decided))
             })
             .await?;
+        let mut plans: BTreeMap<String, RepoPlan> = BTreeMap::new();
         for (agent, commit) in heads {
-            let name = AgentName::parse(&agent)?;
-            if self.repos.applied_head(&name)?.as_deref() != Some(commit.as_str()) {
-                tracing::warn!(%agent, %commit, "applied repo behind the store; moving it");
-                self.repos.apply(&name, &commit, &[])?;
-            }
+            plans.entry(agent).or_default().head = Some(commit);
         }
         for (id, agent, commit, status) in decided {
-            let name = AgentName::parse(&agent)?;
             let tag = if status == "denied" {
                 format!("denied/{id}")
             } else {
                 format!("approved/{id}")
             };
-            self.repos.tag(&name, &tag, &commit)?;
+            plans.entry(agent).or_default().tags.push((tag, commit));
+        }
+        for (agent, RepoPlan { head, tags }) in plans {
+            let Ok(name) = AgentName::parse(&agent) else {
+                continue; // the registry refused to load such a row already
+            };
+            if self.is_faulted(&name) {
+                continue;
+            }
+            let target = name.clone();
+            let agreed = self
+                .git(move |repos| {
+                    if let Some(commit) = head
+                        && repos.applied_head(&target)?.as_deref() != Some(commit.as_str())
+                    {
+                        tracing::warn!(agent = %target, %commit, "applied repo behind the store; moving it");
+                        repos.apply(&target, &commit, &[])?;
+                    }
+                    for (tag, commit) in tags {
+                        repos.tag(&target, &tag, &commit)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = agreed {
+                self.fault(&name, &e);
+            }
         }
         Ok(())
     }
@@ -687,21 +752,26 @@ impl Hive {
     /// Gives the manager its config repos on first start.
     pub(crate) async fn ensure_manager_config(&self) -> Result<()> {
         let manager = AgentName::manager();
-        if self.repos.applied_head(&manager)?.is_some() {
+        let target = manager.clone();
+        if self
+            .git(move |repos| repos.applied_head(&target))
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let _config = self.config_lock.lock().await;
-        let head = if self.repos.proposed_exists(&manager) {
-            self.repos.proposed_head(&manager)?
-        } else {
-            self.repos.create_proposed(&manager, None)?
-        };
-        let sha = self.repos.pin(
-            &manager,
-            &head,
-            "refs/hyperhive/incoming",
-            &self.config.approvals,
-        )?;
+        let caps = self.config.approvals.clone();
+        let sha = self
+            .git(move |repos| {
+                let head = if repos.proposed_exists(&manager) {
+                    repos.proposed_head(&manager)?
+                } else {
+                    repos.create_proposed(&manager, None)?
+                };
+                repos.pin(&manager, &head, "refs/hyperhive/incoming", &caps)
+            })
+            .await?;
         let deploy = self
             .store
             .write(move |c| {
@@ -716,7 +786,8 @@ impl Hive {
                 Ok(deploy)
             })
             .await?;
-        self.repos.apply(&manager, &deploy.commit, &[])
+        self.move_applied(&AgentName::manager(), deploy.commit, Vec::new())
+            .await
     }
 }
 
@@ -732,6 +803,13 @@ impl Hive {
             note: a.note.clone(),
         });
     }
+}
+
+/// Where the store says one applied repo should be: its HEAD and its (tag, commit) pairs.
+#[derive(Default)]
+struct RepoPlan {
+    head: Option<String>,
+    tags: Vec<(String, String)>,
 }
 
 /// What `request_spawn` did.

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use crate::approvals::{Approval, Deploy};
 use crate::mailbox::Message;
 use crate::status::ApprovalStatus;
+use crate::registry::AgentRecord;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 const CAPACITY: usize = 4096;
@@ -42,6 +43,11 @@ pub enum Event {
     },
     /// An applied HEAD moved (spawn, approved apply, rollback), or a deploy changed status.
     Deploy { deploy: Deploy },
+    /// An agent came into being: spawned, approved, or restored (a restore brings back its old
+    /// incarnation).
+    AgentCreated { agent: AgentRecord },
+    /// An agent was destroyed; rows of `incarnation` are no longer anyone's.
+    AgentRemoved { agent: String, incarnation: i64 },
 }
 
 impl Event {
@@ -55,6 +61,8 @@ impl Event {
             Self::ApprovalRequested { .. } => "approval_requested",
             Self::ApprovalResolved { .. } => "approval_resolved",
             Self::Deploy { .. } => "deploy",
+            Self::AgentCreated { .. } => "agent_created",
+            Self::AgentRemoved { .. } => "agent_removed",
         }
     }
 
@@ -70,6 +78,8 @@ impl Event {
                 agent, requester, ..
             } => agent == who || requester == who,
             Self::Deploy { deploy } => deploy.agent == who,
+            Self::AgentCreated { agent } => agent.name.as_str() == who,
+            Self::AgentRemoved { agent, .. } => agent == who,
         }
     }
 }

@@ -386,6 +386,18 @@ impl ConfigRepos {
         Ok(removed)
     }
 
+    /// Whether `commit` is in the applied repo's object store (without creating the repo).
+    pub fn applied_has_commit(&self, agent: &AgentName, commit: &str) -> bool {
+        let Ok(oid) = Oid::from_str(commit) else {
+            return false;
+        };
+        self.applied_exists(agent)
+            && self
+                .applied_path(agent)
+                .and_then(|p| Repository::open_bare(p).map_err(|e| git("open", e)))
+                .is_ok_and(|repo| repo.find_commit(oid).is_ok())
+    }
+
     /// The names of the tags in the applied repo (for tests and diagnostics).
     pub fn applied_tags(&self, agent: &AgentName) -> Result<Vec<String>> {
         let repo = self.ensure_applied(agent)?;

@@ -1,7 +1,8 @@
 //! `Hive`: the service object that owns the store, the registry, the mailbox and the bus. The admin
 //! API, the MCP surfaces and the CLI call this and nothing beneath it.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -11,9 +12,10 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::config_repo::ConfigRepos;
 use crate::due::DueJobs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, MessageCounts};
 use crate::mcp::McpSockets;
+use crate::names::AgentName;
 use crate::paths::StateDir;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -33,7 +35,17 @@ pub struct Hive {
     pub repos: ConfigRepos,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
+    /// Agents found inconsistent at start (their repo could not be made to agree with the store):
+    /// kept stopped, and reported, while the rest of the hive runs.
+    faults: Mutex<BTreeMap<AgentName, String>>,
     started: Instant,
+}
+
+/// An agent kept stopped because the hive found it inconsistent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub agent: String,
+    pub reason: String,
 }
 
 /// What `hive status` shows.
@@ -46,6 +58,8 @@ pub struct Status {
     pub synchronous: String,
     pub agents: usize,
     pub messages: MessageCounts,
+    /// Agents kept stopped, and why; empty when all is well.
+    pub faulted: Vec<Fault>,
 }
 
 impl Hive {
@@ -77,16 +91,56 @@ impl Hive {
             mcp: McpSockets::default(),
             repos: ConfigRepos::new(paths.clone()),
             config_lock: tokio::sync::Mutex::new(()),
+            faults: Mutex::default(),
             started: Instant::now(),
         });
+        hive.finish_removals().await?;
         // A daemon killed in the middle of a ref update left its lock files: clear them before
-        // any git work, the manager's first-start setup included.
+        // any git work, the manager's first-start setup included. From here on, what goes wrong
+        // with one agent's files stops that agent, not the hive.
         for agent in hive.registry.names() {
-            hive.repos.clear_stale_locks(&agent)?;
+            let target = agent.clone();
+            let cleared = hive
+                .git(move |repos| repos.clear_stale_locks(&target))
+                .await;
+            if let Err(e) = cleared {
+                hive.fault(&agent, &e);
+            }
         }
-        hive.ensure_manager_config().await?;
+        let manager = AgentName::manager();
+        if !hive.is_faulted(&manager)
+            && let Err(e) = hive.ensure_manager_config().await
+        {
+            hive.fault(&manager, &e);
+        }
         hive.reconcile_applied().await?;
         Ok(hive)
+    }
+
+    /// Keeps `agent` stopped and reports why (the log now, `hive status` from then on).
+    pub(crate) fn fault(&self, agent: &AgentName, error: &Error) {
+        tracing::error!(%agent, %error, "agent is inconsistent; it is kept stopped, the rest of the hive starts");
+        self.faults
+            .lock()
+            .expect("faults")
+            .insert(agent.clone(), error.to_string());
+    }
+
+    pub fn is_faulted(&self, agent: &AgentName) -> bool {
+        self.faults.lock().expect("faults").contains_key(agent)
+    }
+
+    /// The agents kept stopped, and why.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.faults
+            .lock()
+            .expect("faults")
+            .iter()
+            .map(|(agent, reason)| Fault {
+                agent: agent.to_string(),
+                reason: reason.clone(),
+            })
+            .collect()
     }
 
     pub async fn status(&self) -> Result<Status> {
@@ -98,6 +152,7 @@ impl Hive {
             synchronous: self.config.store.synchronous.to_string(),
             agents: self.registry.len(),
             messages: self.mailbox.counts().await?,
+            faulted: self.faults(),
         })
     }
 

@@ -11,6 +11,7 @@ pub mod config_repo;
 pub mod due;
 pub mod error;
 pub mod hive;
+pub mod lifecycle;
 pub mod lock;
 pub mod mailbox;
 pub mod mcp;

@@ -128,8 +128,9 @@ impl Hive {
                 let options_json = serde_json::to_string(&options).expect("strings serialize");
                 c.execute(
                     "INSERT INTO questions (id, asker, question, options, multi, message_id,
-                                            asked_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                            asked_at, expires_at, incarnation)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                             (SELECT incarnation FROM agents WHERE name = ?2))",
                     params![
                         next_id,
                         asker_name,
@@ -154,7 +155,11 @@ impl Hive {
     pub async fn questions(&self, all: bool) -> Result<Vec<Question>> {
         self.store
             .read(move |c| {
-                let filter = if all { "" } else { "WHERE status = 'open'" };
+                let filter = if all {
+                    ""
+                } else {
+                    "WHERE status = 'open' AND incarnation IN (SELECT incarnation FROM agents)"
+                };
                 let rows = c
                     .prepare(&format!(
                         "SELECT {QUESTION_COLUMNS} FROM questions {filter} ORDER BY id DESC LIMIT 500"
@@ -180,6 +185,18 @@ impl Hive {
                     return Err(Error::Conflict(format!(
                         "question {id} is {} already; nothing was changed",
                         q.status
+                    )));
+                }
+                let asker_live = c
+                    .prepare_cached(
+                        "SELECT 1 FROM questions WHERE id = ?1
+                         AND incarnation IN (SELECT incarnation FROM agents)",
+                    )?
+                    .exists([id])?;
+                if !asker_live {
+                    return Err(Error::Conflict(format!(
+                        "question {id} was asked by an agent '{}' that has been destroyed; nothing was sent (restore it to answer)",
+                        q.asker
                     )));
                 }
                 let text = check_answer(&q, answer, max_body)?;
@@ -219,12 +236,14 @@ fn resolve(c: &Connection, id: i64, status: &str, answer: Option<&str>, reply: i
 }
 
 /// Expires every open question whose time has come, inside the caller's transaction; returns the
-/// "expired" messages to announce after the commit.
+/// "expired" messages to announce after the commit. Questions of a destroyed incarnation wait
+/// with it for a restore.
 pub(crate) fn expire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
     let due: Vec<Question> = c
         .prepare_cached(&format!(
             "SELECT {QUESTION_COLUMNS} FROM questions
-             WHERE status = 'open' AND expires_at <= ?1 ORDER BY id LIMIT 256"
+             WHERE status = 'open' AND expires_at <= ?1
+               AND incarnation IN (SELECT incarnation FROM agents) ORDER BY id LIMIT 256"
         ))?
         .query_map([now], question_from_row)?
         .collect::<Result<_, _>>()?;
@@ -251,7 +270,8 @@ pub(crate) fn expire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
 /// When the next open question expires.
 pub(crate) fn next_expiry(c: &Connection) -> Result<Option<i64>> {
     Ok(c.query_row(
-        "SELECT min(expires_at) FROM questions WHERE status = 'open'",
+        "SELECT min(expires_at) FROM questions WHERE status = 'open'
+         AND incarnation IN (SELECT incarnation FROM agents)",
         [],
         |r| r.get(0),
     )?)

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -31,6 +31,9 @@ impl AgentKind {
 pub struct AgentRecord {
     pub name: AgentName,
     pub kind: AgentKind,
+    /// This spawn of the name: rows about the agent are keyed by it, so a name used again inherits
+    /// nothing (0 until the record is inserted).
+    pub incarnation: i64,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Empty = may write to anyone (DESIGN §6).
@@ -59,7 +62,8 @@ impl Registry {
         let agents = store
             .read(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT name, kind, created_at, allowed_recipients FROM agents ORDER BY name",
+                    "SELECT name, kind, created_at, allowed_recipients, incarnation FROM agents
+                     ORDER BY name",
                 )?;
                 let rows = stmt.query_map([], |r| {
                     Ok((
@@ -67,14 +71,19 @@ impl Registry {
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, String>(3)?,
+                        r.get::<_, Option<i64>>(4)?.unwrap_or(0),
                     ))
                 })?;
                 let mut agents = BTreeMap::new();
                 for row in rows {
-                    let (name, kind, created_at, allowed) = row?;
-                    let record = decode(&name, &kind, created_at, &allowed).map_err(|reason| {
-                        Error::Conflict(format!("stored agent '{name}' is unreadable: {reason}"))
-                    })?;
+                    let (name, kind, created_at, allowed, incarnation) = row?;
+                    let mut record =
+                        decode(&name, &kind, created_at, &allowed).map_err(|reason| {
+                            Error::Conflict(format!(
+                                "stored agent '{name}' is unreadable: {reason}"
+                            ))
+                        })?;
+                    record.incarnation = incarnation;
                     agents.insert(record.name.clone(), record);
                 }
                 Ok(agents)
@@ -101,9 +110,14 @@ impl Registry {
         if self.get(&name).is_some() {
             return Err(Error::Conflict(format!("agent '{name}' exists already")));
         }
-        let record = new_record(name, kind);
-        let row = record.clone();
-        self.store.write(move |c| insert_row(c, &row)).await?;
+        let mut record = new_record(name, kind);
+        let record = self
+            .store
+            .write(move |c| {
+                insert_row(c, &mut record)?;
+                Ok(record)
+            })
+            .await?;
         self.remember(record.clone());
         Ok(record)
     }
@@ -197,35 +211,84 @@ pub(crate) fn new_record(name: AgentName, kind: AgentKind) -> AgentRecord {
     AgentRecord {
         name,
         kind,
+        incarnation: 0,
         created_at: unix_millis(),
         allowed_recipients: Vec::new(),
     }
 }
 
-/// Inserts an agent row inside the caller's transaction; a name that exists is a conflict.
-pub(crate) fn insert_row(c: &rusqlite::Connection, record: &AgentRecord) -> Result<()> {
-    let inserted = c.execute(
-        "INSERT INTO agents (name, kind, created_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO NOTHING",
-        params![
-            record.name.as_str(),
-            record.kind.as_str(),
-            record.created_at
-        ],
-    )?;
-    if inserted == 0 {
+/// Inserts an agent row inside the caller's transaction; a name that exists is a conflict. A
+/// record with incarnation 0 starts a new incarnation (filled in); one with an incarnation brings
+/// back that tombstoned incarnation (a restore).
+pub(crate) fn insert_row(c: &rusqlite::Connection, record: &mut AgentRecord) -> Result<()> {
+    let live = c
+        .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
+        .exists([record.name.as_str()])?;
+    if live {
         return Err(Error::Conflict(format!(
             "agent '{}' exists already",
             record.name
         )));
     }
+    if record.incarnation == 0 {
+        c.prepare_cached("INSERT INTO incarnations (name, kind, created_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![
+                record.name.as_str(),
+                record.kind.as_str(),
+                record.created_at
+            ])?;
+        record.incarnation = c.last_insert_rowid();
+    } else {
+        let revived = c
+            .prepare_cached(
+                "UPDATE incarnations SET state = 'live', tombstone = NULL, destroyed_at = NULL
+                 WHERE id = ?1 AND name = ?2 AND state = 'tombstoned'",
+            )?
+            .execute(params![record.incarnation, record.name.as_str()])?;
+        if revived != 1 {
+            return Err(Error::Conflict(format!(
+                "incarnation {} of '{}' is not waiting in a tombstone",
+                record.incarnation, record.name
+            )));
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO agents (name, kind, created_at, incarnation) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        record.name.as_str(),
+        record.kind.as_str(),
+        record.created_at,
+        record.incarnation
+    ])?;
     Ok(())
 }
 
-/// Deletes an agent row inside the caller's transaction.
-pub(crate) fn delete_row(c: &rusqlite::Connection, name: &AgentName) -> Result<()> {
-    c.execute("DELETE FROM agents WHERE name = ?1", [name.as_str()])?;
-    Ok(())
+/// Deletes an agent row inside the caller's transaction and marks its incarnation `destroying`
+/// (or `purging`) with the tombstone its files go to. Returns the incarnation.
+pub(crate) fn delete_row(
+    c: &rusqlite::Connection,
+    name: &AgentName,
+    tombstone: &str,
+    purge: bool,
+) -> Result<i64> {
+    let incarnation: i64 = c
+        .prepare_cached("DELETE FROM agents WHERE name = ?1 RETURNING incarnation")?
+        .query_row([name.as_str()], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("agent '{name}'"),
+        })?;
+    c.prepare_cached(
+        "UPDATE incarnations SET state = ?1, tombstone = ?2, destroyed_at = ?3 WHERE id = ?4",
+    )?
+    .execute(params![
+        if purge { "purging" } else { "destroying" },
+        tombstone,
+        unix_millis(),
+        incarnation
+    ])?;
+    Ok(incarnation)
 }
 
 fn decode(name: &str, kind: &str, created_at: i64, allowed: &str) -> Result<AgentRecord, String> {
@@ -243,6 +306,7 @@ fn decode(name: &str, kind: &str, created_at: i64, allowed: &str) -> Result<Agen
     Ok(AgentRecord {
         name,
         kind,
+        incarnation: 0,
         created_at,
         allowed_recipients,
     })

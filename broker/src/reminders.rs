@@ -51,7 +51,8 @@ impl Hive {
             .store
             .write(move |c| {
                 let pending: i64 = c.query_row(
-                    "SELECT count(*) FROM reminders WHERE agent = ?1 AND status = 'pending'",
+                    "SELECT count(*) FROM reminders WHERE status = 'pending'
+                     AND incarnation = (SELECT incarnation FROM agents WHERE name = ?1)",
                     [&name],
                     |r| r.get(0),
                 )?;
@@ -63,7 +64,8 @@ impl Hive {
                 let now = unix_millis();
                 let due_at = now + (in_seconds as i64) * 1000;
                 c.execute(
-                    "INSERT INTO reminders (agent, body, created_at, due_at) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO reminders (agent, body, created_at, due_at, incarnation)
+                     VALUES (?1, ?2, ?3, ?4, (SELECT incarnation FROM agents WHERE name = ?1))",
                     params![name, body, now, due_at],
                 )?;
                 Ok(Reminder {
@@ -78,12 +80,15 @@ impl Hive {
     }
 }
 
-/// Delivers every reminder that is due, inside the caller's transaction.
+/// Delivers every reminder that is due, inside the caller's transaction. Only reminders of live
+/// incarnations fire: those a destroyed agent set wait with it for a restore.
 pub(crate) fn fire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
     let due: Vec<(i64, String, String)> = c
         .prepare_cached(
             "SELECT id, agent, body FROM reminders
-             WHERE status = 'pending' AND due_at <= ?1 ORDER BY due_at, id LIMIT 256",
+             WHERE status = 'pending' AND due_at <= ?1
+               AND incarnation IN (SELECT incarnation FROM agents)
+             ORDER BY due_at, id LIMIT 256",
         )?
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
@@ -101,7 +106,8 @@ pub(crate) fn fire_due(c: &Connection, now: i64) -> Result<Vec<Message>> {
 
 pub(crate) fn next_due(c: &Connection) -> Result<Option<i64>> {
     Ok(c.query_row(
-        "SELECT min(due_at) FROM reminders WHERE status = 'pending'",
+        "SELECT min(due_at) FROM reminders WHERE status = 'pending'
+         AND incarnation IN (SELECT incarnation FROM agents)",
         [],
         |r| r.get(0),
     )?)

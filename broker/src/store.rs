@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_questions_reminders_turn_events.sql"),
     include_str!("migrations/0003_approvals_deploys_audit.sql"),
     include_str!("migrations/0004_drop_sender_index.sql"),
+    include_str!("migrations/0005_incarnations.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

@@ -13,9 +13,12 @@ use serde_json::json;
 use crate::audit;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
+use crate::lifecycle::{NewAgent, off_runtime, purge_rows};
 use crate::names::AgentName;
+use crate::paths::StateDir;
 use crate::paths::checked_within;
-use crate::registry::{self, AgentKind};
+use crate::registry::AgentKind;
+use rusqlite::OptionalExtension;
 
 /// `<name>-<YYYYMMDDTHHMMSSZ>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,7 +50,7 @@ impl TombstoneId {
         Ok((Self(raw.to_owned()), name))
     }
 
-    fn new(name: &AgentName) -> Self {
+    pub(crate) fn new(name: &AgentName) -> Self {
         let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
         Self(format!("{name}-{now}"))
     }
@@ -70,16 +73,16 @@ pub struct Tombstone {
 }
 
 /// The live places of an agent and their names inside a tombstone.
-fn parts(hive: &Hive, agent: &AgentName) -> [(PathBuf, &'static str); 3] {
+pub(crate) fn parts(paths: &StateDir, agent: &AgentName) -> [(PathBuf, &'static str); 3] {
     [
-        (hive.paths.agent_dir(agent), "agents"),
-        (hive.paths.secrets_dir(agent), "secrets"),
-        (hive.paths.applied_repo(agent), "applied"),
+        (paths.agent_dir(agent), "agents"),
+        (paths.secrets_dir(agent), "secrets"),
+        (paths.applied_repo(agent), "applied"),
     ]
 }
 
 impl Hive {
-    fn tombstone_path(&self, id: &TombstoneId) -> Result<PathBuf> {
+    pub(crate) fn tombstone_path(&self, id: &TombstoneId) -> Result<PathBuf> {
         checked_within(
             self.paths.root(),
             &self.paths.tombstones_dir().join(id.as_str()),
@@ -88,59 +91,8 @@ impl Hive {
 
     /// Stops an agent and moves what it has into a tombstone (deleted at once with `purge`).
     pub async fn destroy(&self, agent: &AgentName, purge: bool) -> Result<TombstoneId> {
-        if agent.is_manager() {
-            return Err(Error::Conflict("the manager cannot be destroyed".into()));
-        }
-        self.registry.require(agent)?;
         let _config = self.config_lock.lock().await;
-        let id = TombstoneId::new(agent);
-        let tomb = self.tombstone_path(&id)?;
-        if tomb.exists() {
-            return Err(Error::Conflict(format!(
-                "tombstone {id} exists already; try again in a second"
-            )));
-        }
-        let moves = parts(self, agent)
-            .into_iter()
-            .map(|(live, part)| Ok((checked_within(self.paths.root(), &live)?, tomb.join(part))))
-            .collect::<Result<Vec<_>>>()?;
-
-        // The store first: if the daemon dies before the moves, the agent is gone and its files
-        // wait where they were (a later spawn of the name says so); never the other way round.
-        let (name, tid) = (agent.clone(), id.clone());
-        self.store
-            .write(move |c| {
-                registry::delete_row(c, &name)?;
-                audit::append(
-                    c,
-                    "operator",
-                    "destroy",
-                    Some(name.as_str()),
-                    json!({"tombstone": tid, "purged": purge}),
-                )?;
-                Ok(())
-            })
-            .await?;
-        self.registry.forget(agent);
-        self.close_agent_sockets(agent);
-        self.mailbox.release_leases(agent).await?;
-
-        crate::paths::make_dir(&tomb, 0o700)?;
-        for (live, dest) in &moves {
-            if live.exists() {
-                std::fs::rename(live, dest).map_err(|e| {
-                    Error::io(
-                        format!("cannot move {} into the tombstone", live.display()),
-                        e,
-                    )
-                })?;
-            }
-        }
-        if purge {
-            std::fs::remove_dir_all(&tomb)
-                .map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))?;
-        }
-        Ok(id)
+        self.remove_agent(agent, purge).await
     }
 
     /// The tombstones, oldest first.
@@ -178,7 +130,7 @@ impl Hive {
             )));
         }
         let mut moves = Vec::new();
-        for (live, part) in parts(self, &agent) {
+        for (live, part) in parts(&self.paths, &agent) {
             let live = checked_within(self.paths.root(), &live)?;
             let kept = checked_within(self.paths.root(), &tomb.join(part))?;
             if live.exists() {
@@ -193,35 +145,54 @@ impl Hive {
                 moves.push((kept, live));
             }
         }
-        for (kept, live) in &moves {
-            if let Some(parent) = live.parent() {
-                crate::paths::make_dir(parent, 0o755)?;
-            }
-            std::fs::rename(kept, live)
-                .map_err(|e| Error::io(format!("cannot restore {}", live.display()), e))?;
-        }
-        let record = registry::new_record(agent.clone(), AgentKind::Agent);
-        let (row, tid) = (record.clone(), id.clone());
-        self.store
-            .write(move |c| {
-                registry::insert_row(c, &row)?;
-                audit::append(
-                    c,
-                    "operator",
-                    "restore",
-                    Some(row.name.as_str()),
-                    json!({"tombstone": tid}),
-                )?;
-                Ok(())
+        let tid = id.clone();
+        let incarnation: Option<i64> = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT id FROM incarnations WHERE tombstone = ?1 AND state = 'tombstoned'",
+                )?
+                .query_row([tid.as_str()], |r| r.get(0))
+                .optional()?)
             })
             .await?;
+        off_runtime(move || {
+            for (kept, live) in &moves {
+                if let Some(parent) = live.parent() {
+                    crate::paths::make_dir(parent, 0o755)?;
+                }
+                std::fs::rename(kept, live)
+                    .map_err(|e| Error::io(format!("cannot restore {}", live.display()), e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        // The same incarnation comes back, with the mail, reminders and questions it left; a
+        // tombstone older than incarnations starts a new one.
+        let new = NewAgent {
+            name: agent.clone(),
+            kind: AgentKind::Agent,
+            revive: incarnation,
+            deploy: None,
+        };
+        let tid = id.clone();
+        self.create_agent(new, move |c, record| {
+            audit::append(
+                c,
+                "operator",
+                "restore",
+                Some(record.name.as_str()),
+                json!({"tombstone": tid, "incarnation": record.incarnation}),
+            )
+        })
+        .await?;
         let _ = std::fs::remove_dir(&tomb);
-        self.registry.remember(record.clone());
-        self.open_agent_sockets(&record)?;
+        self.due.reschedule();
         Ok(agent)
     }
 
-    /// Deletes a tombstone for good.
+    /// Deletes a tombstone for good, with what its incarnation left in the store (undelivered
+    /// mail, pending reminders, open questions).
     pub async fn purge(&self, raw: &str) -> Result<()> {
         let (id, agent) = TombstoneId::parse(raw)?;
         let _config = self.config_lock.lock().await;
@@ -229,18 +200,31 @@ impl Hive {
         let tid = id.clone();
         self.store
             .write(move |c| {
+                let incarnation: Option<i64> = c
+                    .prepare_cached(
+                        "UPDATE incarnations SET state = 'purged', tombstone = NULL
+                         WHERE tombstone = ?1 AND state = 'tombstoned' RETURNING id",
+                    )?
+                    .query_row([tid.as_str()], |r| r.get(0))
+                    .optional()?;
+                if let Some(incarnation) = incarnation {
+                    purge_rows(c, incarnation)?;
+                }
                 audit::append(
                     c,
                     "operator",
                     "purge",
                     Some(agent.as_str()),
-                    json!({"tombstone": tid}),
+                    json!({"tombstone": tid, "incarnation": incarnation}),
                 )?;
                 Ok(())
             })
             .await?;
-        std::fs::remove_dir_all(&tomb)
-            .map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))
+        off_runtime(move || {
+            std::fs::remove_dir_all(&tomb)
+                .map_err(|e| Error::io(format!("cannot delete {}", tomb.display()), e))
+        })
+        .await
     }
 
     /// The tombstone's directory: a real directory inside the state dir.

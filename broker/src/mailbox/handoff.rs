@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use super::{Message, MessageState, Turn};
+use super::{INSERT_TURN, LIVE_INBOX, Message, MessageState, Turn};
 use crate::error::Result;
 use crate::store::unix_millis;
 
@@ -147,9 +147,10 @@ impl Waiters {
                 continue;
             }
             let older_queued = c
-                .prepare_cached(
-                    "SELECT 1 FROM messages WHERE recipient = ?1 AND state = 'queued' AND id < ?2",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM messages WHERE recipient = ?1 AND state = 'queued' AND id < ?2
+                     AND {LIVE_INBOX}"
+                ))?
                 .exists(params![row.to, row.id])?;
             if older_queued {
                 continue;
@@ -167,10 +168,8 @@ impl Waiters {
                     Handoff::Messages(vec![row.clone()])
                 }
                 Want::Turn => {
-                    c.prepare_cached(
-                        "INSERT INTO turns (agent, message_id, started_at) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![row.to, row.id, now])?;
+                    c.prepare_cached(INSERT_TURN)?
+                        .execute(params![row.to, row.id, now])?;
                     let turn = c.last_insert_rowid();
                     c.prepare_cached(
                         "UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2",

@@ -63,6 +63,17 @@ pub struct Message {
     pub redelivered: bool,
 }
 
+/// The queued rows of inbox `?1` that its live incarnation may take: mail a destroyed
+/// incarnation left waits with it (for a restore) and never reaches a new agent of the same name.
+/// The operator's inbox has no incarnation (NULL IS NULL).
+pub(crate) const LIVE_INBOX: &str =
+    "incarnation IS (SELECT incarnation FROM agents WHERE name = ?1)";
+
+/// A new turn of agent `?1` for message `?2` at `?3`, keyed by the message's incarnation.
+pub(crate) const INSERT_TURN: &str =
+    "INSERT INTO turns (agent, message_id, started_at, incarnation)
+     VALUES (?1, ?2, ?3, (SELECT incarnation FROM messages WHERE id = ?2))";
+
 const MESSAGE_COLUMNS: &str =
     "id, sender, recipient, body, in_reply_to, sent_at, state, delivered_at, redelivered";
 
@@ -726,8 +737,8 @@ pub(crate) fn insert_messages(
     }
     let now = unix_millis();
     let mut insert = c.prepare_cached(
-        "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at, incarnation)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT incarnation FROM agents WHERE name = ?2))",
     )?;
     let mut rows = Vec::with_capacity(recipients.len());
     for to in recipients {
@@ -751,7 +762,7 @@ fn take_delivered(c: &Connection, inbox: &str, max: usize) -> Result<Vec<Message
     let mut messages = c
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE recipient = ?1 AND state = 'queued' ORDER BY id LIMIT ?2"
+             WHERE recipient = ?1 AND state = 'queued' AND {LIVE_INBOX} ORDER BY id LIMIT ?2"
         ))?
         .query_map(params![inbox, max as i64], message_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -774,14 +785,14 @@ fn lease_oldest(c: &Connection, agent: &str) -> Result<Option<Turn>> {
     let message = c
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE recipient = ?1 AND state = 'queued' ORDER BY id LIMIT 1"
+             WHERE recipient = ?1 AND state = 'queued' AND {LIVE_INBOX} ORDER BY id LIMIT 1"
         ))?
         .query_row([agent], message_from_row)
         .optional()?;
     let Some(mut message) = message else {
         return Ok(None);
     };
-    c.prepare_cached("INSERT INTO turns (agent, message_id, started_at) VALUES (?1, ?2, ?3)")?
+    c.prepare_cached(INSERT_TURN)?
         .execute(params![agent, message.id, unix_millis()])?;
     let turn = c.last_insert_rowid();
     c.prepare_cached("UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2")?

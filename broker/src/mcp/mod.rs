@@ -66,20 +66,29 @@ impl Hive {
     pub fn serve_mcp(self: &Arc<Self>, shutdown: CancellationToken) -> Result<()> {
         *self.mcp.serving.lock().expect("mcp sockets") = Some(shutdown);
         for agent in self.registry.list() {
+            if self.is_faulted(&agent.name) {
+                // Kept stopped (`hive status` says why): no socket, not even a stale one.
+                self.close_agent_sockets(&agent.name);
+                continue;
+            }
             self.open_agent_sockets(&agent)?;
         }
         Ok(())
     }
 
-    /// Registers an agent and, when the hive is serving, opens its sockets.
+    /// Registers an agent (no repos, no deploy) and, when the hive is serving, opens its sockets.
     pub async fn add_agent(
         self: &Arc<Self>,
         name: AgentName,
         kind: AgentKind,
     ) -> Result<AgentRecord> {
-        let record = self.registry.register(name, kind).await?;
-        self.open_agent_sockets(&record)?;
-        Ok(record)
+        let new = crate::lifecycle::NewAgent {
+            name,
+            kind,
+            revive: None,
+            deploy: None,
+        };
+        Ok(self.create_agent(new, |_, _| Ok(())).await?.record)
     }
 
     pub(crate) fn open_agent_sockets(self: &Arc<Self>, agent: &AgentRecord) -> Result<()> {
