@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_questions_reminders_turn_events.sql"),
     include_str!("migrations/0003_approvals_deploys_audit.sql"),
     include_str!("migrations/0004_drop_sender_index.sql"),
+    include_str!("migrations/0008_message_counts.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
@@ -123,6 +124,29 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         A: FnOnce(&mut T) + Send + 'static,
     {
+        self.submit(f, after_commit, drop).await
+    }
+
+    /// [`Store::write`] for a take, a write whose value only means something to the one who asked
+    /// (messages marked delivered, a turn leased). If the caller went away while the transaction
+    /// committed, nobody will ever see the value: `unclaimed` gets it on the writer thread to undo
+    /// what was done, typically with [`Store::write_detached`], which lands in the next batch.
+    pub async fn write_or_give_back<T, F, U>(&self, f: F, unclaimed: U) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        U: FnOnce(T) + Send + 'static,
+    {
+        self.submit(f, |_| {}, unclaimed).await
+    }
+
+    async fn submit<T, F, A, U>(&self, f: F, after_commit: A, unclaimed: U) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+        U: FnOnce(T) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             if tx.is_closed() {
@@ -141,7 +165,11 @@ impl Store {
                     }
                     Err(e) => Err(Error::Internal(format!("commit failed: {e}"))),
                 };
-                let _ = tx.send(answer);
+                // The caller left between the start of its job and this answer: what committed
+                // for it is handed back instead of being lost.
+                if let Err(Ok(value)) = tx.send(answer) {
+                    unclaimed(value);
+                }
             });
             (ok, done)
         });
@@ -442,6 +470,57 @@ mod tests {
         store.close();
         let err = store.write(|_| Ok(())).await.unwrap_err();
         assert_eq!(err.code(), "shutting_down");
+    }
+
+    #[test]
+    fn migrating_an_existing_database_fills_the_message_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let counts_at = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE message_counts"))
+            .unwrap();
+        {
+            // A database from before the counts, with a history in it.
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..counts_at] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", counts_at as i64)
+                .unwrap();
+            let mut insert = c
+                .prepare(
+                    "INSERT INTO messages (sender, recipient, body, sent_at, state)
+                     VALUES ('operator', ?1, 'x', 0, ?2)",
+                )
+                .unwrap();
+            for (to, state, n) in [
+                ("bob", "queued", 3),
+                ("bob", "delivered", 5),
+                ("carol", "leased", 1),
+                ("operator", "delivered", 2),
+            ] {
+                for _ in 0..n {
+                    insert.execute([to, state]).unwrap();
+                }
+            }
+        }
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        store.close();
+        let c = Connection::open(&path).unwrap();
+        let rows = |sql: &str| -> Vec<(String, String, i64)> {
+            c.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let stored = rows("SELECT recipient, state, n FROM message_counts ORDER BY 1, 2");
+        let counted =
+            rows("SELECT recipient, state, count(*) FROM messages GROUP BY 1, 2 ORDER BY 1, 2");
+        assert_eq!(stored, counted);
+        assert_eq!(stored.len(), 4);
     }
 
     #[test]
