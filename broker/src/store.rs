@@ -18,11 +18,24 @@ use tokio::sync::oneshot;
 use crate::config::Synchronous;
 use crate::error::{Error, Result};
 
+mod heap;
+
 /// The most requests committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
 /// Read connections kept open when idle.
-const IDLE_READERS: usize = 4;
+const IDLE_READERS: usize = 2;
+
+/// Page cache of the write connection, in KiB: enough for the inboxes' index pages a send touches
+/// (sqlite's default is 2 MiB per connection).
+const WRITER_CACHE_KIB: u32 = 2048;
+/// Page cache of each read connection and of the checkpointer, in KiB: reads are single rows or a
+/// page of a listing.
+const READER_CACHE_KIB: u32 = 512;
+
+/// Committed requests after which the writer, once idle, gives memory back: its page cache, the
+/// idle readers, and the heap (see [`heap`]).
+const RELEASE_AFTER: usize = 4096;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied. Append only:
 /// never edit a migration that has shipped.
@@ -62,7 +75,8 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<Request>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
-    readers: Mutex<Vec<Connection>>,
+    /// Idle read connections; the writer empties it after a burst (see [`RELEASE_AFTER`]).
+    readers: Arc<Mutex<Vec<Connection>>>,
 }
 
 impl Store {
@@ -78,22 +92,25 @@ impl Store {
             synchronous.pragma()
         ))?;
         migrate(&mut conn)?;
+        conn.pragma_update(None, "cache_size", -i64::from(WRITER_CACHE_KIB))?;
         conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run on their own thread (below), not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(path)?;
 
         let (tx, rx) = mpsc::channel();
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let idle_readers = readers.clone();
         let thread = std::thread::Builder::new()
             .name("hive-store-writer".into())
-            .spawn(move || run_writer(conn, rx, checkpointer))
+            .spawn(move || run_writer(conn, rx, checkpointer, idle_readers))
             .map_err(|e| Error::io("cannot start the store writer thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: tx,
                 writer_thread: Mutex::new(Some(thread)),
-                readers: Mutex::new(Vec::new()),
+                readers,
             }),
         })
     }
@@ -229,6 +246,7 @@ impl Store {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
                 conn
             }
         };
@@ -280,8 +298,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// next request usually comes within this window.
 const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(150);
 
-/// The next request: polled for a moment, then waited for. `None` when every sender is gone.
-fn next_request(rx: &mpsc::Receiver<Request>) -> Option<Request> {
+/// The next request: polled for a moment, then waited for; `before_sleep` runs once if the writer
+/// is about to sleep. `None` when every sender is gone.
+fn next_request(rx: &mpsc::Receiver<Request>, before_sleep: impl FnOnce()) -> Option<Request> {
     let spin_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
     while std::time::Instant::now() < spin_until {
         match rx.try_recv() {
@@ -290,7 +309,20 @@ fn next_request(rx: &mpsc::Receiver<Request>) -> Option<Request> {
             Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
+    before_sleep();
     rx.recv().ok()
+}
+
+/// After a burst, once the writer has nothing to do: frees the write connection's page cache,
+/// closes the idle readers (each holds its own cache) and trims the heap, so the daemon's memory
+/// comes back down instead of staying at the burst's peak.
+fn release_memory(conn: &Connection, readers: &Mutex<Vec<Connection>>) {
+    if let Err(e) = conn.release_memory() {
+        tracing::debug!(error = %e, "sqlite could not release memory");
+    }
+    let idle = std::mem::take(&mut *readers.lock().expect("reader pool"));
+    drop(idle);
+    heap::trim();
 }
 
 /// Copies the WAL back into the database on its own connection and thread, asked by the writer
@@ -308,6 +340,7 @@ impl Checkpointer {
     fn start(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
         let (poke, asked) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("hive-store-checkpoint".into())
@@ -335,11 +368,23 @@ impl Checkpointer {
     }
 }
 
-fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>, checkpointer: Checkpointer) {
+fn run_writer(
+    conn: Connection,
+    rx: mpsc::Receiver<Request>,
+    checkpointer: Checkpointer,
+    readers: Arc<Mutex<Vec<Connection>>>,
+) {
     let mut since_checkpoint = 0;
+    let mut since_release = 0;
     let mut stopping = false;
     while !stopping {
-        let Some(first) = next_request(&rx) else {
+        let before_sleep = || {
+            if since_release >= RELEASE_AFTER {
+                release_memory(&conn, &readers);
+                since_release = 0;
+            }
+        };
+        let Some(first) = next_request(&rx, before_sleep) else {
             break;
         };
         let mut batch = Vec::with_capacity(16);
@@ -358,6 +403,7 @@ fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>, checkpointer: Check
             }
         }
         since_checkpoint += batch.len();
+        since_release += batch.len();
         commit_batch(&conn, batch);
         if since_checkpoint >= CHECKPOINT_EVERY {
             checkpointer.ask();
@@ -521,6 +567,25 @@ mod tests {
             rows("SELECT recipient, state, count(*) FROM messages GROUP BY 1, 2 ORDER BY 1, 2");
         assert_eq!(stored, counted);
         assert_eq!(stored.len(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_burst_the_idle_writer_closes_the_idle_readers() {
+        let (_dir, store) = open();
+        store.read(|_| Ok(())).await.unwrap();
+        assert_eq!(store.inner.readers.lock().unwrap().len(), 1);
+        let burst: Vec<_> = (0..RELEASE_AFTER)
+            .map(|_| store.write(|c| Ok(c.execute_batch("SELECT 1")?)))
+            .collect();
+        for w in burst {
+            w.await.unwrap();
+        }
+        // The writer gives memory back once it is idle: wait for that, observably.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !store.inner.readers.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "readers still open");
+            std::thread::yield_now();
+        }
     }
 
     #[test]
