@@ -18,11 +18,24 @@ use tokio::sync::oneshot;
 use crate::config::Synchronous;
 use crate::error::{Error, Result};
 
+mod heap;
+
 /// The most requests committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
 /// Read connections kept open when idle.
-const IDLE_READERS: usize = 4;
+const IDLE_READERS: usize = 2;
+
+/// Page cache of the write connection, in KiB: enough for the inboxes' index pages a send touches
+/// (sqlite's default is 2 MiB per connection).
+const WRITER_CACHE_KIB: u32 = 2048;
+/// Page cache of each read connection and of the checkpointer, in KiB: reads are single rows or a
+/// page of a listing.
+const READER_CACHE_KIB: u32 = 512;
+
+/// Committed requests after which the writer, once idle, gives memory back: its page cache, the
+/// idle readers, and the heap (see [`heap`]).
+const RELEASE_AFTER: usize = 4096;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied. Append only:
 /// never edit a migration that has shipped.
@@ -32,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_approvals_deploys_audit.sql"),
     include_str!("migrations/0004_drop_sender_index.sql"),
     include_str!("migrations/0005_incarnations.sql"),
+    include_str!("migrations/0006_message_counts.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
@@ -62,7 +76,8 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<Request>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
-    readers: Mutex<Vec<Connection>>,
+    /// Idle read connections; the writer empties it after a burst (see [`RELEASE_AFTER`]).
+    readers: Arc<Mutex<Vec<Connection>>>,
 }
 
 impl Store {
@@ -78,22 +93,25 @@ impl Store {
             synchronous.pragma()
         ))?;
         migrate(&mut conn)?;
+        conn.pragma_update(None, "cache_size", -i64::from(WRITER_CACHE_KIB))?;
         conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run on their own thread (below), not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(path)?;
 
         let (tx, rx) = mpsc::channel();
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let idle_readers = readers.clone();
         let thread = std::thread::Builder::new()
             .name("hive-store-writer".into())
-            .spawn(move || run_writer(conn, rx, checkpointer))
+            .spawn(move || run_writer(conn, rx, checkpointer, idle_readers))
             .map_err(|e| Error::io("cannot start the store writer thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: tx,
                 writer_thread: Mutex::new(Some(thread)),
-                readers: Mutex::new(Vec::new()),
+                readers,
             }),
         })
     }
@@ -124,6 +142,29 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         A: FnOnce(&mut T) + Send + 'static,
     {
+        self.submit(f, after_commit, drop).await
+    }
+
+    /// [`Store::write`] for a take, a write whose value only means something to the one who asked
+    /// (messages marked delivered, a turn leased). If the caller went away while the transaction
+    /// committed, nobody will ever see the value: `unclaimed` gets it on the writer thread to undo
+    /// what was done, typically with [`Store::write_detached`], which lands in the next batch.
+    pub async fn write_or_give_back<T, F, U>(&self, f: F, unclaimed: U) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        U: FnOnce(T) + Send + 'static,
+    {
+        self.submit(f, |_| {}, unclaimed).await
+    }
+
+    async fn submit<T, F, A, U>(&self, f: F, after_commit: A, unclaimed: U) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        A: FnOnce(&mut T) + Send + 'static,
+        U: FnOnce(T) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             if tx.is_closed() {
@@ -142,7 +183,11 @@ impl Store {
                     }
                     Err(e) => Err(Error::Internal(format!("commit failed: {e}"))),
                 };
-                let _ = tx.send(answer);
+                // The caller left between the start of its job and this answer: what committed
+                // for it is handed back instead of being lost.
+                if let Err(Ok(value)) = tx.send(answer) {
+                    unclaimed(value);
+                }
             });
             (ok, done)
         });
@@ -202,6 +247,7 @@ impl Store {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
                 conn
             }
         };
@@ -253,8 +299,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// next request usually comes within this window.
 const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(150);
 
-/// The next request: polled for a moment, then waited for. `None` when every sender is gone.
-fn next_request(rx: &mpsc::Receiver<Request>) -> Option<Request> {
+/// The next request: polled for a moment, then waited for; `before_sleep` runs once if the writer
+/// is about to sleep. `None` when every sender is gone.
+fn next_request(rx: &mpsc::Receiver<Request>, before_sleep: impl FnOnce()) -> Option<Request> {
     let spin_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
     while std::time::Instant::now() < spin_until {
         match rx.try_recv() {
@@ -263,7 +310,20 @@ fn next_request(rx: &mpsc::Receiver<Request>) -> Option<Request> {
             Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
+    before_sleep();
     rx.recv().ok()
+}
+
+/// After a burst, once the writer has nothing to do: frees the write connection's page cache,
+/// closes the idle readers (each holds its own cache) and trims the heap, so the daemon's memory
+/// comes back down instead of staying at the burst's peak.
+fn release_memory(conn: &Connection, readers: &Mutex<Vec<Connection>>) {
+    if let Err(e) = conn.release_memory() {
+        tracing::debug!(error = %e, "sqlite could not release memory");
+    }
+    let idle = std::mem::take(&mut *readers.lock().expect("reader pool"));
+    drop(idle);
+    heap::trim();
 }
 
 /// Copies the WAL back into the database on its own connection and thread, asked by the writer
@@ -281,6 +341,7 @@ impl Checkpointer {
     fn start(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
         let (poke, asked) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("hive-store-checkpoint".into())
@@ -308,11 +369,23 @@ impl Checkpointer {
     }
 }
 
-fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>, checkpointer: Checkpointer) {
+fn run_writer(
+    conn: Connection,
+    rx: mpsc::Receiver<Request>,
+    checkpointer: Checkpointer,
+    readers: Arc<Mutex<Vec<Connection>>>,
+) {
     let mut since_checkpoint = 0;
+    let mut since_release = 0;
     let mut stopping = false;
     while !stopping {
-        let Some(first) = next_request(&rx) else {
+        let before_sleep = || {
+            if since_release >= RELEASE_AFTER {
+                release_memory(&conn, &readers);
+                since_release = 0;
+            }
+        };
+        let Some(first) = next_request(&rx, before_sleep) else {
             break;
         };
         let mut batch = Vec::with_capacity(16);
@@ -331,6 +404,7 @@ fn run_writer(conn: Connection, rx: mpsc::Receiver<Request>, checkpointer: Check
             }
         }
         since_checkpoint += batch.len();
+        since_release += batch.len();
         commit_batch(&conn, batch);
         if since_checkpoint >= CHECKPOINT_EVERY {
             checkpointer.ask();
@@ -443,6 +517,76 @@ mod tests {
         store.close();
         let err = store.write(|_| Ok(())).await.unwrap_err();
         assert_eq!(err.code(), "shutting_down");
+    }
+
+    #[test]
+    fn migrating_an_existing_database_fills_the_message_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let counts_at = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE message_counts"))
+            .unwrap();
+        {
+            // A database from before the counts, with a history in it.
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..counts_at] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", counts_at as i64)
+                .unwrap();
+            let mut insert = c
+                .prepare(
+                    "INSERT INTO messages (sender, recipient, body, sent_at, state)
+                     VALUES ('operator', ?1, 'x', 0, ?2)",
+                )
+                .unwrap();
+            for (to, state, n) in [
+                ("bob", "queued", 3),
+                ("bob", "delivered", 5),
+                ("carol", "leased", 1),
+                ("operator", "delivered", 2),
+            ] {
+                for _ in 0..n {
+                    insert.execute([to, state]).unwrap();
+                }
+            }
+        }
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        store.close();
+        let c = Connection::open(&path).unwrap();
+        let rows = |sql: &str| -> Vec<(String, String, i64)> {
+            c.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let stored = rows("SELECT recipient, state, n FROM message_counts ORDER BY 1, 2");
+        let counted =
+            rows("SELECT recipient, state, count(*) FROM messages GROUP BY 1, 2 ORDER BY 1, 2");
+        assert_eq!(stored, counted);
+        assert_eq!(stored.len(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_burst_the_idle_writer_closes_the_idle_readers() {
+        let (_dir, store) = open();
+        store.read(|_| Ok(())).await.unwrap();
+        assert_eq!(store.inner.readers.lock().unwrap().len(), 1);
+        let burst: Vec<_> = (0..RELEASE_AFTER)
+            .map(|_| store.write(|c| Ok(c.execute_batch("SELECT 1")?)))
+            .collect();
+        for w in burst {
+            w.await.unwrap();
+        }
+        // The writer gives memory back once it is idle: wait for that, observably.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !store.inner.readers.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "readers still open");
+            std::thread::yield_now();
+        }
     }
 
     #[test]

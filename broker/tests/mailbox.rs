@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -513,4 +514,271 @@ async fn retention_deletes_old_delivered_messages_only() {
         .collect();
     assert_eq!(left, [queued]);
     assert_ne!(old, queued);
+}
+
+/// Holds the store's writer inside a write job until `release`: whatever is queued meanwhile is
+/// committed together in the writer's next batch.
+struct HeldWriter {
+    entered: std::sync::mpsc::Receiver<()>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+impl HeldWriter {
+    fn queue(hive: &Hive) -> Self {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        hive.store.write_detached(
+            "holding the writer for a test",
+            move |_| {
+                entered_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                Ok(())
+            },
+            || {},
+        );
+        Self { entered, go }
+    }
+
+    /// Blocks until the writer is inside this job.
+    fn wait_entered(&self) {
+        self.entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer reached the held job");
+    }
+
+    fn release(self) {
+        self.go.send(()).unwrap();
+    }
+}
+
+/// Starts `take`, lets the writer run its job, and drops the caller while the take's
+/// transaction is still open (another job of the same batch holds the writer before the commit).
+async fn leave_while_the_take_commits<T>(hive: &Hive, take: impl Future<Output = T>) {
+    let first = HeldWriter::queue(hive);
+    first.wait_entered();
+    let mut take = Box::pin(take);
+    // One poll queues the take's write job behind `first`.
+    tokio::select! {
+        biased;
+        _ = &mut take => panic!("the take finished while the writer was held"),
+        _ = std::future::ready(()) => {}
+    }
+    let second = HeldWriter::queue(hive);
+    first.release();
+    // The writer ran the take's job (the same batch, before `second`) and is now in `second`.
+    second.wait_entered();
+    drop(take);
+    second.release();
+}
+
+#[tokio::test]
+async fn a_recv_whose_caller_leaves_while_it_commits_loses_nothing() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive.mailbox;
+    let ids = mb
+        .send(&agent("alice"), &to("bob"), "one".into(), None)
+        .await
+        .unwrap();
+    leave_while_the_take_commits(&f.hive, mb.recv(&inbox("bob"), limits(0, 32))).await;
+    let got = mb.recv(&inbox("bob"), limits(10, 32)).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert!(got[0].redelivered, "a put-back message is flagged");
+    assert_eq!(got[0].state, MessageState::Delivered);
+}
+
+#[tokio::test]
+async fn an_operator_inbox_take_whose_caller_leaves_while_it_commits_loses_nothing() {
+    let f = hive(&["alice"]).await;
+    let mb = &f.hive.mailbox;
+    let ids = mb
+        .send(&agent("alice"), &to("operator"), "for you".into(), None)
+        .await
+        .unwrap();
+    leave_while_the_take_commits(&f.hive, mb.recv(&Inbox::Operator, limits(0, 32))).await;
+    let got = mb.recv(&Inbox::Operator, limits(10, 32)).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert!(got[0].redelivered);
+}
+
+#[tokio::test]
+async fn a_next_turn_whose_caller_leaves_while_it_commits_loses_nothing() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive.mailbox;
+    let id = mb
+        .send(&agent("alice"), &to("bob"), "work".into(), None)
+        .await
+        .unwrap()[0];
+    leave_while_the_take_commits(&f.hive, mb.next_turn(&name("bob"), Duration::ZERO)).await;
+    let turn = mb
+        .next_turn(&name("bob"), Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the message came back to the queue");
+    assert_eq!(turn.message.id, id);
+    assert!(turn.message.redelivered);
+    // The lost turn was closed as abandoned; only the new one is open.
+    let open: i64 = f
+        .hive
+        .store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM turns WHERE finished_at IS NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(open, 1);
+}
+
+/// The counts kept in the store, and the same counted from the rows, by (inbox, state).
+async fn stored_and_counted(
+    hive: &Hive,
+) -> (Vec<(String, String, i64)>, Vec<(String, String, i64)>) {
+    hive.store
+        .read(|c| {
+            let rows = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
+                c.prepare(sql)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            };
+            Ok((
+                rows(
+                    "SELECT recipient, state, n FROM message_counts WHERE n != 0
+                     ORDER BY recipient, state",
+                )?,
+                rows(
+                    "SELECT recipient, state, count(*) FROM messages GROUP BY recipient, state
+                     ORDER BY recipient, state",
+                )?,
+            ))
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_stored_counts_follow_a_mixed_history() {
+    let f = hive(&["alice", "bob", "carol"]).await;
+    let mb = &f.hive.mailbox;
+    for n in 0..5 {
+        mb.send(&agent("alice"), &to("bob"), format!("b{n}"), None)
+            .await
+            .unwrap();
+    }
+    mb.send(&agent("bob"), &to("*"), "all".into(), None)
+        .await
+        .unwrap();
+    mb.send(&agent("carol"), &to("operator"), "op".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(mb.recv(&inbox("bob"), limits(0, 2)).await.unwrap().len(), 2);
+    assert_eq!(
+        mb.recv(&Inbox::Operator, limits(0, 32))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let finished = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    mb.finish_turn(&name("bob"), finished.turn, "ok", None)
+        .await
+        .unwrap();
+    mb.next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let held = mb
+        .next_turn(&name("carol"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mb.release_leases(&name("bob")).await.unwrap(), 1);
+    mb.next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    // A waiting receiver takes a send in the send's own transaction.
+    let waiting = {
+        let hive = f.hive.clone();
+        // carol's only message is leased: nothing queued.
+        tokio::spawn(async move { hive.mailbox.recv(&inbox("carol"), limits(10, 32)).await })
+    };
+    mb.send(&agent("alice"), &to("carol"), "direct".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().len(), 1);
+    // Age the delivered messages of bob's first recv so the vacuum takes them.
+    f.hive
+        .store
+        .write(|c| {
+            Ok(c.execute(
+                "UPDATE messages SET delivered_at = delivered_at - 100000
+                 WHERE recipient = 'bob' AND state = 'delivered' AND lease_turn IS NULL
+                   AND id NOT IN (SELECT message_id FROM turns)",
+                [],
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(mb.vacuum(Duration::from_secs(10)).await.unwrap(), 2);
+
+    let (stored, counted) = stored_and_counted(&f.hive).await;
+    assert_eq!(stored, counted);
+    // Every state is present, so the check above covers each trigger.
+    let states: std::collections::BTreeSet<&str> =
+        counted.iter().map(|(_, s, _)| s.as_str()).collect();
+    assert_eq!(states, ["delivered", "leased", "queued"].into());
+    let total = mb.counts().await.unwrap();
+    let sum = |state: &str| -> u64 {
+        counted
+            .iter()
+            .filter(|(_, s, _)| s == state)
+            .map(|(_, _, n)| *n as u64)
+            .sum()
+    };
+    assert_eq!(
+        (total.queued, total.leased, total.delivered),
+        (sum("queued"), sum("leased"), sum("delivered"))
+    );
+    assert_eq!(total.leased, 2, "carol's open turn and bob's");
+    assert_ne!(held.turn, finished.turn);
+}
+
+#[tokio::test]
+async fn an_unknown_stored_state_is_an_error_not_queued() {
+    let f = hive(&["bob"]).await;
+    let mb = &f.hive.mailbox;
+    let id = mb
+        .send(&Sender::Operator, &to("bob"), "x".into(), None)
+        .await
+        .unwrap()[0];
+    // A row written by something newer than this hive (the CHECK would refuse it otherwise).
+    let db = rusqlite::Connection::open(f.hive.store.path()).unwrap();
+    db.execute_batch("PRAGMA ignore_check_constraints = ON")
+        .unwrap();
+    db.execute("UPDATE messages SET state = 'archived' WHERE id = ?1", [id])
+        .unwrap();
+    let err = mb.inbox(&inbox("bob"), 10).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown stored message state 'archived'"),
+        "{err}"
+    );
+    let err = mb.history(None, 10).await.unwrap_err();
+    assert!(err.to_string().contains("'archived'"), "{err}");
+    let err = mb.counts().await.unwrap_err();
+    assert!(err.to_string().contains("'archived'"), "{err}");
+    // Nothing takes it for a queued message.
+    assert!(
+        mb.recv(&inbox("bob"), limits(0, 32))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

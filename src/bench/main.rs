@@ -13,6 +13,7 @@
 
 mod admin;
 mod daemon;
+mod growth;
 mod inproc;
 mod limits;
 mod mcp;
@@ -49,7 +50,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     hive: Option<PathBuf>,
     /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
-    /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), baseline
+    /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), 8 (growth with history and agents: `--only 8`), baseline
     #[arg(long, value_delimiter = ',', value_name = "ROWS")]
     only: Vec<String>,
     /// Where the MCP clients of rows 6 and 7 run: in a second hive-bench process, or on a second
@@ -491,6 +492,10 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         progress("row 5: daemon RSS (idle fresh; 50 agents + 50 000 queued messages)");
         rows.extend(rss_rows(args, plan).await);
     }
+
+    if args.wants("8") {
+        rows.extend(growth_rows(args).await?);
+    }
     // Measured in the order that shares work; shown in the order of §19's table (stable: 6 before
     // 6b, 4-normal before 4-full).
     rows.sort_by_key(|r| {
@@ -582,7 +587,7 @@ async fn rss_rows(args: &Args, plan: &Plan) -> Vec<Row> {
         ),
         (
             "5c",
-            "daemon RSS, 50 agents, 50 000 queued, after GET /api/v1/status (counts every message)",
+            "daemon RSS, 50 agents, 50 000 queued, after GET /api/v1/status (reads the stored counts)",
         ),
     ];
     match rss(args, plan).await {
@@ -638,4 +643,116 @@ async fn rss(args: &Args, plan: &Plan) -> anyhow::Result<[daemon::Memory; 3]> {
     let after_status = daemon::memory(loaded.pid())?;
     loaded.stop()?;
     Ok([idle, ready, after_status])
+}
+
+/// Row 8's configurations: the history grows (10 agents), then the agents (100 k stored).
+const GROWTH: [(&str, growth::Shape); 5] = [
+    (
+        "8-10k",
+        growth::Shape {
+            stored: 10_000,
+            agents: 10,
+        },
+    ),
+    (
+        "8-100k",
+        growth::Shape {
+            stored: 100_000,
+            agents: 10,
+        },
+    ),
+    (
+        "8-1m",
+        growth::Shape {
+            stored: 1_000_000,
+            agents: 10,
+        },
+    ),
+    (
+        "8-agents-50",
+        growth::Shape {
+            stored: 100_000,
+            agents: 50,
+        },
+    ),
+    (
+        "8-agents-100",
+        growth::Shape {
+            stored: 100_000,
+            agents: 100,
+        },
+    ),
+];
+
+async fn growth_rows(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let hive = match &args.hive {
+        Some(path) => path.clone(),
+        None => {
+            daemon::build_hive()?;
+            daemon::hive_binary()?
+        }
+    };
+    let sizes = growth::Sizes {
+        sends: if args.quick { 300 } else { 2000 },
+        statuses: if args.quick { 50 } else { 200 },
+        burst: if args.quick { 16_000 } else { 64_000 },
+    };
+    let mut measured: Vec<(&str, growth::Figures)> = Vec::new();
+    for (id, shape) in GROWTH {
+        if args.quick && shape.stored > 100_000 {
+            continue;
+        }
+        progress(&format!(
+            "row {id}: the daemon with {} stored messages and {} agents",
+            shape.stored, shape.agents
+        ));
+        measured.push((id, growth::measure(&hive, shape, &sizes).await?));
+    }
+    // Each figure is held against the smallest of its series: 10 k stored for the history rows,
+    // 10 agents (the 100 k row) for the agent rows.
+    let smallest = |id: &str| -> Option<&growth::Figures> {
+        let base = if id.starts_with("8-agents") {
+            "8-100k"
+        } else {
+            "8-10k"
+        };
+        measured.iter().find(|(i, _)| *i == base).map(|(_, f)| f)
+    };
+    let mut rows = Vec::new();
+    for (id, f) in &measured {
+        let base = smallest(id).unwrap_or(f);
+        let flat = |now: Duration, then: Duration| now <= then * 2;
+        let send_flat = flat(f.send.p50(), base.send.p50());
+        let status_flat = flat(f.status.p50(), base.status.p50());
+        let rss_bytes = f.after_burst.rss_kib as f64 * 1024.0;
+        rows.push(
+            Row::new(
+                *id,
+                format!(
+                    "daemon with {} stored messages, {} agents: operator send (admin socket) · \
+                     GET /api/v1/status (fresh connection) · RSS idle after a {}-send burst",
+                    f.shape.stored, f.shape.agents, f.burst
+                ),
+                format!(
+                    "send p50 {} · status p50 {} · RSS {} (peak {})",
+                    fmt_dur(f.send.p50()),
+                    fmt_dur(f.status.p50()),
+                    mb(f.after_burst.rss_kib),
+                    mb(f.after_burst.hwm_kib)
+                ),
+            )
+            .target(
+                "send and status within 2× of the smallest · RSS < 25 MB",
+                send_flat && status_flat && rss_bytes < RSS_TARGET_BYTES,
+            )
+            .values(json!({
+                "stored": f.shape.stored, "agents": f.shape.agents,
+                "send_p50_us": us(f.send.p50()), "send_p99_us": us(f.send.p99()),
+                "status_p50_us": us(f.status.p50()), "status_p99_us": us(f.status.p99()),
+                "rss_kib": f.after_burst.rss_kib, "hwm_kib": f.after_burst.hwm_kib,
+                "burst": f.burst,
+            })),
+        );
+    }
+    Ok(rows)
 }

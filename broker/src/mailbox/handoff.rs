@@ -191,13 +191,14 @@ impl Waiters {
     }
 }
 
-/// Puts back a hand-over nobody took, inside the caller's transaction.
+/// Puts back a hand-over nobody took, inside the caller's transaction, flagged `redelivered`: it
+/// may have got as far as the receiver's connection.
 pub(super) fn undo(c: &Connection, handoff: &Handoff) -> Result<()> {
     match handoff {
         Handoff::Messages(messages) => {
             for m in messages {
                 c.execute(
-                    "UPDATE messages SET state = 'queued', delivered_at = NULL
+                    "UPDATE messages SET state = 'queued', delivered_at = NULL, redelivered = 1
                      WHERE id = ?1 AND state = 'delivered'",
                     [m.id],
                 )?;

@@ -4,7 +4,8 @@
 //! A send returns its id only after its transaction committed. A waiting `recv` (or `next_turn`)
 //! sleeps on its inbox's notifier — a `watch` channel bumped after each commit that adds to the
 //! inbox — and never on a timer. A waiter whose caller went away takes nothing: the take runs in the
-//! writer only while someone still waits for its answer.
+//! writer only while someone still waits for its answer, and what a caller that left while its
+//! take committed was given goes back in the queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,12 +37,26 @@ pub enum MessageState {
 }
 
 impl MessageState {
-    fn parse(raw: &str) -> Self {
+    /// A stored state; anything else is refused (a row this hive does not understand must not be
+    /// taken for a queued one and delivered again).
+    fn parse(raw: &str) -> Option<Self> {
         match raw {
-            "leased" => Self::Leased,
-            "delivered" => Self::Delivered,
-            _ => Self::Queued,
+            "queued" => Some(Self::Queued),
+            "leased" => Some(Self::Leased),
+            "delivered" => Some(Self::Delivered),
+            _ => None,
         }
+    }
+}
+
+impl rusqlite::types::FromSql for MessageState {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let raw = value.as_str()?;
+        Self::parse(raw).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(
+                format!("unknown stored message state '{raw}'; run a newer hyperhive").into(),
+            )
+        })
     }
 }
 
@@ -59,7 +74,8 @@ pub struct Message {
     pub state: MessageState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<i64>,
-    /// True when an earlier lease of this message was abandoned (its turn never finished).
+    /// True when an earlier take of this message was abandoned: its turn never finished, or its
+    /// receiver left before the take reached it.
     pub redelivered: bool,
 }
 
@@ -85,7 +101,7 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         body: r.get(3)?,
         in_reply_to: r.get(4)?,
         sent_at: r.get(5)?,
-        state: MessageState::parse(&r.get::<_, String>(6)?),
+        state: r.get(6)?,
         delivered_at: r.get(7)?,
         redelivered: r.get(8)?,
     })
@@ -342,16 +358,19 @@ impl Mailbox {
         let taken = self
             .wait_for(&key, limits.wait, Want::Messages, |id| {
                 let (key, waiters) = (key.clone(), self.waiters.clone());
-                self.store.write(move |c| {
-                    if !waiters.is_waiting(&key, id) {
-                        return Ok(Vec::new()); // claimed by a send: the hand-over brings it
-                    }
-                    let taken = take_delivered(c, &key, limits.max)?;
-                    if !taken.is_empty() {
-                        waiters.withdraw(&key, id);
-                    }
-                    Ok(taken)
-                })
+                self.store.write_or_give_back(
+                    move |c| {
+                        if !waiters.is_waiting(&key, id) {
+                            return Ok(Vec::new()); // claimed by a send: the hand-over brings it
+                        }
+                        let taken = take_delivered(c, &key, limits.max)?;
+                        if !taken.is_empty() {
+                            waiters.withdraw(&key, id);
+                        }
+                        Ok(taken)
+                    },
+                    self.give_back(),
+                )
             })
             .await?;
         if let Some(taken) = &taken {
@@ -361,6 +380,17 @@ impl Mailbox {
             });
         }
         Ok(taken.unwrap_or_default())
+    }
+
+    /// What a take whose caller left while it committed does with what it took: puts it back in
+    /// the queue, flagged `redelivered`, in the writer's next batch.
+    fn give_back<T: Taken>(&self) -> impl FnOnce(T) + Send + 'static {
+        let (store, notifiers) = (self.store.clone(), self.notifiers.clone());
+        move |taken| {
+            if let Some(untaken) = taken.into_handoff() {
+                put_back(&store, &notifiers, untaken);
+            }
+        }
     }
 
     /// Takes with `take` until it finds something, a send hands something over, or `wait` passes.
@@ -419,16 +449,19 @@ impl Mailbox {
         let key = agent.to_string();
         self.wait_for(&key, wait, Want::Turn, |id| {
             let (key, waiters) = (key.clone(), self.waiters.clone());
-            self.store.write(move |c| {
-                if !waiters.is_waiting(&key, id) {
-                    return Ok(None);
-                }
-                let turn = lease_oldest(c, &key)?;
-                if turn.is_some() {
-                    waiters.withdraw(&key, id);
-                }
-                Ok(turn)
-            })
+            self.store.write_or_give_back(
+                move |c| {
+                    if !waiters.is_waiting(&key, id) {
+                        return Ok(None);
+                    }
+                    let turn = lease_oldest(c, &key)?;
+                    if turn.is_some() {
+                        waiters.withdraw(&key, id);
+                    }
+                    Ok(turn)
+                },
+                self.give_back(),
+            )
         })
         .await
         .map(Option::flatten)
@@ -644,28 +677,39 @@ impl Mailbox {
             .await
     }
 
-    /// Counts of messages by state (for `hive status`).
+    /// Counts of messages by state (for `hive status`), from the counts the store keeps: a read of
+    /// a few rows per inbox, whatever the length of the history.
     pub async fn counts(&self) -> Result<MessageCounts> {
-        self.store
-            .read(|c| {
-                let mut counts = MessageCounts::default();
-                let mut stmt = c.prepare("SELECT state, count(*) FROM messages GROUP BY state")?;
-                let mut rows = stmt.query([])?;
-                while let Some(row) = rows.next()? {
-                    let n = row.get::<_, i64>(1)? as u64;
-                    match MessageState::parse(&row.get::<_, String>(0)?) {
-                        MessageState::Queued => counts.queued = n,
-                        MessageState::Leased => counts.leased = n,
-                        MessageState::Delivered => counts.delivered = n,
-                    }
-                }
-                Ok(counts)
-            })
-            .await
+        self.store.read(|c| stored_counts(c, None)).await
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// The stored message counts of one inbox, or of all of them, read inside any transaction.
+pub fn stored_counts(c: &Connection, inbox: Option<&str>) -> Result<MessageCounts> {
+    let mut counts = MessageCounts::default();
+    let mut stmt;
+    let mut rows = match inbox {
+        Some(inbox) => {
+            stmt = c.prepare_cached("SELECT state, n FROM message_counts WHERE recipient = ?1")?;
+            stmt.query([inbox])?
+        }
+        None => {
+            stmt = c.prepare_cached("SELECT state, sum(n) FROM message_counts GROUP BY state")?;
+            stmt.query([])?
+        }
+    };
+    while let Some(row) = rows.next()? {
+        let n = row.get::<_, i64>(1)?.max(0) as u64;
+        match row.get::<_, MessageState>(0)? {
+            MessageState::Queued => counts.queued = n,
+            MessageState::Leased => counts.leased = n,
+            MessageState::Delivered => counts.delivered = n,
+        }
+    }
+    Ok(counts)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct MessageCounts {
     pub queued: u64,
     pub leased: u64,
@@ -673,9 +717,11 @@ pub struct MessageCounts {
 }
 
 /// What a take found; "nothing" sends the waiter back to sleep.
-trait Taken {
+trait Taken: Send + 'static {
     fn is_nothing(&self) -> bool;
     fn from_handoff(handoff: Handoff) -> Self;
+    /// What was taken, as a hand-over to put back; `None` for nothing.
+    fn into_handoff(self) -> Option<Handoff>;
 }
 
 impl Taken for Vec<Message> {
@@ -689,6 +735,10 @@ impl Taken for Vec<Message> {
             Handoff::Turn(t) => vec![t.message],
         }
     }
+
+    fn into_handoff(self) -> Option<Handoff> {
+        (!self.is_empty()).then_some(Handoff::Messages(self))
+    }
 }
 
 impl Taken for Option<Turn> {
@@ -701,6 +751,10 @@ impl Taken for Option<Turn> {
             Handoff::Turn(t) => Some(t),
             Handoff::Messages(_) => None,
         }
+    }
+
+    fn into_handoff(self) -> Option<Handoff> {
+        self.map(Handoff::Turn)
     }
 }
 
