@@ -16,8 +16,8 @@ pub fn run(state: &StateDir, args: CheckConfigArgs) -> anyhow::Result<ExitCode> 
     let path = args.file.unwrap_or_else(|| state.config_file());
     match Config::load(&path, false) {
         Ok(config) => {
-            println!("{}: ok", path.display());
-            println!(
+            outln!("{}: ok", path.display());
+            outln!(
                 "store.synchronous = {}, mailbox.max_body_bytes = {}, mailbox.retention_days = {}",
                 config.store.synchronous,
                 config.mailbox.max_body_bytes,
@@ -26,7 +26,7 @@ pub fn run(state: &StateDir, args: CheckConfigArgs) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("hive: {e}");
+            super::output::emit_err(&format!("hive: {e}"));
             Ok(ExitCode::from(1))
         }
     }
