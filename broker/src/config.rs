@@ -96,6 +96,19 @@ impl Default for MailboxConfig {
     }
 }
 
+/// The largest configuration file read.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The first `MAX_CONFIG_BYTES + 1` bytes of `path` (one more tells that it is too large).
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![];
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// A configuration that could not be used, with the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,13 +122,22 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path`; a missing file means the defaults only when `missing_ok`.
+    /// Reads `path`; a missing file means the defaults only when `missing_ok`. At most
+    /// [`MAX_CONFIG_BYTES`] are read (`--config /dev/zero` must not read until out of memory).
     pub fn load(path: &Path, missing_ok: bool) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
-                path: path.display().to_string(),
-                message,
-            }),
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        match read_capped(path) {
+            Ok(bytes) if bytes.len() > MAX_CONFIG_BYTES => Err(invalid(format!(
+                "larger than {MAX_CONFIG_BYTES} bytes; a hive.toml is a few lines"
+            ))),
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| invalid("is not UTF-8 text".to_owned()))?;
+                Self::from_toml(&text).map_err(invalid)
+            }
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(ConfigError::Read {
                 path: path.display().to_string(),
