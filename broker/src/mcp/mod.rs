@@ -5,6 +5,7 @@
 //!
 //! Directories are 0700 and sockets 0660; inside a container the directory is bound at /run/hive.
 
+mod framing;
 mod tools;
 
 use std::collections::HashMap;
@@ -35,6 +36,12 @@ use crate::registry::{AgentKind, AgentRecord};
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Open connections per socket; more are closed at once.
 pub const MAX_CONNECTIONS_PER_SOCKET: usize = 64;
+/// The in-memory pipes between a connection's framing and rmcp.
+const PIPE_BYTES: usize = 64 * 1024;
+/// Error replies waiting to be written; a client that sends garbage faster waits for them.
+const ERRORS_QUEUED: usize = 16;
+/// How long a connection's last replies may take to reach a client after rmcp finished.
+const REPLY_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -189,8 +196,16 @@ async fn serve_connection(
     let (read, write) = stream.into_split();
     // A request is one JSON line: a body at its limit, escaped, plus the envelope.
     let max_line = hive.mailbox.max_body_bytes() * 6 + 64 * 1024;
-    let transport = AsyncRwTransport::new(HangupReader::new(read, conn.closed.clone()), write)
-        .with_max_line_length(max_line);
+    // rmcp ignores a line that is not JSON and drops one that is too long, leaving the client
+    // waiting forever: the framing in front of it answers those, and passes the rest on.
+    let (to_rmcp, rmcp_in) = tokio::io::duplex(PIPE_BYTES);
+    let (rmcp_out, from_rmcp) = tokio::io::duplex(PIPE_BYTES);
+    let (errors_tx, errors_rx) = tokio::sync::mpsc::channel(ERRORS_QUEUED);
+    let requests = tokio::spawn(framing::pump_requests(read, to_rmcp, errors_tx, max_line));
+    let replies = tokio::spawn(framing::pump_replies(from_rmcp, errors_rx, write));
+    let transport =
+        AsyncRwTransport::new(HangupReader::new(rmcp_in, conn.closed.clone()), rmcp_out)
+            .with_max_line_length(usize::MAX);
     let server = HiveMcp::new(hive.clone(), agent.clone(), role, conn.clone());
     let started = tokio::time::timeout(
         HANDSHAKE_DEADLINE,
@@ -205,6 +220,11 @@ async fn serve_connection(
         Err(_) => tracing::debug!(%agent, "MCP client sent no handshake in time"),
     }
     conn.closed.cancel();
+    requests.abort();
+    // What rmcp wrote last still reaches the client, unless it stopped reading.
+    if tokio::time::timeout(REPLY_DRAIN, replies).await.is_err() {
+        tracing::debug!(%agent, "MCP client stopped reading; its last replies are dropped");
+    }
     let turns: Vec<i64> = conn.leased_turns.lock().expect("turns").drain().collect();
     match hive.mailbox.release_turns(&agent, turns).await {
         Ok(0) => {}
