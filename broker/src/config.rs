@@ -82,6 +82,11 @@ pub struct MailboxConfig {
     /// Delivered messages older than this many days are deleted by the daily vacuum (default 30).
     /// Queued messages are never deleted.
     pub retention_days: u32,
+    /// The most unread (queued) messages one inbox holds; a send past it is refused with
+    /// `inbox_full`, so one agent cannot flood another or the operator (default 10000).
+    pub max_queued_per_inbox: u64,
+    /// The most open questions one agent may have asked the operator (default 100).
+    pub max_open_questions_per_agent: u64,
 }
 
 /// The most a hive may be configured to accept in one message body.
@@ -92,6 +97,8 @@ impl Default for MailboxConfig {
         Self {
             max_body_bytes: 64 * 1024,
             retention_days: 30,
+            max_queued_per_inbox: 10_000,
+            max_open_questions_per_agent: 100,
         }
     }
 }
@@ -162,6 +169,17 @@ impl Config {
         }
         if self.mailbox.retention_days == 0 {
             return Err("mailbox.retention_days = 0: must be at least 1".into());
+        }
+        for (key, value) in [
+            ("max_queued_per_inbox", self.mailbox.max_queued_per_inbox),
+            (
+                "max_open_questions_per_agent",
+                self.mailbox.max_open_questions_per_agent,
+            ),
+        ] {
+            if value == 0 || value > i64::MAX as u64 {
+                return Err(format!("mailbox.{key} = {value}: must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -60,7 +60,7 @@ impl Hive {
             store.clone(),
             registry.clone(),
             bus.clone(),
-            config.mailbox.max_body_bytes,
+            &config.mailbox,
         );
         let released = mailbox.release_all_leases().await?;
         if released > 0 {

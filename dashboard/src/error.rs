@@ -35,6 +35,7 @@ impl From<broker::Error> for ApiError {
             E::NotAllowed { .. } => StatusCode::FORBIDDEN,
             E::Conflict(_) | E::UnsafePath(_) => StatusCode::CONFLICT,
             E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::InboxFull { .. } | E::TooManyQuestions { .. } => StatusCode::TOO_MANY_REQUESTS,
             E::Internal(_) | E::Store(_) | E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if e.is_internal() {
