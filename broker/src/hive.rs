@@ -86,6 +86,7 @@ impl Hive {
         }
         hive.ensure_manager_config().await?;
         hive.reconcile_applied().await?;
+        hive.anchor_audit_head().await?;
         Ok(hive)
     }
 
