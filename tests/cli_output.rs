@@ -108,6 +108,7 @@ fn agent_text_cannot_forge_the_operators_screen() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = follower.kill();
+    let _ = follower.wait();
     let streamed = reader.join().unwrap();
     assert!(text(&streamed).contains("ignore\\r"), "{}", text(&streamed));
     assert_screen_safe("hive messages --follow", &streamed);
