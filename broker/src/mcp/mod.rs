@@ -12,14 +12,10 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rmcp::ServiceExt;
-use rmcp::transport::async_rw::AsyncRwTransport;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -36,12 +32,6 @@ use crate::registry::{AgentKind, AgentRecord};
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Open connections per socket; more are closed at once.
 pub const MAX_CONNECTIONS_PER_SOCKET: usize = 64;
-/// The in-memory pipes between a connection's framing and rmcp.
-const PIPE_BYTES: usize = 64 * 1024;
-/// Error replies waiting to be written; a client that sends garbage faster waits for them.
-const ERRORS_QUEUED: usize = 16;
-/// How long a connection's last replies may take to reach a client after rmcp finished.
-const REPLY_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -196,16 +186,7 @@ async fn serve_connection(
     let (read, write) = stream.into_split();
     // A request is one JSON line: a body at its limit, escaped, plus the envelope.
     let max_line = hive.mailbox.max_body_bytes() * 6 + 64 * 1024;
-    // rmcp ignores a line that is not JSON and drops one that is too long, leaving the client
-    // waiting forever: the framing in front of it answers those, and passes the rest on.
-    let (to_rmcp, rmcp_in) = tokio::io::duplex(PIPE_BYTES);
-    let (rmcp_out, from_rmcp) = tokio::io::duplex(PIPE_BYTES);
-    let (errors_tx, errors_rx) = tokio::sync::mpsc::channel(ERRORS_QUEUED);
-    let requests = tokio::spawn(framing::pump_requests(read, to_rmcp, errors_tx, max_line));
-    let replies = tokio::spawn(framing::pump_replies(from_rmcp, errors_rx, write));
-    let transport =
-        AsyncRwTransport::new(HangupReader::new(rmcp_in, conn.closed.clone()), rmcp_out)
-            .with_max_line_length(usize::MAX);
+    let transport = framing::LineTransport::new(read, write, max_line, conn.closed.clone());
     let server = HiveMcp::new(hive.clone(), agent.clone(), role, conn.clone());
     let started = tokio::time::timeout(
         HANDSHAKE_DEADLINE,
@@ -220,11 +201,6 @@ async fn serve_connection(
         Err(_) => tracing::debug!(%agent, "MCP client sent no handshake in time"),
     }
     conn.closed.cancel();
-    requests.abort();
-    // What rmcp wrote last still reaches the client, unless it stopped reading.
-    if tokio::time::timeout(REPLY_DRAIN, replies).await.is_err() {
-        tracing::debug!(%agent, "MCP client stopped reading; its last replies are dropped");
-    }
     let turns: Vec<i64> = conn.leased_turns.lock().expect("turns").drain().collect();
     match hive.mailbox.release_turns(&agent, turns).await {
         Ok(0) => {}
@@ -232,37 +208,5 @@ async fn serve_connection(
             tracing::info!(%agent, released = n, "harness went away mid-turn; message requeued")
         }
         Err(e) => tracing::warn!(%agent, error = %e, "cannot requeue an abandoned turn"),
-    }
-}
-
-/// Cancels a token when the peer hangs up (EOF or a read error), so a long wait on this
-/// connection ends and takes nothing.
-struct HangupReader<R> {
-    inner: R,
-    hung_up: CancellationToken,
-}
-
-impl<R> HangupReader<R> {
-    fn new(inner: R, hung_up: CancellationToken) -> Self {
-        Self { inner, hung_up }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for HangupReader<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &polled {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                self.hung_up.cancel()
-            }
-            Poll::Ready(Err(_)) => self.hung_up.cancel(),
-            _ => {}
-        }
-        polled
     }
 }
