@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 enum Line {
     Message(Box<RxJsonRpcMessage<RoleServer>>),
-    Answer(TxJsonRpcMessage<RoleServer>),
+    Answer(Box<TxJsonRpcMessage<RoleServer>>),
     Skip,
 }
 
@@ -91,7 +91,7 @@ where
 }
 
 fn error_reply(error: ErrorData, id: Option<RequestId>) -> Line {
-    Line::Answer(TxJsonRpcMessage::<RoleServer>::error(error, id))
+    Line::Answer(Box::new(TxJsonRpcMessage::<RoleServer>::error(error, id)))
 }
 
 /// Classifies one line (without its newline).
@@ -175,7 +175,7 @@ where
             self.line.clear();
             match parsed {
                 Line::Message(message) => return Some(*message),
-                Line::Answer(reply) => self.answer(reply),
+                Line::Answer(reply) => self.answer(*reply),
                 Line::Skip => {}
             }
         }
@@ -193,7 +193,7 @@ mod tests {
     fn code(line: &[u8]) -> Option<i32> {
         match parse(line) {
             Line::Answer(reply) => Some(
-                serde_json::to_value(&reply).unwrap()["error"]["code"]
+                serde_json::to_value(&*reply).unwrap()["error"]["code"]
                     .as_i64()
                     .unwrap() as i32,
             ),
