@@ -44,6 +44,10 @@ fn a_line_rmcp_cannot_take_gets_a_json_rpc_error() {
         // JSON that is no JSON-RPC message.
         let reply = exchange(&mut reader, b"{\"hello\": 1}\n");
         assert_eq!(reply["error"]["code"], -32600, "{reply}");
+        // A request that is no message keeps its id in the answer.
+        let reply = exchange(&mut reader, b"{\"jsonrpc\": \"2.0\", \"id\": 9}\n");
+        assert_eq!(reply["error"]["code"], -32600, "{reply}");
+        assert_eq!(reply["id"], 9, "{reply}");
         // Over the line limit (1024 * 6 + 64 KiB here).
         let long = format!("{{\"x\":\"{}\"}}\n", "y".repeat(200 * 1024));
         let reply = exchange(&mut reader, long.as_bytes());

@@ -215,5 +215,9 @@ mod tests {
         assert!(e.contains("mailbox.max_body_bytes"), "{e}");
         let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
         assert!(e.contains("runtime"), "{e}");
+        let e = Config::from_toml("[mailbox]\nmax_queued_per_inbox = 0\n").unwrap_err();
+        assert!(e.contains("mailbox.max_queued_per_inbox"), "{e}");
+        let e = Config::from_toml("[mailbox]\nmax_open_questions_per_agent = 0\n").unwrap_err();
+        assert!(e.contains("mailbox.max_open_questions_per_agent"), "{e}");
     }
 }

@@ -23,6 +23,11 @@ pub fn run(state: &StateDir, args: CheckConfigArgs) -> anyhow::Result<ExitCode> 
                 config.mailbox.max_body_bytes,
                 config.mailbox.retention_days
             );
+            outln!(
+                "mailbox.max_queued_per_inbox = {}, mailbox.max_open_questions_per_agent = {}",
+                config.mailbox.max_queued_per_inbox,
+                config.mailbox.max_open_questions_per_agent
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
