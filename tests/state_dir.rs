@@ -90,6 +90,21 @@ fn a_dir_others_can_write_keeps_its_mode_and_is_refused() {
 }
 
 #[test]
+fn a_symlinked_state_dir_is_followed_and_locked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+    let _daemon = Daemon::start(&dir.path().join("link"), "");
+    let out = serve_refused(&real, &[]);
+    assert!(
+        text(&out.stderr).contains("another hive is already running"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn an_existing_dir_of_ours_keeps_its_mode() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");

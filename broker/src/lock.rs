@@ -40,7 +40,7 @@ impl DaemonLock {
         };
         let dir = OpenOptions::new()
             .read(true)
-            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+            .custom_flags(OFlag::O_DIRECTORY.bits())
             .open(state_dir)
             .map_err(io(state_dir))?;
         let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {

@@ -47,7 +47,9 @@ impl StateDir {
     pub fn prepare_root(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let shown = self.root.display();
-        let meta = match fs::symlink_metadata(&self.root) {
+        // A symlinked root is followed (systemd's DynamicUser= makes one); what it points at is
+        // checked.
+        let meta = match fs::metadata(&self.root) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return fs::DirBuilder::new()
                     .recursive(true)
@@ -67,7 +69,7 @@ impl StateDir {
             ))
         };
         if !meta.is_dir() {
-            return refuse("is not a directory (a symlink is not followed)".into());
+            return refuse("is not a directory".into());
         }
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me {
