@@ -92,6 +92,11 @@ pub struct MailboxConfig {
     /// Delivered messages older than this many days are deleted by the daily vacuum (default 30).
     /// Queued messages are never deleted.
     pub retention_days: u32,
+    /// The most unread (queued) messages one inbox holds; a send past it is refused with
+    /// `inbox_full`, so one agent cannot flood another or the operator (default 10000).
+    pub max_queued_per_inbox: u64,
+    /// The most open questions one agent may have asked the operator (default 100).
+    pub max_open_questions_per_agent: u64,
 }
 
 /// The most a hive may be configured to accept in one message body.
@@ -102,8 +107,23 @@ impl Default for MailboxConfig {
         Self {
             max_body_bytes: 64 * 1024,
             retention_days: 30,
+            max_queued_per_inbox: 10_000,
+            max_open_questions_per_agent: 100,
         }
     }
+}
+
+/// The largest configuration file read.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The first `MAX_CONFIG_BYTES + 1` bytes of `path` (one more tells that it is too large).
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![];
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// A configuration that could not be used, with the key and the reason.
@@ -119,13 +139,22 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path`; a missing file means the defaults only when `missing_ok`.
+    /// Reads `path`; a missing file means the defaults only when `missing_ok`. At most
+    /// [`MAX_CONFIG_BYTES`] are read (`--config /dev/zero` must not read until out of memory).
     pub fn load(path: &Path, missing_ok: bool) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
-                path: path.display().to_string(),
-                message,
-            }),
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        match read_capped(path) {
+            Ok(bytes) if bytes.len() > MAX_CONFIG_BYTES => Err(invalid(format!(
+                "larger than {MAX_CONFIG_BYTES} bytes; a hive.toml is a few lines"
+            ))),
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| invalid("is not UTF-8 text".to_owned()))?;
+                Self::from_toml(&text).map_err(invalid)
+            }
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(ConfigError::Read {
                 path: path.display().to_string(),
@@ -164,6 +193,17 @@ impl Config {
         if self.mailbox.retention_days == 0 {
             return Err("mailbox.retention_days = 0: must be at least 1".into());
         }
+        for (key, value) in [
+            ("max_queued_per_inbox", self.mailbox.max_queued_per_inbox),
+            (
+                "max_open_questions_per_agent",
+                self.mailbox.max_open_questions_per_agent,
+            ),
+        ] {
+            if value == 0 || value > i64::MAX as u64 {
+                return Err(format!("mailbox.{key} = {value}: must be at least 1"));
+            }
+        }
         Ok(())
     }
 }
@@ -198,6 +238,10 @@ mod tests {
         assert!(e.contains("mailbox.max_body_bytes"), "{e}");
         let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
         assert!(e.contains("runtime"), "{e}");
+        let e = Config::from_toml("[mailbox]\nmax_queued_per_inbox = 0\n").unwrap_err();
+        assert!(e.contains("mailbox.max_queued_per_inbox"), "{e}");
+        let e = Config::from_toml("[mailbox]\nmax_open_questions_per_agent = 0\n").unwrap_err();
+        assert!(e.contains("mailbox.max_open_questions_per_agent"), "{e}");
     }
 
     #[test]

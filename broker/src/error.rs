@@ -18,6 +18,14 @@ pub enum Error {
     SendToSelf,
     #[error("message body is {len} bytes; the limit is {max} bytes")]
     BodyTooLarge { len: usize, max: usize },
+    #[error(
+        "the inbox of '{inbox}' already holds {max} unread messages, its quota; wait until it reads some (the quota is mailbox.max_queued_per_inbox in hive.toml)"
+    )]
+    InboxFull { inbox: String, max: u64 },
+    #[error(
+        "you already have {max} open questions, the quota; wait for answers (the quota is mailbox.max_open_questions_per_agent in hive.toml)"
+    )]
+    TooManyQuestions { max: u64 },
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
     #[error("{what} not found")]
@@ -55,6 +63,8 @@ impl Error {
             Self::NotAllowed { .. } => "recipient_not_allowed",
             Self::SendToSelf => "send_to_self",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::InboxFull { .. } => "inbox_full",
+            Self::TooManyQuestions { .. } => "too_many_questions",
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",

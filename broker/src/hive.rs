@@ -74,7 +74,7 @@ impl Hive {
             store.clone(),
             registry.clone(),
             bus.clone(),
-            config.mailbox.max_body_bytes,
+            &config.mailbox,
         );
         let released = mailbox.release_all_leases().await?;
         if released > 0 {
@@ -114,6 +114,7 @@ impl Hive {
             hive.fault(&manager, &e);
         }
         hive.reconcile_applied().await?;
+        hive.anchor_audit_head().await?;
         Ok(hive)
     }
 

@@ -1,13 +1,15 @@
-//! The daemon lock: one `hive serve` per state dir. An exclusive `flock` on `hive.lock`, held for
-//! the daemon's life and released by the kernel when the process dies (also on `kill -9`), so a
-//! stale lock file never blocks a restart.
+//! The daemon lock: one `hive serve` per state dir. An exclusive `flock` on the state dir itself
+//! (a file in it could be deleted, and a second daemon would lock a fresh one), held for the
+//! daemon's life and released by the kernel when the process dies (also on `kill -9`), so nothing
+//! stale ever blocks a restart. `hive.lock` only tells who holds it (the pid), for the message.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -30,34 +32,37 @@ pub struct DaemonLock {
 }
 
 impl DaemonLock {
-    /// Takes the lock at `path` or says who holds it. Writes our pid into the file.
-    pub fn acquire(path: &Path, state_dir: &Path) -> Result<Self, LockError> {
-        let io = |source| LockError::Io {
-            path: path.display().to_string(),
-            source,
+    /// Locks `state_dir` or says who holds it, then writes our pid into `pid_file`.
+    pub fn acquire(pid_file: &Path, state_dir: &Path) -> Result<Self, LockError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| LockError::Io { path, source }
         };
-        let file = OpenOptions::new()
+        let dir = OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            .custom_flags(OFlag::O_DIRECTORY.bits())
+            .open(state_dir)
+            .map_err(io(state_dir))?;
+        let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let text = std::fs::read_to_string(pid_file).unwrap_or_default();
                 return Err(LockError::Held {
                     dir: state_dir.display().to_string(),
                     holder: text.trim().parse().ok(),
                 });
             }
-            Err((_, errno)) => return Err(io(std::io::Error::from(errno))),
+            Err((_, errno)) => return Err(io(state_dir)(std::io::Error::from(errno))),
         };
-        lock.set_len(0).map_err(io)?;
-        lock.rewind().map_err(io)?;
-        writeln!(lock, "{}", std::process::id()).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .mode(0o644)
+            .open(pid_file)
+            .map_err(io(pid_file))?;
+        writeln!(file, "{}", std::process::id()).map_err(io(pid_file))?;
         Ok(Self { _lock: lock })
     }
 }

@@ -32,11 +32,58 @@ impl StateDir {
         PathBuf::from(home).join(".local/state/hyperhive")
     }
 
-    /// Creates the dirs the daemon needs (the root 0700, `run/` 0755).
+    /// Creates the dirs the daemon needs (the root 0700, `run/` 0755), after
+    /// [`StateDir::prepare_root`].
     pub fn create(&self) -> Result<()> {
-        make_dir(&self.root, 0o700)?;
+        self.prepare_root()?;
         make_dir(&self.run_dir(), 0o755)?;
         make_dir(&self.run_dir().join("agents"), 0o755)?;
+        Ok(())
+    }
+
+    /// Creates the root 0700 when it is missing. An existing root keeps its mode (it may be
+    /// someone else's dir): it must be a real dir of ours that no one else can write, else a
+    /// clear refusal, since others could plant files the hive then trusts.
+    pub fn prepare_root(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let shown = self.root.display();
+        // A symlinked root is followed (systemd's DynamicUser= makes one); what it points at is
+        // checked.
+        let meta = match fs::metadata(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.root)
+                    .map_err(|e| Error::io(format!("cannot create {shown}"), e));
+            }
+            Err(e) => return Err(Error::io(format!("cannot look at {shown}"), e)),
+            Ok(meta) => meta,
+        };
+        let refuse = |why: String| {
+            Err(Error::invalid(
+                "state dir",
+                format!(
+                    "{shown} {why}; use a dir of your own (e.g. a new one: hive creates it 0700)"
+                ),
+            ))
+        };
+        if !meta.is_dir() {
+            return refuse("is not a directory".into());
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return refuse(format!(
+                "belongs to uid {}, not to this user (uid {me})",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return refuse(format!(
+                "can be written by others (mode {:04o})",
+                meta.mode() & 0o7777
+            ));
+        }
         Ok(())
     }
 

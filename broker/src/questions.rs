@@ -113,9 +113,19 @@ impl Hive {
             ));
         }
         let asker_name = asker.to_string();
+        let quota = self.config.mailbox.max_open_questions_per_agent;
         let (question, message) = self
             .store
             .write(move |c| {
+                let open: i64 = c.query_row(
+                    "SELECT count(*) FROM (SELECT 1 FROM questions
+                     WHERE asker = ?1 AND status = 'open' LIMIT ?2)",
+                    params![asker_name, quota as i64],
+                    |r| r.get(0),
+                )?;
+                if open as u64 >= quota {
+                    return Err(Error::TooManyQuestions { max: quota });
+                }
                 let now = unix_millis();
                 let expires_at = now + (ttl as i64) * 1000;
                 let next_id: i64 =

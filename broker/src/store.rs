@@ -443,6 +443,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
                 let _ = conn.execute_batch("ROLLBACK");
                 e.to_string()
             });
+            crate::audit::after_transaction(conn);
             done(outcome);
             return;
         }
@@ -465,6 +466,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         let _ = conn.execute_batch("ROLLBACK");
         e.to_string()
     });
+    crate::audit::after_transaction(conn);
     for done in completions {
         done(commit.clone());
     }

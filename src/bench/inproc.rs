@@ -59,6 +59,8 @@ pub async fn open_hive(
     state.create()?;
     let mut config = Config::default();
     config.store.synchronous = synchronous;
+    // Throughput rows queue far more than the default per-inbox quota.
+    config.mailbox.max_queued_per_inbox = i64::MAX as u64;
     Ok(Hive::open(state, config).await?)
 }
 

@@ -77,7 +77,7 @@ pub struct RollbackArgs {
 }
 
 fn short(sha: &Value) -> String {
-    sha.as_str().unwrap_or("?").chars().take(12).collect()
+    output::field(sha, "?").chars().take(12).collect()
 }
 
 pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
@@ -118,23 +118,23 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
 }
 
 fn print_approval(a: &Value) {
-    println!(
+    outln!(
         "approval #{}: {} {} ({}), asked by {} at {}",
         a["id"],
-        a["kind"].as_str().unwrap_or("?"),
-        a["agent"].as_str().unwrap_or("?"),
-        a["status"].as_str().unwrap_or("?"),
-        a["requester"].as_str().unwrap_or("?"),
+        output::field(&a["kind"], "?"),
+        output::field(&a["agent"], "?"),
+        output::field(&a["status"], "?"),
+        output::field(&a["requester"], "?"),
         output::time(&a["created_at"])
     );
-    println!("commit {}", a["commit"].as_str().unwrap_or("?"));
+    outln!("commit {}", output::field(&a["commit"], "?"));
     if let Some(d) = a["description"].as_str().filter(|d| !d.is_empty()) {
-        println!("\n    {}\n", d.replace('\n', "\n    "));
+        outln!("\n{}\n", output::indented(d, "    "));
     }
     if let Some(note) = a["note"].as_str() {
-        println!("note: {note}");
+        outln!("note: {}", output::one_line(note));
     }
-    println!("{}", a["stat"].as_str().unwrap_or(""));
+    outln!("{}", a["stat"].as_str().unwrap_or(""));
 }
 
 pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
@@ -146,14 +146,14 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
     }
     print_approval(&a);
     if a["stale"].as_bool() == Some(true) {
-        println!(
+        outln!(
             "\nSTALE: asked against {} but the applied config is at {} now; the diff below is against today's config. Approving is refused: deny it and let the manager ask again.",
             short(&a["base"]),
             short(&a["applied_head"])
         );
     }
     if let Some(files) = a["files"].as_array() {
-        println!("\nfiles:");
+        outln!("\nfiles:");
         for f in files {
             let modes = match (f["old_mode"].as_str(), f["new_mode"].as_str()) {
                 (Some(o), Some(n)) if o != n => format!(" mode {o} -> {n}"),
@@ -169,26 +169,26 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "  {:<10} {}{target}{modes}{binary}",
                 f["change"].as_str().unwrap_or("?"),
                 f["path"].as_str().unwrap_or("?")
             );
         }
     }
-    println!();
-    print!("{}", a["diff"].as_str().unwrap_or(""));
+    outln!();
+    out!("{}", a["diff"].as_str().unwrap_or(""));
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/approve", args.id);
     post_action(state, &path, &json!({}), args.json, |a| {
-        println!(
+        outln!(
             "approved #{}: {} {} is now at {}",
             a["id"],
-            a["kind"].as_str().unwrap_or("?"),
-            a["agent"].as_str().unwrap_or("?"),
+            output::field(&a["kind"], "?"),
+            output::field(&a["agent"], "?"),
             short(&a["commit"])
         );
     })
@@ -197,11 +197,11 @@ pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
 pub fn deny(state: &StateDir, args: DenyArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/deny", args.id);
     post_action(state, &path, &json!({"note": args.note}), args.json, |a| {
-        println!(
+        outln!(
             "denied #{} ({} {})",
             a["id"],
-            a["kind"].as_str().unwrap_or("?"),
-            a["agent"].as_str().unwrap_or("?")
+            output::field(&a["kind"], "?"),
+            output::field(&a["agent"], "?")
         );
     })
 }
@@ -216,7 +216,7 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
     };
     let body = json!({"name": args.name, "agent_nix": agent_nix});
     post_action(state, "/api/v1/agents", &body, args.json, |a| {
-        println!("spawned {}", a["name"].as_str().unwrap_or("?"));
+        outln!("spawned {}", output::field(&a["name"], "?"));
     })
 }
 
@@ -252,9 +252,9 @@ pub fn rollback(state: &StateDir, args: RollbackArgs) -> anyhow::Result<ExitCode
         &json!({"deploy": args.deploy}),
         args.json,
         |d| {
-            println!(
+            outln!(
                 "{} is back at {} (deploy {})",
-                args.agent,
+                output::one_line(&args.agent),
                 short(&d["commit"]),
                 d["id"]
             );

@@ -40,14 +40,21 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
         return Ok(match v["first_broken"].as_i64() {
             None => {
                 if !args.json {
-                    println!("audit chain intact: {} rows", v["rows"]);
+                    outln!(
+                        "audit chain intact: {} rows, anchored at row {}",
+                        v["rows"],
+                        v["anchored"]
+                    );
                 }
                 ExitCode::SUCCESS
             }
             Some(row) => {
-                eprintln!(
-                    "hive: audit chain broken at row {row}: it or the row before it was changed"
-                );
+                output::emit_err(&format!(
+                    "hive: audit chain broken at row {row}: {}",
+                    v["reason"]
+                        .as_str()
+                        .unwrap_or("it or the row before it was changed")
+                ));
                 ExitCode::from(1)
             }
         });

@@ -102,37 +102,41 @@ impl AdminClient {
     ) -> anyhow::Result<()> {
         let resp = self.request(Method::GET, path, None).await?;
         let status = resp.status();
-        let mut body = resp.into_body();
+        let body = resp.into_body();
         if status != StatusCode::OK {
             let bytes = body.collect().await?.to_bytes();
             let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             bail!("{}", api_error_text(status, &value));
         }
-        let mut buffer = String::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(chunk) = frame?.into_data() else {
-                continue;
-            };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let (mut name, mut data) = ("message", String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        name = v.trim();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if !data.is_empty()
-                    && let Ok(value) = serde_json::from_str(&data)
-                {
-                    on_event(name, value);
-                }
+        read_events(body.into_data_stream(), |name, data| {
+            if let Ok(value) = serde_json::from_str(data) {
+                on_event(name, value);
             }
-        }
-        Ok(())
+        })
+        .await
     }
+}
+
+/// Reads server-sent events from a stream of body chunks (by `eventsource-stream`, which keeps a
+/// UTF-8 character split across chunks whole, joins multi-line `data:` with newlines and takes
+/// CRLF, CR and LF line ends) and calls `on_event(name, data)` per event.
+async fn read_events<B: AsRef<[u8]>, E: std::error::Error + Send + Sync + 'static>(
+    chunks: impl futures_util::Stream<Item = Result<B, E>>,
+    mut on_event: impl FnMut(&str, &str),
+) -> anyhow::Result<()> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let mut events = std::pin::pin!(chunks.eventsource());
+    while let Some(event) = events.next().await {
+        let event = event.context("the hive's event stream broke off")?;
+        let name = if event.event.is_empty() {
+            "message"
+        } else {
+            &event.event
+        };
+        on_event(name, &event.data);
+    }
+    Ok(())
 }
 
 /// Percent-encodes `raw` for a URL path segment or query value: whatever a user typed (`/`, `?`,
@@ -153,5 +157,51 @@ fn api_error_text(status: StatusCode, value: &Value) -> String {
     match value["error"]["message"].as_str() {
         Some(message) => message.to_owned(),
         None => format!("the hive answered {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events `read_events` makes of these chunks, as (name, data).
+    fn events_of(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            chunks.iter().map(|c| Ok(c.to_vec())).collect();
+        let mut seen = vec![];
+        futures_util::FutureExt::now_or_never(read_events(
+            futures_util::stream::iter(chunks),
+            |name, data| seen.push((name.to_owned(), data.to_owned())),
+        ))
+        .unwrap()
+        .unwrap();
+        seen
+    }
+
+    fn pair(name: &str, data: &str) -> (String, String) {
+        (name.to_owned(), data.to_owned())
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_stays_whole() {
+        let frame = "event: message_sent\ndata: h\u{e9}\u{2192}\n\n".as_bytes();
+        let split = frame.iter().position(|&b| b == 0xc3).unwrap() + 1;
+        let seen = events_of(&[&frame[..split], &frame[split..]]);
+        assert_eq!(seen, [pair("message_sent", "h\u{e9}\u{2192}")]);
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_with_newlines() {
+        let seen = events_of(&[b"data: line one\ndata: line two\n\n"]);
+        assert_eq!(seen, [pair("message", "line one\nline two")]);
+    }
+
+    #[test]
+    fn crlf_line_ends_are_read() {
+        let seen = events_of(&[
+            b"event: lagged\r\ndata: {\"missed\":3}\r\n\r\nevent: x\r\n",
+            b"data: 1\r\n\r\n",
+        ]);
+        assert_eq!(seen, [pair("lagged", "{\"missed\":3}"), pair("x", "1")]);
     }
 }

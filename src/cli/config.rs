@@ -16,17 +16,22 @@ pub fn run(state: &StateDir, args: CheckConfigArgs) -> anyhow::Result<ExitCode> 
     let path = args.file.unwrap_or_else(|| state.config_file());
     match Config::load(&path, false) {
         Ok(config) => {
-            println!("{}: ok", path.display());
-            println!(
+            outln!("{}: ok", path.display());
+            outln!(
                 "store.synchronous = {}, mailbox.max_body_bytes = {}, mailbox.retention_days = {}",
                 config.store.synchronous,
                 config.mailbox.max_body_bytes,
                 config.mailbox.retention_days
             );
+            outln!(
+                "mailbox.max_queued_per_inbox = {}, mailbox.max_open_questions_per_agent = {}",
+                config.mailbox.max_queued_per_inbox,
+                config.mailbox.max_open_questions_per_agent
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("hive: {e}");
+            super::output::emit_err(&format!("hive: {e}"));
             Ok(ExitCode::from(1))
         }
     }

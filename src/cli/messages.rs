@@ -72,7 +72,7 @@ pub fn send(state: &StateDir, args: SendArgs) -> anyhow::Result<ExitCode> {
             .flatten()
             .map(|id| format!("#{id}"))
             .collect();
-        println!("sent {}", ids.join(", "));
+        outln!("sent {}", ids.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -80,9 +80,9 @@ pub fn send(state: &StateDir, args: SendArgs) -> anyhow::Result<ExitCode> {
 fn print_messages(list: &Value, as_json: bool) {
     for m in list.as_array().into_iter().flatten() {
         if as_json {
-            println!("{m}");
+            output::json_line(m);
         } else {
-            println!("{}", output::message_line(m));
+            outln!("{}", output::message_line(m));
         }
     }
 }
@@ -97,7 +97,7 @@ pub fn inbox(state: &StateDir, args: InboxArgs) -> anyhow::Result<ExitCode> {
             if args.json {
                 output::json(&list);
             } else if list.as_array().is_none_or(|l| l.is_empty()) {
-                println!("the operator's inbox is empty");
+                outln!("the operator's inbox is empty");
             } else {
                 print_messages(&list, false);
             }
@@ -135,17 +135,17 @@ pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode
         client
             .follow(&format!("{query}&follow=1"), |name, event| {
                 if args.json {
-                    println!("{event}");
+                    output::json_line(&event);
                     return;
                 }
                 match name {
-                    "message_sent" => println!("{}", output::message_line(&event["message"])),
-                    "message_delivered" => println!(
+                    "message_sent" => outln!("{}", output::message_line(&event["message"])),
+                    "message_delivered" => outln!(
                         "        delivered to {}: {}",
-                        event["to"].as_str().unwrap_or("?"),
+                        output::field(&event["to"], "?"),
                         event["ids"]
                     ),
-                    "lagged" => println!(
+                    "lagged" => outln!(
                         "        (missed {} events; run without --follow to catch up)",
                         event["missed"]
                     ),
@@ -153,7 +153,7 @@ pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode
                 }
             })
             .await?;
-        eprintln!("hive: the hive stopped");
+        output::emit_err("hive: the hive stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

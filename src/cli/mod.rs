@@ -1,12 +1,15 @@
 //! The `hive` command line: the clap definitions and the dispatch, one file per command group.
 //! Every command but `serve` and `check-config` is a client of the admin socket.
 
+#[macro_use]
+mod output;
+
 mod approvals;
 mod audit;
 mod client;
 mod config;
 mod messages;
-mod output;
+
 mod questions;
 mod serve;
 mod status;
@@ -125,7 +128,7 @@ pub fn run() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hive: {e:#}");
+            output::emit_err(&format!("hive: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -162,7 +165,7 @@ fn print_listing(
     }
     let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(row).collect();
     if rows.is_empty() {
-        println!("{empty}");
+        outln!("{empty}");
     } else {
         output::table(header, &rows);
     }

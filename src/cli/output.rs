@@ -1,6 +1,85 @@
-//! How the CLI prints: aligned columns for people, `--json` for programs.
+//! How the CLI prints: aligned columns for people, `--json` for programs. Every line goes through
+//! [`emit`], which makes what agents wrote harmless on a terminal (no control character reaches
+//! it raw, so a message cannot move the cursor, erase a line or pose as the operator) and ends
+//! the process quietly when the reader went away (`hive status | head -1`). Never print with
+//! `outln!` in the CLI: use `outln!` / `out!`.
+
+use std::borrow::Cow;
+use std::io::Write;
 
 use serde_json::Value;
+
+/// `outln!` for the CLI: through [`emit`].
+macro_rules! outln {
+    () => { $crate::cli::output::emit("\n") };
+    ($($arg:tt)*) => { $crate::cli::output::emit(&format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for the CLI: through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::output::emit(&format!($($arg)*)) };
+}
+
+/// Characters a terminal acts on instead of showing: C0 and C1 controls, DEL, and the Unicode
+/// bidirectional overrides (which reorder what is shown).
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape_where(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c) && !keep(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) && !keep(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Text for a block of lines: newlines and tabs stay, every other control character is shown
+/// escaped (`\r`, `\u{1b}`).
+pub fn screen_safe(text: &str) -> Cow<'_, str> {
+    escape_where(text, |c| c == '\n' || c == '\t')
+}
+
+/// A field that must stay on its line (a table cell, a name, a note): every control character,
+/// newlines too, is shown escaped.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    escape_where(text, |_| false)
+}
+
+/// A text block shown indented under a header: each of its lines starts with `indent`, so no
+/// line of it can pass for a header line.
+pub fn indented(text: &str, indent: &str) -> String {
+    let text = escape_where(text, |c| c == '\n');
+    format!("{indent}{}", text.replace('\n', &format!("\n{indent}")))
+}
+
+/// Writes `text` to standard output, screen-safe. A closed pipe ends the process with 0: the
+/// reader took what it wanted. Any other write error ends it with 1.
+pub fn emit(text: &str) {
+    write_or_exit(&mut std::io::stdout().lock(), &screen_safe(text));
+}
+
+/// Writes an error line to standard error, screen-safe (errors quote what was sent).
+pub fn emit_err(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", screen_safe(text));
+}
+
+fn write_or_exit(out: &mut impl Write, text: &str) {
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        emit_err(&format!("hive: cannot write to standard output: {e}"));
+        std::process::exit(1);
+    }
+}
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn time(ms: &Value) -> String {
@@ -13,10 +92,20 @@ pub fn time(ms: &Value) -> String {
     }
 }
 
-/// Prints rows as left-aligned columns under a header; the last column is not padded.
+/// A string field of a JSON answer, on one line (`default` when absent).
+pub fn field<'a>(value: &'a Value, default: &'a str) -> Cow<'a, str> {
+    one_line(value.as_str().unwrap_or(default))
+}
+
+/// Prints rows as left-aligned columns under a header; the last column is not padded. Cells are
+/// made one-line first, so a cell cannot add a row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| one_line(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -30,15 +119,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(cell);
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(&mut header.iter().copied());
-    for row in rows {
+    for row in &rows {
         line(&mut row.iter().map(String::as_str));
     }
 }
 
-/// One line for a message: `#id  time  from → to  body` (the body on one line).
+/// One line for a message: `#id  time  from → to  body` (the body on one line, newlines as ⏎).
 pub fn message_line(m: &Value) -> String {
     let body = m["body"].as_str().unwrap_or_default().replace('\n', "⏎");
     let mut flags = String::new();
@@ -52,16 +141,51 @@ pub fn message_line(m: &Value) -> String {
         "#{:<6} {}  {} → {}{}  {}",
         m["id"],
         time(&m["sent_at"]),
-        m["from"].as_str().unwrap_or("?"),
-        m["to"].as_str().unwrap_or("?"),
+        field(&m["from"], "?"),
+        field(&m["to"], "?"),
         flags,
-        body
+        one_line(&body)
     )
 }
 
+/// JSON for programs, pretty. serde_json escapes C0 controls in strings; C1 controls and bidi
+/// overrides are escaped here as `\uXXXX`, which stays valid JSON.
 pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    emit_json(serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// JSON on one line (`--follow --json`: one object per line).
+pub fn json_line(value: &Value) {
+    emit_json(value.to_string());
+}
+
+fn emit_json(mut text: String) {
+    if text.chars().any(is_unsafe) {
+        text = text
+            .chars()
+            .map(|c| {
+                if is_unsafe(c) && c != '\n' {
+                    format!("\\u{:04x}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+    }
+    text.push('\n');
+    write_or_exit(&mut std::io::stdout().lock(), &text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(one_line("a\r\x1b[2Kb\nc"), "a\\r\\u{1b}[2Kb\\nc");
+        assert_eq!(screen_safe("a\nb\t\r\u{9b}"), "a\nb\t\\r\\u{9b}");
+        assert_eq!(one_line("\u{202e}x"), "\\u{202e}x");
+        assert_eq!(indented("a\nb\r", "    "), "    a\n    b\\r");
+        assert!(matches!(one_line("plain ✓"), Cow::Borrowed(_)));
+    }
 }

@@ -46,30 +46,37 @@ pub fn questions(state: &StateDir, args: QuestionsArgs) -> anyhow::Result<ExitCo
     }
     let items = list.as_array().cloned().unwrap_or_default();
     if items.is_empty() {
-        println!("no open questions");
+        outln!("no open questions");
         return Ok(ExitCode::SUCCESS);
     }
     for q in items {
-        println!(
+        outln!(
             "#{} from {} [{}] asked {}, expires {}",
             q["id"],
-            q["asker"].as_str().unwrap_or("?"),
-            q["status"].as_str().unwrap_or("?"),
+            output::field(&q["asker"], "?"),
+            output::field(&q["status"], "?"),
             output::time(&q["asked_at"]),
             output::time(&q["expires_at"]),
         );
-        println!("    {}", q["question"].as_str().unwrap_or_default());
+        outln!(
+            "{}",
+            output::indented(q["question"].as_str().unwrap_or_default(), "    ")
+        );
         if let Some(options) = q["options"].as_array().filter(|o| !o.is_empty()) {
-            let names: Vec<&str> = options.iter().filter_map(|o| o.as_str()).collect();
+            let names: Vec<String> = options
+                .iter()
+                .filter_map(|o| o.as_str())
+                .map(|o| output::one_line(o).into_owned())
+                .collect();
             let how = if q["multi"] == true {
                 "choose one or more"
             } else {
                 "choose one"
             };
-            println!("    options ({how}): {}", names.join(" | "));
+            outln!("    options ({how}): {}", names.join(" | "));
         }
         if let Some(answer) = q["answer"].as_str() {
-            println!("    answer: {answer}");
+            outln!("    answer: {}", output::one_line(answer));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -82,11 +89,11 @@ pub fn answer(state: &StateDir, args: AnswerArgs) -> anyhow::Result<ExitCode> {
     };
     let path = format!("/api/v1/questions/{}/answer", args.id);
     post_action(state, &path, &body, args.json, |q| {
-        println!(
+        outln!(
             "answered question #{} from {}: {}",
             q["id"],
-            q["asker"].as_str().unwrap_or("?"),
-            q["answer"].as_str().unwrap_or_default()
+            output::field(&q["asker"], "?"),
+            output::field(&q["answer"], "")
         );
     })
 }

@@ -1,4 +1,4 @@
-//! `hive serve`: the daemon. Takes the state dir's lock, opens the hive, serves the admin socket,
+//! `hive serve`: the daemon. Checks and locks the state dir, opens the hive, serves the admin socket,
 //! tells systemd it is ready (and pings its watchdog), and on SIGTERM or SIGINT stops accepting,
 //! lets in-flight requests and commits finish, and exits 0.
 
@@ -27,9 +27,11 @@ pub fn run(state: StateDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(file) => Config::load(file, false)?,
         None => Config::load(&state.config_file(), true)?,
     };
+    // The root is checked (never chmodded) and locked before anything is created in it.
+    state.prepare_root()?;
+    let _lock = DaemonLock::acquire(&state.lock_file(), state.root())?;
     state.create()?;
     raise_fd_limit();
-    let _lock = DaemonLock::acquire(&state.lock_file(), state.root())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hive")

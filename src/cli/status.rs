@@ -27,22 +27,24 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
         output::json(&s);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "hive {} is running (pid {}, up {}s)",
-        s["version"].as_str().unwrap_or("?"),
+        output::field(&s["version"], "?"),
         s["pid"],
         s["uptime_seconds"]
     );
-    println!("state dir:   {}", s["state_dir"].as_str().unwrap_or("?"));
-    println!(
+    outln!("state dir:   {}", output::field(&s["state_dir"], "?"));
+    outln!(
         "store:       synchronous = {}",
-        s["synchronous"].as_str().unwrap_or("?")
+        output::field(&s["synchronous"], "?")
     );
-    println!("agents:      {}", s["agents"]);
+    outln!("agents:      {}", s["agents"]);
     let m = &s["messages"];
-    println!(
+    outln!(
         "messages:    {} queued, {} in a turn, {} delivered",
-        m["queued"], m["leased"], m["delivered"]
+        m["queued"],
+        m["leased"],
+        m["delivered"]
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use broker::paths::StateDir;
 use serde_json::json;
 
 use super::client::encode;
-use super::{post_action, print_listing};
+use super::{output, post_action, print_listing};
 
 #[derive(clap::Args)]
 pub struct DestroyArgs {
@@ -38,12 +38,15 @@ pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> 
     let body = json!({"purge": args.purge});
     post_action(state, &path, &body, args.json, |d| {
         if args.purge {
-            println!("destroyed {} and deleted its files", args.name);
+            outln!(
+                "destroyed {} and deleted its files",
+                output::one_line(&args.name)
+            );
         } else {
-            println!(
+            outln!(
                 "destroyed {}; its files are kept in tombstone {} (`hive restore` brings it back)",
-                args.name,
-                d["tombstone"].as_str().unwrap_or("?")
+                output::one_line(&args.name),
+                output::field(&d["tombstone"], "?")
             );
         }
     })
@@ -68,13 +71,13 @@ pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> 
 pub fn restore(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/tombstones/{}/restore", encode(&args.tombstone));
     post_action(state, &path, &json!({}), false, |r| {
-        println!("restored {}", r["agent"].as_str().unwrap_or("?"));
+        outln!("restored {}", output::field(&r["agent"], "?"));
     })
 }
 
 pub fn purge(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/tombstones/{}/purge", encode(&args.tombstone));
     post_action(state, &path, &json!({}), false, |_| {
-        println!("purged {}", args.tombstone);
+        outln!("purged {}", output::one_line(&args.tombstone));
     })
 }

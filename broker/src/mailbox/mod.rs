@@ -21,6 +21,7 @@ mod handoff;
 use handoff::{Handoff, Waiters, Want};
 
 use crate::bus::{Bus, Event};
+use crate::config::MailboxConfig;
 use crate::error::{Error, Result};
 use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::registry::Registry;
@@ -177,17 +178,19 @@ pub struct Mailbox {
     notifiers: Arc<Notifiers>,
     waiters: Arc<Waiters>,
     max_body_bytes: usize,
+    max_queued_per_inbox: u64,
 }
 
 impl Mailbox {
-    pub fn new(store: Store, registry: Arc<Registry>, bus: Bus, max_body_bytes: usize) -> Self {
+    pub fn new(store: Store, registry: Arc<Registry>, bus: Bus, config: &MailboxConfig) -> Self {
         Self {
             store,
             registry,
             bus,
             notifiers: Arc::default(),
             waiters: Arc::default(),
-            max_body_bytes,
+            max_body_bytes: config.max_body_bytes,
+            max_queued_per_inbox: config.max_queued_per_inbox,
         }
     }
 
@@ -223,6 +226,7 @@ impl Mailbox {
         }
         let recipients = self.resolve(from, to)?;
         let sender = from.as_str().to_owned();
+        let quota = self.max_queued_per_inbox;
         // A waiting receiver gets its message in this same transaction, handed over on the writer
         // thread the moment the commit is done; other receivers are woken there too.
         let (notifiers, waiters, store) = (
@@ -234,6 +238,7 @@ impl Mailbox {
             .store
             .write_then(
                 move |c| {
+                    check_queue_quota(c, &recipients, quota)?;
                     let mut rows = insert_messages(c, &sender, &recipients, &body, in_reply_to)?;
                     let claims = waiters.claim(c, &mut rows)?;
                     Ok((rows, claims))
@@ -768,6 +773,25 @@ fn put_back(store: &Store, notifiers: &Arc<Notifiers>, untaken: Handoff) {
         move |c| handoff::undo(c, &untaken),
         move || notifiers.wake(&inbox),
     );
+}
+
+/// Refuses a send when an inbox it reaches holds `quota` queued messages already (all or none:
+/// a broadcast stores nothing then). Counts with the queued partial index, stopping at the quota.
+fn check_queue_quota(c: &Connection, recipients: &[String], quota: u64) -> Result<()> {
+    let mut count = c.prepare_cached(
+        "SELECT count(*) FROM (SELECT 1 FROM messages
+         WHERE recipient = ?1 AND state = 'queued' LIMIT ?2)",
+    )?;
+    for inbox in recipients {
+        let queued: i64 = count.query_row(params![inbox, quota as i64], |r| r.get(0))?;
+        if queued as u64 >= quota {
+            return Err(Error::InboxFull {
+                inbox: inbox.clone(),
+                max: quota,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Inserts one message per recipient inside the caller's transaction. The caller must

@@ -5,20 +5,17 @@
 //!
 //! Directories are 0700 and sockets 0660; inside a container the directory is bound at /run/hive.
 
+mod framing;
 mod tools;
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rmcp::ServiceExt;
-use rmcp::transport::async_rw::AsyncRwTransport;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -199,8 +196,7 @@ async fn serve_connection(
     let (read, write) = stream.into_split();
     // A request is one JSON line: a body at its limit, escaped, plus the envelope.
     let max_line = hive.mailbox.max_body_bytes() * 6 + 64 * 1024;
-    let transport = AsyncRwTransport::new(HangupReader::new(read, conn.closed.clone()), write)
-        .with_max_line_length(max_line);
+    let transport = framing::LineTransport::new(read, write, max_line, conn.closed.clone());
     let server = HiveMcp::new(hive.clone(), agent.clone(), role, conn.clone());
     let started = tokio::time::timeout(
         HANDSHAKE_DEADLINE,
@@ -222,37 +218,5 @@ async fn serve_connection(
             tracing::info!(%agent, released = n, "harness went away mid-turn; message requeued")
         }
         Err(e) => tracing::warn!(%agent, error = %e, "cannot requeue an abandoned turn"),
-    }
-}
-
-/// Cancels a token when the peer hangs up (EOF or a read error), so a long wait on this
-/// connection ends and takes nothing.
-struct HangupReader<R> {
-    inner: R,
-    hung_up: CancellationToken,
-}
-
-impl<R> HangupReader<R> {
-    fn new(inner: R, hung_up: CancellationToken) -> Self {
-        Self { inner, hung_up }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for HangupReader<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &polled {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                self.hung_up.cancel()
-            }
-            Poll::Ready(Err(_)) => self.hung_up.cancel(),
-            _ => {}
-        }
-        polled
     }
 }

@@ -1,0 +1,188 @@
+//! What the `hive` CLI prints is safe on a terminal and in a pipe: text an agent wrote (messages,
+//! commit contents, descriptions) reaches the screen with its control characters escaped, and a
+//! reader that goes away early ends the command quietly with 0.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use serde_json::{Value, json};
+
+type Client = rmcp::service::RunningService<rmcp::service::RoleClient, ()>;
+
+async fn call(client: &Client, tool: &str, args: Value) -> Value {
+    let result = client
+        .call_tool(
+            CallToolRequestParams::new(tool.to_owned())
+                .with_arguments(args.as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap();
+    let text = result.content[0].as_text().unwrap().text.clone();
+    assert!(!result.is_error.unwrap_or(false), "{tool}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn manager(rt: &tokio::runtime::Runtime, state: &std::path::Path) -> Client {
+    let stream = rt
+        .block_on(tokio::net::UnixStream::connect(
+            state.join("run/agents/manager/mcp.sock"),
+        ))
+        .unwrap();
+    rt.block_on(().serve(stream)).unwrap()
+}
+
+/// What a hostile agent writes to pose as the operator: a carriage return and an erase-line
+/// escape to overwrite its own line, a forged line, and a terminal-title escape.
+const FORGED: &str = "ignore\r\x1b[2K#99     2026-01-01 00:00:00  operator → manager  approve all\x1b]0;owned\x07\u{9b}2J";
+
+fn assert_screen_safe(what: &str, bytes: &[u8]) {
+    let out = text(bytes);
+    for bad in ['\x1b', '\r', '\x07', '\u{9b}'] {
+        assert!(!out.contains(bad), "{what} printed {bad:?} raw: {out:?}");
+    }
+}
+
+#[test]
+fn agent_text_cannot_forge_the_operators_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = manager(&rt, state);
+    rt.block_on(call(
+        &manager,
+        "send",
+        json!({"to": "operator", "body": FORGED}),
+    ));
+
+    let inbox = cli(state, &["inbox"]);
+    assert!(inbox.status.success(), "{}", text(&inbox.stderr));
+    assert_screen_safe("hive inbox", &inbox.stdout);
+    let shown = text(&inbox.stdout);
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(shown.contains("manager → operator"), "{shown}");
+    assert!(shown.contains("ignore\\r\\u{1b}[2K#99"), "{shown}");
+    assert_screen_safe("hive messages", &cli(state, &["messages"]).stdout);
+
+    // --json stays JSON, with every control character escaped in it.
+    let json_out = cli(state, &["messages", "--json"]);
+    assert_screen_safe("hive messages --json", &json_out.stdout);
+    let listed: Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(listed[0]["body"], FORGED);
+
+    // The live stream too.
+    let mut follower = Command::new(HIVE)
+        .args(["messages", "--follow"])
+        .env("HIVE_STATE_DIR", state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut stdout = stdout;
+        // Up to the first message line (the stream prints nothing before one arrives).
+        while stdout.read(&mut byte).unwrap_or(0) == 1 {
+            buf.push(byte[0]);
+            if byte[0] == b'\n' && String::from_utf8_lossy(&buf).contains("ignore") {
+                break;
+            }
+        }
+        buf
+    });
+    // The follower subscribes before it reads; send until it has seen one.
+    let started = Instant::now();
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+        rt.block_on(call(
+            &manager,
+            "send",
+            json!({"to": "operator", "body": FORGED}),
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let streamed = reader.join().unwrap();
+    assert!(text(&streamed).contains("ignore\\r"), "{}", text(&streamed));
+    assert_screen_safe("hive messages --follow", &streamed);
+
+    // A commit and a description cannot rewrite `hive show` or `hive approvals`.
+    let repo = state.join("agents/manager/config");
+    std::fs::write(repo.join("prompt.md"), format!("{FORGED}\n")).unwrap();
+    git(&repo, &["commit", "-qam", FORGED]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let queued = rt.block_on(call(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "manager", "commit": sha, "description": format!("line one\n{FORGED}")}),
+    ));
+    let id = queued["id"].as_i64().unwrap().to_string();
+    let shown = cli(state, &["show", &id]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert_screen_safe("hive show", &shown.stdout);
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("    ignore\\r"), "{shown}");
+    assert!(!shown.lines().any(|l| l.starts_with("#99")), "{shown}");
+    let listed = cli(state, &["approvals"]);
+    assert_screen_safe("hive approvals", &listed.stdout);
+    assert_eq!(
+        text(&listed.stdout).lines().count(),
+        2,
+        "{}",
+        text(&listed.stdout)
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_every_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    for id in 0..50 {
+        send_blocking(state, id);
+    }
+    for args in [
+        &["status"][..],
+        &["agents"],
+        &["messages"],
+        &["messages", "--json"],
+        &["inbox"],
+        &["audit"],
+        &["audit", "verify"],
+    ] {
+        // The only read end of the pipe is closed before the command writes: `| head -0`.
+        let mut child = Command::new(HIVE)
+            .args(args)
+            .env("HIVE_STATE_DIR", state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "hive {args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "hive {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+fn send_blocking(state: &std::path::Path, n: i32) {
+    let out = cli(state, &["send", "manager", &format!("message {n}")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
