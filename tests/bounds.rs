@@ -10,8 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
 
 /// Sends `line` on a raw connection and returns the next line the hive writes back.
@@ -64,21 +62,6 @@ fn a_line_rmcp_cannot_take_gets_a_json_rpc_error() {
     assert_eq!(db_snapshot(state).0, 0);
 }
 
-type Client = rmcp::service::RunningService<rmcp::service::RoleClient, ()>;
-
-/// Calls a tool and returns (is_error, text).
-async fn call(client: &Client, tool: &str, args: Value) -> (bool, String) {
-    let result = client
-        .call_tool(
-            CallToolRequestParams::new(tool.to_owned())
-                .with_arguments(args.as_object().cloned().unwrap()),
-        )
-        .await
-        .unwrap();
-    let text = result.content[0].as_text().unwrap().text.clone();
-    (result.is_error.unwrap_or(false), text)
-}
-
 fn table_rows(state: &Path, table: &str) -> String {
     open_db(state)
         .query_row(
@@ -98,15 +81,11 @@ fn an_inbox_and_an_agents_questions_have_a_quota() {
         "[mailbox]\nmax_queued_per_inbox = 3\nmax_open_questions_per_agent = 2\n",
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let manager: Client = rt.block_on(async {
-        let stream =
-            tokio::net::UnixStream::connect(state.join("run/agents/manager/mcp.sock")).await;
-        ().serve(stream.unwrap()).await.unwrap()
-    });
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
 
     // The manager fills the operator's inbox; the next send is refused and stores nothing.
     for n in 0..3 {
-        let (failed, said) = rt.block_on(call(
+        let (failed, said) = rt.block_on(mcp_try(
             &manager,
             "send",
             json!({"to": "operator", "body": format!("flood {n}")}),
@@ -114,7 +93,7 @@ fn an_inbox_and_an_agents_questions_have_a_quota() {
         assert!(!failed, "{said}");
     }
     let before = db_snapshot(state);
-    let (failed, said) = rt.block_on(call(
+    let (failed, said) = rt.block_on(mcp_try(
         &manager,
         "send",
         json!({"to": "operator", "body": "one too many"}),
@@ -150,7 +129,7 @@ fn an_inbox_and_an_agents_questions_have_a_quota() {
         Some(r#"{"max": 1}"#),
     ));
     assert_eq!(status, 200, "{v}");
-    let (failed, said) = rt.block_on(call(
+    let (failed, said) = rt.block_on(mcp_try(
         &manager,
         "send",
         json!({"to": "operator", "body": "room again"}),
@@ -159,7 +138,7 @@ fn an_inbox_and_an_agents_questions_have_a_quota() {
 
     // Questions: two open at most per agent.
     for n in 0..2 {
-        let (failed, said) = rt.block_on(call(
+        let (failed, said) = rt.block_on(mcp_try(
             &manager,
             "ask_operator",
             json!({"question": format!("question {n}?")}),
@@ -170,7 +149,7 @@ fn an_inbox_and_an_agents_questions_have_a_quota() {
         table_rows(state, "questions"),
         table_rows(state, "messages"),
     );
-    let (failed, said) = rt.block_on(call(
+    let (failed, said) = rt.block_on(mcp_try(
         &manager,
         "ask_operator",
         json!({"question": "a third?"}),

@@ -8,32 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
 
-type Client = rmcp::service::RunningService<rmcp::service::RoleClient, ()>;
-
-async fn call(client: &Client, tool: &str, args: Value) -> Value {
-    let result = client
-        .call_tool(
-            CallToolRequestParams::new(tool.to_owned())
-                .with_arguments(args.as_object().cloned().unwrap()),
-        )
-        .await
-        .unwrap();
-    let text = result.content[0].as_text().unwrap().text.clone();
-    assert!(!result.is_error.unwrap_or(false), "{tool}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn manager(rt: &tokio::runtime::Runtime, state: &std::path::Path) -> Client {
-    let stream = rt
-        .block_on(tokio::net::UnixStream::connect(
-            state.join("run/agents/manager/mcp.sock"),
-        ))
-        .unwrap();
-    rt.block_on(().serve(stream)).unwrap()
+fn manager(rt: &tokio::runtime::Runtime, state: &std::path::Path) -> McpClient {
+    mcp_connect(rt, state, "manager", "mcp.sock")
 }
 
 /// What a hostile agent writes to pose as the operator: a carriage return and an erase-line
@@ -54,7 +32,7 @@ fn agent_text_cannot_forge_the_operators_screen() {
     let _daemon = Daemon::start(state, "");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let manager = manager(&rt, state);
-    rt.block_on(call(
+    rt.block_on(mcp_ok(
         &manager,
         "send",
         json!({"to": "operator", "body": FORGED}),
@@ -100,7 +78,7 @@ fn agent_text_cannot_forge_the_operators_screen() {
     // The follower subscribes before it reads; send until it has seen one.
     let started = Instant::now();
     while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
-        rt.block_on(call(
+        rt.block_on(mcp_ok(
             &manager,
             "send",
             json!({"to": "operator", "body": FORGED}),
@@ -118,7 +96,7 @@ fn agent_text_cannot_forge_the_operators_screen() {
     std::fs::write(repo.join("prompt.md"), format!("{FORGED}\n")).unwrap();
     git(&repo, &["commit", "-qam", FORGED]);
     let sha = git(&repo, &["rev-parse", "HEAD"]);
-    let queued = rt.block_on(call(
+    let queued = rt.block_on(mcp_ok(
         &manager,
         "request_apply_commit",
         json!({"agent": "manager", "commit": sha, "description": format!("line one\n{FORGED}")}),

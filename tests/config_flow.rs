@@ -4,26 +4,7 @@
 mod common;
 
 use common::*;
-use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
-
-async fn call(
-    client: &rmcp::service::RunningService<rmcp::service::RoleClient, ()>,
-    tool: &str,
-    args: Value,
-) -> Value {
-    let result = client
-        .call_tool(
-            CallToolRequestParams::new(tool.to_owned())
-                .with_arguments(args.as_object().cloned().unwrap()),
-        )
-        .await
-        .unwrap();
-    let text = result.content[0].as_text().unwrap().text.clone();
-    assert!(!result.is_error.unwrap_or(false), "{tool}: {text}");
-    serde_json::from_str(&text).unwrap()
-}
 
 fn ok(state: &std::path::Path, args: &[&str]) -> String {
     let out = cli(state, args);
@@ -37,12 +18,7 @@ fn manager_proposes_operator_approves_destroys_restores() {
     let state = dir.path();
     let _daemon = Daemon::start(state, "");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let stream = rt
-        .block_on(tokio::net::UnixStream::connect(
-            state.join("run/agents/manager/mcp.sock"),
-        ))
-        .unwrap();
-    let manager = rt.block_on(().serve(stream)).unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
     let tools: Vec<String> = rt
         .block_on(manager.list_all_tools())
         .unwrap()
@@ -58,7 +34,7 @@ fn manager_proposes_operator_approves_destroys_restores() {
     );
 
     // The manager drafts, edits with git, and asks.
-    let draft = rt.block_on(call(&manager, "request_spawn", json!({"name": "bob"})));
+    let draft = rt.block_on(mcp_ok(&manager, "request_spawn", json!({"name": "bob"})));
     assert_eq!(draft["repo"], "/agents/bob/config");
     let repo = state.join("agents/bob/config");
     std::fs::write(
@@ -68,7 +44,7 @@ fn manager_proposes_operator_approves_destroys_restores() {
     .unwrap();
     git(&repo, &["commit", "-qam", "bob: model"]);
     let sha = git(&repo, &["rev-parse", "HEAD"]);
-    let queued = rt.block_on(call(
+    let queued = rt.block_on(mcp_ok(
         &manager,
         "request_spawn",
         json!({"name": "bob", "commit": &sha[..12]}),
@@ -105,7 +81,7 @@ fn manager_proposes_operator_approves_destroys_restores() {
         "{}",
         text(&out.stderr)
     );
-    let told = rt.block_on(call(&manager, "recv", json!({"wait_seconds": 5})));
+    let told = rt.block_on(mcp_ok(&manager, "recv", json!({"wait_seconds": 5})));
     let event: Value = serde_json::from_str(told[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(event["event"], "approval_resolved");
     assert_eq!(event["status"], "approved");

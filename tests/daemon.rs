@@ -658,3 +658,50 @@ fn a_purge_of_a_big_tombstone_does_not_hold_up_mcp_calls() {
         "a whoami took {worst:?} while the purge ran"
     );
 }
+
+#[test]
+fn sigterm_drains_mcp_before_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(
+        cli(state, &["send", "manager", "work in progress"])
+            .status
+            .success()
+    );
+    // One harness holds a leased turn; another waits in a long next_turn.
+    let busy = mcp_connect(&rt, state, "manager", "harness.sock");
+    let turn = rt.block_on(mcp_ok(
+        &busy,
+        "next_turn",
+        serde_json::json!({"wait_seconds": 0}),
+    ));
+    assert!(turn["turn"].is_i64(), "{turn}");
+    let idle = mcp_connect(&rt, state, "manager", "harness.sock");
+    let waiting = rt.spawn(async move {
+        let _ = mcp_try(&idle, "next_turn", serde_json::json!({"wait_seconds": 180})).await;
+    });
+
+    let asked = Instant::now();
+    let status = daemon.sigterm();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The long wait did not hold the shutdown up…
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    // …and the MCP connections were drained before the store closed: the unfinished turn's
+    // message is back in the queue, flagged, already in the file the daemon left.
+    let (state_now, redelivered): (String, i64) = open_db(state)
+        .query_row(
+            "SELECT state, redelivered FROM messages WHERE body = 'work in progress'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((state_now.as_str(), redelivered), ("queued", 1));
+    drop(busy);
+    waiting.abort();
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
+use crate::components::Scope;
 use crate::error::Result;
 use crate::hive::Hive;
 use crate::mailbox::Message;
@@ -29,10 +29,11 @@ impl DueJobs {
 }
 
 impl Hive {
-    /// Runs the due task until `shutdown`.
-    pub fn spawn_due_jobs(self: &Arc<Self>, shutdown: CancellationToken) {
+    /// Runs the due task until `scope` stops.
+    pub fn spawn_due_jobs(self: &Arc<Self>, scope: &Scope) {
         let hive = self.clone();
-        tokio::spawn(async move {
+        let shutdown = scope.stopping().clone();
+        scope.spawn(async move {
             loop {
                 let next = match hive.fire_due_jobs().await {
                     Ok(next) => next,

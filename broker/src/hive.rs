@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
+use crate::components::{Components, Scope};
 use crate::config::Config;
 use crate::config_repo::ConfigRepos;
 use crate::due::DueJobs;
@@ -157,12 +157,29 @@ impl Hive {
         })
     }
 
-    /// Background upkeep until `shutdown`: the daily retention vacuum (a due job, not a poll).
-    pub fn spawn_upkeep(self: &Arc<Self>, shutdown: CancellationToken) {
+    /// Starts the hive's own components in order — the due jobs, the upkeep, the MCP sockets —
+    /// and returns them; the caller adds its own (the admin API) and stops them all in reverse.
+    pub fn start(self: &Arc<Self>) -> Result<Components> {
+        let mut parts = Components::default();
+        parts.start("due jobs", |s| {
+            self.spawn_due_jobs(s);
+            Ok::<_, crate::Error>(())
+        })?;
+        parts.start("upkeep", |s| {
+            self.spawn_upkeep(s);
+            Ok::<_, crate::Error>(())
+        })?;
+        parts.start("mcp", |s| self.serve_mcp(s))?;
+        Ok(parts)
+    }
+
+    /// Background upkeep until `scope` stops: the daily retention vacuum (a due job, not a poll).
+    pub fn spawn_upkeep(self: &Arc<Self>, scope: &Scope) {
         let hive = self.clone();
+        let shutdown = scope.stopping().clone();
         let retention =
             Duration::from_secs(u64::from(self.config.mailbox.retention_days) * 24 * 60 * 60);
-        tokio::spawn(async move {
+        scope.spawn(async move {
             let mut every = tokio::time::interval(VACUUM_EVERY);
             loop {
                 tokio::select! {

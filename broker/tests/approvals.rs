@@ -24,7 +24,8 @@ async fn open_in(dir: tempfile::TempDir, config: Config) -> Fixture {
     state.create().unwrap();
     let hive = Hive::open(state, config).await.unwrap();
     let token = CancellationToken::new();
-    hive.serve_mcp(token.clone()).unwrap();
+    hive.serve_mcp(&broker::components::Scope::new(token.clone()))
+        .unwrap();
     Fixture {
         dir,
         hive,

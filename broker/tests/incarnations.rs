@@ -23,7 +23,8 @@ async fn fixture() -> Fixture {
     state.create().unwrap();
     let hive = Hive::open(state, Config::default()).await.unwrap();
     let token = CancellationToken::new();
-    hive.serve_mcp(token.clone()).unwrap();
+    hive.serve_mcp(&broker::components::Scope::new(token.clone()))
+        .unwrap();
     Fixture {
         dir,
         hive,

@@ -161,7 +161,8 @@ fn mcp_tools_answer_any_arguments_with_a_result_or_a_clear_error() {
         state.create().unwrap();
         let hive: Arc<Hive> = Hive::open(state, Config::default()).await.unwrap();
         let token = tokio_util::sync::CancellationToken::new();
-        hive.serve_mcp(token.clone()).unwrap();
+        hive.serve_mcp(&broker::components::Scope::new(token.clone()))
+            .unwrap();
         hive.add_agent(AgentName::parse("alice").unwrap(), AgentKind::Agent)
             .await
             .unwrap();

@@ -62,17 +62,18 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
-/// Serves `/api/v1` of `hive` on `listener` (for root and this process's uid) until `shutdown`.
-pub fn spawn_admin_api(
+/// Serves `/api/v1` of `hive` on `listener` (for root and this process's uid) until `shutdown`,
+/// then drains: the admin API component's one task.
+pub async fn serve_admin_api(
     hive: std::sync::Arc<broker::Hive>,
     listener: UnixListener,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) {
     let app = crate::api::router(crate::api::ApiState {
         hive,
         shutdown: shutdown.clone(),
     });
-    tokio::spawn(serve(listener, app, PeerPolicy::current(), shutdown))
+    serve(listener, app, PeerPolicy::current(), shutdown).await
 }
 
 /// Serves `app` on `listener` until `shutdown`, then lets in-flight requests finish (at most

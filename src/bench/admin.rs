@@ -32,7 +32,11 @@ pub async fn operator_send_to_waiting_recv(n: usize) -> anyhow::Result<AdminFigu
     let shutdown = CancellationToken::new();
     let socket = h.dir.path().join("bench-admin.sock");
     let listener = admin_socket::bind(&socket).context("cannot bind the admin socket")?;
-    let server = admin_socket::spawn_admin_api(h.hive.clone(), listener, shutdown.clone());
+    let server = tokio::spawn(admin_socket::serve_admin_api(
+        h.hive.clone(),
+        listener,
+        shutdown.clone(),
+    ));
 
     let stream = tokio::net::UnixStream::connect(&socket).await?;
     let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

@@ -342,7 +342,8 @@ impl McpHive {
             h.agent(a).await?;
         }
         let shutdown = CancellationToken::new();
-        h.hive.serve_mcp(shutdown.clone())?;
+        h.hive
+            .serve_mcp(&broker::components::Scope::new(shutdown.clone()))?;
         Ok(Self { h, shutdown })
     }
 

@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use broker::components::Scope;
 use broker::config::Config;
 use broker::lock::DaemonLock;
 use broker::paths::StateDir;
@@ -13,7 +15,10 @@ use broker::{Hive, paths};
 use dashboard::admin_socket;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
+
+/// How long each component may take to stop (MCP connections end, in-flight admin requests
+/// finish) before shutdown goes on without it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -41,7 +46,6 @@ pub fn run(state: StateDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -52,10 +56,21 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     let admin_path = state.admin_socket();
     let listener = admin_socket::bind(&admin_path)
         .with_context(|| format!("cannot listen on {}", admin_path.display()))?;
-    hive.spawn_upkeep(shutdown.clone());
-    hive.spawn_due_jobs(shutdown.clone());
-    hive.serve_mcp(shutdown.clone())?;
-    let server = admin_socket::spawn_admin_api(hive.clone(), listener, shutdown.clone());
+    // Started in order, stopped in reverse: the admin API stops accepting first, then MCP
+    // drains, then the due jobs end; the store closes last.
+    let mut parts = hive.start()?;
+    parts.start("admin api", |s| {
+        s.spawn(admin_socket::serve_admin_api(
+            hive.clone(),
+            listener,
+            s.stopping().clone(),
+        ));
+        anyhow::Ok(())
+    })?;
+    parts.start("watchdog", |s| {
+        spawn_watchdog(s);
+        anyhow::Ok(())
+    })?;
     tracing::info!(
         state_dir = %state.root().display(),
         admin_socket = %admin_path.display(),
@@ -63,15 +78,16 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
         "hive is ready"
     );
     notify_systemd(&[NotifyState::Ready]);
-    spawn_watchdog(shutdown.clone());
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     notify_systemd(&[NotifyState::Stopping]);
-    shutdown.cancel();
-    let _ = server.await;
+    let late = parts.stop(STOP_GRACE).await;
+    if !late.is_empty() {
+        tracing::warn!(components = ?late, "stopping without waiting longer for these");
+    }
     // Commits already queued finish before the writer stops.
     hive.close();
     let _ = std::fs::remove_file(&admin_path);
@@ -101,11 +117,12 @@ fn notify_systemd(state: &[NotifyState]) {
 }
 
 /// Pings systemd's watchdog at half its interval while the daemon runs.
-fn spawn_watchdog(shutdown: CancellationToken) {
+fn spawn_watchdog(scope: &Scope) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
-    tokio::spawn(async move {
+    let shutdown = scope.stopping().clone();
+    scope.spawn(async move {
         let mut tick = tokio::time::interval(interval / 2);
         loop {
             tokio::select! {

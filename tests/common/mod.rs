@@ -219,3 +219,39 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A real rmcp client on one of an agent's sockets.
+pub type McpClient = rmcp::service::RunningService<rmcp::service::RoleClient, ()>;
+
+/// Connects to `run/agents/<agent>/<socket>` and finishes the MCP handshake.
+pub fn mcp_connect(
+    rt: &tokio::runtime::Runtime,
+    state: &Path,
+    agent: &str,
+    socket: &str,
+) -> McpClient {
+    use rmcp::ServiceExt;
+    let path = state.join("run/agents").join(agent).join(socket);
+    let stream = rt.block_on(tokio::net::UnixStream::connect(path)).unwrap();
+    rt.block_on(().serve(stream)).unwrap()
+}
+
+/// Calls a tool: (is_error, text).
+pub async fn mcp_try(client: &McpClient, tool: &str, args: Value) -> (bool, String) {
+    let result = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new(tool.to_owned())
+                .with_arguments(args.as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap();
+    let text = result.content[0].as_text().unwrap().text.clone();
+    (result.is_error.unwrap_or(false), text)
+}
+
+/// Calls a tool that must succeed and returns its JSON result.
+pub async fn mcp_ok(client: &McpClient, tool: &str, args: Value) -> Value {
+    let (failed, text) = mcp_try(client, tool, args).await;
+    assert!(!failed, "{tool}: {text}");
+    serde_json::from_str(&text).unwrap()
+}

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use proto::tools::MAX_EVENTS_PER_CALL;
 pub use tools::HiveMcp;
 
+use crate::components::Scope;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
 use crate::names::AgentName;
@@ -54,14 +55,16 @@ impl Role {
 /// The open listeners, by agent; `None` until the hive serves MCP.
 #[derive(Default)]
 pub struct McpSockets {
-    serving: Mutex<Option<CancellationToken>>,
+    /// The MCP component's scope once the hive serves: listeners and connections run on it, so
+    /// stopping the component drains them.
+    serving: Mutex<Option<Scope>>,
     open: Mutex<HashMap<AgentName, CancellationToken>>,
 }
 
 impl Hive {
-    /// Opens the sockets of every agent, and of every agent added later, until `shutdown`.
-    pub fn serve_mcp(self: &Arc<Self>, shutdown: CancellationToken) -> Result<()> {
-        *self.mcp.serving.lock().expect("mcp sockets") = Some(shutdown);
+    /// Opens the sockets of every agent, and of every agent added later, until `scope` stops.
+    pub fn serve_mcp(self: &Arc<Self>, scope: &Scope) -> Result<()> {
+        *self.mcp.serving.lock().expect("mcp sockets") = Some(scope.clone());
         for agent in self.registry.list() {
             if self.is_faulted(&agent.name) {
                 // Kept stopped (`hive status` says why): no socket, not even a stale one.
@@ -89,10 +92,10 @@ impl Hive {
     }
 
     pub(crate) fn open_agent_sockets(self: &Arc<Self>, agent: &AgentRecord) -> Result<()> {
-        let Some(shutdown) = self.mcp.serving.lock().expect("mcp sockets").clone() else {
+        let Some(scope) = self.mcp.serving.lock().expect("mcp sockets").clone() else {
             return Ok(());
         };
-        let token = shutdown.child_token();
+        let token = scope.stopping().child_token();
         let dir = self.paths.agent_run_dir(&agent.name);
         paths::make_dir(&dir, 0o700)?;
         for (file, role) in [
@@ -100,12 +103,13 @@ impl Hive {
             ("harness.sock", Role::Harness),
         ] {
             let listener = bind(&dir.join(file))?;
-            tokio::spawn(accept_loop(
+            scope.spawn(accept_loop(
                 self.clone(),
                 agent.name.clone(),
                 role,
                 listener,
                 token.clone(),
+                scope.clone(),
             ));
         }
         if let Some(old) = self
@@ -155,6 +159,7 @@ async fn accept_loop(
     role: Role,
     listener: UnixListener,
     token: CancellationToken,
+    scope: Scope,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_SOCKET));
     loop {
@@ -173,7 +178,7 @@ async fn accept_loop(
             tracing::warn!(%agent, role = role.as_str(), "too many MCP connections; closing one");
             continue;
         };
-        tokio::spawn(serve_connection(
+        scope.spawn(serve_connection(
             hive.clone(),
             agent.clone(),
             role,

@@ -29,8 +29,9 @@ pub async fn open(dir: tempfile::TempDir, config: Config) -> Fixture {
     state.create().unwrap();
     let hive = Hive::open(state, config).await.unwrap();
     let shutdown = CancellationToken::new();
-    hive.serve_mcp(shutdown.clone()).unwrap();
-    hive.spawn_due_jobs(shutdown.clone());
+    let scope = broker::components::Scope::new(shutdown.clone());
+    hive.serve_mcp(&scope).unwrap();
+    hive.spawn_due_jobs(&scope);
     Fixture {
         dir,
         hive,

@@ -35,8 +35,9 @@ impl TestHive {
         state.create().unwrap();
         let hive = Hive::open(state, Config::default()).await.unwrap();
         let shutdown = CancellationToken::new();
-        hive.serve_mcp(shutdown.clone()).unwrap();
-        hive.spawn_due_jobs(shutdown.clone());
+        let scope = broker::components::Scope::new(shutdown.clone());
+        hive.serve_mcp(&scope).unwrap();
+        hive.spawn_due_jobs(&scope);
         for a in agents {
             hive.add_agent(name(a), AgentKind::Agent).await.unwrap();
         }
