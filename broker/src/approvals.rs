@@ -21,7 +21,7 @@ use crate::bus::Event;
 use crate::config_repo::ChangedFile;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
-use crate::lifecycle::NewAgent;
+use crate::lifecycle::{NewAgent, off_runtime};
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
 use crate::registry::{AgentKind, AgentRecord};
@@ -175,15 +175,6 @@ fn decide(c: &Connection, id: i64, to: ApprovalStatus, note: Option<&str>) -> Re
     Ok(a)
 }
 
-/// Runs git work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(format!("a git task failed: {e}")))?
-}
-
 /// The `approval_resolved` message to the requester, inside the caller's transaction.
 fn tell_requester(
     c: &Connection,
@@ -296,7 +287,7 @@ impl Hive {
             agent.clone(),
             commit.to_owned(),
         );
-        let change = blocking(move || {
+        let change = off_runtime(move || {
             let sha = repos.pin(&name, &commit, &format!("refs/tags/proposal/{id}"), &caps)?;
             repos.change(&name, &sha)
         })
@@ -389,7 +380,7 @@ impl Hive {
             a.base.clone(),
             a.status == ApprovalStatus::Pending,
         );
-        let change = blocking(move || {
+        let change = off_runtime(move || {
             if pending {
                 repos.change(&name, &commit)
             } else {
@@ -423,7 +414,7 @@ impl Hive {
             return Ok(());
         }
         let (repos, name) = (self.repos.clone(), AgentName::parse(&a.agent)?);
-        let head = blocking(move || repos.applied_head(&name)).await?;
+        let head = off_runtime(move || repos.applied_head(&name)).await?;
         if head == a.base {
             return Ok(());
         }

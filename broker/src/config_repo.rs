@@ -71,7 +71,7 @@ pub struct ConfigRepos {
 }
 
 fn git(context: &str, e: git2::Error) -> Error {
-    Error::Internal(format!("{context}: {}", e.message()))
+    Error::git(context, e)
 }
 
 fn signature() -> Signature<'static> {

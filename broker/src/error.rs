@@ -26,6 +26,8 @@ pub enum Error {
         "you already have {max} open questions, the quota; wait for answers (the quota is mailbox.max_open_questions_per_agent in hive.toml)"
     )]
     TooManyQuestions { max: u64 },
+    #[error("you have {max} reminders pending, the most allowed; wait for some to fire")]
+    TooManyReminders { max: i64 },
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
     #[error("{what} not found")]
@@ -44,6 +46,21 @@ pub enum Error {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+    /// A git operation on a config repo failed; the git error is kept as the source.
+    #[error("{context}: {}", source.message())]
+    Git {
+        context: String,
+        #[source]
+        source: git2::Error,
+    },
+    /// Stored data that this hive cannot read (a row it never wrote that way).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer hyperhive.
+    #[error(
+        "the database is at schema version {found}, newer than this hive knows ({known}); run a newer hyperhive"
+    )]
+    SchemaTooNew { found: usize, known: usize },
     #[error("database error: {0}")]
     Store(#[from] rusqlite::Error),
     #[error("{context}: {source}")]
@@ -65,6 +82,7 @@ impl Error {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::InboxFull { .. } => "inbox_full",
             Self::TooManyQuestions { .. } => "too_many_questions",
+            Self::TooManyReminders { .. } => "too_many_reminders",
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",
@@ -72,7 +90,12 @@ impl Error {
             Self::TooLarge(_) => "too_large",
             Self::Stale(_) => "stale",
             Self::ShuttingDown => "shutting_down",
-            Self::Internal(_) | Self::Store(_) | Self::Io { .. } => "internal",
+            Self::SchemaTooNew { .. } => "schema_too_new",
+            Self::Internal(_)
+            | Self::Git { .. }
+            | Self::Corrupt(_)
+            | Self::Store(_)
+            | Self::Io { .. } => "internal",
         }
     }
 
@@ -88,10 +111,53 @@ impl Error {
         }
     }
 
+    pub fn git(context: impl Into<String>, source: git2::Error) -> Self {
+        Self::Git {
+            context: context.into(),
+            source,
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_git_error_keeps_its_source_and_shows_clients_nothing_of_it() {
+        let cause = git2::Error::from_str("object not found");
+        let e = Error::git("cannot read the pinned commit", cause);
+        assert_eq!(e.code(), "internal");
+        assert!(e.is_internal());
+        let source = e.source().expect("the git error is the source");
+        assert!(source.to_string().contains("object not found"), "{source}");
+        assert!(
+            e.to_string().starts_with("cannot read the pinned commit: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn quotas_and_stored_data_are_not_conflicts() {
+        assert_eq!(
+            Error::TooManyReminders { max: 100 }.code(),
+            "too_many_reminders"
+        );
+        assert_eq!(Error::Corrupt("x".into()).code(), "internal");
+        let newer = Error::SchemaTooNew { found: 9, known: 6 };
+        assert_eq!(newer.code(), "schema_too_new");
+        assert!(
+            newer.to_string().contains("run a newer hyperhive"),
+            "{newer}"
+        );
     }
 }

@@ -53,7 +53,7 @@ where
 {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Internal(format!("file work did not finish: {e}")))?
+        .map_err(|e| Error::Internal(format!("blocking work did not finish: {e}")))?
 }
 
 impl Hive {
@@ -127,7 +127,10 @@ impl Hive {
     /// are deleted with `purge`. The caller holds the config lock.
     pub(crate) async fn remove_agent(&self, agent: &AgentName, purge: bool) -> Result<TombstoneId> {
         if agent.is_manager() {
-            return Err(Error::Conflict("the manager cannot be destroyed".into()));
+            return Err(Error::invalid(
+                "agent",
+                "the manager cannot be destroyed (it is the one manager of the hive)",
+            ));
         }
         self.registry.require(agent)?;
         let id = TombstoneId::new(agent);

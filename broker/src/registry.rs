@@ -77,12 +77,8 @@ impl Registry {
                 let mut agents = BTreeMap::new();
                 for row in rows {
                     let (name, kind, created_at, allowed, incarnation) = row?;
-                    let mut record =
-                        decode(&name, &kind, created_at, &allowed).map_err(|reason| {
-                            Error::Conflict(format!(
-                                "stored agent '{name}' is unreadable: {reason}"
-                            ))
-                        })?;
+                    let mut record = decode(&name, &kind, created_at, &allowed)
+                        .map_err(|reason| Error::Corrupt(format!("agent '{name}': {reason}")))?;
                     record.incarnation = incarnation;
                     agents.insert(record.name.clone(), record);
                 }

@@ -57,9 +57,7 @@ impl Hive {
                     |r| r.get(0),
                 )?;
                 if pending >= MAX_PENDING {
-                    return Err(Error::Conflict(format!(
-                        "you have {pending} reminders pending, the most allowed; wait for some to fire"
-                    )));
+                    return Err(Error::TooManyReminders { max: MAX_PENDING });
                 }
                 let now = unix_millis();
                 let due_at = now + (in_seconds as i64) * 1000;

@@ -278,11 +278,10 @@ impl Store {
 fn migrate(conn: &mut Connection) -> Result<()> {
     let applied = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if applied > MIGRATIONS.len() {
-        return Err(Error::Conflict(format!(
-            "the database is at schema version {applied}, newer than this hive knows ({}); \
-             run a newer hyperhive",
-            MIGRATIONS.len()
-        )));
+        return Err(Error::SchemaTooNew {
+            found: applied,
+            known: MIGRATIONS.len(),
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;

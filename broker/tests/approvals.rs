@@ -453,7 +453,7 @@ async fn bad_requests_and_decisions_are_refused_and_change_nothing() {
         ("conflict", f.hive.spawn("bob", None).await.unwrap_err()),
         ("invalid_name", f.hive.spawn("a/b", None).await.unwrap_err()),
         (
-            "conflict",
+            "invalid_argument",
             f.hive.destroy(&manager(), false).await.unwrap_err(),
         ),
     ];

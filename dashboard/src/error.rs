@@ -36,8 +36,15 @@ impl From<broker::Error> for ApiError {
             E::Conflict(_) | E::UnsafePath(_) | E::Stale(_) => StatusCode::CONFLICT,
             E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            E::InboxFull { .. } | E::TooManyQuestions { .. } => StatusCode::TOO_MANY_REQUESTS,
-            E::Internal(_) | E::Store(_) | E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            E::InboxFull { .. } | E::TooManyQuestions { .. } | E::TooManyReminders { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            E::Internal(_)
+            | E::Git { .. }
+            | E::Corrupt(_)
+            | E::SchemaTooNew { .. }
+            | E::Store(_)
+            | E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if e.is_internal() {
             tracing::error!(error = %e, "internal error answering an API request");
