@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 
 use crate::approvals::{Approval, Deploy};
 use crate::mailbox::Message;
-use crate::status::ApprovalStatus;
 use crate::registry::AgentRecord;
+use crate::status::ApprovalStatus;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 const CAPACITY: usize = 4096;
