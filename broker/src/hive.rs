@@ -18,7 +18,9 @@ use crate::mailbox::{Mailbox, Message, MessageCounts, RecvLimits, Turn};
 use crate::mcp::McpSockets;
 use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::paths::StateDir;
+use crate::questions::{Answer, Question, Questions};
 use crate::registry::{AgentRecord, Registry};
+use crate::reminders::{Reminder, Reminders};
 use crate::store::Store;
 
 /// How often delivered messages past their retention are deleted.
@@ -33,6 +35,8 @@ pub struct Hive {
     pub(crate) mailbox: Mailbox,
     pub(crate) bus: Bus,
     pub(crate) due: DueJobs,
+    reminders: Reminders,
+    questions: Questions,
     pub(crate) mcp: McpSockets,
     pub(crate) repos: ConfigRepos,
     /// Serializes the operations that touch config repos, so git and the store move together.
@@ -82,6 +86,9 @@ impl Hive {
         if released > 0 {
             tracing::info!(released, "returned unfinished turns to their inboxes");
         }
+        let due = DueJobs::new(store.clone(), mailbox.clone());
+        let reminders = Reminders::new(store.clone(), due.clone(), config.mailbox.max_body_bytes);
+        let questions = Questions::new(store.clone(), mailbox.clone(), due.clone());
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -89,7 +96,9 @@ impl Hive {
             registry,
             mailbox,
             bus,
-            due: DueJobs::default(),
+            due,
+            reminders,
+            questions,
             mcp: McpSockets::default(),
             repos: ConfigRepos::new(paths.clone()),
             config_lock: tokio::sync::Mutex::new(()),
@@ -294,6 +303,41 @@ impl Hive {
         allowed: Vec<AgentName>,
     ) -> Result<()> {
         self.registry.set_allowed_recipients(agent, allowed).await
+    }
+
+    /// Sets a reminder for `agent` in `in_seconds` (1 s to 30 days): a message from `system` then.
+    pub async fn remind(
+        &self,
+        agent: &AgentName,
+        in_seconds: u64,
+        body: String,
+    ) -> Result<Reminder> {
+        self.reminders.set(agent, in_seconds, body).await
+    }
+
+    /// Stores a question from `asker` for the operator and puts it in the operator's inbox.
+    pub async fn ask_operator(
+        &self,
+        asker: &AgentName,
+        question: String,
+        options: Vec<String>,
+        multi: bool,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Question> {
+        self.questions
+            .ask(asker, question, options, multi, ttl_seconds)
+            .await
+    }
+
+    /// Open questions (all when `all`), newest last.
+    pub async fn questions(&self, all: bool) -> Result<Vec<Question>> {
+        self.questions.list(all).await
+    }
+
+    /// The operator answers question `id`; the answer reaches the asker as a message from
+    /// `operator` replying to the question.
+    pub async fn answer_question(&self, id: i64, answer: Answer) -> Result<Question> {
+        self.questions.answer(id, answer).await
     }
 
     /// A receiver of the committed events from now on (SSE, `--follow`).
