@@ -11,20 +11,54 @@ use tokio::sync::Notify;
 use crate::components::Scope;
 use crate::error::Result;
 use crate::hive::Hive;
-use crate::mailbox::Message;
-use crate::store::unix_millis;
+use crate::mailbox::{Mailbox, Message};
+use crate::store::{Store, unix_millis};
 use crate::{questions, reminders};
 
-/// Wakes the due task when something was scheduled, so it recomputes its next due time.
-#[derive(Default)]
+/// The due jobs as a service: fires what is due in the store and announces it through the
+/// mailbox; its clones (held by the services that schedule) wake the due task when something was
+/// scheduled, so it recomputes its next due time.
+#[derive(Clone)]
 pub struct DueJobs {
-    rescheduled: Notify,
+    store: Store,
+    mailbox: Mailbox,
+    rescheduled: Arc<Notify>,
 }
 
 impl DueJobs {
+    pub(crate) fn new(store: Store, mailbox: Mailbox) -> Self {
+        Self {
+            store,
+            mailbox,
+            rescheduled: Arc::default(),
+        }
+    }
+
     pub fn reschedule(&self) {
         // A stored permit: a reschedule between the task's look and its sleep is not lost.
         self.rescheduled.notify_one();
+    }
+
+    /// Fires everything due now; returns when the next job is due.
+    pub async fn fire(&self) -> Result<Option<i64>> {
+        let (sent, next) = self
+            .store
+            .write(|c| {
+                let now = unix_millis();
+                let mut sent: Vec<Message> = reminders::fire_due(c, now)?;
+                sent.extend(questions::expire_due(c, now)?);
+                let next = [reminders::next_due(c)?, questions::next_expiry(c)?]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                Ok((sent, next))
+            })
+            .await?;
+        if !sent.is_empty() {
+            tracing::debug!(count = sent.len(), "due jobs fired");
+        }
+        self.mailbox.announce(sent);
+        Ok(next)
     }
 }
 
@@ -57,23 +91,6 @@ impl Hive {
 
     /// Fires everything due now; returns when the next job is due.
     pub async fn fire_due_jobs(&self) -> Result<Option<i64>> {
-        let (sent, next) = self
-            .store
-            .write(|c| {
-                let now = unix_millis();
-                let mut sent: Vec<Message> = reminders::fire_due(c, now)?;
-                sent.extend(questions::expire_due(c, now)?);
-                let next = [reminders::next_due(c)?, questions::next_expiry(c)?]
-                    .into_iter()
-                    .flatten()
-                    .min();
-                Ok((sent, next))
-            })
-            .await?;
-        if !sent.is_empty() {
-            tracing::debug!(count = sent.len(), "due jobs fired");
-        }
-        self.mailbox.announce(sent);
-        Ok(next)
+        self.due.fire().await
     }
 }

@@ -6,33 +6,39 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::broadcast;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Event};
 use crate::components::{Components, Scope};
 use crate::config::Config;
 use crate::config_repo::ConfigRepos;
 use crate::due::DueJobs;
 use crate::error::{Error, Result};
-use crate::mailbox::{Mailbox, MessageCounts};
+use crate::mailbox::{Mailbox, Message, MessageCounts, RecvLimits, Turn};
 use crate::mcp::McpSockets;
-use crate::names::AgentName;
+use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::paths::StateDir;
-use crate::registry::Registry;
+use crate::questions::{Answer, Question, Questions};
+use crate::registry::{AgentRecord, Registry};
+use crate::reminders::{Reminder, Reminders};
 use crate::store::Store;
 
 /// How often delivered messages past their retention are deleted.
 const VACUUM_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Callers outside the broker use its methods; its parts are the broker's own.
 pub struct Hive {
-    pub paths: StateDir,
-    pub config: Config,
-    pub store: Store,
-    pub registry: Arc<Registry>,
-    pub mailbox: Mailbox,
-    pub bus: Bus,
-    pub due: DueJobs,
-    pub mcp: McpSockets,
-    pub repos: ConfigRepos,
+    pub(crate) paths: StateDir,
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) mailbox: Mailbox,
+    pub(crate) bus: Bus,
+    pub(crate) due: DueJobs,
+    reminders: Reminders,
+    questions: Questions,
+    pub(crate) mcp: McpSockets,
+    pub(crate) repos: ConfigRepos,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
     /// Agents found inconsistent at start (their repo could not be made to agree with the store):
@@ -80,6 +86,9 @@ impl Hive {
         if released > 0 {
             tracing::info!(released, "returned unfinished turns to their inboxes");
         }
+        let due = DueJobs::new(store.clone(), mailbox.clone());
+        let reminders = Reminders::new(store.clone(), due.clone(), config.mailbox.max_body_bytes);
+        let questions = Questions::new(store.clone(), mailbox.clone(), due.clone());
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -87,7 +96,9 @@ impl Hive {
             registry,
             mailbox,
             bus,
-            due: DueJobs::default(),
+            due,
+            reminders,
+            questions,
             mcp: McpSockets::default(),
             repos: ConfigRepos::new(paths.clone()),
             config_lock: tokio::sync::Mutex::new(()),
@@ -198,5 +209,171 @@ impl Hive {
     /// Finishes every write already accepted and closes the store.
     pub fn close(&self) {
         self.store.close();
+    }
+}
+
+/// What callers outside the broker use instead of reaching into the hive's parts: thin
+/// delegations to the mailbox, the registry and the bus.
+impl Hive {
+    /// The state directory the hive runs in.
+    pub fn state_dir(&self) -> &StateDir {
+        &self.paths
+    }
+
+    /// The configuration the hive was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stores a message and returns the ids of the rows it became (one, or one per agent for
+    /// `*`), after they committed.
+    pub async fn send(
+        &self,
+        from: &Sender,
+        to: &Recipient,
+        body: String,
+        in_reply_to: Option<i64>,
+    ) -> Result<Vec<i64>> {
+        self.mailbox.send(from, to, body, in_reply_to).await
+    }
+
+    /// Takes up to `limits.max` queued messages of `inbox`, oldest first, marking them delivered;
+    /// with none queued, waits up to `limits.wait` for a send.
+    pub async fn recv(&self, inbox: &Inbox, limits: RecvLimits) -> Result<Vec<Message>> {
+        self.mailbox.recv(inbox, limits).await
+    }
+
+    /// How many receivers wait on `inbox` right now (tests wait for this instead of sleeping).
+    pub fn waiting_receivers(&self, inbox: &Inbox) -> usize {
+        self.mailbox.waiting_receivers(inbox)
+    }
+
+    /// The newest `limit` messages to `inbox`, oldest first, whatever their state. Marks nothing.
+    pub async fn inbox_messages(&self, inbox: &Inbox, limit: usize) -> Result<Vec<Message>> {
+        self.mailbox.inbox(inbox, limit).await
+    }
+
+    /// The operator's inbox: its newest `limit` messages, oldest first. Marks nothing.
+    pub async fn operator_inbox(&self, limit: usize) -> Result<Vec<Message>> {
+        self.mailbox.inbox(&Inbox::Operator, limit).await
+    }
+
+    /// The newest `limit` messages, oldest first; only those from or to `agent` when given.
+    pub async fn message_history(
+        &self,
+        agent: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        self.mailbox.history(agent, limit).await
+    }
+
+    /// Counts of the stored messages by state.
+    pub async fn message_counts(&self) -> Result<MessageCounts> {
+        self.mailbox.counts().await
+    }
+
+    /// Deletes delivered messages older than `retention`; returns how many went.
+    pub async fn vacuum_messages(&self, retention: Duration) -> Result<usize> {
+        self.mailbox.vacuum(retention).await
+    }
+
+    /// The largest message body the hive accepts, in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.mailbox.max_body_bytes()
+    }
+
+    /// The harness's take: leases the oldest queued message of `agent` to a new turn; with none
+    /// queued, waits up to `wait`.
+    pub async fn next_turn(&self, agent: &AgentName, wait: Duration) -> Result<Option<Turn>> {
+        self.mailbox.next_turn(agent, wait).await
+    }
+
+    /// Ends a turn of `agent`: its message becomes delivered.
+    pub async fn finish_turn(
+        &self,
+        agent: &AgentName,
+        turn: i64,
+        outcome: &str,
+        usage: Option<proto::Usage>,
+    ) -> Result<()> {
+        self.mailbox.finish_turn(agent, turn, outcome, usage).await
+    }
+
+    /// Returns every message leased to `agent`'s unfinished turns to its queue; returns how many.
+    pub async fn release_leases(&self, agent: &AgentName) -> Result<usize> {
+        self.mailbox.release_leases(agent).await
+    }
+
+    /// The record of agent `name`, if there is one.
+    pub fn agent(&self, name: &AgentName) -> Option<AgentRecord> {
+        self.registry.get(name)
+    }
+
+    /// Every agent's record.
+    pub fn agents(&self) -> Vec<AgentRecord> {
+        self.registry.list()
+    }
+
+    /// Sets whom `agent` may write to (empty = anyone).
+    pub async fn set_allowed_recipients(
+        &self,
+        agent: &AgentName,
+        allowed: Vec<AgentName>,
+    ) -> Result<()> {
+        self.registry.set_allowed_recipients(agent, allowed).await
+    }
+
+    /// Sets a reminder for `agent` in `in_seconds` (1 s to 30 days): a message from `system` then.
+    pub async fn remind(
+        &self,
+        agent: &AgentName,
+        in_seconds: u64,
+        body: String,
+    ) -> Result<Reminder> {
+        self.reminders.set(agent, in_seconds, body).await
+    }
+
+    /// Stores a question from `asker` for the operator and puts it in the operator's inbox.
+    pub async fn ask_operator(
+        &self,
+        asker: &AgentName,
+        question: String,
+        options: Vec<String>,
+        multi: bool,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Question> {
+        self.questions
+            .ask(asker, question, options, multi, ttl_seconds)
+            .await
+    }
+
+    /// Open questions (all when `all`), newest last.
+    pub async fn questions(&self, all: bool) -> Result<Vec<Question>> {
+        self.questions.list(all).await
+    }
+
+    /// The operator answers question `id`; the answer reaches the asker as a message from
+    /// `operator` replying to the question.
+    pub async fn answer_question(&self, id: i64, answer: Answer) -> Result<Question> {
+        self.questions.answer(id, answer).await
+    }
+
+    /// A receiver of the committed events from now on (SSE, `--follow`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.bus.subscribe()
+    }
+
+    /// Test support only: runs `job` on the store's writer thread, as a request of its own inside
+    /// the next group commit. A test holds the writer with it to shape a batch; it cannot write.
+    #[doc(hidden)]
+    pub fn run_on_writer_for_tests(&self, job: impl FnOnce() + Send + 'static) {
+        self.store.write_detached(
+            "a test's job on the writer",
+            move |_| {
+                job();
+                Ok(())
+            },
+            || {},
+        );
     }
 }

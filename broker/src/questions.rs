@@ -6,11 +6,11 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use crate::due::DueJobs;
 use crate::error::{Error, Result};
-use crate::hive::Hive;
-use crate::mailbox::{Message, insert_messages};
+use crate::mailbox::{Mailbox, Message, insert_messages};
 use crate::names::AgentName;
-use crate::store::unix_millis;
+use crate::store::{Store, unix_millis};
 
 pub const DEFAULT_TTL_SECONDS: u64 = 24 * 60 * 60;
 pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 60 * 60;
@@ -58,9 +58,25 @@ fn question_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Question> {
     })
 }
 
-impl Hive {
+/// The questions service: stores questions and answers, announces their messages through the
+/// mailbox and wakes the due task, which expires them.
+pub struct Questions {
+    store: Store,
+    mailbox: Mailbox,
+    due: DueJobs,
+}
+
+impl Questions {
+    pub(crate) fn new(store: Store, mailbox: Mailbox, due: DueJobs) -> Self {
+        Self {
+            store,
+            mailbox,
+            due,
+        }
+    }
+
     /// Stores a question from `asker` for the operator and puts it in the operator's inbox.
-    pub async fn ask_operator(
+    pub async fn ask(
         &self,
         asker: &AgentName,
         question: String,
@@ -162,7 +178,7 @@ impl Hive {
     }
 
     /// Open questions (all when `all`), newest last.
-    pub async fn questions(&self, all: bool) -> Result<Vec<Question>> {
+    pub async fn list(&self, all: bool) -> Result<Vec<Question>> {
         self.store
             .read(move |c| {
                 let filter = if all {
@@ -183,7 +199,7 @@ impl Hive {
 
     /// The operator answers question `id`; the answer reaches the asker as a message from
     /// `operator` replying to the question.
-    pub async fn answer_question(&self, id: i64, answer: Answer) -> Result<Question> {
+    pub async fn answer(&self, id: i64, answer: Answer) -> Result<Question> {
         let max_body = self.mailbox.max_body_bytes();
         let (question, message) = self
             .store

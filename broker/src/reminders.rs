@@ -4,11 +4,11 @@
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use crate::due::DueJobs;
 use crate::error::{Error, Result};
-use crate::hive::Hive;
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
-use crate::store::unix_millis;
+use crate::store::{Store, unix_millis};
 
 /// The furthest ahead a reminder may be set.
 pub const MAX_DELAY_SECONDS: u64 = 30 * 24 * 60 * 60;
@@ -22,14 +22,24 @@ pub struct Reminder {
     pub due_at: i64,
 }
 
-impl Hive {
+/// The reminders service: stores reminders and wakes the due task; [`crate::due`] fires them.
+pub struct Reminders {
+    store: Store,
+    due: DueJobs,
+    max_body_bytes: usize,
+}
+
+impl Reminders {
+    pub(crate) fn new(store: Store, due: DueJobs, max_body_bytes: usize) -> Self {
+        Self {
+            store,
+            due,
+            max_body_bytes,
+        }
+    }
+
     /// Sets a reminder for `agent` in `in_seconds` (1 s to 30 days), at most [`MAX_PENDING`] pending.
-    pub async fn remind(
-        &self,
-        agent: &AgentName,
-        in_seconds: u64,
-        body: String,
-    ) -> Result<Reminder> {
+    pub async fn set(&self, agent: &AgentName, in_seconds: u64, body: String) -> Result<Reminder> {
         if in_seconds == 0 || in_seconds > MAX_DELAY_SECONDS {
             return Err(Error::invalid(
                 "in_seconds",
@@ -39,7 +49,7 @@ impl Hive {
         if body.trim().is_empty() {
             return Err(Error::invalid("body", "a reminder needs a body"));
         }
-        let max = self.mailbox.max_body_bytes();
+        let max = self.max_body_bytes;
         if body.len() > max {
             return Err(Error::BodyTooLarge {
                 len: body.len(),

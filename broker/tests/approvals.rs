@@ -8,6 +8,7 @@ use std::sync::Arc;
 use broker::Hive;
 use broker::approvals::SpawnRequest;
 use broker::config::Config;
+use broker::config_repo::ConfigRepos;
 use broker::mailbox::RecvLimits;
 use broker::names::{AgentName, Inbox};
 use broker::paths::StateDir;
@@ -46,6 +47,15 @@ fn manager() -> AgentName {
 }
 
 /// Runs git in `repo` and returns its stdout; fails the test on error.
+/// A read-only connection of the test's own on the hive's database.
+fn open_db(hive: &Hive) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        hive.state_dir().db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
 fn git(repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
@@ -101,20 +111,15 @@ impl Fixture {
 
     /// Every table the approval flow writes, and every ref of every repo: "nothing changed".
     async fn snapshot(&self) -> String {
-        let db = self
-            .hive
-            .store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT (SELECT count(*) FROM approvals) || '/' || (SELECT count(*) FROM deploys)
-                     || '/' || (SELECT count(*) FROM agents) || '/' || (SELECT count(*) FROM audit)
-                     || '/' || (SELECT count(*) FROM messages)
-                     || '/' || (SELECT coalesce(group_concat(id || status, ','), '') FROM approvals)",
-                    [],
-                    |r| r.get::<_, String>(0),
-                )?)
-            })
-            .await
+        let db = open_db(&self.hive)
+            .query_row(
+                "SELECT (SELECT count(*) FROM approvals) || '/' || (SELECT count(*) FROM deploys)
+                 || '/' || (SELECT count(*) FROM agents) || '/' || (SELECT count(*) FROM audit)
+                 || '/' || (SELECT count(*) FROM messages)
+                 || '/' || (SELECT coalesce(group_concat(id || status, ','), '') FROM approvals)",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .unwrap();
         let mut refs = String::new();
         for base in ["applied", "agents"] {
@@ -143,7 +148,6 @@ impl Fixture {
     async fn manager_messages(&self) -> Vec<serde_json::Value> {
         let got = self
             .hive
-            .mailbox
             .recv(&Inbox::Agent(manager()), RecvLimits::new(0, 32).unwrap())
             .await
             .unwrap();
@@ -174,7 +178,7 @@ async fn draft_commit_request_approve_then_apply_a_change() {
     assert_eq!(draft.repo, "/agents/bob/config");
     assert!(draft.next.contains("request_spawn"), "{}", draft.next);
     assert!(
-        f.hive.registry.get(&name("bob")).is_none(),
+        f.hive.agent(&name("bob")).is_none(),
         "a draft is not an agent"
     );
     // 2. The manager edits and commits with git.
@@ -209,7 +213,7 @@ async fn draft_commit_request_approve_then_apply_a_change() {
     // 4. Approve.
     let approved = f.hive.approve(spawn.id).await.unwrap();
     assert_eq!(approved.status, "approved");
-    assert!(f.hive.registry.get(&name("bob")).is_some());
+    assert!(f.hive.agent(&name("bob")).is_some());
     assert!(f.dir.path().join("run/agents/bob/mcp.sock").exists());
     assert_eq!(f.applied_head("bob"), v1);
     assert_eq!(
@@ -295,9 +299,7 @@ async fn a_force_push_after_the_request_changes_nothing_approved() {
     );
     f.hive.approve(request.id).await.unwrap();
     assert_eq!(f.applied_head("bob"), good);
-    let applied = f
-        .hive
-        .repos
+    let applied = ConfigRepos::new(f.hive.state_dir().clone())
         .applied_agent_nix(&name("bob"))
         .unwrap()
         .unwrap();
@@ -561,7 +563,7 @@ async fn destroy_restore_purge_and_hostile_tombstone_names() {
     std::fs::write(f.dir.path().join("agents/bob/state/notes.md"), "remember").unwrap();
 
     let id = f.hive.destroy(&name("bob"), false).await.unwrap();
-    assert!(f.hive.registry.get(&name("bob")).is_none());
+    assert!(f.hive.agent(&name("bob")).is_none());
     assert!(!f.dir.path().join("agents/bob").exists());
     assert!(
         !f.dir.path().join("run/agents/bob").exists(),
@@ -627,7 +629,7 @@ async fn destroy_restore_purge_and_hostile_tombstone_names() {
 
     // Restore brings bob back, with his files and his applied config.
     f.hive.restore(id.as_str()).await.unwrap();
-    assert!(f.hive.registry.get(&name("bob")).is_some());
+    assert!(f.hive.agent(&name("bob")).is_some());
     assert_eq!(
         std::fs::read_to_string(f.dir.path().join("agents/bob/state/notes.md")).unwrap(),
         "remember"

@@ -11,6 +11,7 @@ use broker::Hive;
 use broker::approvals::SpawnRequest;
 use broker::bus::Event;
 use broker::config::Config;
+use broker::config_repo::ConfigRepos;
 use broker::names::AgentName;
 use broker::paths::StateDir;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,15 @@ fn manager() -> AgentName {
 }
 
 /// Runs git in `repo` and returns its stdout; fails the test on error.
+/// A read-only connection of the test's own on the hive's database.
+fn open_db(hive: &Hive) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        hive.state_dir().db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
 fn git(repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
@@ -129,19 +139,14 @@ impl Fixture {
 
     /// The approvals/deploys/audit rows and every ref of every applied repo.
     async fn snapshot(&self) -> String {
-        let db = self
-            .hive
-            .store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT (SELECT count(*) FROM approvals) || '/' || (SELECT count(*) FROM deploys)
-                     || '/' || (SELECT count(*) FROM audit)
-                     || '/' || (SELECT coalesce(group_concat(id || status, ','), '') FROM approvals)",
-                    [],
-                    |r| r.get::<_, String>(0),
-                )?)
-            })
-            .await
+        let db = open_db(&self.hive)
+            .query_row(
+                "SELECT (SELECT count(*) FROM approvals) || '/' || (SELECT count(*) FROM deploys)
+                 || '/' || (SELECT count(*) FROM audit)
+                 || '/' || (SELECT coalesce(group_concat(id || status, ','), '') FROM approvals)",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .unwrap();
         let mut refs = String::new();
         let mut names: Vec<_> = std::fs::read_dir(self.dir.path().join("applied"))
@@ -261,9 +266,7 @@ async fn symlinks_alternates_and_fanout_dirs_inside_the_git_dir_lead_nowhere() {
         git_dir.join("refs/heads"),
     )
     .unwrap();
-    let e = f
-        .hive
-        .repos
+    let e = ConfigRepos::new(f.hive.state_dir().clone())
         .proposed_head(&AgentName::parse("bob").unwrap())
         .unwrap_err();
     assert_eq!(e.code(), "unsafe_path", "{e}");
@@ -489,7 +492,7 @@ async fn requests_over_the_caps_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_decisions_and_deploys_are_published_on_the_bus() {
     let f = with_bob().await;
-    let mut events = f.hive.bus.subscribe();
+    let mut events = f.hive.subscribe();
     let c = f.commit_file("bob", "agent.nix", b"{ ... }: { v = 2; }\n", "v2");
     let a = f
         .hive

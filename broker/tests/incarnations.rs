@@ -60,7 +60,6 @@ impl Fixture {
     /// Everything in `agent`'s inbox, taken at once without waiting.
     async fn take_all(&self, agent: &str) -> Vec<String> {
         self.hive
-            .mailbox
             .recv(&Inbox::Agent(name(agent)), RecvLimits::new(0, 32).unwrap())
             .await
             .unwrap()
@@ -72,7 +71,6 @@ impl Fixture {
     /// Leaves mail, a reminder and a question behind for `agent`'s current incarnation.
     async fn leave_things_behind(&self, agent: &str) -> i64 {
         self.hive
-            .mailbox
             .send(
                 &Sender::Operator,
                 &Recipient::Agent(name(agent)),
@@ -302,7 +300,7 @@ async fn approvals_belong_to_the_incarnation_they_were_asked_for() {
     use broker::bus::Event;
 
     let f = fixture().await;
-    let mut events = f.hive.bus.subscribe();
+    let mut events = f.hive.subscribe();
     let manager = AgentName::manager();
     let SpawnRequest::Draft(draft) = f.hive.request_spawn(&manager, "x1", None).await.unwrap()
     else {
@@ -378,18 +376,14 @@ async fn a_database_from_before_incarnations_migrates_and_keeps_its_agents_mail(
     let state = StateDir::new(dir.path());
     state.create().unwrap();
     let hive = Hive::open(state, Config::default()).await.unwrap();
-    let bob = hive.registry.get(&name("bob")).unwrap();
+    let bob = hive.agent(&name("bob")).unwrap();
     assert!(bob.incarnation > 0);
     assert_ne!(
         bob.incarnation,
-        hive.registry
-            .get(&AgentName::manager())
-            .unwrap()
-            .incarnation
+        hive.agent(&AgentName::manager()).unwrap().incarnation
     );
     hive.fire_due_jobs().await.unwrap();
     let mut got: Vec<String> = hive
-        .mailbox
         .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
         .await
         .unwrap()

@@ -25,10 +25,7 @@ async fn hive_with(config: Config, agents: &[&str]) -> Fixture {
     state.create().unwrap();
     let hive = Hive::open(state, config).await.unwrap();
     for a in agents {
-        hive.registry
-            .register(name(a), AgentKind::Agent)
-            .await
-            .unwrap();
+        hive.add_agent(name(a), AgentKind::Agent).await.unwrap();
     }
     Fixture { _dir: dir, hive }
 }
@@ -56,26 +53,20 @@ fn inbox(s: &str) -> Inbox {
 /// (rows in agents, rows in messages, rows in turns, sum of message states as text): what "nothing
 /// changed" is checked against.
 async fn snapshot(hive: &Hive) -> (i64, i64, i64, String) {
-    hive.store
-        .read(|c| {
-            let count = |t: &str| -> rusqlite::Result<i64> {
-                c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-            };
-            let states: String = c.query_row(
-                "SELECT coalesce(group_concat(id || ':' || state || ':' || redelivered, ','), '')
-                 FROM messages",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok((
-                count("agents")?,
-                count("messages")?,
-                count("turns")?,
-                states,
-            ))
-        })
-        .await
-        .unwrap()
+    let c = common::open_db(hive);
+    let count = |t: &str| -> i64 {
+        c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let states: String = c
+        .query_row(
+            "SELECT coalesce(group_concat(id || ':' || state || ':' || redelivered, ','), '')
+             FROM messages",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (count("agents"), count("messages"), count("turns"), states)
 }
 
 fn limits(wait: u64, max: u64) -> RecvLimits {
@@ -88,21 +79,16 @@ async fn a_waiting_recv_wakes_on_the_send_not_at_its_timeout() {
     let hive = f.hive.clone();
     let waiter = tokio::spawn(async move {
         let started = Instant::now();
-        let got = hive
-            .mailbox
-            .recv(&inbox("bob"), limits(60, 32))
-            .await
-            .unwrap();
+        let got = hive.recv(&inbox("bob"), limits(60, 32)).await.unwrap();
         (got, started.elapsed())
     });
     until("bob's recv waits", || {
-        f.hive.mailbox.waiting_receivers(&inbox("bob")) == 1
+        f.hive.waiting_receivers(&inbox("bob")) == 1
     })
     .await;
     let sent_at = Instant::now();
     let ids = f
         .hive
-        .mailbox
         .send(&agent("alice"), &to("bob"), "hi bob".into(), None)
         .await
         .unwrap();
@@ -118,12 +104,7 @@ async fn a_waiting_recv_wakes_on_the_send_not_at_its_timeout() {
         "woke {woke_after_send:?} after the send"
     );
     // Taken once: a second recv finds nothing.
-    let again = f
-        .hive
-        .mailbox
-        .recv(&inbox("bob"), limits(0, 32))
-        .await
-        .unwrap();
+    let again = f.hive.recv(&inbox("bob"), limits(0, 32)).await.unwrap();
     assert!(again.is_empty());
 }
 
@@ -131,12 +112,7 @@ async fn a_waiting_recv_wakes_on_the_send_not_at_its_timeout() {
 async fn with_no_send_recv_returns_empty_at_its_timeout() {
     let f = hive(&["bob"]).await;
     let started = Instant::now();
-    let got = f
-        .hive
-        .mailbox
-        .recv(&inbox("bob"), limits(1, 32))
-        .await
-        .unwrap();
+    let got = f.hive.recv(&inbox("bob"), limits(1, 32)).await.unwrap();
     let took = started.elapsed();
     assert!(got.is_empty());
     assert!(took >= Duration::from_secs(1), "{took:?}");
@@ -147,29 +123,22 @@ async fn with_no_send_recv_returns_empty_at_its_timeout() {
 async fn a_waiter_that_went_away_marks_nothing_delivered() {
     let f = hive(&["alice", "bob"]).await;
     let hive = f.hive.clone();
-    let waiter =
-        tokio::spawn(async move { hive.mailbox.recv(&inbox("bob"), limits(60, 32)).await });
+    let waiter = tokio::spawn(async move { hive.recv(&inbox("bob"), limits(60, 32)).await });
     until("bob's recv waits", || {
-        f.hive.mailbox.waiting_receivers(&inbox("bob")) == 1
+        f.hive.waiting_receivers(&inbox("bob")) == 1
     })
     .await;
     waiter.abort();
     let _ = waiter.await;
-    assert_eq!(f.hive.mailbox.waiting_receivers(&inbox("bob")), 0);
+    assert_eq!(f.hive.waiting_receivers(&inbox("bob")), 0);
     let ids = f
         .hive
-        .mailbox
         .send(&agent("alice"), &to("bob"), "still here?".into(), None)
         .await
         .unwrap();
     let (_, _, _, states) = snapshot(&f.hive).await;
     assert_eq!(states, format!("{}:queued:0", ids[0]));
-    let got = f
-        .hive
-        .mailbox
-        .recv(&inbox("bob"), limits(0, 32))
-        .await
-        .unwrap();
+    let got = f.hive.recv(&inbox("bob"), limits(0, 32)).await.unwrap();
     assert_eq!(got.len(), 1);
 }
 
@@ -185,15 +154,14 @@ async fn hundred_concurrent_senders_lose_nothing_and_keep_their_order() {
         let hive = f.hive.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..EACH {
-                hive.mailbox
-                    .send(
-                        &agent(&sender),
-                        &to("manager"),
-                        format!("{sender}:{n}"),
-                        None,
-                    )
-                    .await
-                    .unwrap();
+                hive.send(
+                    &agent(&sender),
+                    &to("manager"),
+                    format!("{sender}:{n}"),
+                    None,
+                )
+                .await
+                .unwrap();
             }
         }));
     }
@@ -205,7 +173,6 @@ async fn hundred_concurrent_senders_lose_nothing_and_keep_their_order() {
     loop {
         let got = f
             .hive
-            .mailbox
             .recv(&Inbox::Agent(AgentName::manager()), limits(0, 32))
             .await
             .unwrap();
@@ -228,7 +195,7 @@ async fn hundred_concurrent_senders_lose_nothing_and_keep_their_order() {
 #[tokio::test]
 async fn an_unfinished_lease_is_delivered_again_flagged() {
     let f = hive(&["alice", "bob"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let first = mb
         .send(&agent("alice"), &to("bob"), "do the thing".into(), None)
         .await
@@ -298,17 +265,12 @@ async fn a_restart_returns_leases_to_the_queue() {
     let state = StateDir::new(dir.path());
     state.create().unwrap();
     let hive = Hive::open(state.clone(), Config::default()).await.unwrap();
-    hive.registry
-        .register(name("bob"), AgentKind::Agent)
-        .await
-        .unwrap();
+    hive.add_agent(name("bob"), AgentKind::Agent).await.unwrap();
     let id = hive
-        .mailbox
         .send(&Sender::Operator, &to("bob"), "x".into(), None)
         .await
         .unwrap()[0];
-    hive.mailbox
-        .next_turn(&name("bob"), Duration::ZERO)
+    hive.next_turn(&name("bob"), Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -316,7 +278,6 @@ async fn a_restart_returns_leases_to_the_queue() {
     drop(hive);
     let hive = Hive::open(state, Config::default()).await.unwrap();
     let turn = hive
-        .mailbox
         .next_turn(&name("bob"), Duration::ZERO)
         .await
         .unwrap()
@@ -328,7 +289,7 @@ async fn a_restart_returns_leases_to_the_queue() {
 #[tokio::test]
 async fn broadcast_reaches_every_other_agent_and_replies_link() {
     let f = hive(&["alice", "bob", "carol"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let ids = mb
         .send(&agent("alice"), &to("*"), "all hands".into(), None)
         .await
@@ -355,7 +316,7 @@ async fn broadcast_reaches_every_other_agent_and_replies_link() {
         .send(&agent("bob"), &to("operator"), "hello human".into(), None)
         .await
         .unwrap();
-    let listed = mb.inbox(&Inbox::Operator, 10).await.unwrap();
+    let listed = mb.inbox_messages(&Inbox::Operator, 10).await.unwrap();
     assert_eq!(listed.iter().map(|m| m.id).collect::<Vec<_>>(), to_op);
     assert_eq!(
         listed[0].state,
@@ -369,7 +330,7 @@ async fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let mut config = Config::default();
     config.mailbox.max_body_bytes = 1024;
     let f = hive_with(config, &["alice"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     mb.send(&Sender::Operator, &to("alice"), "before".into(), None)
         .await
         .unwrap();
@@ -463,8 +424,7 @@ async fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
         (
             "conflict",
             f.hive
-                .registry
-                .register(name("alice"), AgentKind::Agent)
+                .add_agent(name("alice"), AgentKind::Agent)
                 .await
                 .unwrap_err(),
         ),
@@ -485,7 +445,7 @@ async fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
 #[tokio::test]
 async fn retention_deletes_old_delivered_messages_only() {
     let f = hive(&["bob"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let old = mb
         .send(&Sender::Operator, &to("bob"), "old".into(), None)
         .await
@@ -496,17 +456,20 @@ async fn retention_deletes_old_delivered_messages_only() {
         .await
         .unwrap()[0];
     // Age both by 40 days, as if written long ago.
-    let db = rusqlite::Connection::open(f.hive.store.path()).unwrap();
+    let db = rusqlite::Connection::open(f.hive.state_dir().db()).unwrap();
     db.execute(
         "UPDATE messages SET sent_at = sent_at - 3456000000,
                              delivered_at = delivered_at - 3456000000",
         [],
     )
     .unwrap();
-    let deleted = mb.vacuum(Duration::from_secs(30 * 86400)).await.unwrap();
+    let deleted = mb
+        .vacuum_messages(Duration::from_secs(30 * 86400))
+        .await
+        .unwrap();
     assert_eq!(deleted, 1);
     let left: Vec<i64> = mb
-        .history(None, 10)
+        .message_history(None, 10)
         .await
         .unwrap()
         .iter()
@@ -527,15 +490,10 @@ impl HeldWriter {
     fn queue(hive: &Hive) -> Self {
         let (entered_tx, entered) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        hive.store.write_detached(
-            "holding the writer for a test",
-            move |_| {
-                entered_tx.send(()).unwrap();
-                go_rx.recv().unwrap();
-                Ok(())
-            },
-            || {},
-        );
+        hive.run_on_writer_for_tests(move || {
+            entered_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+        });
         Self { entered, go }
     }
 
@@ -574,7 +532,7 @@ async fn leave_while_the_take_commits<T>(hive: &Hive, take: impl Future<Output =
 #[tokio::test]
 async fn a_recv_whose_caller_leaves_while_it_commits_loses_nothing() {
     let f = hive(&["alice", "bob"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let ids = mb
         .send(&agent("alice"), &to("bob"), "one".into(), None)
         .await
@@ -589,7 +547,7 @@ async fn a_recv_whose_caller_leaves_while_it_commits_loses_nothing() {
 #[tokio::test]
 async fn an_operator_inbox_take_whose_caller_leaves_while_it_commits_loses_nothing() {
     let f = hive(&["alice"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let ids = mb
         .send(&agent("alice"), &to("operator"), "for you".into(), None)
         .await
@@ -603,7 +561,7 @@ async fn an_operator_inbox_take_whose_caller_leaves_while_it_commits_loses_nothi
 #[tokio::test]
 async fn a_next_turn_whose_caller_leaves_while_it_commits_loses_nothing() {
     let f = hive(&["alice", "bob"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let id = mb
         .send(&agent("alice"), &to("bob"), "work".into(), None)
         .await
@@ -617,17 +575,12 @@ async fn a_next_turn_whose_caller_leaves_while_it_commits_loses_nothing() {
     assert_eq!(turn.message.id, id);
     assert!(turn.message.redelivered);
     // The lost turn was closed as abandoned; only the new one is open.
-    let open: i64 = f
-        .hive
-        .store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM turns WHERE finished_at IS NULL",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+    let open: i64 = common::open_db(&f.hive)
+        .query_row(
+            "SELECT count(*) FROM turns WHERE finished_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(open, 1);
 }
@@ -636,32 +589,31 @@ async fn a_next_turn_whose_caller_leaves_while_it_commits_loses_nothing() {
 async fn stored_and_counted(
     hive: &Hive,
 ) -> (Vec<(String, String, i64)>, Vec<(String, String, i64)>) {
-    hive.store
-        .read(|c| {
-            let rows = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
-                c.prepare(sql)?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
-            };
-            Ok((
-                rows(
-                    "SELECT recipient, state, n FROM message_counts WHERE n != 0
-                     ORDER BY recipient, state",
-                )?,
-                rows(
-                    "SELECT recipient, state, count(*) FROM messages GROUP BY recipient, state
-                     ORDER BY recipient, state",
-                )?,
-            ))
-        })
-        .await
-        .unwrap()
+    let c = common::open_db(hive);
+    let rows = |sql: &str| -> Vec<(String, String, i64)> {
+        c.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    (
+        rows(
+            "SELECT recipient, state, n FROM message_counts WHERE n != 0
+             ORDER BY recipient, state",
+        ),
+        rows(
+            "SELECT recipient, state, count(*) FROM messages GROUP BY recipient, state
+             ORDER BY recipient, state",
+        ),
+    )
 }
 
 #[tokio::test]
 async fn the_stored_counts_follow_a_mixed_history() {
     let f = hive(&["alice", "bob", "carol"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     for n in 0..5 {
         mb.send(&agent("alice"), &to("bob"), format!("b{n}"), None)
             .await
@@ -707,26 +659,26 @@ async fn the_stored_counts_follow_a_mixed_history() {
     let waiting = {
         let hive = f.hive.clone();
         // carol's only message is leased: nothing queued.
-        tokio::spawn(async move { hive.mailbox.recv(&inbox("carol"), limits(10, 32)).await })
+        tokio::spawn(async move { hive.recv(&inbox("carol"), limits(10, 32)).await })
     };
     mb.send(&agent("alice"), &to("carol"), "direct".into(), None)
         .await
         .unwrap();
     assert_eq!(waiting.await.unwrap().unwrap().len(), 1);
     // Age the delivered messages of bob's first recv so the vacuum takes them.
-    f.hive
-        .store
-        .write(|c| {
-            Ok(c.execute(
-                "UPDATE messages SET delivered_at = delivered_at - 100000
-                 WHERE recipient = 'bob' AND state = 'delivered' AND lease_turn IS NULL
-                   AND id NOT IN (SELECT message_id FROM turns)",
-                [],
-            )?)
-        })
-        .await
+    rusqlite::Connection::open(f.hive.state_dir().db())
+        .unwrap()
+        .execute(
+            "UPDATE messages SET delivered_at = delivered_at - 100000
+             WHERE recipient = 'bob' AND state = 'delivered' AND lease_turn IS NULL
+               AND id NOT IN (SELECT message_id FROM turns)",
+            [],
+        )
         .unwrap();
-    assert_eq!(mb.vacuum(Duration::from_secs(10)).await.unwrap(), 2);
+    assert_eq!(
+        mb.vacuum_messages(Duration::from_secs(10)).await.unwrap(),
+        2
+    );
 
     let (stored, counted) = stored_and_counted(&f.hive).await;
     assert_eq!(stored, counted);
@@ -734,7 +686,7 @@ async fn the_stored_counts_follow_a_mixed_history() {
     let states: std::collections::BTreeSet<&str> =
         counted.iter().map(|(_, s, _)| s.as_str()).collect();
     assert_eq!(states, ["delivered", "leased", "queued"].into());
-    let total = mb.counts().await.unwrap();
+    let total = mb.message_counts().await.unwrap();
     let sum = |state: &str| -> u64 {
         counted
             .iter()
@@ -753,26 +705,26 @@ async fn the_stored_counts_follow_a_mixed_history() {
 #[tokio::test]
 async fn an_unknown_stored_state_is_an_error_not_queued() {
     let f = hive(&["bob"]).await;
-    let mb = &f.hive.mailbox;
+    let mb = &f.hive;
     let id = mb
         .send(&Sender::Operator, &to("bob"), "x".into(), None)
         .await
         .unwrap()[0];
     // A row written by something newer than this hive (the CHECK would refuse it otherwise).
-    let db = rusqlite::Connection::open(f.hive.store.path()).unwrap();
+    let db = rusqlite::Connection::open(f.hive.state_dir().db()).unwrap();
     db.execute_batch("PRAGMA ignore_check_constraints = ON")
         .unwrap();
     db.execute("UPDATE messages SET state = 'archived' WHERE id = ?1", [id])
         .unwrap();
-    let err = mb.inbox(&inbox("bob"), 10).await.unwrap_err();
+    let err = mb.inbox_messages(&inbox("bob"), 10).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("unknown stored message state 'archived'"),
         "{err}"
     );
-    let err = mb.history(None, 10).await.unwrap_err();
+    let err = mb.message_history(None, 10).await.unwrap_err();
     assert!(err.to_string().contains("'archived'"), "{err}");
-    let err = mb.counts().await.unwrap_err();
+    let err = mb.message_counts().await.unwrap_err();
     assert!(err.to_string().contains("'archived'"), "{err}");
     // Nothing takes it for a queued message.
     assert!(

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use broker::Hive;
 use broker::config::Config;
-use broker::names::Inbox;
 use broker::registry::AgentKind;
 use common::*;
 use serde_json::json;
@@ -27,17 +26,14 @@ async fn tools(client: &Client) -> Vec<String> {
 
 /// (messages, questions, reminders, turns) counts and message states.
 async fn snapshot(hive: &Hive) -> String {
-    hive.store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT (SELECT count(*) FROM messages) || '/' || (SELECT count(*) FROM questions)
-                 || '/' || (SELECT count(*) FROM reminders) || '/' || (SELECT count(*) FROM turns)
-                 || '/' || (SELECT coalesce(group_concat(id || state, ','), '') FROM messages)",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+    open_db(hive)
+        .query_row(
+            "SELECT (SELECT count(*) FROM messages) || '/' || (SELECT count(*) FROM questions)
+             || '/' || (SELECT count(*) FROM reminders) || '/' || (SELECT count(*) FROM turns)
+             || '/' || (SELECT coalesce(group_concat(id || state, ','), '') FROM messages)",
+            [],
+            |r| r.get(0),
+        )
         .unwrap()
 }
 
@@ -107,7 +103,7 @@ async fn send_on_one_socket_wakes_recv_on_another() {
         (got, Instant::now(), bob)
     });
     until("bob's recv waits", || {
-        f.hive.mailbox.waiting_receivers(&inbox("bob")) == 1
+        f.hive.waiting_receivers(&inbox("bob")) == 1
     })
     .await;
     let sent_at = Instant::now();
@@ -132,7 +128,6 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
         f.hive.add_agent(name(a), AgentKind::Agent).await.unwrap();
     }
     f.hive
-        .registry
         .set_allowed_recipients(&name("alice"), vec![name("carol")])
         .await
         .unwrap();
@@ -227,7 +222,7 @@ async fn a_client_gone_during_recv_takes_nothing() {
     let waiting = tokio::spawn(async move {
         let _ = call(&bob, "recv", json!({"wait_seconds": 60})).await;
     });
-    let bob_waits = || f.hive.mailbox.waiting_receivers(&inbox("bob"));
+    let bob_waits = || f.hive.waiting_receivers(&inbox("bob"));
     until("bob's recv waits", || bob_waits() == 1).await;
     waiting.abort(); // drops the client: the socket closes mid-recv
     let _ = waiting.await;
@@ -306,7 +301,7 @@ async fn ask_operator_gets_the_answer_as_a_reply_from_operator() {
     let open = f.hive.questions(false).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].options, ["yes", "no"]);
-    let in_inbox = f.hive.mailbox.inbox(&Inbox::Operator, 10).await.unwrap();
+    let in_inbox = f.hive.operator_inbox(10).await.unwrap();
     assert!(
         in_inbox[0].body.contains("Deploy now?"),
         "{}",

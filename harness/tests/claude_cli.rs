@@ -103,7 +103,6 @@ async fn claude_sends_a_message_through_the_bridge() {
     let msg = hive.only_message("alice", "bob", "hello from claude").await;
     let inbox = hive
         .hive
-        .mailbox
         .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
         .await
         .unwrap();

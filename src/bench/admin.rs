@@ -79,7 +79,6 @@ pub async fn operator_send_to_waiting_recv(n: usize) -> anyhow::Result<AdminFigu
     stop.store(true, Ordering::Relaxed);
     // One more message lets the waiter see `stop`.
     h.hive
-        .mailbox
         .send(
             &Sender::Operator,
             &Recipient::Agent(AgentName::manager()),

@@ -101,9 +101,9 @@ pub async fn measure(hive: &Path, shape: Shape, sizes: &Sizes) -> anyhow::Result
 async fn prepare(root: &Path, shape: Shape) -> anyhow::Result<()> {
     let hive = open_hive(root, Synchronous::Normal).await?;
     for i in 0..shape.agents {
-        hive.registry.register(agent(i)?, AgentKind::Agent).await?;
+        hive.add_agent(agent(i)?, AgentKind::Agent).await?;
     }
-    let db = hive.store.path().to_owned();
+    let db = hive.state_dir().db();
     hive.close();
     drop(hive);
     let mut c = rusqlite::Connection::open(db)?;

@@ -36,10 +36,7 @@ impl TempHive {
     /// Registers `name` as an agent and returns it.
     pub async fn agent(&self, name: &str) -> anyhow::Result<AgentName> {
         let name = AgentName::parse(name)?;
-        self.hive
-            .registry
-            .register(name.clone(), AgentKind::Agent)
-            .await?;
+        self.hive.add_agent(name.clone(), AgentKind::Agent).await?;
         Ok(name)
     }
 }
@@ -80,7 +77,7 @@ pub fn spawn_waiter(
     tokio::spawn(async move {
         let limits = RecvLimits::new(60, 32).expect("valid limits");
         while !stop.load(Ordering::Relaxed) {
-            match hive.mailbox.recv(&inbox, limits).await {
+            match hive.recv(&inbox, limits).await {
                 Ok(got) if got.is_empty() => continue,
                 Ok(_) => {
                     if tx.send(Instant::now()).is_err() {
@@ -115,7 +112,7 @@ pub async fn send_to_waiting_recv(n: usize) -> anyhow::Result<Samples> {
     for i in 0..n + warmup {
         tokio::time::sleep(REARM).await;
         let t0 = Instant::now();
-        h.hive.mailbox.send(&from, &to, body.clone(), None).await?;
+        h.hive.send(&from, &to, body.clone(), None).await?;
         let at = woke.recv().await.context("the waiter stopped")?;
         if i >= warmup {
             samples.push(at.saturating_duration_since(t0));
@@ -123,7 +120,7 @@ pub async fn send_to_waiting_recv(n: usize) -> anyhow::Result<Samples> {
     }
     stop.store(true, Ordering::Relaxed);
     // One more message lets the waiter see `stop`.
-    h.hive.mailbox.send(&from, &to, body, None).await?;
+    h.hive.send(&from, &to, body, None).await?;
     Ok(Samples::new(samples))
 }
 
@@ -146,7 +143,7 @@ pub async fn send_to_polling_recv(n: usize) -> anyhow::Result<Samples> {
         let mut every = tokio::time::interval_at(start, POLL_PERIOD);
         loop {
             every.tick().await;
-            match hive.mailbox.recv(&inbox, limits).await {
+            match hive.recv(&inbox, limits).await {
                 Ok(got) if got.is_empty() => {}
                 Ok(_) => {
                     if tx.send(Instant::now()).is_err() {
@@ -167,7 +164,7 @@ pub async fn send_to_polling_recv(n: usize) -> anyhow::Result<Samples> {
         let phase = POLL_PERIOD.mul_f64((k as f64 + 0.5) / n as f64);
         tokio::time::sleep_until(start + POLL_PERIOD * k as u32 + phase).await;
         let t0 = Instant::now();
-        h.hive.mailbox.send(&from, &to, body(), None).await?;
+        h.hive.send(&from, &to, body(), None).await?;
         let at = seen.recv().await.context("the poller stopped")?;
         samples.push(at.saturating_duration_since(t0));
     }
@@ -200,7 +197,7 @@ pub async fn sends_per_second(
             let to = Recipient::Agent(AgentName::manager());
             let body = body();
             while !stop.load(Ordering::Relaxed) {
-                hive.mailbox.send(&from, &to, body.clone(), None).await?;
+                hive.send(&from, &to, body.clone(), None).await?;
                 count.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -221,15 +218,13 @@ pub async fn prepare_loaded_state(
     let mut tasks = Vec::with_capacity(agents);
     for i in 0..agents {
         let name = AgentName::parse(&format!("agent-{i:02}"))?;
-        hive.registry
-            .register(name.clone(), AgentKind::Agent)
-            .await?;
+        hive.add_agent(name.clone(), AgentKind::Agent).await?;
         let hive = hive.clone();
         tasks.push(tokio::spawn(async move {
             let from = Sender::Agent(name);
             let to = Recipient::Agent(AgentName::manager());
             for _ in 0..per_agent {
-                hive.mailbox.send(&from, &to, body(), None).await?;
+                hive.send(&from, &to, body(), None).await?;
             }
             anyhow::Ok(())
         }));

@@ -349,7 +349,12 @@ impl McpHive {
 
     fn socket(&self, agent: &str) -> anyhow::Result<PathBuf> {
         let name = broker::names::AgentName::parse(agent)?;
-        Ok(self.h.hive.paths.agent_run_dir(&name).join("mcp.sock"))
+        Ok(self
+            .h
+            .hive
+            .state_dir()
+            .agent_run_dir(&name)
+            .join("mcp.sock"))
     }
 }
 

@@ -74,7 +74,7 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     tracing::info!(
         state_dir = %state.root().display(),
         admin_socket = %admin_path.display(),
-        synchronous = %hive.config.store.synchronous,
+        synchronous = %hive.config().store.synchronous,
         "hive is ready"
     );
     notify_systemd(&[NotifyState::Ready]);

@@ -171,6 +171,8 @@ impl Notifiers {
     }
 }
 
+/// A cheap handle: clones share the wake-ups and the waiters, so services can hold their own.
+#[derive(Clone)]
 pub struct Mailbox {
     store: Store,
     registry: Arc<Registry>,

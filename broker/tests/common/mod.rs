@@ -48,6 +48,16 @@ pub async fn fixture(agents: &[&str]) -> Fixture {
     f
 }
 
+/// A read-only connection of the test's own on the hive's database: tests look at the rows
+/// without reaching into the hive.
+pub fn open_db(hive: &Hive) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        hive.state_dir().db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
 pub fn name(s: &str) -> AgentName {
     AgentName::parse(s).unwrap()
 }

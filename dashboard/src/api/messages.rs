@@ -35,7 +35,6 @@ pub(super) async fn send(
     let to = Recipient::parse(&req.to).map_err(broker::Error::from)?;
     let ids = s
         .hive
-        .mailbox
         .send(&Sender::Operator, &to, req.body, req.in_reply_to)
         .await?;
     Ok((StatusCode::CREATED, Json(SendResponse { ids })))
@@ -95,7 +94,7 @@ pub(super) async fn messages(
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    Ok(Json(s.hive.mailbox.history(agent, limit).await?).into_response())
+    Ok(Json(s.hive.message_history(agent, limit).await?).into_response())
 }
 
 /// The operator's inbox, newest last. Marks nothing read; `inbox/recv` does.
@@ -110,9 +109,7 @@ pub(super) async fn inbox(
         )
         .into());
     }
-    Ok(Json(
-        s.hive.mailbox.inbox(&Inbox::Operator, q.limit()?).await?,
-    ))
+    Ok(Json(s.hive.operator_inbox(q.limit()?).await?))
 }
 
 #[derive(Deserialize)]
@@ -140,7 +137,7 @@ pub(super) async fn inbox_recv(
 ) -> Result<Json<RecvResponse>, ApiError> {
     let limits = RecvLimits::new(req.wait_seconds, req.max)?;
     let messages = tokio::select! {
-        got = s.hive.mailbox.recv(&Inbox::Operator, limits) => got?,
+        got = s.hive.recv(&Inbox::Operator, limits) => got?,
         _ = s.shutdown.cancelled() => return Err(broker::Error::ShuttingDown.into()),
     };
     Ok(Json(RecvResponse { messages }))

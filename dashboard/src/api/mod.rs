@@ -43,7 +43,7 @@ pub struct ApiState {
 /// The `/api/v1` router.
 pub fn router(state: ApiState) -> Router {
     // A body may be escaped JSON (up to 6 bytes per byte) plus the other fields.
-    let body_limit = state.hive.mailbox.max_body_bytes() * 6 + 64 * 1024;
+    let body_limit = state.hive.max_body_bytes() * 6 + 64 * 1024;
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/agents", get(agents).post(config::spawn))
@@ -97,7 +97,7 @@ async fn status(State(s): State<ApiState>) -> Result<Json<broker::hive::Status>,
 }
 
 async fn agents(State(s): State<ApiState>) -> Json<Vec<broker::registry::AgentRecord>> {
-    Json(s.hive.registry.list())
+    Json(s.hive.agents())
 }
 
 /// Bus events as SSE, filtered, ending at shutdown. A subscriber that fell behind gets a `lagged`
@@ -110,7 +110,7 @@ where
     K: Fn(&Event) -> bool + Send + 'static,
 {
     let shutdown = s.shutdown.clone();
-    BroadcastStream::new(s.hive.bus.subscribe())
+    BroadcastStream::new(s.hive.subscribe())
         .filter_map(move |item| {
             let out = match item {
                 Ok(event) if keep(&event) => Some(to_sse(&event)),

@@ -50,7 +50,11 @@ impl TestHive {
 
     /// The model-facing socket of `agent`: `STATE/run/agents/<agent>/mcp.sock`.
     pub fn mcp_socket(&self, agent: &str) -> PathBuf {
-        let socket = self.hive.paths.agent_run_dir(&name(agent)).join("mcp.sock");
+        let socket = self
+            .hive
+            .state_dir()
+            .agent_run_dir(&name(agent))
+            .join("mcp.sock");
         assert!(socket.exists(), "no socket at {}", socket.display());
         socket
     }
@@ -64,7 +68,7 @@ impl TestHive {
 
     /// Every stored message, oldest first.
     pub async fn messages(&self) -> Vec<Message> {
-        self.hive.mailbox.history(None, 1000).await.unwrap()
+        self.hive.message_history(None, 1000).await.unwrap()
     }
 
     /// The one stored message; asserts that it is the only one and goes `from` → `to` with `body`.
