@@ -6,12 +6,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-fn ok(state: &std::path::Path, args: &[&str]) -> String {
-    let out = cli(state, args);
-    assert!(out.status.success(), "hive {args:?}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 #[test]
 fn manager_proposes_operator_approves_destroys_restores() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,12 +46,12 @@ fn manager_proposes_operator_approves_destroys_restores() {
     let id = queued["id"].as_i64().unwrap().to_string();
 
     // The operator looks, and approves.
-    let listed = ok(state, &["approvals", "--status", "pending"]);
+    let listed = cli_ok(state, &["approvals", "--status", "pending"]);
     assert!(
         listed.contains("spawn") && listed.contains("bob") && listed.contains(&sha[..12]),
         "{listed}"
     );
-    let shown = ok(state, &["show", &id]);
+    let shown = cli_ok(state, &["show", &id]);
     assert!(shown.contains("hyperhive.model = \"bob-model\""), "{shown}");
     // Every file of the commit is listed and shown, the prompt the template reads included.
     assert!(
@@ -73,8 +67,8 @@ fn manager_proposes_operator_approves_destroys_restores() {
         "{}",
         text(&out.stderr)
     );
-    assert!(ok(state, &["approve", &id]).contains(&format!("approved #{id}")));
-    assert!(ok(state, &["agents"]).contains("bob"));
+    assert!(cli_ok(state, &["approve", &id]).contains(&format!("approved #{id}")));
+    assert!(cli_ok(state, &["agents"]).contains("bob"));
     let out = cli(state, &["approve", &id]);
     assert!(
         text(&out.stderr).contains("approved already"),
@@ -85,17 +79,18 @@ fn manager_proposes_operator_approves_destroys_restores() {
     let event: Value = serde_json::from_str(told[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(event["event"], "approval_resolved");
     assert_eq!(event["status"], "approved");
-    let history = ok(state, &["history", "bob"]);
+    let history = cli_ok(state, &["history", "bob"]);
     assert!(
         history.contains("spawn") && history.contains(&sha[..12]),
         "{history}"
     );
 
     // Destroy keeps a tombstone; restore brings bob back.
-    let destroyed = ok(state, &["destroy", "bob"]);
+    let destroyed = cli_ok(state, &["destroy", "bob"]);
     assert!(destroyed.contains("tombstone bob-"), "{destroyed}");
-    assert!(!ok(state, &["agents"]).contains("bob"));
-    let tombstones: Value = serde_json::from_str(&ok(state, &["tombstones", "--json"])).unwrap();
+    assert!(!cli_ok(state, &["agents"]).contains("bob"));
+    let tombstones: Value =
+        serde_json::from_str(&cli_ok(state, &["tombstones", "--json"])).unwrap();
     let tomb = tombstones[0]["id"].as_str().unwrap().to_owned();
     for bad in ["..", "x/../../etc", "bob"] {
         assert!(!cli(state, &["restore", bad]).status.success());
@@ -108,15 +103,15 @@ fn manager_proposes_operator_approves_destroys_restores() {
         "{}",
         text(&out.stderr)
     );
-    assert!(!ok(state, &["agents"]).contains("bob"));
-    assert!(ok(state, &["restore", &tomb]).contains("restored bob"));
-    assert!(ok(state, &["agents"]).contains("bob"));
-    assert!(ok(state, &["tombstones"]).contains("no tombstones"));
+    assert!(!cli_ok(state, &["agents"]).contains("bob"));
+    assert!(cli_ok(state, &["restore", &tomb]).contains("restored bob"));
+    assert!(cli_ok(state, &["agents"]).contains("bob"));
+    assert!(cli_ok(state, &["tombstones"]).contains("no tombstones"));
 
     // The audit chain holds, and names the row an edit breaks.
-    let verified = ok(state, &["audit", "verify"]);
+    let verified = cli_ok(state, &["audit", "verify"]);
     assert!(verified.contains("audit chain intact"), "{verified}");
-    assert!(ok(state, &["audit", "--agent", "bob"]).contains("restore"));
+    assert!(cli_ok(state, &["audit", "--agent", "bob"]).contains("restore"));
     open_db(state)
         .execute("UPDATE audit SET detail = '{}' WHERE id = 2", [])
         .unwrap();
@@ -137,7 +132,8 @@ fn operator_spawn_from_a_file_and_rollback() {
     let file = state.join("carol.nix");
     std::fs::write(&file, "{ ... }: { hyperhive.model = \"c1\"; }\n").unwrap();
     assert!(
-        ok(state, &["spawn", "carol", "--from", file.to_str().unwrap()]).contains("spawned carol")
+        cli_ok(state, &["spawn", "carol", "--from", file.to_str().unwrap()])
+            .contains("spawned carol")
     );
     let repo = state.join("agents/carol/config");
     assert!(
@@ -152,9 +148,10 @@ fn operator_spawn_from_a_file_and_rollback() {
     let out = cli(state, &["spawn", "dave", "--from", "/nonexistent/file.nix"]);
     assert!(text(&out.stderr).contains("cannot read /nonexistent/file.nix"));
 
-    let history: Value = serde_json::from_str(&ok(state, &["history", "carol", "--json"])).unwrap();
+    let history: Value =
+        serde_json::from_str(&cli_ok(state, &["history", "carol", "--json"])).unwrap();
     let first = history[0]["id"].as_i64().unwrap().to_string();
-    let out = ok(state, &["rollback", "carol", &first]);
+    let out = cli_ok(state, &["rollback", "carol", &first]);
     assert!(out.contains("carol is back at"), "{out}");
     let out = cli(state, &["rollback", "carol", "999"]);
     assert!(
@@ -162,7 +159,8 @@ fn operator_spawn_from_a_file_and_rollback() {
         "{}",
         text(&out.stderr)
     );
-    let history: Value = serde_json::from_str(&ok(state, &["history", "carol", "--json"])).unwrap();
+    let history: Value =
+        serde_json::from_str(&cli_ok(state, &["history", "carol", "--json"])).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 2);
     assert_eq!(history[1]["kind"], "rollback");
 }

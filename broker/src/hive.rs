@@ -88,7 +88,12 @@ impl Hive {
         }
         let due = DueJobs::new(store.clone(), mailbox.clone());
         let reminders = Reminders::new(store.clone(), due.clone(), config.mailbox.max_body_bytes);
-        let questions = Questions::new(store.clone(), mailbox.clone(), due.clone());
+        let questions = Questions::new(
+            store.clone(),
+            mailbox.clone(),
+            due.clone(),
+            config.mailbox.max_open_questions_per_agent,
+        );
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,

@@ -64,14 +64,17 @@ pub struct Questions {
     store: Store,
     mailbox: Mailbox,
     due: DueJobs,
+    /// Open questions one agent may have (`mailbox.max_open_questions_per_agent`).
+    max_open: u64,
 }
 
 impl Questions {
-    pub(crate) fn new(store: Store, mailbox: Mailbox, due: DueJobs) -> Self {
+    pub(crate) fn new(store: Store, mailbox: Mailbox, due: DueJobs, max_open: u64) -> Self {
         Self {
             store,
             mailbox,
             due,
+            max_open,
         }
     }
 
@@ -129,7 +132,7 @@ impl Questions {
             ));
         }
         let asker_name = asker.to_string();
-        let quota = self.config.mailbox.max_open_questions_per_agent;
+        let quota = self.max_open;
         let (question, message) = self
             .store
             .write(move |c| {

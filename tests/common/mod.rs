@@ -152,6 +152,13 @@ pub fn cli(state: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `hive ARGS`, which must succeed, and returns its stdout.
+pub fn cli_ok(state: &Path, args: &[&str]) -> String {
+    let out = cli(state, args);
+    assert!(out.status.success(), "hive {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
