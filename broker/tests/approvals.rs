@@ -1,83 +1,17 @@
 //! Config repos and approvals against real git repos; the manager's commits are made with the git
 //! CLI, the way the manager makes them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
-use broker::Hive;
 use broker::approvals::SpawnRequest;
 use broker::config::Config;
 use broker::config_repo::ConfigRepos;
 use broker::mailbox::RecvLimits;
-use broker::names::{AgentName, Inbox};
-use broker::paths::StateDir;
-use tokio_util::sync::CancellationToken;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    hive: Arc<Hive>,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-async fn open_in(dir: tempfile::TempDir, config: Config) -> Fixture {
-    let state = StateDir::new(dir.path());
-    state.create().unwrap();
-    let hive = Hive::open(state, config).await.unwrap();
-    let token = CancellationToken::new();
-    hive.serve_mcp(&broker::components::Scope::new(token.clone()))
-        .unwrap();
-    Fixture {
-        dir,
-        hive,
-        _stop: token.drop_guard(),
-    }
-}
-
-async fn fixture() -> Fixture {
-    open_in(tempfile::tempdir().unwrap(), Config::default()).await
-}
-
-fn name(s: &str) -> AgentName {
-    AgentName::parse(s).unwrap()
-}
-
-fn manager() -> AgentName {
-    AgentName::manager()
-}
-
-/// Runs git in `repo` and returns its stdout; fails the test on error.
-/// A read-only connection of the test's own on the hive's database.
-fn open_db(hive: &Hive) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        hive.state_dir().db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap()
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args([
-            "-c",
-            "user.name=manager",
-            "-c",
-            "user.email=manager@hive",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use broker::names::Inbox;
+use common::*;
 
 impl Fixture {
     fn proposed(&self, agent: &str) -> PathBuf {
@@ -159,7 +93,7 @@ impl Fixture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manager_exists_with_its_repos_from_the_first_start() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     assert!(f.proposed("manager").join("agent.nix").exists());
     let head = f.applied_head("manager");
     assert_eq!(head, git(&f.proposed("manager"), &["rev-parse", "HEAD"]));
@@ -169,7 +103,7 @@ async fn the_manager_exists_with_its_repos_from_the_first_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draft_commit_request_approve_then_apply_a_change() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     // 1. A draft from the template.
     let SpawnRequest::Draft(draft) = f.hive.request_spawn(&manager(), "bob", None).await.unwrap()
     else {
@@ -274,7 +208,7 @@ async fn draft_commit_request_approve_then_apply_a_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_force_push_after_the_request_changes_nothing_approved() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     let good = f.commit("bob", "{ ... }: { hyperhive.model = \"good\"; }\n", "good");
     let request = f
@@ -324,7 +258,7 @@ fn plant_ambiguous_prefix(repo: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_and_decisions_are_refused_and_change_nothing() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     let real = f.commit("bob", "{ ... }: { }\n", "a change");
     let ambiguous = plant_ambiguous_prefix(&f.proposed("bob"));
@@ -493,7 +427,7 @@ async fn bad_requests_and_decisions_are_refused_and_change_nothing() {
 async fn a_deny_note_is_optional_when_the_config_says_so() {
     let mut config = Config::default();
     config.approvals.deny_requires_note = false;
-    let f = open_in(tempfile::tempdir().unwrap(), config).await;
+    let f = open(tempfile::tempdir().unwrap(), config).await;
     f.hive.spawn("bob", None).await.unwrap();
     let c = f.commit("bob", "{ ... }: { }\n", "x");
     let a = f
@@ -509,7 +443,7 @@ async fn a_deny_note_is_optional_when_the_config_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_approvers_at_once_exactly_one_wins() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     let c = f.commit("bob", "{ ... }: { }\n", "x");
     for round in 0..5 {
@@ -556,7 +490,7 @@ async fn two_approvers_at_once_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_restore_purge_and_hostile_tombstone_names() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     let v = f.applied_head("bob");
     std::fs::create_dir_all(f.dir.path().join("agents/bob/state")).unwrap();
@@ -660,7 +594,7 @@ async fn destroy_restore_purge_and_hostile_tombstone_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_names_the_edited_row() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     f.hive.spawn("carol", None).await.unwrap();
     f.hive.destroy(&name("carol"), true).await.unwrap();
@@ -682,7 +616,7 @@ async fn audit_verify_names_the_edited_row() {
 async fn after_a_crash_between_the_decision_and_git_the_repo_follows_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let f = open_in(dir, Config::default()).await;
+    let f = open(dir, Config::default()).await;
     f.hive.spawn("bob", None).await.unwrap();
     let v1 = f.applied_head("bob");
     let v2 = f.commit("bob", "{ ... }: { hyperhive.model = \"m2\"; }\n", "m2");
@@ -701,7 +635,7 @@ async fn after_a_crash_between_the_decision_and_git_the_repo_follows_the_store()
     f.hive.close();
     let Fixture { dir, .. } = f;
     assert_eq!(dir.path(), path);
-    let f = open_in(dir, Config::default()).await;
+    let f = open(dir, Config::default()).await;
     assert_eq!(f.applied_head("bob"), v2);
     assert!(
         f.applied_tags("bob")
@@ -711,7 +645,7 @@ async fn after_a_crash_between_the_decision_and_git_the_repo_follows_the_store()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_sees_only_its_own_sockets() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     // /run/hive inside bob's container is this directory.
     let mut inside: Vec<String> = std::fs::read_dir(f.dir.path().join("run/agents/bob"))
@@ -726,7 +660,7 @@ async fn an_agent_sees_only_its_own_sockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let f = open_in(dir, Config::default()).await;
+    let f = open(dir, Config::default()).await;
     f.hive.spawn("bob", None).await.unwrap();
     let c = f.commit(
         "bob",
@@ -744,7 +678,7 @@ async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
     std::fs::write(f.proposed("bob").join(".git/index.lock"), "").unwrap();
     f.hive.close();
     let Fixture { dir, .. } = f;
-    let f = open_in(dir, Config::default()).await;
+    let f = open(dir, Config::default()).await;
     let a = f
         .hive
         .request_apply(&manager(), "bob", &c, "after a crash".into())

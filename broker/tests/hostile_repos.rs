@@ -3,79 +3,16 @@
 //! bytes, huge files) are refused or shown in full, a planted directory outside the state dir
 //! stays byte-identical, and on refusal the approvals table and the applied refs do not change.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
+mod common;
 
-use broker::Hive;
+use std::path::{Path, PathBuf};
+
 use broker::approvals::SpawnRequest;
 use broker::bus::Event;
 use broker::config::Config;
 use broker::config_repo::ConfigRepos;
 use broker::names::AgentName;
-use broker::paths::StateDir;
-use tokio_util::sync::CancellationToken;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    hive: Arc<Hive>,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-async fn open_in(dir: tempfile::TempDir, config: Config) -> Fixture {
-    let state = StateDir::new(dir.path());
-    state.create().unwrap();
-    let hive = Hive::open(state, config).await.unwrap();
-    let token = CancellationToken::new();
-    hive.serve_mcp(&broker::components::Scope::new(token.clone()))
-        .unwrap();
-    Fixture {
-        dir,
-        hive,
-        _stop: token.drop_guard(),
-    }
-}
-
-async fn fixture() -> Fixture {
-    open_in(tempfile::tempdir().unwrap(), Config::default()).await
-}
-
-fn manager() -> AgentName {
-    AgentName::manager()
-}
-
-/// Runs git in `repo` and returns its stdout; fails the test on error.
-/// A read-only connection of the test's own on the hive's database.
-fn open_db(hive: &Hive) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        hive.state_dir().db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap()
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args([
-            "-c",
-            "user.name=manager",
-            "-c",
-            "user.email=manager@hive",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use common::*;
 
 /// A repo outside the state dir with one commit of a secret; returns (dir, its sha).
 fn outside_repo() -> (tempfile::TempDir, String) {
@@ -167,7 +104,7 @@ impl Fixture {
 }
 
 async fn with_bob() -> Fixture {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("bob", None).await.unwrap();
     f
 }
@@ -301,7 +238,7 @@ async fn symlinks_alternates_and_fanout_dirs_inside_the_git_dir_lead_nowhere() {
     // A restart (stale lock clearing) leaves the planted directory alone.
     f.hive.close();
     let Fixture { dir, .. } = f;
-    let f = open_in(dir, Config::default()).await;
+    let f = open(dir, Config::default()).await;
     f.hive.approve(a.id).await.unwrap();
     assert_eq!(f.applied_head("bob"), ok);
     assert_eq!(tree_bytes(outside.path()), planted);
@@ -324,7 +261,7 @@ async fn a_hex_named_branch_never_stands_in_for_a_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_is_shown_with_modes_symlinks_and_escaped_binary_content() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     let SpawnRequest::Draft(_) = f.hive.request_spawn(&manager(), "bob", None).await.unwrap()
     else {
         panic!("expected a draft")
@@ -474,7 +411,7 @@ async fn requests_over_the_caps_are_refused_and_change_nothing() {
     let mut config = Config::default();
     config.approvals.max_file_bytes = 1000;
     config.approvals.max_commit_bytes = 1500;
-    let g = open_in(tempfile::tempdir().unwrap(), config).await;
+    let g = open(tempfile::tempdir().unwrap(), config).await;
     g.hive.spawn("bob", None).await.unwrap();
     g.commit_file("bob", "a.txt", &[b'a'; 900], "a");
     let c = g.commit_file("bob", "b.txt", &[b'b'; 900], "b");

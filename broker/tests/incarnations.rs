@@ -2,35 +2,14 @@
 //! old one (queued mail, reminders, question expiries, deploys); a restore brings the old one back
 //! with what it left; a purge deletes what it promises.
 
-use std::sync::Arc;
+mod common;
 
 use broker::Hive;
 use broker::config::Config;
 use broker::mailbox::RecvLimits;
 use broker::names::{AgentName, Inbox, Recipient, Sender};
 use broker::paths::StateDir;
-use tokio_util::sync::CancellationToken;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    hive: Arc<Hive>,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let state = StateDir::new(dir.path());
-    state.create().unwrap();
-    let hive = Hive::open(state, Config::default()).await.unwrap();
-    let token = CancellationToken::new();
-    hive.serve_mcp(&broker::components::Scope::new(token.clone()))
-        .unwrap();
-    Fixture {
-        dir,
-        hive,
-        _stop: token.drop_guard(),
-    }
-}
+use common::*;
 
 impl Fixture {
     fn db(&self) -> rusqlite::Connection {
@@ -97,13 +76,9 @@ impl Fixture {
     }
 }
 
-fn name(s: &str) -> AgentName {
-    AgentName::parse(s).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_spawned_again_inherits_no_mail_reminders_or_question_expiries() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("x1", None).await.unwrap();
     let question = f.leave_things_behind("x1").await;
     f.hive.destroy(&name("x1"), false).await.unwrap();
@@ -144,7 +119,7 @@ async fn a_name_spawned_again_inherits_no_mail_reminders_or_question_expiries() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_brings_back_what_the_old_incarnation_left() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("x1", None).await.unwrap();
     f.leave_things_behind("x1").await;
     let tomb = f.hive.destroy(&name("x1"), false).await.unwrap();
@@ -174,7 +149,7 @@ async fn a_restore_brings_back_what_the_old_incarnation_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_deletes_the_mail_reminders_and_questions_it_promised() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("x1", None).await.unwrap();
     f.leave_things_behind("x1").await;
     f.hive.spawn("x2", None).await.unwrap();
@@ -220,7 +195,7 @@ async fn a_purge_deletes_the_mail_reminders_and_questions_it_promised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_to_a_deploy_of_an_earlier_incarnation_is_refused_and_changes_nothing() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("x1", None).await.unwrap();
     let old = f.hive.deploys(&name("x1")).await.unwrap()[0].id;
     f.hive.destroy(&name("x1"), false).await.unwrap();
@@ -256,14 +231,15 @@ fn crash_after_the_destroy_commit(state: &std::path::Path, agent: &str, tomb: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destroy_cut_between_its_commit_and_its_file_moves_is_finished_at_the_next_start() {
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     f.hive.spawn("x1", None).await.unwrap();
     f.hive.spawn("x2", None).await.unwrap();
     std::fs::create_dir_all(f.dir.path().join("agents/x1/state")).unwrap();
     std::fs::write(f.dir.path().join("agents/x1/state/notes.md"), "remember").unwrap();
     f.hive.close();
-    let Fixture { dir, hive, _stop } = f;
-    drop((hive, _stop));
+    f.shutdown.cancel();
+    let Fixture { dir, hive, .. } = f;
+    drop(hive);
     crash_after_the_destroy_commit(dir.path(), "x1", "x1-20260101T000000Z", false);
     crash_after_the_destroy_commit(dir.path(), "x2", "x2-20260101T000000Z", true);
 
@@ -299,7 +275,7 @@ async fn approvals_belong_to_the_incarnation_they_were_asked_for() {
     use broker::approvals::SpawnRequest;
     use broker::bus::Event;
 
-    let f = fixture().await;
+    let f = fixture(&[]).await;
     let mut events = f.hive.subscribe();
     let manager = AgentName::manager();
     let SpawnRequest::Draft(draft) = f.hive.request_spawn(&manager, "x1", None).await.unwrap()

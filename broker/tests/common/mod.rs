@@ -58,6 +58,34 @@ pub fn open_db(hive: &Hive) -> rusqlite::Connection {
     .unwrap()
 }
 
+pub fn manager() -> AgentName {
+    AgentName::manager()
+}
+
+/// Runs git in `repo` as the manager would and returns its stdout; fails the test on error.
+pub fn git(repo: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "user.name=manager",
+            "-c",
+            "user.email=manager@hive",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 pub fn name(s: &str) -> AgentName {
     AgentName::parse(s).unwrap()
 }
