@@ -581,6 +581,12 @@ fn one_corrupt_applied_repo_stops_that_agent_and_the_rest_of_the_hive_starts() {
     assert_eq!(faulted.len(), 1, "{status}");
     assert_eq!(faulted[0]["agent"], "x1", "{status}");
     assert!(!faulted[0]["reason"].as_str().unwrap().is_empty());
+    // The operator reads it in the plain status too.
+    let plain = cli_ok(state, &["status"]);
+    assert!(
+        plain.contains("FAULTED:     x1 is kept stopped: "),
+        "{plain}"
+    );
     assert!(
         !state.join("run/agents/x1/mcp.sock").exists(),
         "the inconsistent agent is kept stopped"

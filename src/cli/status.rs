@@ -46,6 +46,14 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
         m["leased"],
         m["delivered"]
     );
+    // Agents kept stopped at start because their repo could not be reconciled.
+    for f in s["faulted"].as_array().into_iter().flatten() {
+        outln!(
+            "FAULTED:     {} is kept stopped: {}",
+            output::field(&f["agent"], "?"),
+            output::field(&f["reason"], "?")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
