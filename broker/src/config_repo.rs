@@ -350,6 +350,30 @@ impl ConfigRepos {
         Ok(())
     }
 
+    /// Removes what a killed daemon left in `staging/` (copies of proposed repos' objects made
+    /// while a request was read). Only the broker writes there and the caller holds the daemon
+    /// lock; entries are removed without following symlinks. Returns how many went.
+    pub fn clear_staging(&self) -> Result<usize> {
+        let dir = checked_within(self.paths.root(), &self.paths.staging_dir())?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(format!("cannot read {}", dir.display()), e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let gone = match entry.file_type() {
+                // remove_dir_all does not follow symlinks inside the tree.
+                Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+            gone.map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Removes the lock files a killed daemon left in the middle of a ref update: every `*.lock`
     /// in the applied repo (only the broker writes it, and the caller holds the daemon lock).
     /// Never in the proposed repo: the broker writes nothing there, and what looks like a lock

@@ -111,6 +111,15 @@ impl Hive {
             started: Instant::now(),
         });
         hive.finish_removals().await?;
+        // Copies of proposed repos' objects a killed daemon left while reading a request.
+        match hive.git(|repos| repos.clear_staging()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                removed = n,
+                "cleared staging copies left by a killed daemon"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot clear staging/"),
+        }
         // A daemon killed in the middle of a ref update left its lock files: clear them before
         // any git work, the manager's first-start setup included. From here on, what goes wrong
         // with one agent's files stops that agent, not the hive.

@@ -693,3 +693,29 @@ async fn lock_files_left_by_a_killed_daemon_are_cleared_at_start() {
             .exists()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_copies_left_by_a_killed_daemon_are_cleared_at_start_and_nothing_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(dir, Config::default()).await;
+    f.hive.close();
+    f.shutdown.cancel();
+    let Fixture { dir, hive, .. } = f;
+    drop(hive);
+    // As if killed while a request's objects were being copied; one entry is a symlink out.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("keep"), "precious").unwrap();
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(staging.join("bob-x1y2/objects/ab")).unwrap();
+    std::fs::write(staging.join("bob-x1y2/objects/ab/cdef"), "object").unwrap();
+    std::os::unix::fs::symlink(outside.path(), staging.join("bob-x1y2/out")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), staging.join("link-out")).unwrap();
+
+    let _f = open(dir, Config::default()).await;
+    let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("keep")).unwrap(),
+        "precious"
+    );
+}
