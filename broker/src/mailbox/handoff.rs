@@ -148,8 +148,10 @@ impl Waiters {
             }
             let older_queued = c
                 .prepare_cached(&format!(
-                    "SELECT 1 FROM messages WHERE recipient = ?1 AND state = 'queued' AND id < ?2
-                     AND {LIVE_INBOX}"
+                    // The queued index, named: left to itself the planner walks the inbox's
+                    // whole history (`messages_by_recipient`), delivered rows included.
+                    "SELECT 1 FROM messages INDEXED BY messages_queued
+                     WHERE recipient = ?1 AND state = 'queued' AND id < ?2 AND {LIVE_INBOX}"
                 ))?
                 .exists(params![row.to, row.id])?;
             if older_queued {
