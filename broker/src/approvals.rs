@@ -21,7 +21,7 @@ use crate::bus::Event;
 use crate::config_repo::ChangedFile;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
-use crate::lifecycle::{NewAgent, off_runtime};
+use crate::lifecycle::NewAgent;
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
 use crate::registry::{AgentKind, AgentRecord};
@@ -281,17 +281,17 @@ impl Hive {
                 )
             })
             .await?;
-        let (repos, caps, name, commit) = (
-            self.repos.clone(),
+        let (caps, name, commit) = (
             self.config.approvals.clone(),
             agent.clone(),
             commit.to_owned(),
         );
-        let change = off_runtime(move || {
-            let sha = repos.pin(&name, &commit, &format!("refs/tags/proposal/{id}"), &caps)?;
-            repos.change(&name, &sha)
-        })
-        .await?;
+        let change = self
+            .git(move |repos| {
+                let sha = repos.pin(&name, &commit, &format!("refs/tags/proposal/{id}"), &caps)?;
+                repos.change(&name, &sha)
+            })
+            .await?;
         let sha = change.commit.clone();
         let (requester, agent, kind) = (requester.to_string(), agent.to_string(), kind.to_owned());
         let approval = self
@@ -373,21 +373,21 @@ impl Hive {
                 Ok(a)
             })
             .await?;
-        let (repos, name, commit, base, pending) = (
-            self.repos.clone(),
+        let (name, commit, base, pending) = (
             AgentName::parse(&a.agent)?,
             a.commit.clone(),
             a.base.clone(),
             a.status == ApprovalStatus::Pending,
         );
-        let change = off_runtime(move || {
-            if pending {
-                repos.change(&name, &commit)
-            } else {
-                repos.change_from(&name, base.as_deref(), &commit)
-            }
-        })
-        .await;
+        let change = self
+            .git(move |repos| {
+                if pending {
+                    repos.change(&name, &commit)
+                } else {
+                    repos.change_from(&name, base.as_deref(), &commit)
+                }
+            })
+            .await;
         match change {
             Ok(change) => {
                 if change.base != a.base {
@@ -413,8 +413,8 @@ impl Hive {
         if a.status != ApprovalStatus::Pending {
             return Ok(());
         }
-        let (repos, name) = (self.repos.clone(), AgentName::parse(&a.agent)?);
-        let head = off_runtime(move || repos.applied_head(&name)).await?;
+        let name = AgentName::parse(&a.agent)?;
+        let head = self.git(move |repos| repos.applied_head(&name)).await?;
         if head == a.base {
             return Ok(());
         }
