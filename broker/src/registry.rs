@@ -102,7 +102,7 @@ impl Registry {
     }
 
     /// Adds an agent. A name that exists already is a conflict and changes nothing.
-    pub async fn register(&self, name: AgentName, kind: AgentKind) -> Result<AgentRecord> {
+    pub(crate) async fn register(&self, name: AgentName, kind: AgentKind) -> Result<AgentRecord> {
         if self.get(&name).is_some() {
             return Err(Error::Conflict(format!("agent '{name}' exists already")));
         }
