@@ -12,6 +12,73 @@ pub struct Config {
     pub store: StoreConfig,
     pub mailbox: MailboxConfig,
     pub approvals: ApprovalsConfig,
+    pub runtime: RuntimeConfig,
+    pub build: BuildConfig,
+}
+
+/// `[runtime]`: how agents' containers run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `nspawn` (a systemd-nspawn container per agent) or `process` (the harness as a plain child,
+    /// no isolation; for development). Unset: nspawn when `systemd-nspawn` is on PATH.
+    pub kind: Option<RuntimeKind>,
+    /// The `hive-agent` binary put in images and run by the process runtime. Unset: the one next
+    /// to the running `hive`.
+    pub harness_binary: Option<std::path::PathBuf>,
+    /// How long a stop waits after SIGTERM before it kills the agent's cgroup (default 10).
+    pub stop_timeout_seconds: u64,
+    /// The first user-namespace range handed to an agent; each agent gets 65536 uids from a
+    /// multiple of 65536 at or above it (default 0x4000_0000: far above host users).
+    pub uid_base_start: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            harness_binary: None,
+            stop_timeout_seconds: 10,
+            uid_base_start: 0x4000_0000,
+        }
+    }
+}
+
+/// `[runtime] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Nspawn,
+    Process,
+}
+
+/// `[build]`: how an applied `agent.nix` becomes an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildConfig {
+    /// `minimal` (a builtins-only image; any Linux with nix) or `nixos` (a NixOS container
+    /// system; needs nixpkgs). Default: minimal.
+    pub builder: BuilderKind,
+    /// How long one build may take before it is stopped and the deploy fails (default 600).
+    pub timeout_seconds: u64,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self {
+            builder: BuilderKind::Minimal,
+            timeout_seconds: 600,
+        }
+    }
+}
+
+/// `[build] builder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    #[default]
+    Minimal,
+    Nixos,
 }
 
 /// `[approvals]`
@@ -203,6 +270,18 @@ impl Config {
             if value == 0 || value > i64::MAX as u64 {
                 return Err(format!("mailbox.{key} = {value}: must be at least 1"));
             }
+        }
+        if self.runtime.stop_timeout_seconds == 0 {
+            return Err("runtime.stop_timeout_seconds = 0: must be at least 1".into());
+        }
+        if self.build.timeout_seconds == 0 {
+            return Err("build.timeout_seconds = 0: must be at least 1".into());
+        }
+        if self.runtime.uid_base_start < 65536 || self.runtime.uid_base_start % 65536 != 0 {
+            return Err(format!(
+                "runtime.uid_base_start = {}: must be a multiple of 65536, at least 65536",
+                self.runtime.uid_base_start
+            ));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod build;
 pub mod bus;
 pub mod components;
 pub mod config;
@@ -21,6 +22,7 @@ mod proposed_repo;
 pub mod questions;
 pub mod registry;
 pub mod reminders;
+pub mod runtime;
 pub mod status;
 pub mod store;
 pub mod tombstones;

@@ -136,6 +136,32 @@ impl StateDir {
         self.root.join("secrets").join(agent.as_str())
     }
 
+    /// `agents/<name>/state`: the agent's `/state` (notes, the openai driver's conversation).
+    pub fn agent_state_dir(&self, agent: &AgentName) -> PathBuf {
+        self.agent_dir(agent).join("state")
+    }
+
+    /// `secrets/<name>/home`: root's home inside the container (the model CLI's sessions and
+    /// credentials); writable, never under `agents/`.
+    pub fn agent_home(&self, agent: &AgentName) -> PathBuf {
+        self.secrets_dir(agent).join("home")
+    }
+
+    /// `build/<name>/`: the rendered build input and a gcroot per deploy.
+    pub fn build_dir(&self, agent: &AgentName) -> PathBuf {
+        self.root.join("build").join(agent.as_str())
+    }
+
+    /// `logs/`: one log file per agent.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// `logs/<name>.log`: the container's output (size-bounded, rotated to `<name>.log.1`).
+    pub fn agent_log(&self, agent: &AgentName) -> PathBuf {
+        self.logs_dir().join(format!("{}.log", agent.as_str()))
+    }
+
     /// `staging/`: private copies of a proposed repo's objects while a request is read.
     pub fn staging_dir(&self) -> PathBuf {
         self.root.join("staging")

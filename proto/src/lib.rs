@@ -4,7 +4,9 @@
 //!
 //! Nothing here does I/O or knows about sqlite, git or sockets.
 
+pub mod agent_config;
 pub mod tools;
 pub mod usage;
 
+pub use agent_config::AgentConfig;
 pub use usage::Usage;

@@ -51,6 +51,35 @@ pub fn python_mcp() -> Option<PathBuf> {
     imports.then_some(python)
 }
 
+/// The workspace's `hive-agent` binary, built beside the running test: tests live in
+/// `target/<profile>/deps/`, binaries in `target/<profile>/`. `$HYPERHIVE_AGENT_BIN` overrides.
+/// `None` when it was not built (`cargo build --workspace` builds it; `scripts/test` does).
+pub fn hive_agent_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HYPERHIVE_AGENT_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return is_executable(&p).then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join("hive-agent");
+    is_executable(&bin).then_some(bin)
+}
+
+/// `nix-build` on `PATH` (Debian: nix-bin).
+pub fn nix_build() -> Option<PathBuf> {
+    which("nix-build")
+}
+
+/// `systemd-nspawn` on `PATH` (Debian: systemd-container), usable only as root.
+pub fn systemd_nspawn() -> Option<PathBuf> {
+    which("systemd-nspawn").filter(|_| nix::unistd::geteuid().is_root())
+}
+
+/// The static busybox the minimal builder puts in images (Debian: busybox-static).
+pub fn busybox() -> Option<PathBuf> {
+    which("busybox")
+}
+
 /// The first executable file called `name` in a directory of `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -92,6 +121,12 @@ pub fn install_hint(name: &str) -> &'static str {
         "python3" => "apt-get install python3 (or scripts/setup)",
         "python mcp" => "scripts/setup (creates .tools/venv with the pinned PyPI mcp)",
         "node" | "npm" => "apt-get install nodejs npm (or scripts/setup)",
+        "hive-agent" => "cargo build --workspace (scripts/test builds it first)",
+        "nix-build" => "apt-get install nix-bin (or scripts/setup)",
+        "systemd-nspawn" => {
+            "apt-get install systemd-container (or scripts/setup); the tests that start containers run as root"
+        }
+        "busybox" => "apt-get install busybox-static (or scripts/setup)",
         _ => "scripts/setup",
     }
 }
