@@ -60,6 +60,10 @@ pub struct Approval {
     /// The applied HEAD when the view was taken, when it is not `base`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applied_head: Option<String>,
+    /// The deploy the approval made (its build's status and, if it failed, nix's message);
+    /// only in single-approval views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +76,9 @@ pub struct Deploy {
     pub kind: String,
     pub status: DeployStatus,
     pub created_at: i64,
+    /// Why it failed (a failed build: nix's message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What `request_spawn(name)` without a commit answers.
@@ -105,10 +112,15 @@ fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         files: None,
         stale: false,
         applied_head: None,
+        deploy: None,
     })
 }
 
-fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
+/// The columns [`deploy_from_row`] reads, in order.
+pub(crate) const DEPLOY_COLUMNS: &str =
+    "id, agent, commit_sha, approval_id, kind, status, created_at, log_tail";
+
+pub(crate) fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
     Ok(Deploy {
         id: r.get(0)?,
         agent: r.get(1)?,
@@ -117,6 +129,7 @@ fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy> {
         kind: r.get(4)?,
         status: r.get(5)?,
         created_at: r.get(6)?,
+        message: r.get(7)?,
     })
 }
 
@@ -131,7 +144,7 @@ fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
     })
 }
 
-fn insert_deploy(
+pub(crate) fn insert_deploy(
     c: &Connection,
     agent: &str,
     commit: &str,
@@ -159,6 +172,7 @@ fn insert_deploy(
         kind: kind.to_owned(),
         status: DeployStatus::Applied,
         created_at: now,
+        message: None,
     })
 }
 
@@ -370,6 +384,13 @@ impl Hive {
                     [id],
                     |r| r.get(0),
                 )?);
+                a.deploy = c
+                    .prepare_cached(&format!(
+                        "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE approval_id = ?1
+                         ORDER BY id DESC LIMIT 1"
+                    ))?
+                    .query_row([id], deploy_from_row)
+                    .optional()?;
                 Ok(a)
             })
             .await?;
@@ -488,8 +509,10 @@ impl Hive {
             let (approval, deploy, message) = created.with;
             self.mailbox.announce(vec![message]);
             self.publish_resolved(&approval);
+            let deploy_id = deploy.id;
             self.bus.publish(Event::Deploy { deploy });
             created.applied?;
+            self.deploy_in_background(created.record.name.clone(), deploy_id);
             return Ok(approval);
         }
         let (approval, deploy, message) = self
@@ -520,6 +543,7 @@ impl Hive {
         });
         self.move_applied(&name, deploy.commit, vec![format!("approved/{id}")])
             .await?;
+        self.deploy_in_background(name, deploy.id);
         Ok(approval)
     }
 
@@ -608,10 +632,12 @@ impl Hive {
                 Ok(deploy)
             })
             .await?;
+        let deploy_id = created.with.id;
         self.bus.publish(Event::Deploy {
             deploy: created.with,
         });
         created.applied?;
+        self.deploy_in_background(created.record.name.clone(), deploy_id);
         Ok(created.record)
     }
 
@@ -633,7 +659,7 @@ impl Hive {
     }
 
     /// The operator rolls an agent back: a new deploy of the commit of an earlier one.
-    pub async fn rollback(&self, agent: &AgentName, deploy_id: i64) -> Result<Deploy> {
+    pub async fn rollback(self: &Arc<Self>, agent: &AgentName, deploy_id: i64) -> Result<Deploy> {
         self.registry.require(agent)?;
         let _config = self.config_lock.lock().await;
         let key = agent.to_string();
@@ -668,6 +694,7 @@ impl Hive {
         });
         self.move_applied(agent, deploy.commit.clone(), Vec::new())
             .await?;
+        self.deploy_in_background(agent.clone(), deploy.id);
         Ok(deploy)
     }
 

@@ -21,3 +21,41 @@ pub struct Image {
     /// Its `etc/hyperhive/agent.json`.
     pub config: AgentConfig,
 }
+
+/// Builds images for one hive.
+pub struct Builder {
+    _private: (),
+}
+
+impl Builder {
+    /// A builder of `kind`; a missing `nix-build` is an error that says how to install it.
+    pub fn new(
+        _kind: crate::config::BuilderKind,
+        _paths: crate::paths::StateDir,
+        _harness_binary: PathBuf,
+        _timeout: std::time::Duration,
+    ) -> crate::Result<Self> {
+        Err(crate::Error::Internal("the builder is not built yet".into()))
+    }
+
+    /// Builds deploy `deploy_id` of `agent` from commit `sha` of its applied repo.
+    pub fn build(
+        &self,
+        _agent: &crate::names::AgentName,
+        _deploy_id: i64,
+        _applied_repo: &std::path::Path,
+        _sha: &str,
+    ) -> crate::Result<Image> {
+        Err(crate::Error::Internal("the builder is not built yet".into()))
+    }
+
+    /// The image an earlier build of that deploy left (its gcroot), if it is still there.
+    pub fn image(&self, _agent: &crate::names::AgentName, _deploy_id: i64) -> Option<Image> {
+        None
+    }
+
+    /// Removes the gcroots of every deploy of `agent` but `keep`, and their store paths.
+    pub fn collect(&self, _agent: &crate::names::AgentName, _keep: &[i64]) -> crate::Result<usize> {
+        Ok(0)
+    }
+}

@@ -20,8 +20,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `nspawn` (a systemd-nspawn container per agent) or `process` (the harness as a plain child,
-    /// no isolation; for development). Unset: nspawn when `systemd-nspawn` is on PATH.
+    /// `nspawn` (a systemd-nspawn container per agent), `process` (the harness as a plain child,
+    /// no isolation; for development) or `none` (no agent is run). Unset: nspawn when
+    /// `systemd-nspawn` is on PATH and the daemon is root, else process.
     pub kind: Option<RuntimeKind>,
     /// The `hive-agent` binary put in images and run by the process runtime. Unset: the one next
     /// to the running `hive`.
@@ -50,6 +51,10 @@ impl Default for RuntimeConfig {
 pub enum RuntimeKind {
     Nspawn,
     Process,
+    /// `none`: this hive runs no agents (no builds, no containers): mail, approvals and config
+    /// repos only — for hives whose agents run elsewhere, and tests of those parts.
+    #[serde(rename = "none")]
+    Off,
 }
 
 /// `[build]`: how an applied `agent.nix` becomes an image.

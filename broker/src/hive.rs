@@ -12,6 +12,7 @@ use crate::bus::{Bus, Event};
 use crate::components::{Components, Scope};
 use crate::config::Config;
 use crate::config_repo::ConfigRepos;
+use crate::containers::Containers;
 use crate::due::DueJobs;
 use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, Message, MessageCounts, RecvLimits, Turn};
@@ -39,6 +40,7 @@ pub struct Hive {
     questions: Questions,
     pub(crate) mcp: McpSockets,
     pub(crate) repos: ConfigRepos,
+    pub(crate) containers: Containers,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
     /// Agents found inconsistent at start (their repo could not be made to agree with the store):
@@ -66,6 +68,8 @@ pub struct Status {
     pub messages: MessageCounts,
     /// Agents kept stopped, and why; empty when all is well.
     pub faulted: Vec<Fault>,
+    /// How agents run: `nspawn`, `process`, or `none`.
+    pub runtime: String,
 }
 
 impl Hive {
@@ -94,6 +98,7 @@ impl Hive {
             due.clone(),
             config.mailbox.max_open_questions_per_agent,
         );
+        let containers = Containers::open(&config, &paths)?;
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -106,6 +111,7 @@ impl Hive {
             questions,
             mcp: McpSockets::default(),
             repos: ConfigRepos::new(paths.clone()),
+            containers,
             config_lock: tokio::sync::Mutex::new(()),
             faults: Mutex::default(),
             started: Instant::now(),
@@ -179,10 +185,17 @@ impl Hive {
             agents: self.registry.len(),
             messages: self.mailbox.counts().await?,
             faulted: self.faults(),
+            runtime: match self.containers.runtime_kind() {
+                Some(crate::config::RuntimeKind::Nspawn) => "nspawn",
+                Some(crate::config::RuntimeKind::Process) => "process (no isolation)",
+                Some(crate::config::RuntimeKind::Off) | None => "none (this hive runs no agents)",
+            }
+            .to_owned(),
         })
     }
 
-    /// Starts the hive's own components in order — the due jobs, the upkeep, the MCP sockets —
+    /// Starts the hive's own components in order — the due jobs, the upkeep, the containers, the
+    /// MCP sockets —
     /// and returns them; the caller adds its own (the admin API) and stops them all in reverse.
     pub fn start(self: &Arc<Self>) -> Result<Components> {
         let mut parts = Components::default();
@@ -194,6 +207,9 @@ impl Hive {
             self.spawn_upkeep(s);
             Ok::<_, crate::Error>(())
         })?;
+        // Before MCP, so that it stops after MCP drained: stop accepting → drain MCP → stop
+        // containers. Its task starts agents once MCP listens (the harness retries its connect).
+        parts.start("containers", |s| self.run_containers(s))?;
         parts.start("mcp", |s| self.serve_mcp(s))?;
         Ok(parts)
     }

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod components;
 pub mod config;
 pub mod config_repo;
+pub mod containers;
 pub mod due;
 pub mod error;
 pub mod hive;

@@ -141,6 +141,8 @@ impl Hive {
             )));
         }
         self.removal_moves(agent, &tomb)?;
+        // Its container stops first; the guard keeps a start out until the agent is gone.
+        let _stopping = self.stop_for_removal(agent).await?;
         let (name, tid) = (agent.clone(), id.clone());
         let incarnation = self
             .store

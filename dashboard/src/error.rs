@@ -35,7 +35,7 @@ impl From<broker::Error> for ApiError {
             E::NotAllowed { .. } => StatusCode::FORBIDDEN,
             E::Conflict(_) | E::UnsafePath(_) | E::Stale(_) => StatusCode::CONFLICT,
             E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::ShuttingDown | E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::InboxFull { .. } | E::TooManyQuestions { .. } | E::TooManyReminders { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }

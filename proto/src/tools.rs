@@ -97,6 +97,27 @@ pub struct ApprovalsArgs {
     pub status: Option<String>,
 }
 
+/// `start`, `kill`, `restart`, `update`: the agent acted on.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentArgs {
+    /// The agent's name (see `agents`).
+    pub agent: String,
+}
+
+/// The most lines `logs` returns.
+pub const MAX_LOG_LINES: u64 = 10_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsArgs {
+    /// The agent whose container log to read.
+    pub agent: String,
+    /// How many of the last lines, 1 to 10000 (default 100).
+    #[serde(default)]
+    pub lines: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NextTurnArgs {

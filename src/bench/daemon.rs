@@ -91,8 +91,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `hive serve --state-dir state` and waits (at most 30 s) for READY=1.
+    /// Starts `hive serve --state-dir state` and waits (at most 30 s) for READY=1. Unless the
+    /// state dir has a hive.toml, the hive runs no agents (`[runtime] kind = "none"`): these
+    /// rows measure the broker, the container rows start their own.
     pub fn start(hive: &Path, state: &Path) -> anyhow::Result<Self> {
+        let config = state.join("hive.toml");
+        if !config.exists() {
+            std::fs::create_dir_all(state)?;
+            std::fs::write(&config, "[runtime]\nkind = \"none\"\n")?;
+        }
         let notify_dir = tempfile::tempdir()?;
         let notify_path = notify_dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path)?;

@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 
+mod agents;
 mod approvals;
 mod audit;
 mod client;
@@ -57,8 +58,22 @@ enum Command {
     CheckConfig(config::CheckConfigArgs),
     /// Show whether the hive is running, and its counts
     Status(status::StatusArgs),
-    /// List the agents
+    /// List the agents and what their containers do
     Agents(status::AgentsArgs),
+    /// Show one agent: its container, and its isolation as the kernel reports it
+    ShowAgent(agents::AgentArgs),
+    /// Start an agent's container on its last good build (building it if there is none)
+    Start(agents::AgentArgs),
+    /// Stop an agent's container (SIGTERM, then its processes are killed after a timeout)
+    Stop(agents::AgentArgs),
+    /// Stop and start an agent's container on the same build
+    Restart(agents::AgentArgs),
+    /// Rebuild and restart an agent whose applied config is not what runs
+    Update(agents::AgentArgs),
+    /// Print the last lines of an agent's container log
+    Logs(agents::LogsArgs),
+    /// Remove old images: the running and the previous deploy of each agent are kept
+    Gc(agents::GcArgs),
     /// Send a message as the operator (TO: an agent, or `*` for every agent)
     Send(messages::SendArgs),
     /// Show the operator's inbox; --follow waits for new messages and marks them read
@@ -107,6 +122,13 @@ pub fn run() -> ExitCode {
         Command::CheckConfig(args) => config::run(&state, args),
         Command::Status(args) => status::status(&state, args),
         Command::Agents(args) => status::agents(&state, args),
+        Command::ShowAgent(args) => agents::show_agent(&state, args),
+        Command::Start(args) => agents::start(&state, args),
+        Command::Stop(args) => agents::stop(&state, args),
+        Command::Restart(args) => agents::restart(&state, args),
+        Command::Update(args) => agents::update(&state, args),
+        Command::Logs(args) => agents::logs(&state, args),
+        Command::Gc(args) => agents::gc(&state, args),
         Command::Send(args) => messages::send(&state, args),
         Command::Inbox(args) => messages::inbox(&state, args),
         Command::Messages(args) => messages::messages(&state, args),

@@ -39,6 +39,7 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
         output::field(&s["synchronous"], "?")
     );
     outln!("agents:      {}", s["agents"]);
+    outln!("runtime:     {}", output::field(&s["runtime"], "?"));
     let m = &s["messages"];
     outln!(
         "messages:    {} queued, {} in a turn, {} delivered",
@@ -63,12 +64,18 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
         "/api/v1/agents",
         args.json,
         "no agents",
-        &["NAME", "KIND", "CREATED (UTC)", "MAY WRITE TO"],
+        &["NAME", "KIND", "STATE", "HARNESS", "CREATED (UTC)", "MAY WRITE TO"],
         |a| {
             let allowed = a["allowed_recipients"].as_array().map_or(0, Vec::len);
             vec![
                 a["name"].as_str().unwrap_or("?").to_owned(),
                 a["kind"].as_str().unwrap_or("?").to_owned(),
+                a["run"]["state"].as_str().unwrap_or("?").to_owned(),
+                if a["run"]["up"].as_bool() == Some(true) {
+                    "up".into()
+                } else {
+                    "-".into()
+                },
                 output::time(&a["created_at"]),
                 if allowed == 0 {
                     "anyone".into()

@@ -37,12 +37,20 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `hive serve` on `state` with `config` as its hive.toml and waits for READY=1.
+    /// Unless `config` has a `[runtime]` section, the hive runs no agents (`kind = "none"`):
+    /// the tests of mail, approvals and the API do not build or start containers; the container
+    /// tests say which runtime they want.
     pub fn start(state: &Path, config: &str) -> Self {
         Self::start_with_env(state, config, &[])
     }
 
     pub fn start_with_env(state: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(state).unwrap();
+        let config = if config.contains("[runtime]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[runtime]\nkind = \"none\"\n")
+        };
         std::fs::write(state.join("hive.toml"), config).unwrap();
         let notify_dir = tempfile::tempdir().unwrap();
         let notify_path = notify_dir.path().join("notify.sock");

@@ -210,7 +210,15 @@ async fn serve_connection(
     .await;
     match started {
         Ok(Ok(running)) => {
+            // A harness connected is what makes its agent *up*.
+            let harness = role == Role::Harness;
+            if harness {
+                hive.containers.harness_connected(&agent, true);
+            }
             let _ = running.waiting().await;
+            if harness {
+                hive.containers.harness_connected(&agent, false);
+            }
         }
         Ok(Err(e)) => tracing::debug!(%agent, error = %e, "MCP handshake failed"),
         Err(_) => tracing::debug!(%agent, "MCP client sent no handshake in time"),

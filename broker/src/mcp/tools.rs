@@ -17,6 +17,7 @@ use super::Role;
 use crate::Hive;
 use proto::tools::*;
 
+use crate::containers::Actor;
 use crate::mailbox::RecvLimits;
 use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::questions::{DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS};
@@ -259,6 +260,96 @@ impl HiveMcp {
     )]
     async fn agents(&self) -> ToolResult {
         to_json(&self.hive.registry.list())
+    }
+
+    /// Start an agent's container.
+    #[tool(
+        description = "Start an agent's container on its last successfully built config (building its applied config first if none was built). Waits until its harness is connected (up to 30 s). Returns {result, run: {state, up, pid, deploy, commit}}."
+    )]
+    async fn start(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
+        let agent = self.other_agent(&args.agent, "start")?;
+        to_json(
+            &self
+                .hive
+                .start_agent(Actor::Manager, &agent)
+                .await
+                .map_err(explain)?,
+        )
+    }
+
+    /// Stop an agent's container.
+    #[tool(
+        description = "Stop an agent's container (SIGTERM; after a timeout its processes are killed). Not yourself. Its inbox keeps its messages; `start` brings it back."
+    )]
+    async fn kill(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
+        let agent = self.other_agent(&args.agent, "stop")?;
+        to_json(
+            &self
+                .hive
+                .stop_agent(Actor::Manager, &agent)
+                .await
+                .map_err(explain)?,
+        )
+    }
+
+    /// Restart an agent's container.
+    #[tool(
+        description = "Restart an agent's container on the same config (not yourself). Use `update` to run a newly applied config."
+    )]
+    async fn restart(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
+        let agent = self.other_agent(&args.agent, "restart")?;
+        to_json(
+            &self
+                .hive
+                .restart_agent(Actor::Manager, &agent)
+                .await
+                .map_err(explain)?,
+        )
+    }
+
+    /// Rebuild and restart an agent whose applied config is not what runs.
+    #[tool(
+        description = "Rebuild an agent's container from its applied config and restart it, when what runs is not the applied HEAD (e.g. after a failed build); answers `already up to date` and builds nothing otherwise. Waits for the build. A failed build leaves what ran before running and returns nix's message in deploy.message."
+    )]
+    async fn update(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
+        let agent = AgentName::parse(&args.agent).map_err(|e| explain(e.into()))?;
+        to_json(
+            &self
+                .hive
+                .update_agent(Actor::Manager, &agent)
+                .await
+                .map_err(explain)?,
+        )
+    }
+
+    /// The last lines of an agent's container log.
+    #[tool(
+        description = "Read the last `lines` lines (default 100, at most 10000) of an agent's container log: what its harness and model CLI printed."
+    )]
+    async fn logs(&self, Parameters(args): Parameters<LogsArgs>) -> ToolResult {
+        let agent = AgentName::parse(&args.agent).map_err(|e| explain(e.into()))?;
+        let lines = args.lines.unwrap_or(100);
+        if lines == 0 || lines > MAX_LOG_LINES {
+            return Err(format!("lines: 1 to {MAX_LOG_LINES}"));
+        }
+        self.hive
+            .agent_logs(&agent, lines as usize)
+            .await
+            .map_err(explain)
+    }
+}
+
+impl HiveMcp {
+    /// The agent a lifecycle tool acts on; never the manager itself (it would cut off its own
+    /// turn).
+    fn other_agent(&self, name: &str, action: &str) -> Result<AgentName, String> {
+        let agent = AgentName::parse(name).map_err(|e| explain(e.into()))?;
+        if agent == self.me {
+            return Err(format!(
+                "you cannot {action} yourself; the operator can (`hive {action} {agent}`)"
+            ));
+        }
+        Ok(agent)
     }
 }
 

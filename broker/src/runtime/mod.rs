@@ -119,3 +119,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Containers that ended on their own.
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit>;
 }
+
+/// The runtime `[runtime] kind` names (default: nspawn where `systemd-nspawn` is on PATH and the
+/// daemon is root, else process).
+pub fn open(
+    _config: &crate::config::Config,
+    _paths: &crate::paths::StateDir,
+) -> Result<std::sync::Arc<dyn Runtime>> {
+    Err(crate::Error::Internal("no runtime yet".into()))
+}

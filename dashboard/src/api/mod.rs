@@ -24,6 +24,7 @@ use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::error::ApiError;
 
+mod agents;
 mod config;
 mod messages;
 
@@ -46,7 +47,14 @@ pub fn router(state: ApiState) -> Router {
     let body_limit = state.hive.max_body_bytes() * 6 + 64 * 1024;
     Router::new()
         .route("/api/v1/status", get(status))
-        .route("/api/v1/agents", get(agents).post(config::spawn))
+        .route("/api/v1/agents", get(agents::list).post(config::spawn))
+        .route("/api/v1/agents/{name}", get(agents::show))
+        .route("/api/v1/agents/{name}/start", post(agents::start))
+        .route("/api/v1/agents/{name}/stop", post(agents::stop))
+        .route("/api/v1/agents/{name}/restart", post(agents::restart))
+        .route("/api/v1/agents/{name}/update", post(agents::update))
+        .route("/api/v1/agents/{name}/logs", get(agents::logs))
+        .route("/api/v1/gc", post(agents::gc))
         .route(
             "/api/v1/messages",
             get(messages::messages).post(messages::send),
@@ -94,10 +102,6 @@ async fn not_found() -> ApiError {
 
 async fn status(State(s): State<ApiState>) -> Result<Json<broker::hive::Status>, ApiError> {
     Ok(Json(s.hive.status().await?))
-}
-
-async fn agents(State(s): State<ApiState>) -> Json<Vec<broker::registry::AgentRecord>> {
-    Json(s.hive.agents())
 }
 
 /// Bus events as SSE, filtered, ending at shutdown. A subscriber that fell behind gets a `lagged`

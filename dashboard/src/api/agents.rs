@@ -1,0 +1,152 @@
+//! Agents' containers, operator side: what each runs, its isolation read from the kernel, start,
+//! stop, restart, update, logs and the image gc.
+
+use axum::Json;
+use axum::extract::State;
+use broker::containers::{Actor, AgentRun, GcReport, Outcome};
+use broker::registry::AgentRecord;
+use broker::runtime::Isolation;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiPath, ApiQuery, ApiState};
+use crate::error::ApiError;
+
+fn agent_name(raw: &str) -> Result<broker::names::AgentName, ApiError> {
+    Ok(broker::names::AgentName::parse(raw).map_err(broker::Error::from)?)
+}
+
+/// One agent as `hive agents` lists it: its record and what its container does.
+#[derive(Serialize)]
+pub(super) struct AgentView {
+    #[serde(flatten)]
+    record: AgentRecord,
+    run: AgentRun,
+}
+
+pub(super) async fn list(State(s): State<ApiState>) -> Json<Vec<AgentView>> {
+    Json(
+        s.hive
+            .agents()
+            .into_iter()
+            // An agent removed between the two reads is left out.
+            .filter_map(|record| {
+                let run = s.hive.agent_run(&record.name).ok()?;
+                Some(AgentView { record, run })
+            })
+            .collect(),
+    )
+}
+
+/// One agent in full: its record, its container, and (when it runs) its isolation as the
+/// kernel reports it.
+#[derive(Serialize)]
+pub(super) struct AgentDetail {
+    #[serde(flatten)]
+    record: AgentRecord,
+    run: AgentRun,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<broker::config::RuntimeKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: Option<Isolation>,
+    /// Why the isolation could not be read (e.g. the agent is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation_error: Option<String>,
+}
+
+pub(super) async fn show(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<AgentDetail>, ApiError> {
+    let agent = agent_name(&name)?;
+    let run = s.hive.agent_run(&agent)?;
+    let record = s.hive.agent(&agent).ok_or_else(|| broker::Error::NotFound {
+        what: format!("agent '{agent}'"),
+    })?;
+    let (isolation, isolation_error) = if run.pid.is_some() {
+        match s.hive.agent_isolation(&agent).await {
+            Ok(i) => (Some(i), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, Some("not running".to_owned()))
+    };
+    Ok(Json(AgentDetail {
+        record,
+        run,
+        runtime: s.hive.runtime_kind(),
+        isolation,
+        isolation_error,
+    }))
+}
+
+pub(super) async fn start(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(
+        s.hive
+            .start_agent(Actor::Operator, &agent_name(&name)?)
+            .await?,
+    ))
+}
+
+pub(super) async fn stop(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(
+        s.hive.stop_agent(Actor::Operator, &agent_name(&name)?).await?,
+    ))
+}
+
+pub(super) async fn restart(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(
+        s.hive
+            .restart_agent(Actor::Operator, &agent_name(&name)?)
+            .await?,
+    ))
+}
+
+pub(super) async fn update(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(
+        s.hive
+            .update_agent(Actor::Operator, &agent_name(&name)?)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    #[serde(default)]
+    lines: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Log {
+    agent: String,
+    log: String,
+}
+
+pub(super) async fn logs(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Json<Log>, ApiError> {
+    let agent = agent_name(&name)?;
+    let log = s.hive.agent_logs(&agent, q.lines.unwrap_or(100)).await?;
+    Ok(Json(Log {
+        agent: agent.to_string(),
+        log,
+    }))
+}
+
+pub(super) async fn gc(State(s): State<ApiState>) -> Result<Json<GcReport>, ApiError> {
+    Ok(Json(s.hive.gc(Actor::Operator).await?))
+}
