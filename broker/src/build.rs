@@ -35,7 +35,9 @@ impl Builder {
         _harness_binary: PathBuf,
         _timeout: std::time::Duration,
     ) -> crate::Result<Self> {
-        Err(crate::Error::Internal("the builder is not built yet".into()))
+        Err(crate::Error::Internal(
+            "the builder is not built yet".into(),
+        ))
     }
 
     /// Builds deploy `deploy_id` of `agent` from commit `sha` of its applied repo.
@@ -46,7 +48,9 @@ impl Builder {
         _applied_repo: &std::path::Path,
         _sha: &str,
     ) -> crate::Result<Image> {
-        Err(crate::Error::Internal("the builder is not built yet".into()))
+        Err(crate::Error::Internal(
+            "the builder is not built yet".into(),
+        ))
     }
 
     /// The image an earlier build of that deploy left (its gcroot), if it is still there.

@@ -483,10 +483,8 @@ impl Hive {
             Ok(image) => image,
             Err(e) => return self.finish_deploy(&deploy, Err(e)).await,
         };
-        if running {
-            if let Err(e) = self.stop_container(agent).await {
-                return self.finish_deploy(&deploy, Err(e)).await;
-            }
+        if running && let Err(e) = self.stop_container(agent).await {
+            return self.finish_deploy(&deploy, Err(e)).await;
         }
         if !self
             .containers
@@ -576,7 +574,12 @@ impl Hive {
     }
 
     /// Starts `agent`'s container on `image` (the deploy it was built for).
-    async fn start_container(&self, agent: &AgentName, deploy: &Deploy, image: &Image) -> Result<u32> {
+    async fn start_container(
+        &self,
+        agent: &AgentName,
+        deploy: &Deploy,
+        image: &Image,
+    ) -> Result<u32> {
         let runtime = self.containers.runtime()?.clone();
         let record = self.registry.require(agent)?;
         let spec = ContainerSpec {
@@ -588,7 +591,8 @@ impl Hive {
             run_dir: self.paths.agent_run_dir(agent),
             state_dir: self.paths.agent_state_dir(agent),
             home_dir: self.paths.agent_home(agent),
-            agents_dir: (record.kind == crate::registry::AgentKind::Manager).then(|| self.paths.root().join("agents")),
+            agents_dir: (record.kind == crate::registry::AgentKind::Manager)
+                .then(|| self.paths.root().join("agents")),
             log_file: self.paths.agent_log(agent),
         };
         let root = self.paths.root().to_path_buf();
@@ -629,7 +633,11 @@ impl Hive {
     }
 
     fn refuse_faulted(&self, agent: &AgentName) -> Result<()> {
-        match self.faults().into_iter().find(|f| f.agent == agent.as_str()) {
+        match self
+            .faults()
+            .into_iter()
+            .find(|f| f.agent == agent.as_str())
+        {
             Some(f) => Err(Error::Conflict(format!(
                 "agent '{agent}' is kept stopped: {} (fix it and restart the hive)",
                 f.reason
@@ -868,7 +876,9 @@ impl Hive {
                         tracing::warn!(%agent, ?what, "found a container a previous daemon left");
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot look for containers a previous daemon left"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look for containers a previous daemon left")
+                }
             }
             for agent in known {
                 if hive.is_faulted(&agent) {
@@ -989,7 +999,12 @@ pub(crate) fn rotate_log(log: &std::path::Path) -> Result<()> {
     let io = |what: &str, e| Error::io(format!("cannot {what} {}", log.display()), e);
     let size = match std::fs::symlink_metadata(log) {
         Ok(m) if m.file_type().is_file() => m.len(),
-        Ok(_) => return Err(Error::UnsafePath(format!("{}: not a plain file", log.display()))),
+        Ok(_) => {
+            return Err(Error::UnsafePath(format!(
+                "{}: not a plain file",
+                log.display()
+            )));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io("inspect", e)),
     };
@@ -1073,7 +1088,7 @@ mod tests {
         {
             let busy = c.begin(&a, Transient::Building).unwrap();
             assert_eq!(c.run_of(&a).state, "building");
-            let again = c.begin(&a, Transient::Starting).unwrap_err();
+            let again = c.begin(&a, Transient::Starting).err().expect("refused");
             assert_eq!(again.code(), "conflict");
             assert!(again.to_string().contains("building"), "{again}");
             busy.set(Transient::Starting);

@@ -64,7 +64,14 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
         "/api/v1/agents",
         args.json,
         "no agents",
-        &["NAME", "KIND", "STATE", "HARNESS", "CREATED (UTC)", "MAY WRITE TO"],
+        &[
+            "NAME",
+            "KIND",
+            "STATE",
+            "HARNESS",
+            "CREATED (UTC)",
+            "MAY WRITE TO",
+        ],
         |a| {
             let allowed = a["allowed_recipients"].as_array().map_or(0, Vec::len);
             vec![

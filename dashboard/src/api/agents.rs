@@ -59,9 +59,12 @@ pub(super) async fn show(
 ) -> Result<Json<AgentDetail>, ApiError> {
     let agent = agent_name(&name)?;
     let run = s.hive.agent_run(&agent)?;
-    let record = s.hive.agent(&agent).ok_or_else(|| broker::Error::NotFound {
-        what: format!("agent '{agent}'"),
-    })?;
+    let record = s
+        .hive
+        .agent(&agent)
+        .ok_or_else(|| broker::Error::NotFound {
+            what: format!("agent '{agent}'"),
+        })?;
     let (isolation, isolation_error) = if run.pid.is_some() {
         match s.hive.agent_isolation(&agent).await {
             Ok(i) => (Some(i), None),
@@ -95,7 +98,9 @@ pub(super) async fn stop(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Outcome>, ApiError> {
     Ok(Json(
-        s.hive.stop_agent(Actor::Operator, &agent_name(&name)?).await?,
+        s.hive
+            .stop_agent(Actor::Operator, &agent_name(&name)?)
+            .await?,
     ))
 }
 
