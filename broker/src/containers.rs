@@ -805,15 +805,10 @@ impl Hive {
         }
     }
 
-    /// The last `lines` lines of `agent`'s container log (at most [`MAX_LOG_LINES`]).
+    /// The last `lines` lines of `agent`'s container log (capped at [`MAX_LOG_LINES`]).
     pub async fn agent_logs(&self, agent: &AgentName, lines: usize) -> Result<String> {
         self.registry.require(agent)?;
-        if lines > MAX_LOG_LINES {
-            return Err(Error::invalid(
-                "lines",
-                format!("at most {MAX_LOG_LINES} lines"),
-            ));
-        }
+        let lines = lines.min(MAX_LOG_LINES);
         let path = paths::checked_within(self.paths.root(), &self.paths.agent_log(agent))?;
         off_runtime(move || tail_lines(&path, lines)).await
     }

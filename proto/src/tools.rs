@@ -113,7 +113,7 @@ pub const MAX_LOG_LINES: u64 = 10_000;
 pub struct LogsArgs {
     /// The agent whose container log to read.
     pub agent: String,
-    /// How many of the last lines, 1 to 10000 (default 100).
+    /// How many of the last lines (default 100; more than 10000 gives 10000).
     #[serde(default)]
     pub lines: Option<u64>,
 }

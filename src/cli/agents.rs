@@ -21,7 +21,7 @@ pub struct AgentArgs {
 pub struct LogsArgs {
     /// The agent whose container log to print
     name: String,
-    /// How many of the last lines (1–10000)
+    /// How many of the last lines (at most 10000 are printed)
     #[arg(long, short = 'n', default_value_t = 100)]
     lines: usize,
 }
