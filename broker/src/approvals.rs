@@ -646,12 +646,11 @@ impl Hive {
         let key = agent.to_string();
         self.store
             .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT id, agent, commit_sha, approval_id, kind, status, created_at
-                     FROM deploys
+                Ok(c.prepare_cached(&format!(
+                    "SELECT {DEPLOY_COLUMNS} FROM deploys
                      WHERE incarnation = (SELECT incarnation FROM agents WHERE name = ?1)
-                     ORDER BY id",
-                )?
+                     ORDER BY id"
+                ))?
                 .query_map([key], deploy_from_row)?
                 .collect::<Result<_, _>>()?)
             })
