@@ -42,6 +42,9 @@ pub enum Error {
     Stale(String),
     #[error("refused to touch {0}")]
     UnsafePath(String),
+    /// Starting, stopping or entering an agent's container failed; the text says why.
+    #[error("{0}")]
+    Runtime(String),
     #[error("the hive is shutting down; try again when it is back")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -90,6 +93,7 @@ impl Error {
             Self::TooLarge(_) => "too_large",
             Self::Stale(_) => "stale",
             Self::ShuttingDown => "shutting_down",
+            Self::Runtime(_) => "runtime",
             Self::SchemaTooNew { .. } => "schema_too_new",
             Self::Internal(_)
             | Self::Git { .. }

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_drop_sender_index.sql"),
     include_str!("migrations/0005_incarnations.sql"),
     include_str!("migrations/0006_message_counts.sql"),
+    include_str!("migrations/0007_uid_ranges.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
