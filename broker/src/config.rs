@@ -277,7 +277,8 @@ impl Config {
         if self.build.timeout_seconds == 0 {
             return Err("build.timeout_seconds = 0: must be at least 1".into());
         }
-        if self.runtime.uid_base_start < 65536 || !self.runtime.uid_base_start.is_multiple_of(65536) {
+        if self.runtime.uid_base_start < 65536 || !self.runtime.uid_base_start.is_multiple_of(65536)
+        {
             return Err(format!(
                 "runtime.uid_base_start = {}: must be a multiple of 65536, at least 65536",
                 self.runtime.uid_base_start

@@ -54,9 +54,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Mcp { socket } => runtime.block_on(bridge::run(&socket)),
-        Command::Serve { socket_dir, config } => {
-            runtime.block_on(serve::run(&socket_dir, &config))
-        }
+        Command::Serve { socket_dir, config } => runtime.block_on(serve::run(&socket_dir, &config)),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.
     runtime.shutdown_background();

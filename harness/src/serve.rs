@@ -94,7 +94,10 @@ async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
             }
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("cannot connect to the hive's harness socket {}", socket.display())
+                    format!(
+                        "cannot connect to the hive's harness socket {}",
+                        socket.display()
+                    )
                 });
             }
         }

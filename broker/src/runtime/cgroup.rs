@@ -259,7 +259,9 @@ impl AgentCgroup {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
                     // A killed task can linger a moment before the cgroup lets go of it.
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         self.kill_all()?;
                         std::thread::sleep(Duration::from_millis(2));
                     }

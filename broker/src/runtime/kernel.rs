@@ -30,11 +30,12 @@ pub fn net_links(pid: u32) -> Result<Vec<String>> {
 pub fn read_only_root(pid: u32) -> Result<bool> {
     let text = read(pid, "mountinfo")?;
     text.lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f.get(4) == Some(&"/")).then(|| f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro")))
+            (f.get(4) == Some(&"/"))
+                .then(|| f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro")))
         })
-        .last()
         .ok_or_else(|| Error::Runtime(format!("pid {pid} has no mount on / in its mountinfo")))
 }
 

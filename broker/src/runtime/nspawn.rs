@@ -166,7 +166,10 @@ impl Runtime for NspawnRuntime {
                 .env_clear()
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
                 .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(|e| Error::io("cannot share the log", e))?)
+                .stdout(
+                    log.try_clone()
+                        .map_err(|e| Error::io("cannot share the log", e))?,
+                )
                 .stderr(log)
                 .current_dir("/");
             command.spawn().map_err(|e| {

@@ -60,7 +60,10 @@ impl Runtime for ProcessRuntime {
                 .env("HOME", &spec.home_dir)
                 .current_dir(&spec.state_dir)
                 .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(|e| Error::io("cannot share the log", e))?)
+                .stdout(
+                    log.try_clone()
+                        .map_err(|e| Error::io("cannot share the log", e))?,
+                )
                 .stderr(log);
             // Its own group: a stop reaches whatever the harness started.
             std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -89,7 +92,11 @@ impl Runtime for ProcessRuntime {
         let ended = self.children.wait_exited(agent, pid, timeout);
         // The group goes too (whatever the harness left behind), and the harness if it hung.
         let _ = killpg(raw, Signal::SIGKILL);
-        if ended || self.children.wait_exited(agent, pid, Duration::from_secs(10)) {
+        if ended
+            || self
+                .children
+                .wait_exited(agent, pid, Duration::from_secs(10))
+        {
             Ok(())
         } else {
             Err(Error::Runtime(format!(
