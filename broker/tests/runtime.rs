@@ -265,6 +265,27 @@ async fn an_nspawn_container_is_isolated_as_the_kernel_says_and_stops_clean() {
         )
     });
     assert_eq!(code, Some(0), "{out}\n{err}");
+    let (_, agents, _) = tokio::task::block_in_place(|| exec(rt_ref, "alice", "ls -A /agents"));
+    assert_eq!(agents, "", "only the manager sees agents/");
+    // An exec over its timeout is killed with all it started; the container lives on.
+    let before = cgroup.pids().len();
+    let started = Instant::now();
+    let timed_out = tokio::task::block_in_place(|| {
+        rt.exec(
+            &spec.agent,
+            &["sh".into(), "-c".into(), "sleep 100 & sleep 100".into()],
+            Duration::from_millis(500),
+        )
+    })
+    .unwrap();
+    assert_eq!(timed_out.code, None);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cgroup.pids().len() != before {
+        assert!(Instant::now() < deadline, "the sleeps were killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(rt.status(&spec.agent), ContainerState::Running { pid });
     let parts: Vec<&str> = out.split("---\n").collect();
     let mut head = parts[0].lines();
     assert_eq!(head.next(), Some("0"));
@@ -410,8 +431,13 @@ async fn with_host_network_the_hosts_links_are_visible() {
     let image = image(&agent_bin, &busybox);
     let f = common::fixture(&["alice"]).await;
     let rt = nspawn_runtime(nspawn, &f);
-    let _cleanup = Cleanup::new(&rt, &["alice"]);
-    let spec = spec(&f, "alice", image, config(64, 64, 100, Network::Host));
+    let _cleanup = Cleanup::new(&rt, &["manager"]);
+    // The manager, which also sees every agent's dir at /agents.
+    let spec = spec(&f, "manager", image, config(64, 64, 100, Network::Host));
+    assert!(spec.manager);
+    let alice_state = f.hive.state_dir().agent_state_dir(&name("alice"));
+    std::fs::create_dir_all(&alice_state).unwrap();
+    std::fs::write(alice_state.join("notes"), "alice's").unwrap();
     tokio::task::block_in_place(|| rt.start(&spec)).unwrap();
     tokio::task::block_in_place(|| wait_connected(&spec));
     let host: BTreeSet<String> = kernel::net_links(std::process::id())
@@ -427,6 +453,9 @@ async fn with_host_network_the_hosts_links_are_visible() {
         .collect();
     assert_eq!(inside, host);
     assert!(host.len() > 1, "this host has a link besides lo: {host:?}");
+    let (code, out, err) =
+        tokio::task::block_in_place(|| exec(&rt, "manager", "cat /agents/alice/state/notes"));
+    assert_eq!((code, out.as_str()), (Some(0), "alice's"), "{err}");
     tokio::task::block_in_place(|| rt.stop(&spec.agent, STOP)).unwrap();
 }
 
