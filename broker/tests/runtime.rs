@@ -383,7 +383,16 @@ async fn memory_and_pids_limits_hold_inside_while_the_container_lives_on() {
     assert!(rt.isolation(&spec.agent).is_ok());
     assert!(exits.try_recv().is_err());
 
-    tokio::task::block_in_place(|| rt.stop(&spec.agent, STOP)).unwrap();
+    // No time for SIGTERM: the whole cgroup is killed, nspawn with it, and all is reaped.
+    tokio::task::block_in_place(|| rt.stop(&spec.agent, Duration::ZERO)).unwrap();
+    assert_eq!(
+        rt.status(&spec.agent),
+        ContainerState::Exited {
+            code: None,
+            signal: Some(9)
+        }
+    );
+    assert!(!alive_or_zombie(pid));
     assert!(
         cgroup.pids().is_empty(),
         "the sleeps died with the container"
@@ -902,4 +911,35 @@ async fn measure_start_latency() {
         p50(connected)
     );
     println!("bare nspawn /bin/true (p50, min, max): {:?}", p50(bare));
+}
+
+/// The payload's second way out: the hive goes away after the handshake. It exits non-zero (a
+/// crash the restart policy sees), announced once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_payload_exits_non_zero_when_the_hive_closes_its_connection() {
+    let Some(agent_bin) = tools::require("hive-agent", tools::hive_agent_bin()) else {
+        return;
+    };
+    let Some(busybox) = tools::require("busybox", tools::busybox()) else {
+        return;
+    };
+    let image = image(&agent_bin, &busybox);
+    let f = common::fixture(&["alice"]).await;
+    let rt = ProcessRuntime::new();
+    let spec = spec(&f, "alice", image, config(64, 64, 100, Network::None));
+    let mut exits = rt.exits();
+    let pid = tokio::task::block_in_place(|| rt.start(&spec)).unwrap();
+    tokio::task::block_in_place(|| wait_connected(&spec));
+    f.shutdown.cancel();
+    let exit = tokio::time::timeout(Duration::from_secs(20), exits.recv())
+        .await
+        .expect("the payload noticed")
+        .unwrap();
+    assert_eq!((exit.code, exit.signal), (Some(1), None), "{exit:?}");
+    let log = std::fs::read_to_string(&spec.log_file).unwrap();
+    assert!(
+        log.contains("the hive closed the harness connection"),
+        "{log}"
+    );
+    assert!(!alive_or_zombie(pid));
 }

@@ -157,25 +157,30 @@ impl Runtime for NspawnRuntime {
                 )));
             }
             super::make_dirs(spec)?;
-            cgroup.create(&spec.config.resources)?;
             let log = super::open_log(&spec.log_file)?;
-            let mut command = Command::new("/bin/sh");
-            command
-                .args(cgroup::join_prefix(&cgroup))
-                .args(&argv)
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .stdout(
-                    log.try_clone()
-                        .map_err(|e| Error::io("cannot share the log", e))?,
-                )
-                .stderr(log)
-                .current_dir("/");
-            command.spawn().map_err(|e| {
+            let stdout = log
+                .try_clone()
+                .map_err(|e| Error::io("cannot share the log", e))?;
+            let spawned = cgroup.create(&spec.config.resources).and_then(|()| {
+                Command::new("/bin/sh")
+                    .args(cgroup::join_prefix(&cgroup))
+                    .args(&argv)
+                    .env_clear()
+                    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                    .stdin(Stdio::null())
+                    .stdout(stdout)
+                    .stderr(log)
+                    .current_dir("/")
+                    .spawn()
+                    .map_err(|e| {
+                        Error::Runtime(format!("cannot run systemd-nspawn for '{agent}': {e}"))
+                    })
+            });
+            if spawned.is_err() {
+                // Nothing started: no cgroup is left behind either.
                 let _ = cgroup.remove();
-                Error::Runtime(format!("cannot run systemd-nspawn for '{agent}': {e}"))
-            })
+            }
+            spawned
         };
         let cleanup_cgroup = cgroup.clone();
         let cgroups = self.cgroups.clone();
