@@ -587,7 +587,7 @@ impl Hive {
             manager: (record.kind == crate::registry::AgentKind::Manager),
             image: image.path.clone(),
             config: image.config.clone(),
-            uid_base: self.uid_base(&record),
+            uid_base: record.uid_base,
             run_dir: self.paths.agent_run_dir(agent),
             state_dir: self.paths.agent_state_dir(agent),
             home_dir: self.paths.agent_home(agent),
@@ -597,9 +597,9 @@ impl Hive {
         };
         let root = self.paths.root().to_path_buf();
         let pid = off_runtime(move || {
-            for dir in [&spec.state_dir, &spec.home_dir] {
+            // The runtime creates the bound dirs; they must not lead out of the state dir.
+            for dir in [&spec.run_dir, &spec.state_dir, &spec.home_dir, &spec.log_file] {
                 paths::checked_within(&root, dir)?;
-                paths::make_dir(dir, 0o700)?;
             }
             paths::make_dir(&root.join("logs"), 0o700)?;
             rotate_log(&spec.log_file)?;
@@ -611,14 +611,6 @@ impl Hive {
             s.exited = None;
         });
         Ok(pid)
-    }
-
-    /// The first host uid of `agent`'s user-namespace range.
-    fn uid_base(&self, record: &crate::registry::AgentRecord) -> u32 {
-        let step = 65_536u64;
-        let base = u64::from(self.config.runtime.uid_base_start)
-            + step * u64::try_from(record.incarnation).unwrap_or(0);
-        u32::try_from(base).unwrap_or(u32::MAX - 65_535)
     }
 
     /// Stops `agent`'s container if it runs (no transient state: the caller holds one).

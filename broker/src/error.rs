@@ -45,6 +45,9 @@ pub enum Error {
     /// What was asked needs a part this hive does not have (no runtime, no nix).
     #[error("{0}")]
     Unavailable(String),
+    /// Starting, stopping or entering an agent's container failed; the text says why.
+    #[error("{0}")]
+    Runtime(String),
     #[error("the hive is shutting down; try again when it is back")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -94,6 +97,7 @@ impl Error {
             Self::Stale(_) => "stale",
             Self::ShuttingDown => "shutting_down",
             Self::Unavailable(_) => "unavailable",
+            Self::Runtime(_) => "runtime",
             Self::SchemaTooNew { .. } => "schema_too_new",
             Self::Internal(_)
             | Self::Git { .. }

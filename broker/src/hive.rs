@@ -77,7 +77,8 @@ impl Hive {
     /// the manager exists, and returns the leases of a previous run to their queues.
     pub async fn open(paths: StateDir, config: Config) -> Result<Arc<Self>> {
         let store = Store::open(&paths.db(), config.store.synchronous)?;
-        let registry = Arc::new(Registry::load(store.clone()).await?);
+        let registry =
+            Arc::new(Registry::load(store.clone(), config.runtime.uid_base_start).await?);
         registry.ensure_manager().await?;
         let bus = Bus::default();
         let mailbox = Mailbox::new(

@@ -81,10 +81,11 @@ impl Hive {
     {
         let mut record = registry::new_record(new.name, new.kind);
         record.incarnation = new.revive.unwrap_or(0);
+        let uid_base_start = self.config.runtime.uid_base_start;
         let (record, extra) = self
             .store
             .write(move |c| {
-                registry::insert_row(c, &mut record)?;
+                registry::insert_row(c, &mut record, uid_base_start)?;
                 let extra = with(c, &record)?;
                 Ok((record, extra))
             })

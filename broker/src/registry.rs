@@ -34,6 +34,9 @@ pub struct AgentRecord {
     /// This spawn of the name: rows about the agent are keyed by it, so a name used again inherits
     /// nothing (0 until the record is inserted).
     pub incarnation: i64,
+    /// The first host uid of the incarnation's 65536-uid user-namespace range (allocated once
+    /// when the incarnation is created; 0 until the record is inserted).
+    pub uid_base: u32,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Empty = may write to anyone (DESIGN §6).
@@ -53,17 +56,21 @@ impl AgentRecord {
 
 pub struct Registry {
     store: Store,
+    /// `[runtime] uid_base_start`: where new uid ranges are allocated from.
+    uid_base_start: u32,
     agents: RwLock<BTreeMap<AgentName, AgentRecord>>,
 }
 
 impl Registry {
     /// Loads every agent record from the store.
-    pub async fn load(store: Store) -> Result<Self> {
+    pub async fn load(store: Store, uid_base_start: u32) -> Result<Self> {
         let agents = store
             .read(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT name, kind, created_at, allowed_recipients, incarnation FROM agents
-                     ORDER BY name",
+                    "SELECT a.name, a.kind, a.created_at, a.allowed_recipients, a.incarnation,
+                            i.uid_base
+                     FROM agents a LEFT JOIN incarnations i ON i.id = a.incarnation
+                     ORDER BY a.name",
                 )?;
                 let rows = stmt.query_map([], |r| {
                     Ok((
@@ -72,14 +79,16 @@ impl Registry {
                         r.get::<_, i64>(2)?,
                         r.get::<_, String>(3)?,
                         r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                        r.get::<_, Option<u32>>(5)?.unwrap_or(0),
                     ))
                 })?;
                 let mut agents = BTreeMap::new();
                 for row in rows {
-                    let (name, kind, created_at, allowed, incarnation) = row?;
+                    let (name, kind, created_at, allowed, incarnation, uid_base) = row?;
                     let mut record = decode(&name, &kind, created_at, &allowed)
                         .map_err(|reason| Error::Corrupt(format!("agent '{name}': {reason}")))?;
                     record.incarnation = incarnation;
+                    record.uid_base = uid_base;
                     agents.insert(record.name.clone(), record);
                 }
                 Ok(agents)
@@ -87,6 +96,7 @@ impl Registry {
             .await?;
         Ok(Self {
             store,
+            uid_base_start,
             agents: RwLock::new(agents),
         })
     }
@@ -107,10 +117,11 @@ impl Registry {
             return Err(Error::Conflict(format!("agent '{name}' exists already")));
         }
         let mut record = new_record(name, kind);
+        let start = self.uid_base_start;
         let record = self
             .store
             .write(move |c| {
-                insert_row(c, &mut record)?;
+                insert_row(c, &mut record, start)?;
                 Ok(record)
             })
             .await?;
@@ -208,6 +219,7 @@ pub(crate) fn new_record(name: AgentName, kind: AgentKind) -> AgentRecord {
         name,
         kind,
         incarnation: 0,
+        uid_base: 0,
         created_at: unix_millis(),
         allowed_recipients: Vec::new(),
     }
@@ -215,8 +227,13 @@ pub(crate) fn new_record(name: AgentName, kind: AgentKind) -> AgentRecord {
 
 /// Inserts an agent row inside the caller's transaction; a name that exists is a conflict. A
 /// record with incarnation 0 starts a new incarnation (filled in); one with an incarnation brings
-/// back that tombstoned incarnation (a restore).
-pub(crate) fn insert_row(c: &rusqlite::Connection, record: &mut AgentRecord) -> Result<()> {
+/// back that tombstoned incarnation (a restore). A new incarnation gets its uid range here, the
+/// lowest free one from `uid_base_start`; a restored one keeps its own.
+pub(crate) fn insert_row(
+    c: &rusqlite::Connection,
+    record: &mut AgentRecord,
+    uid_base_start: u32,
+) -> Result<()> {
     let live = c
         .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
         .exists([record.name.as_str()])?;
@@ -227,13 +244,18 @@ pub(crate) fn insert_row(c: &rusqlite::Connection, record: &mut AgentRecord) -> 
         )));
     }
     if record.incarnation == 0 {
-        c.prepare_cached("INSERT INTO incarnations (name, kind, created_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![
-                record.name.as_str(),
-                record.kind.as_str(),
-                record.created_at
-            ])?;
+        let uid_base = free_uid_base(c, uid_base_start)?;
+        c.prepare_cached(
+            "INSERT INTO incarnations (name, kind, created_at, uid_base) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            record.name.as_str(),
+            record.kind.as_str(),
+            record.created_at,
+            uid_base
+        ])?;
         record.incarnation = c.last_insert_rowid();
+        record.uid_base = uid_base;
     } else {
         let revived = c
             .prepare_cached(
@@ -247,6 +269,18 @@ pub(crate) fn insert_row(c: &rusqlite::Connection, record: &mut AgentRecord) -> 
                 record.incarnation, record.name
             )));
         }
+        let kept: Option<u32> = c
+            .prepare_cached("SELECT uid_base FROM incarnations WHERE id = ?1")?
+            .query_row([record.incarnation], |r| r.get(0))?;
+        record.uid_base = match kept {
+            Some(base) => base,
+            None => {
+                let base = free_uid_base(c, uid_base_start)?;
+                c.prepare_cached("UPDATE incarnations SET uid_base = ?1 WHERE id = ?2")?
+                    .execute(params![base, record.incarnation])?;
+                base
+            }
+        };
     }
     c.prepare_cached(
         "INSERT INTO agents (name, kind, created_at, incarnation) VALUES (?1, ?2, ?3, ?4)",
@@ -258,6 +292,39 @@ pub(crate) fn insert_row(c: &rusqlite::Connection, record: &mut AgentRecord) -> 
         record.incarnation
     ])?;
     Ok(())
+}
+
+/// The size of one agent's user-namespace range.
+pub const UID_RANGE: u32 = 65536;
+/// The last base whose range ends below uid 0xffffffff (which is "no uid").
+const LAST_UID_BASE: u32 = u32::MAX - 2 * UID_RANGE + 1;
+
+/// The lowest range at or above `start` (a multiple of [`UID_RANGE`]) that no incarnation holds:
+/// a live or tombstoned incarnation holds its range (its files are owned by it); a purged one
+/// does not.
+fn free_uid_base(c: &rusqlite::Connection, start: u32) -> Result<u32> {
+    let held: Vec<u32> = c
+        .prepare_cached(
+            "SELECT uid_base FROM incarnations
+             WHERE state != 'purged' AND uid_base >= ?1 ORDER BY uid_base",
+        )?
+        .query_map([start], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut base = start;
+    for h in held {
+        if h >= base.saturating_add(UID_RANGE) {
+            break;
+        }
+        // Ranges are aligned: the next free one starts after this one.
+        base = (h / UID_RANGE + 1).saturating_mul(UID_RANGE);
+    }
+    if base > LAST_UID_BASE {
+        return Err(Error::Conflict(format!(
+            "no user-namespace range is left at or above {start} (runtime.uid_base_start); purge \
+             tombstones or lower the start"
+        )));
+    }
+    Ok(base)
 }
 
 /// Deletes an agent row inside the caller's transaction and marks its incarnation `destroying`
@@ -303,6 +370,7 @@ fn decode(name: &str, kind: &str, created_at: i64, allowed: &str) -> Result<Agen
         name,
         kind,
         incarnation: 0,
+        uid_base: 0,
         created_at,
         allowed_recipients,
     })

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_drop_sender_index.sql"),
     include_str!("migrations/0005_incarnations.sql"),
     include_str!("migrations/0006_message_counts.sql"),
+    include_str!("migrations/0007_uid_ranges.sql"),
     include_str!("migrations/0008_deploy_updates.sql"),
 ];
 
@@ -519,6 +520,56 @@ mod tests {
         store.close();
         let err = store.write(|_| Ok(())).await.unwrap_err();
         assert_eq!(err.code(), "shutting_down");
+    }
+
+    #[test]
+    fn migrating_an_existing_database_gives_held_incarnations_uid_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let ranges_at = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN uid_base"))
+            .unwrap();
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..ranges_at] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", ranges_at as i64)
+                .unwrap();
+            for (name, state) in [
+                ("a", "live"),
+                ("b", "purged"),
+                ("c", "tombstoned"),
+                ("d", "live"),
+            ] {
+                c.execute(
+                    "INSERT INTO incarnations (name, kind, created_at, state) VALUES (?1, 'agent', 0, ?2)",
+                    [name, state],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        store.close();
+        let c = Connection::open(&path).unwrap();
+        let ranges: Vec<(String, Option<i64>)> = c
+            .prepare("SELECT name, uid_base FROM incarnations ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let r = |n: i64| Some(0x4000_0000 + n * 65536);
+        assert_eq!(
+            ranges,
+            [
+                ("a".to_owned(), r(0)),
+                ("b".to_owned(), None),
+                ("c".to_owned(), r(1)),
+                ("d".to_owned(), r(2)),
+            ]
+        );
     }
 
     #[test]

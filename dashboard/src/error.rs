@@ -40,6 +40,7 @@ impl From<broker::Error> for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             E::Internal(_)
+            | E::Runtime(_)
             | E::Git { .. }
             | E::Corrupt(_)
             | E::SchemaTooNew { .. }

@@ -1,6 +1,7 @@
 //! `hive-agent`: the in-container side of hyperhive. Parses the command line and hands off.
 
 mod bridge;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,16 @@ enum Command {
         #[arg(long, default_value = "/run/hive/mcp.sock", env = "HIVE_MCP_SOCKET")]
         socket: PathBuf,
     },
+    /// Run as the agent's payload: connect to the hive's harness socket, then stay until
+    /// SIGTERM/SIGHUP/SIGINT (exit 0) or until the hive closes the connection (exit 1)
+    Serve {
+        /// The directory holding the agent's sockets (`harness.sock`)
+        #[arg(long, default_value = "/run/hive")]
+        socket_dir: PathBuf,
+        /// The agent's resolved config
+        #[arg(long, default_value = "/etc/hyperhive/agent.json")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +54,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Mcp { socket } => runtime.block_on(bridge::run(&socket)),
+        Command::Serve { socket_dir, config } => runtime.block_on(serve::run(&socket_dir, &config)),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.
     runtime.shutdown_background();

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::hive::Hive;
 use crate::names::AgentName;
 use crate::paths;
-use crate::registry::{AgentKind, AgentRecord};
+use crate::registry::{AgentKind, AgentRecord, UID_RANGE};
 
 /// How long a client has to finish the MCP handshake.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -174,6 +174,11 @@ async fn accept_loop(
                 }
             },
         };
+        if let Err(refused) = peer_allowed(&hive, &agent, &stream) {
+            tracing::warn!(%agent, role = role.as_str(), uid = refused.uid, pid = ?refused.pid,
+                "refused an MCP connection from a uid that is not this agent's");
+            continue;
+        }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%agent, role = role.as_str(), "too many MCP connections; closing one");
             continue;
@@ -186,6 +191,39 @@ async fn accept_loop(
             token.clone(),
             slot,
         ));
+    }
+}
+
+/// Who was refused.
+struct Refused {
+    uid: u32,
+    pid: Option<i32>,
+}
+
+/// The socket's peer (SO_PEERCRED) must be root, the daemon's own uid, or a uid of the agent's
+/// own user-namespace range (its container's root and users): another agent's container given
+/// this socket directory is refused.
+fn peer_allowed(hive: &Hive, agent: &AgentName, stream: &UnixStream) -> Result<(), Refused> {
+    let cred = stream.peer_cred().map_err(|_| Refused {
+        uid: u32::MAX,
+        pid: None,
+    })?;
+    let uid = cred.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    let in_range = hive.registry.get(agent).is_some_and(|record| {
+        record.uid_base != 0
+            && (u64::from(record.uid_base)..u64::from(record.uid_base) + u64::from(UID_RANGE))
+                .contains(&u64::from(uid))
+    });
+    if in_range {
+        Ok(())
+    } else {
+        Err(Refused {
+            uid,
+            pid: cred.pid(),
+        })
     }
 }
 

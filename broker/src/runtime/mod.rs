@@ -7,15 +7,28 @@
 //! async workers (`lifecycle::off_runtime`). A runtime never decides *whether* to start or stop an
 //! agent (that is the lifecycle's), and never follows a path out of the state dir.
 
-use std::path::PathBuf;
+pub mod cgroup;
+mod children;
+pub mod kernel;
+pub mod nspawn;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::AgentConfig;
 use serde::Serialize;
 
-use crate::config::RuntimeKind;
-use crate::error::Result;
+pub use nspawn::NspawnRuntime;
+pub use process::ProcessRuntime;
+
+use crate::config::{Config, RuntimeKind};
+use crate::error::{Error, Result};
 use crate::names::AgentName;
+use crate::paths::StateDir;
 
 /// Everything a runtime needs to start one agent's container. Every path comes from `StateDir`.
 #[derive(Debug, Clone)]
@@ -120,11 +133,128 @@ pub trait Runtime: Send + Sync + 'static {
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit>;
 }
 
-/// The runtime `[runtime] kind` names (default: nspawn where `systemd-nspawn` is on PATH and the
-/// daemon is root, else process).
-pub fn open(
-    _config: &crate::config::Config,
-    _paths: &crate::paths::StateDir,
-) -> Result<std::sync::Arc<dyn Runtime>> {
-    Err(crate::Error::Internal("no runtime yet".into()))
+/// The runtime `[runtime] kind` names; unset: nspawn when `systemd-nspawn` is on PATH and we are
+/// root, else the process runtime.
+pub fn open(config: &Config, state: &StateDir) -> Result<Arc<dyn Runtime>> {
+    let nspawn = find_on_path("systemd-nspawn");
+    let root = nix::unistd::geteuid().is_root();
+    let kind = config.runtime.kind.unwrap_or(if nspawn.is_some() && root {
+        RuntimeKind::Nspawn
+    } else {
+        RuntimeKind::Process
+    });
+    Ok(match kind {
+        RuntimeKind::Off => {
+            return Err(Error::Internal(
+                "runtime::open called for a hive that runs no agents".into(),
+            ));
+        }
+        RuntimeKind::Process => Arc::new(ProcessRuntime::new()),
+        RuntimeKind::Nspawn => {
+            let nspawn = nspawn.ok_or_else(|| {
+                Error::Runtime(
+                    "[runtime] kind = \"nspawn\" but systemd-nspawn is not on PATH; install \
+                     systemd-container (or set kind = \"process\")"
+                        .into(),
+                )
+            })?;
+            if !root {
+                return Err(Error::Runtime(
+                    "[runtime] kind = \"nspawn\" needs the hive to run as root (or set kind = \
+                     \"process\")"
+                        .into(),
+                ));
+            }
+            Arc::new(NspawnRuntime::new(nspawn, state.root())?)
+        }
+    })
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The agent's bound dirs exist (0700) before its container starts.
+fn make_dirs(spec: &ContainerSpec) -> Result<()> {
+    for dir in [&spec.run_dir, &spec.state_dir, &spec.home_dir] {
+        if !dir.is_dir() {
+            crate::paths::make_dir(dir, 0o700)?;
+        }
+    }
+    Ok(())
+}
+
+/// The agent's log, opened for appending (the lead rotates it by copy-truncate).
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
+        crate::paths::make_dir(dir, 0o700)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open the log {}", path.display()), e))
+}
+
+/// The config's environment, each name checked (the image's config is the manager's writing).
+fn checked_env(env: &BTreeMap<String, String>) -> Result<Vec<(&str, &str)>> {
+    env.iter()
+        .map(|(key, value)| {
+            let good_key = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !good_key || value.contains('\0') {
+                return Err(Error::invalid(
+                    "env",
+                    format!("'{key}' is not a usable environment variable (letters, digits and _; no NUL in the value)"),
+                ));
+            }
+            Ok((key.as_str(), value.as_str()))
+        })
+        .collect()
+}
+
+/// Runs `command` (in a process group of its own) and collects its output; after `timeout` the
+/// whole group is killed and the output so far comes back with no exit code.
+fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<ExecOutput> {
+    use std::os::unix::process::CommandExt;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|e| Error::Runtime(format!("cannot run the command: {e}")))?;
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = match result.recv_timeout(timeout) {
+        Ok(output) => output,
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            // Something it started outside its group may still hold the pipes.
+            result.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+                Error::Runtime(format!(
+                    "the command ran over {timeout:?} and was killed, but its output did not close"
+                ))
+            })?
+        }
+    }
+    .map_err(|e| Error::io("cannot wait for the command", e))?;
+    Ok(ExecOutput {
+        code: output.status.code(),
+        stdout: output.stdout,
+        stderr: output.stderr,
+    })
 }

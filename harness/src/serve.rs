@@ -1,0 +1,105 @@
+//! `hive-agent serve`: the payload of an agent's container. It reads the agent's resolved config,
+//! connects to the hive's harness socket as an MCP client, completes `initialize`, says so in one
+//! line, and then stays until it is told to go (SIGTERM, SIGHUP — what nspawn sends the payload
+//! at stop — or SIGINT: exit 0) or the hive closes the connection (an error: the hive's restart
+//! policy decides what comes next). The turn loop will live here; it never writes outside
+//! `/state` and root's home.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use proto::AgentConfig;
+use rmcp::ServiceExt;
+use tokio::net::UnixStream;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How long a missing or refusing socket is retried: the hive may still be opening it.
+pub const CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// Reads and checks `agent.json`; a bad one is refused with the file and the reason.
+pub fn read_config(path: &Path) -> anyhow::Result<AgentConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the agent config {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "the agent config {} is not a valid agent.json (rebuild the agent's image)",
+            path.display()
+        )
+    })
+}
+
+pub async fn run(socket_dir: &Path, config: &Path) -> anyhow::Result<()> {
+    let config = read_config(config)?;
+    // Signals are caught before connecting: a stop that comes early still exits cleanly.
+    let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let socket = socket_dir.join("harness.sock");
+    let stream = tokio::select! {
+        stream = connect(&socket) => stream?,
+        _ = term.recv() => return Ok(()),
+        _ = hup.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
+    let client = ().serve(stream).await.map_err(|e| {
+        anyhow::anyhow!(
+            "the hive closed the harness connection at {} during the handshake ({e}); \
+             is this container bound to its own agent's socket directory?",
+            socket.display()
+        )
+    })?;
+    let server = client
+        .peer_info()
+        .and_then(|i| i.server_info.clone())
+        .map(|s| format!("{} {}", s.name, s.version))
+        .unwrap_or_else(|| "the hive".into());
+    eprintln!(
+        "hive-agent: connected to {server} at {} (driver {:?}, network {:?})",
+        socket.display(),
+        config.driver,
+        config.network
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+        _ = int.recv() => {}
+        closed = client.waiting() => {
+            let why = match closed {
+                Ok(reason) => format!("{reason:?}"),
+                Err(e) => e.to_string(),
+            };
+            bail!("the hive closed the harness connection ({why}); exiting so the hive's restart policy can act");
+        }
+    }
+    Ok(())
+}
+
+/// Connects, retrying for [`CONNECT_RETRY`] while the socket is missing or refuses.
+async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+    let deadline = Instant::now() + CONNECT_RETRY;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot connect to the hive's harness socket {}",
+                        socket.display()
+                    )
+                });
+            }
+        }
+    }
+}
