@@ -321,8 +321,13 @@ mod tests {
         assert!(e.contains("off"), "{e}");
         let e = Config::from_toml("[mailbox]\nmax_body_bytes = 0\n").unwrap_err();
         assert!(e.contains("mailbox.max_body_bytes"), "{e}");
+        // A wrong value shows the line and the values allowed.
         let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
-        assert!(e.contains("runtime"), "{e}");
+        assert!(e.contains("kind = \"x\"") && e.contains("`nspawn`, `process`, `none`"), "{e}");
+        let e = Config::from_toml("[runtime]\nstop_timeout_seconds = 0\n").unwrap_err();
+        assert!(e.contains("runtime.stop_timeout_seconds"), "{e}");
+        let e = Config::from_toml("[runtime]\nuid_base_start = 100\n").unwrap_err();
+        assert!(e.contains("runtime.uid_base_start"), "{e}");
         let e = Config::from_toml("[mailbox]\nmax_queued_per_inbox = 0\n").unwrap_err();
         assert!(e.contains("mailbox.max_queued_per_inbox"), "{e}");
         let e = Config::from_toml("[mailbox]\nmax_open_questions_per_agent = 0\n").unwrap_err();
