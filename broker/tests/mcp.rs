@@ -49,8 +49,13 @@ async fn each_socket_lists_its_role_and_nothing_more() {
     manager_tools.extend([
         "agents",
         "approvals",
+        "kill",
+        "logs",
         "request_apply_commit",
         "request_spawn",
+        "restart",
+        "start",
+        "update",
     ]);
     manager_tools.sort();
     assert_eq!(tools(&manager).await, manager_tools);

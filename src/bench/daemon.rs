@@ -14,14 +14,26 @@ use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// When run by `cargo run`, builds the `hive` binary first with the same profile (a no-op when it
-/// is up to date), so row 5 never measures a missing or stale daemon.
+/// When run by `cargo run`, builds the `hive` and `hive-agent` binaries first with the same
+/// profile (a no-op when they are up to date), so no row measures a missing or stale daemon.
 pub fn build_hive() -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         return Ok(());
     };
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "--bin", "hive", "--manifest-path"]);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "hyperhive",
+        "-p",
+        "hyperhive-harness",
+        "--bin",
+        "hive",
+        "--bin",
+        "hive-agent",
+        "--manifest-path",
+    ]);
     build.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
     if !cfg!(debug_assertions) {
         build.arg("--release");
@@ -159,6 +171,32 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// One request on the daemon's admin socket; returns the status code and the JSON answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let stream = tokio::net::UnixStream::connect(self.state.join("run/admin.sock")).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let body = body.to_owned();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "hive")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        drop(sender);
+        let _ = conn.await;
+        Ok((status, serde_json::from_slice(&bytes)?))
     }
 
     /// One `GET path` on the daemon's admin socket; returns the status code.

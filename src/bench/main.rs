@@ -13,6 +13,7 @@
 
 mod admin;
 mod daemon;
+mod containers;
 mod growth;
 mod inproc;
 mod limits;
@@ -50,7 +51,8 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     hive: Option<PathBuf>,
     /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
-    /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), 8 (growth with history and agents: `--only 8`), baseline
+    /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), 8 (growth with history and agents: `--only 8`), 9
+    /// (agents in containers: root, nix and systemd-nspawn), baseline
     #[arg(long, value_delimiter = ',', value_name = "ROWS")]
     only: Vec<String>,
     /// Where the MCP clients of rows 6 and 7 run: in a second hive-bench process, or on a second
@@ -496,6 +498,11 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
     if args.wants("8") {
         rows.extend(growth_rows(args).await?);
     }
+
+    if args.wants("9") {
+        progress("row 9: agents in containers (nspawn): start → harness up, a built deploy, 20 idle agents");
+        rows.extend(container_rows(args).await);
+    }
     // Measured in the order that shares work; shown in the order of §19's table (stable: 6 before
     // 6b, 4-normal before 4-full).
     rows.sort_by_key(|r| {
@@ -503,6 +510,72 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         r.id[..digits].parse::<u32>().unwrap_or(u32::MAX)
     });
     Ok(rows)
+}
+
+/// Row 9: agents in containers on the real daemon (nspawn).
+async fn container_rows(args: &Args) -> Vec<Row> {
+    let measured = async {
+        let hive = match &args.hive {
+            Some(path) => path.clone(),
+            None => {
+                daemon::build_hive()?;
+                daemon::hive_binary()?
+            }
+        };
+        containers::measure(&hive, if args.quick { 5 } else { 15 }, 20).await
+    }
+    .await;
+    let f = match measured {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("hive-bench: row 9 skipped: {e:#}");
+            return vec![
+                Row::new("9", "agents in containers", format!("not measured: {e:#}")).skipped(),
+            ];
+        }
+    };
+    let per_agent = f.per_agent_pss_kib as f64 / 1024.0;
+    vec![
+        Row::new(
+            "9a",
+            "image built → harness connected (`hive start` answers when it is up)",
+            format!(
+                "p50 {} · p95 {} (n={})",
+                fmt_dur(f.start_to_up.p50()),
+                fmt_dur(f.start_to_up.percentile(95.0)),
+                f.start_to_up.len()
+            ),
+        )
+        .target("< 150 ms", f.start_to_up.p50() < Duration::from_millis(150))
+        .limit(format!(
+            "bare systemd-nspawn of /bin/true, same flags: p50 {}",
+            fmt_dur(f.bare_nspawn.p50())
+        ))
+        .values(json!({
+            "p50_us": us(f.start_to_up.p50()), "p95_us": us(f.start_to_up.percentile(95.0)),
+            "bare_nspawn_p50_us": us(f.bare_nspawn.p50()),
+        })),
+        Row::new(
+            "9b",
+            "deploy of a commit nix has built (a rollback) → harness up",
+            format!(
+                "p50 {} (n={}; nix's evaluation included)",
+                fmt_dur(f.deploy_built.p50()),
+                f.deploy_built.len()
+            ),
+        )
+        .target("< 1 s", f.deploy_built.p50() < Duration::from_secs(1))
+        .values(json!({"p50_us": us(f.deploy_built.p50())})),
+        Row::new(
+            "9c",
+            format!("{} idle agents: memory per agent (PSS of its cgroup) · broker RSS", f.agents),
+            format!("{per_agent:.1} MB per agent · broker {}", mb(f.broker.rss_kib)),
+        )
+        .values(json!({
+            "agents": f.agents, "per_agent_pss_kib": f.per_agent_pss_kib,
+            "broker_rss_kib": f.broker.rss_kib,
+        })),
+    ]
 }
 
 /// Row 7's many connections.
