@@ -44,6 +44,9 @@ pub enum Error {
     UnsafePath(String),
     #[error("the hive is shutting down; try again when it is back")]
     ShuttingDown,
+    /// Building an agent's image failed: nix's message (or why the build could not run).
+    #[error("the build failed: {0}")]
+    BuildFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// A git operation on a config repo failed; the git error is kept as the source.
@@ -91,6 +94,7 @@ impl Error {
             Self::Stale(_) => "stale",
             Self::ShuttingDown => "shutting_down",
             Self::SchemaTooNew { .. } => "schema_too_new",
+            Self::BuildFailed(_) => "build_failed",
             Self::Internal(_)
             | Self::Git { .. }
             | Self::Corrupt(_)
