@@ -862,3 +862,84 @@ fn the_nixos_builder_says_it_needs_nixpkgs() {
     assert_eq!(err.code(), "build_failed");
     assert!(err.to_string().contains("needs nixpkgs"), "{err}");
 }
+
+/// A stand-in for nixpkgs' `lib`, enough to evaluate the agent module's declarations here (the
+/// machines that run the tests have no nixpkgs): each type is a plain record of what it was made
+/// from.
+const STUB_LIB: &str = r#"
+let ty = name: args: { _type = "option-type"; inherit name args; };
+in {
+  mkOption = a: a // { _type = "option"; };
+  mapAttrs = builtins.mapAttrs;
+  optionalAttrs = c: a: if c then a else { };
+  types = {
+    str = ty "str" [ ]; path = ty "path" [ ]; int = ty "int" [ ];
+    either = a: b: ty "either" [ a b ];
+    strMatching = p: ty "strMatching" [ p ];
+    enum = v: ty "enum" v;
+    addCheck = t: f: ty "addCheck" [ t ];
+    ints.between = a: b: ty "between" [ a b ];
+    nullOr = t: ty "nullOr" [ t ];
+    listOf = t: ty "listOf" [ t ];
+    attrsOf = t: ty "attrsOf" [ t ];
+    submodule = m: ty "submodule" [ m ];
+  };
+}
+"#;
+
+#[test]
+fn the_nixos_module_declares_the_options_agent_json_holds() {
+    if tools::require("nix-build", tools::nix_build()).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib.nix");
+    std::fs::write(&lib, STUB_LIB).unwrap();
+    let module = tools::workspace_root().join("nixos-module/agent-module.nix");
+    let defaults = serde_json::to_string(&AgentConfig::default()).unwrap();
+    let expr = format!(
+        r#"let
+  m = import {module} {{
+    lib = import {lib};
+    config.hyperhive = builtins.fromJSON {defaults};
+  }};
+in {{
+  options = m.options.hyperhive;
+  json = m.config.environment.etc."hyperhive/agent.json".text;
+}}"#,
+        module = module.display(),
+        lib = lib.display(),
+        defaults = serde_json::to_string(&defaults).unwrap(),
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every option of agent.json is declared, with a default the hive applies too.
+    let json_keys = serde_json::to_value(AgentConfig::default()).unwrap();
+    let declared = v["options"].as_object().unwrap();
+    let mut names: Vec<_> = declared.keys().collect();
+    names.sort();
+    let mut expected: Vec<_> = json_keys.as_object().unwrap().keys().collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    for (name, option) in declared {
+        assert_eq!(option["_type"], "option", "{name}");
+        assert!(option["description"].is_string(), "{name}");
+        assert!(option.get("default").is_some(), "{name} has a default");
+    }
+    let resources = &declared["resources"]["type"];
+    assert_eq!(resources["name"], "submodule");
+    let cpu = &resources["args"][0]["options"]["cpuWeight"];
+    assert_eq!(cpu["type"]["name"], "between");
+    assert_eq!(cpu["default"], 100);
+    // What it writes to /etc/hyperhive/agent.json is what the harness reads.
+    let written: AgentConfig = serde_json::from_str(v["json"].as_str().unwrap()).unwrap();
+    assert_eq!(written, AgentConfig::default());
+}
