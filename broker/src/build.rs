@@ -133,7 +133,9 @@ impl Builder {
     /// Builds the image of commit `sha` of the applied repo at `applied_repo` for deploy
     /// `deploy_id`: exports its tree to `build/<name>/src-<id>/`, runs nix-build (killed after the
     /// timeout) with the gcroot `build/<name>/result-<id>`, and reads the image's agent.json. A
-    /// build nix refuses is [`Error::BuildFailed`] with nix's message.
+    /// build nix refuses is [`Error::BuildFailed`] with nix's message. One deploy id is built
+    /// once at a time (the caller's transient state guards it); other deploys and agents may build
+    /// alongside.
     pub fn build(
         &self,
         agent: &AgentName,
@@ -361,23 +363,20 @@ fn remove_entry(path: &Path) -> Result<()> {
 
 fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     if std::fs::read(path).is_ok_and(|old| old == content) {
         return Ok(());
     }
-    let tmp = path.with_extension("new");
-    remove_entry(&tmp)?;
-    let written = |e| Error::io(format!("cannot write {}", tmp.display()), e);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
+    let written = |e| Error::io(format!("cannot write {}", path.display()), e);
+    // A fresh name beside it, so two builds at once never write into one file.
+    let mut file = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))
         .map_err(written)?;
     file.write_all(content).map_err(written)?;
-    drop(file);
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(written)?;
+    file.persist(path).map_err(|e| written(e.error))?;
+    Ok(())
 }
 
 /// A `-I name=path` entry.
