@@ -943,3 +943,41 @@ in {{
     let written: AgentConfig = serde_json::from_str(v["json"].as_str().unwrap()).unwrap();
     assert_eq!(written, AgentConfig::default());
 }
+
+/// `missing_nix_says_what_to_install` runs this in a child test process whose `PATH` is empty.
+#[test]
+#[ignore = "run by missing_nix_says_what_to_install with an empty PATH"]
+fn missing_nix_inner() {
+    // Only meaningful where nix is not on PATH (the outer test empties it).
+    if tools::nix_build().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let harness = dir.path().join("hive-agent");
+    std::fs::write(&harness, "").unwrap();
+    let err = Builder::new(
+        BuilderKind::Minimal,
+        StateDir::new(dir.path()),
+        harness,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "build_failed");
+    assert!(err.to_string().contains("apt-get install nix-bin"), "{err}");
+}
+
+#[test]
+fn missing_nix_says_what_to_install() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "missing_nix_inner", "--ignored", "--nocapture"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
