@@ -192,8 +192,8 @@ impl Builder {
             .arg(search_entry("hyperhive-harness", &self.harness))
             .env_remove("NIX_PATH")
             .current_dir(&dir);
-        let stderr = run_with_timeout(cmd, self.timeout)?;
-        match stderr {
+        let outcome = run_with_timeout(cmd, self.timeout)?;
+        match outcome {
             Outcome::Done(status, _) if status.success() => {}
             Outcome::Done(_, stderr) => {
                 return Err(Error::BuildFailed(nix_message(&stderr, &src, &nix_dir)));
