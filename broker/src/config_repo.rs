@@ -625,6 +625,99 @@ fn render(
     Ok((patch, stat, files))
 }
 
+/// Writes the tree of `commit` in the (bare) repo at `repo` out into `dest`, which must not exist:
+/// regular files with their exec bit, directories, and symlinks as symlinks (never followed here;
+/// the build's restricted evaluation refuses one that leads out of the tree). Every directory and
+/// file is created fresh (`O_EXCL`), so an entry can never write through an earlier one, and a
+/// name that is not a plain file name is refused. A submodule is refused: a build cannot use it.
+pub fn export_tree(repo: &Path, commit: &str, dest: &Path) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+
+    let repo = Repository::open_bare(repo).map_err(|e| git("cannot open the applied repo", e))?;
+    let oid = Oid::from_str(commit).map_err(|e| git("sha", e))?;
+    let tree = repo
+        .find_commit(oid)
+        .and_then(|c| c.tree())
+        .map_err(|e| git("commit to export", e))?;
+    // A hostile tree may name an entry twice (a symlink, then a directory to write through it).
+    let refused = |path: &Path, shown: &str, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::UnsafePath(format!("'{shown}' appears twice in commit {commit}"))
+        } else {
+            Error::io(format!("cannot write {}", path.display()), e)
+        }
+    };
+    let make_dir = |dir: &Path, shown: &str| {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| refused(dir, shown, e))
+    };
+    make_dir(dest, ".")?;
+    let mut pending = vec![(tree, dest.to_path_buf(), String::new())];
+    while let Some((tree, dir, shown)) = pending.pop() {
+        for entry in tree.iter() {
+            let name = entry.name_bytes();
+            let shown = format!("{shown}{}", escape(name));
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
+                return Err(Error::UnsafePath(format!(
+                    "'{shown}' in commit {commit} is not a plain file name"
+                )));
+            }
+            let path = dir.join(std::ffi::OsStr::from_bytes(name));
+            let written = |e| refused(&path, &shown, e);
+            match entry.filemode() {
+                0o040000 => {
+                    let sub = repo
+                        .find_tree(entry.id())
+                        .map_err(|e| git("tree to export", e))?;
+                    make_dir(&path, &shown)?;
+                    pending.push((sub, path, format!("{shown}/")));
+                }
+                mode @ (0o100644 | 0o100755 | 0o120000) => {
+                    let blob = repo
+                        .find_blob(entry.id())
+                        .map_err(|e| git("file to export", e))?;
+                    if mode == 0o120000 {
+                        let target = blob.content();
+                        if target.contains(&0) {
+                            return Err(Error::UnsafePath(format!(
+                                "the symlink '{shown}' in commit {commit} has a NUL in its target"
+                            )));
+                        }
+                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
+                            .map_err(written)?;
+                    } else {
+                        let mut file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(if mode == 0o100755 { 0o755 } else { 0o644 })
+                            .open(&path)
+                            .map_err(written)?;
+                        file.write_all(blob.content()).map_err(written)?;
+                    }
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "commit",
+                        format!(
+                            "'{shown}' in commit {commit} is a submodule, which a build cannot use; remove it"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A commit as the manager may give it: 7 to 40 hex digits.
 pub fn check_sha(commit: &str) -> Result<()> {
     let ok = (7..=40).contains(&commit.len()) && commit.bytes().all(|b| b.is_ascii_hexdigit());

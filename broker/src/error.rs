@@ -50,6 +50,9 @@ pub enum Error {
     Runtime(String),
     #[error("the hive is shutting down; try again when it is back")]
     ShuttingDown,
+    /// Building an agent's image failed: nix's message (or why the build could not run).
+    #[error("the build failed: {0}")]
+    BuildFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// A git operation on a config repo failed; the git error is kept as the source.
@@ -99,6 +102,7 @@ impl Error {
             Self::Unavailable(_) => "unavailable",
             Self::Runtime(_) => "runtime",
             Self::SchemaTooNew { .. } => "schema_too_new",
+            Self::BuildFailed(_) => "build_failed",
             Self::Internal(_)
             | Self::Git { .. }
             | Self::Corrupt(_)

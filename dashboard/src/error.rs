@@ -36,6 +36,7 @@ impl From<broker::Error> for ApiError {
             E::Conflict(_) | E::UnsafePath(_) | E::Stale(_) => StatusCode::CONFLICT,
             E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             E::ShuttingDown | E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::BuildFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::InboxFull { .. } | E::TooManyQuestions { .. } | E::TooManyReminders { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
