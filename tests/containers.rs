@@ -90,9 +90,7 @@ fn payloads_beside(pid: u32) -> usize {
             std::fs::read(format!("/proc/{p}/cmdline"))
                 .map(|c| {
                     let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                    args.len() >= 2
-                        && args[0].ends_with(b"hive-agent")
-                        && args[1] == b"serve"
+                    args.len() >= 2 && args[0].ends_with(b"hive-agent") && args[1] == b"serve"
                 })
                 .unwrap_or(false)
         })
@@ -123,7 +121,10 @@ fn a_spawned_agent_builds_starts_and_is_isolated_as_the_kernel_says() {
         .map(|f| f.parse().unwrap())
         .collect();
     assert_eq!(fields[0], 0, "{uid_map}");
-    assert_ne!(fields[1], 0, "the payload's root is not the host's: {uid_map}");
+    assert_ne!(
+        fields[1], 0,
+        "the payload's root is not the host's: {uid_map}"
+    );
     assert_eq!(fields[2], 65536, "{uid_map}");
     assert_eq!(iso["net_links"], json!(["lo"]), "{shown}");
     assert_eq!(iso["read_only_root"], true, "{shown}");
@@ -144,7 +145,8 @@ fn a_spawned_agent_builds_starts_and_is_isolated_as_the_kernel_says() {
     assert_eq!(last["status"], "deployed", "{history}");
     let tags = git(&state.join("applied/alice"), &["tag", "--list"]);
     assert!(
-        tags.lines().any(|t| t == format!("deployed/{}", last["id"])),
+        tags.lines()
+            .any(|t| t == format!("deployed/{}", last["id"])),
         "{tags}"
     );
     let audit = cli_ok(&state, &["audit", "--json"]);
@@ -318,7 +320,10 @@ fn update_builds_only_when_the_applied_head_is_not_what_runs_and_bad_input_chang
     let pid = run_of(&state, "alice")["pid"].as_u64().unwrap();
     cli_ok(&state, &["destroy", "alice"]);
     assert!(
-        eventually(Duration::from_secs(20), || !Path::new(&format!("/proc/{pid}")).exists()),
+        eventually(Duration::from_secs(20), || !Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
         "alice's container was stopped"
     );
     let gone = cli(&state, &["start", "alice"]);

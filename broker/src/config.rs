@@ -323,7 +323,10 @@ mod tests {
         assert!(e.contains("mailbox.max_body_bytes"), "{e}");
         // A wrong value shows the line and the values allowed.
         let e = Config::from_toml("[runtime]\nkind = \"x\"\n").unwrap_err();
-        assert!(e.contains("kind = \"x\"") && e.contains("`nspawn`, `process`, `none`"), "{e}");
+        assert!(
+            e.contains("kind = \"x\"") && e.contains("`nspawn`, `process`, `none`"),
+            "{e}"
+        );
         let e = Config::from_toml("[runtime]\nstop_timeout_seconds = 0\n").unwrap_err();
         assert!(e.contains("runtime.stop_timeout_seconds"), "{e}");
         let e = Config::from_toml("[runtime]\nuid_base_start = 100\n").unwrap_err();

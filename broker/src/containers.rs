@@ -598,7 +598,12 @@ impl Hive {
         let root = self.paths.root().to_path_buf();
         let pid = off_runtime(move || {
             // The runtime creates the bound dirs; they must not lead out of the state dir.
-            for dir in [&spec.run_dir, &spec.state_dir, &spec.home_dir, &spec.log_file] {
+            for dir in [
+                &spec.run_dir,
+                &spec.state_dir,
+                &spec.home_dir,
+                &spec.log_file,
+            ] {
                 paths::checked_within(&root, dir)?;
             }
             paths::make_dir(&root.join("logs"), 0o700)?;

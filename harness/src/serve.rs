@@ -55,10 +55,10 @@ pub async fn run(socket_dir: &Path, config: &Path) -> anyhow::Result<()> {
         .map(|s| format!("{} {}", s.name, s.version))
         .unwrap_or_else(|| "the hive".into());
     eprintln!(
-        "hive-agent: connected to {server} at {} (driver {:?}, network {:?})",
+        "hive-agent: connected to {server} at {} (driver {}, network {})",
         socket.display(),
-        config.driver,
-        config.network
+        serde_json::to_value(config.driver).unwrap_or_default(),
+        serde_json::to_value(config.network).unwrap_or_default(),
     );
     tokio::select! {
         _ = term.recv() => {}

@@ -32,7 +32,9 @@ const UP_LIMIT: Duration = Duration::from_secs(120);
 async fn wait_up(d: &Daemon, agent: &str) -> anyhow::Result<Value> {
     let end = Instant::now() + UP_LIMIT;
     loop {
-        let (code, a) = d.call("GET", &format!("/api/v1/agents/{agent}"), "").await?;
+        let (code, a) = d
+            .call("GET", &format!("/api/v1/agents/{agent}"), "")
+            .await?;
         if code == 200 && a["run"]["up"] == true && a["run"]["state"] == "running" {
             return Ok(a["run"].clone());
         }
@@ -198,7 +200,10 @@ fn cgroup_pss_kib(pid: u32) -> anyhow::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc")? {
         let name = entry?.file_name();
-        let Some(p) = name.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(p) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let Ok(theirs) = std::fs::read_to_string(format!("/proc/{p}/cgroup")) else {

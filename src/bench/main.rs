@@ -12,8 +12,8 @@
 //! of hyperhive's first version (a receiver polling every 5 s). Results go in docs/benchmarks.md.
 
 mod admin;
-mod daemon;
 mod containers;
+mod daemon;
 mod growth;
 mod inproc;
 mod limits;
@@ -500,7 +500,9 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
     }
 
     if args.wants("9") {
-        progress("row 9: agents in containers (nspawn): start → harness up, a built deploy, 20 idle agents");
+        progress(
+            "row 9: agents in containers (nspawn): start → harness up, a built deploy, 20 idle agents",
+        );
         rows.extend(container_rows(args).await);
     }
     // Measured in the order that shares work; shown in the order of §19's table (stable: 6 before
@@ -568,8 +570,14 @@ async fn container_rows(args: &Args) -> Vec<Row> {
         .values(json!({"p50_us": us(f.deploy_built.p50())})),
         Row::new(
             "9c",
-            format!("{} idle agents: memory per agent (PSS of its cgroup) · broker RSS", f.agents),
-            format!("{per_agent:.1} MB per agent · broker {}", mb(f.broker.rss_kib)),
+            format!(
+                "{} idle agents: memory per agent (PSS of its cgroup) · broker RSS",
+                f.agents
+            ),
+            format!(
+                "{per_agent:.1} MB per agent · broker {}",
+                mb(f.broker.rss_kib)
+            ),
         )
         .values(json!({
             "agents": f.agents, "per_agent_pss_kib": f.per_agent_pss_kib,

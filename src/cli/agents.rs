@@ -91,7 +91,10 @@ pub fn logs(state: &StateDir, args: LogsArgs) -> anyhow::Result<ExitCode> {
         args.lines
     );
     let log = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
-    out!("{}", output::field(&log["log"], ""));
+    // Line by line: each is escaped (a container can print anything), the newlines kept.
+    for line in log["log"].as_str().unwrap_or("").lines() {
+        outln!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -156,7 +159,10 @@ pub fn show_agent(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode>
         show("uid_map:", &iso["uid_map"]);
         show("network links:", &iso["net_links"]);
         show("read-only root:", &iso["read_only_root"]);
-        show("memory max:", &iso["memory_max_bytes"]);
+        let mib = iso["memory_max_bytes"]
+            .as_u64()
+            .map(|b| Value::from(format!("{} MiB", b / (1024 * 1024))));
+        show("memory max:", mib.as_ref().unwrap_or(&Value::Null));
         show("pids max:", &iso["pids_max"]);
         show("cpu weight:", &iso["cpu_weight"]);
     } else if let Some(why) = a["isolation_error"].as_str() {

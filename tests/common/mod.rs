@@ -115,8 +115,21 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM (so a hive running containers stops them and removes their cgroups), then
+    /// SIGKILL after 20 s.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
