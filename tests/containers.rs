@@ -283,7 +283,44 @@ fn update_builds_only_when_the_applied_head_is_not_what_runs_and_bad_input_chang
     assert!(second.contains("already up to date"), "{second}");
     assert_eq!(deploys(&state), before, "nothing was built");
 
-    // Stopped, an update at the same HEAD starts it on the last build.
+    // `logs --follow` shows the lines the container writes as it writes them: a restart's
+    // harness says it connected again.
+    let mut follower = std::process::Command::new(HIVE)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["logs", "alice", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let connected = |rx: &std::sync::mpsc::Receiver<String>| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a log line");
+        if line.contains("hive-agent: connected") {
+            return line;
+        }
+    };
+    connected(&lines_rx);
+    let restarted = cli_ok(&state, &["restart", "alice"]);
+    assert!(restarted.contains("restarted"), "{restarted}");
+    connected(&lines_rx);
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Stopped, it starts again on its last build.
     let stopped = cli_ok(&state, &["stop", "alice"]);
     assert!(stopped.contains("stopped"), "{stopped}");
     assert_eq!(run_of(&state, "alice")["state"], "stopped");

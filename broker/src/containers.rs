@@ -44,6 +44,8 @@ pub const MAX_LOG_LINES: usize = proto::tools::MAX_LOG_LINES as usize;
 const MAX_LOG_READ: u64 = 4 * 1024 * 1024;
 /// A log file grows to this size before it is rotated to `<name>.log.1`.
 pub const LOG_ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+/// How often running containers' logs are checked for rotation.
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// How long `start` waits for the harness to connect before it answers anyway.
 pub const UP_WAIT: Duration = Duration::from_secs(30);
 /// The most of a failed build's message kept on the deploy.
@@ -807,7 +809,60 @@ impl Hive {
         self.registry.require(agent)?;
         let lines = lines.min(MAX_LOG_LINES);
         let path = paths::checked_within(self.paths.root(), &self.paths.agent_log(agent))?;
-        off_runtime(move || tail_lines(&path, lines)).await
+        off_runtime(move || tail_lines(&path, lines).map(|(text, _)| text)).await
+    }
+
+    /// Follows `agent`'s container log: the last `lines` lines, then every line appended, as
+    /// they come (inotify, no polling). A rotation (copy-truncate) is followed to the new start.
+    /// The stream ends when the receiver is dropped or `stop` is cancelled.
+    pub async fn follow_log(
+        &self,
+        agent: &AgentName,
+        lines: usize,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::sync::mpsc::Receiver<String>> {
+        self.registry.require(agent)?;
+        let logs = paths::checked_within(self.paths.root(), &self.paths.logs_dir())?;
+        let path = paths::checked_within(self.paths.root(), &self.paths.agent_log(agent))?;
+        let tail = path.clone();
+        let lines = lines.min(MAX_LOG_LINES);
+        // The last lines and the offset they end at, from one read: nothing is lost or repeated.
+        let (first, mut at) = off_runtime(move || tail_lines(&tail, lines)).await?;
+        let dir = logs.clone();
+        off_runtime(move || paths::make_dir(&dir, 0o700)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+        let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+        let mut watcher = notify::recommended_watcher(move |_event| {
+            let _ = wake_tx.try_send(());
+        })
+        .map_err(|e| Error::Internal(format!("cannot watch the logs: {e}")))?;
+        notify::Watcher::watch(&mut watcher, &logs, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| Error::Internal(format!("cannot watch {}: {e}", logs.display())))?;
+        tokio::spawn(async move {
+            let _watching = watcher;
+            if !first.is_empty() && tx.send(first).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                    woke = wake.recv() => if woke.is_none() { return },
+                }
+                let (from, path2) = (at, path.clone());
+                let read = off_runtime(move || read_from(&path2, from)).await;
+                match read {
+                    Ok((text, next)) => {
+                        at = next;
+                        if !text.is_empty() && tx.send(text).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read a followed log"),
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Removes the images of old deploys: per agent, the running deploy and the one deployed
@@ -880,9 +935,12 @@ impl Hive {
                     tracing::warn!(%agent, error = %e, "cannot start the agent");
                 }
             }
+            // Logs are rotated at each start and, while containers run, checked once a minute.
+            let mut rotate = tokio::time::interval(LOG_CHECK_EVERY);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
+                    _ = rotate.tick() => hive.rotate_logs().await,
                     exit = exits.recv() => match exit {
                         Ok(exit) => {
                             let how = match (exit.code, exit.signal) {
@@ -953,6 +1011,25 @@ impl Hive {
         }
     }
 
+    async fn rotate_logs(&self) {
+        let logs: Vec<PathBuf> = self
+            .registry
+            .names()
+            .iter()
+            .map(|a| self.paths.agent_log(a))
+            .collect();
+        let rotated = off_runtime(move || {
+            for log in logs {
+                rotate_log(&log)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = rotated {
+            tracing::warn!(error = %e, "cannot rotate the agents' logs");
+        }
+    }
+
     async fn stop_all_containers(&self) {
         let Some(runtime) = self.containers.runtime.clone() else {
             return;
@@ -1013,13 +1090,38 @@ pub(crate) fn rotate_log(log: &std::path::Path) -> Result<()> {
         .map_err(|e| io("truncate", e))
 }
 
-/// The last `n` lines of the file at `path` (read from its last [`MAX_LOG_READ`] bytes);
-/// empty when there is no log yet.
-fn tail_lines(path: &std::path::Path, n: usize) -> Result<String> {
+/// What was appended to `path` since byte `from` (whole lines only, at most
+/// [`MAX_LOG_READ`]), and where to read next; a file shorter than `from` was rotated and is read
+/// from its start.
+fn read_from(path: &std::path::Path, from: u64) -> Result<(String, u64)> {
     let io = |e| Error::io(format!("cannot read {}", path.display()), e);
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let from = if len < from { 0 } else { from };
+    file.seek(SeekFrom::Start(from)).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LOG_READ)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    bytes.truncate(whole);
+    Ok((
+        String::from_utf8_lossy(&bytes).into_owned(),
+        from + whole as u64,
+    ))
+}
+
+/// The last `n` lines of the file at `path` (read from its last [`MAX_LOG_READ`] bytes) and
+/// the offset they end at; empty when there is no log yet.
+fn tail_lines(path: &std::path::Path, n: usize) -> Result<(String, u64)> {
+    let io = |e| Error::io(format!("cannot read {}", path.display()), e);
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
         Err(e) => return Err(io(e)),
     };
     let len = file.metadata().map_err(io)?.len();
@@ -1027,6 +1129,10 @@ fn tail_lines(path: &std::path::Path, n: usize) -> Result<String> {
     file.seek(SeekFrom::Start(from)).map_err(io)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io)?;
+    // Only whole lines: a line being written is read by the next call.
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    bytes.truncate(whole);
+    let end = from + whole as u64;
     let text = String::from_utf8_lossy(&bytes);
     let mut lines: Vec<&str> = text.lines().collect();
     if from > 0 && !lines.is_empty() {
@@ -1037,7 +1143,7 @@ fn tail_lines(path: &std::path::Path, n: usize) -> Result<String> {
     if !out.is_empty() {
         out.push('\n');
     }
-    Ok(out)
+    Ok((out, end))
 }
 
 #[cfg(test)]
@@ -1048,10 +1154,15 @@ mod tests {
     fn tail_takes_the_last_lines_and_rotation_keeps_one() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");
-        assert_eq!(tail_lines(&log, 5).unwrap(), "");
-        std::fs::write(&log, "1\n2\n3\n").unwrap();
-        assert_eq!(tail_lines(&log, 2).unwrap(), "2\n3\n");
-        assert_eq!(tail_lines(&log, 0).unwrap(), "");
+        assert_eq!(tail_lines(&log, 5).unwrap(), (String::new(), 0));
+        std::fs::write(&log, "1\n2\n3\npart").unwrap();
+        assert_eq!(tail_lines(&log, 2).unwrap(), ("2\n3\n".to_owned(), 6));
+        assert_eq!(tail_lines(&log, 0).unwrap().0, "");
+        // What follows an offset, whole lines only; a shorter file was rotated.
+        std::fs::write(&log, "1\n2\n3\npart of 4\n5").unwrap();
+        assert_eq!(read_from(&log, 6).unwrap(), ("part of 4\n".to_owned(), 16));
+        std::fs::write(&log, "new\n").unwrap();
+        assert_eq!(read_from(&log, 16).unwrap(), ("new\n".to_owned(), 4));
         rotate_log(&log).unwrap();
         assert!(!dir.path().join("a.log.1").exists(), "small logs stay");
         let big = vec![b'x'; LOG_ROTATE_BYTES as usize + 1];

@@ -24,6 +24,9 @@ pub struct LogsArgs {
     /// How many of the last lines (at most 10000 are printed)
     #[arg(long, short = 'n', default_value_t = 100)]
     lines: usize,
+    /// Keep printing lines as the container writes them, until Ctrl-C or the hive stops
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +93,17 @@ pub fn logs(state: &StateDir, args: LogsArgs) -> anyhow::Result<ExitCode> {
         encode(&args.name),
         args.lines
     );
+    if args.follow {
+        super::client_runtime()?.block_on(AdminClient::new(state).follow(
+            &format!("{path}&follow=1"),
+            |_, event| {
+                for line in event["text"].as_str().unwrap_or("").lines() {
+                    outln!("{line}");
+                }
+            },
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let log = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
     // Line by line: each is escaped (a container can print anything), the newlines kept.
     for line in log["log"].as_str().unwrap_or("").lines() {

@@ -3,9 +3,11 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response, sse};
 use broker::containers::{Actor, AgentRun, GcReport, Outcome};
 use broker::registry::AgentRecord;
 use broker::runtime::Isolation;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiPath, ApiQuery, ApiState};
@@ -131,6 +133,10 @@ pub(super) async fn update(
 pub(super) struct LogsQuery {
     #[serde(default)]
     lines: Option<usize>,
+    /// `1`: a stream (server-sent `log` events, `{"text": …}`) of the last lines, then of every
+    /// line appended, until the hive stops or the client goes.
+    #[serde(default)]
+    follow: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -143,13 +149,29 @@ pub(super) async fn logs(
     State(s): State<ApiState>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
-) -> Result<Json<Log>, ApiError> {
+) -> Result<Response, ApiError> {
     let agent = agent_name(&name)?;
-    let log = s.hive.agent_logs(&agent, q.lines.unwrap_or(100)).await?;
+    let lines = q.lines.unwrap_or(100);
+    if q.follow.unwrap_or(0) != 0 {
+        let rx = s.hive.follow_log(&agent, lines, s.shutdown.clone()).await?;
+        let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|text| {
+            Ok::<_, std::convert::Infallible>(
+                sse::Event::default()
+                    .event("log")
+                    .json_data(serde_json::json!({ "text": text }))
+                    .unwrap_or_else(|_| sse::Event::default().event("error")),
+            )
+        });
+        return Ok(sse::Sse::new(events)
+            .keep_alive(sse::KeepAlive::default())
+            .into_response());
+    }
+    let log = s.hive.agent_logs(&agent, lines).await?;
     Ok(Json(Log {
         agent: agent.to_string(),
         log,
-    }))
+    })
+    .into_response())
 }
 
 pub(super) async fn gc(State(s): State<ApiState>) -> Result<Json<GcReport>, ApiError> {
