@@ -437,6 +437,7 @@ impl Hive {
             if let Err(e) = hive.run_deploy(&agent, deploy_id).await {
                 tracing::warn!(%agent, deploy = deploy_id, error = %e, "deploy did not finish");
             }
+            give_memory_back().await;
         });
     }
 
@@ -935,6 +936,7 @@ impl Hive {
                     tracing::warn!(%agent, error = %e, "cannot start the agent");
                 }
             }
+            give_memory_back().await;
             // Logs are rotated at each start and, while containers run, checked once a minute.
             let mut rotate = tokio::time::interval(LOG_CHECK_EVERY);
             loop {
@@ -1060,6 +1062,16 @@ impl Hive {
         self.stop_container(agent).await?;
         Ok(Some(busy))
     }
+}
+
+/// Builds read nix's output on blocking threads, each of which may leave freed memory in its own
+/// malloc arena: after deploys the heap is trimmed (rare, a few ms).
+async fn give_memory_back() {
+    let _ = off_runtime(|| {
+        crate::store::heap::trim();
+        Ok(())
+    })
+    .await;
 }
 
 /// Rotates `log` to `log.1` when it is over [`LOG_ROTATE_BYTES`], by copy and truncate: the

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::config::Synchronous;
 use crate::error::{Error, Result};
 
-mod heap;
+pub(crate) mod heap;
 
 /// The most requests committed in one transaction.
 pub const MAX_BATCH: usize = 256;

@@ -1,6 +1,6 @@
 //! Row 9: agents in containers, on the real daemon with the nspawn runtime (root, nix and
 //! systemd-nspawn needed). 9a: an image already built → its harness connected (`hive start`
-//! answers when the harness is up), beside a bare `systemd-nspawn … /bin/true` of the same image
+//! answers when the harness is up), beside a bare `systemd-nspawn … busybox true` of the same image
 //! with the same isolation flags, measured in the same run. 9b: a deploy of a commit nix has
 //! already built (a rollback: nix evaluates and finds the store path) → harness up. 9c: 20 idle
 //! agents: memory per agent (the proportional set size of every process in its cgroup) and the
@@ -159,7 +159,7 @@ fn run_pid(run: &Value) -> anyhow::Result<u32> {
         .context("a running agent without a pid")
 }
 
-/// The same isolation as an agent's container, running `/bin/true`: exec → exit.
+/// The same isolation as an agent's container, running busybox `true`: exec → exit.
 fn bare_nspawn(image: &Path) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let status = Command::new("systemd-nspawn")
@@ -180,7 +180,7 @@ fn bare_nspawn(image: &Path) -> anyhow::Result<Duration> {
             "-D",
         ])
         .arg(image)
-        .arg("/bin/true")
+        .args(["/bin/busybox", "true"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -550,7 +550,7 @@ async fn container_rows(args: &Args) -> Vec<Row> {
         )
         .target("< 150 ms", f.start_to_up.p50() < Duration::from_millis(150))
         .limit(format!(
-            "bare systemd-nspawn of /bin/true, same flags: p50 {}",
+            "bare systemd-nspawn of busybox true, same image and flags: p50 {}",
             fmt_dur(f.bare_nspawn.p50())
         ))
         .values(json!({
