@@ -137,8 +137,10 @@ impl Questions {
             .store
             .write(move |c| {
                 let open: i64 = c.query_row(
-                    "SELECT count(*) FROM (SELECT 1 FROM questions
-                     WHERE asker = ?1 AND status = 'open' LIMIT ?2)",
+                    "SELECT count(*) FROM (SELECT 1 FROM questions INDEXED BY questions_open_by_asker
+                     WHERE asker = ?1 AND status = 'open'
+                       AND incarnation = (SELECT incarnation FROM agents WHERE name = ?1)
+                     LIMIT ?2)",
                     params![asker_name, quota as i64],
                     |r| r.get(0),
                 )?;

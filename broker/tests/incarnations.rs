@@ -370,3 +370,31 @@ async fn a_database_from_before_incarnations_migrates_and_keeps_its_agents_mail(
     assert_eq!(got, ["due", "kept"]);
     hive.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_agents_queued_mail_does_not_fill_the_inbox_quota_of_a_new_one() {
+    let mut config = Config::default();
+    config.mailbox.max_queued_per_inbox = 3;
+    let f = open(tempfile::tempdir().unwrap(), config).await;
+    f.hive.spawn("x1", None).await.unwrap();
+    let to = Recipient::Agent(name("x1"));
+    let send = |body: &'static str| f.hive.send(&Sender::Operator, &to, body.into(), None);
+    for _ in 0..3 {
+        send("for the old one").await.unwrap();
+    }
+    assert_eq!(send("one too many").await.unwrap_err().code(), "inbox_full");
+    // The old x1's three queued messages wait in its tombstone (for a restore).
+    f.hive.destroy(&name("x1"), false).await.unwrap();
+    f.hive.spawn("x1", None).await.unwrap();
+    for _ in 0..3 {
+        send("for the new one").await.unwrap();
+    }
+    assert_eq!(send("one too many").await.unwrap_err().code(), "inbox_full");
+    assert_eq!(
+        f.count("SELECT count(*) FROM messages WHERE recipient = 'x1' AND state = 'queued'"),
+        6,
+        "the old one's mail is kept, the new one's quota is its own"
+    );
+    // The hive-wide counts still count both.
+    assert_eq!(f.hive.message_counts().await.unwrap().queued, 6);
+}

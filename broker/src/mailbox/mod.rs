@@ -697,7 +697,9 @@ pub fn stored_counts(c: &Connection, inbox: Option<&str>) -> Result<MessageCount
     let mut stmt;
     let mut rows = match inbox {
         Some(inbox) => {
-            stmt = c.prepare_cached("SELECT state, n FROM message_counts WHERE recipient = ?1")?;
+            stmt = c.prepare_cached(
+                "SELECT state, sum(n) FROM message_counts WHERE recipient = ?1 GROUP BY state",
+            )?;
             stmt.query([inbox])?
         }
         None => {
@@ -778,11 +780,14 @@ fn put_back(store: &Store, notifiers: &Arc<Notifiers>, untaken: Handoff) {
 }
 
 /// Refuses a send when an inbox it reaches holds `quota` queued messages already (all or none:
-/// a broadcast stores nothing then). Reads the stored count (one row per inbox, kept by the
-/// triggers of migration 0006), so a send costs the same with 10 or 100 000 queued.
+/// a broadcast stores nothing then). Reads the stored count of the recipient's current
+/// incarnation (kept by the triggers of migration 0010; what a destroyed agent of the same name
+/// left queued is not this one's), so a send costs the same with 10 or 100 000 queued.
 fn check_queue_quota(c: &Connection, recipients: &[String], quota: u64) -> Result<()> {
     let mut count = c.prepare_cached(
-        "SELECT coalesce((SELECT n FROM message_counts WHERE recipient = ?1 AND state = 'queued'), 0)",
+        "SELECT coalesce((SELECT n FROM message_counts WHERE recipient = ?1
+             AND incarnation = coalesce((SELECT incarnation FROM agents WHERE name = ?1), 0)
+             AND state = 'queued'), 0)",
     )?;
     for inbox in recipients {
         let queued: i64 = count.query_row([inbox], |r| r.get(0))?;
