@@ -178,7 +178,19 @@ impl Claude {
     fn command(&self, resume: Option<&str>) -> std::io::Result<Command> {
         let state = &self.opts.state_dir;
         let work = state.join("work");
-        std::fs::create_dir_all(&work)?;
+        // Only inside an existing state dir: a missing one is an error, never created here.
+        match std::fs::create_dir(&work) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot make {} (is the state dir bound?): {e}",
+                        work.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
         let tmp = std::env::var_os("TMPDIR").unwrap_or_else(|| "/tmp".into());
         let mut cmd = Command::new(&self.opts.bin);

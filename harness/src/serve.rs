@@ -92,23 +92,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         );
         crate::turn::run(peer, model).await
     };
+    let closed = client.waiting();
+    tokio::pin!(closed, turns);
     tokio::select! {
         _ = term.recv() => {}
         _ = hup.recv() => {}
         _ = int.recv() => {}
-        failed = turns => {
+        failed = &mut turns => {
             let e = failed.err().unwrap_or_else(|| anyhow::anyhow!("the turn loop ended"));
+            // A call that failed because the hive is going away: say that, not the call.
+            if let Ok(closed) = tokio::time::timeout(CLOSE_GRACE, &mut closed).await {
+                bail!("the hive closed the harness connection ({}); exiting so the hive's restart policy can act", why(closed));
+            }
             bail!("{e:#}; exiting so the hive's restart policy can act");
         }
-        closed = client.waiting() => {
-            let why = match closed {
-                Ok(reason) => format!("{reason:?}"),
-                Err(e) => e.to_string(),
-            };
-            bail!("the hive closed the harness connection ({why}); exiting so the hive's restart policy can act");
+        closed = &mut closed => {
+            bail!("the hive closed the harness connection ({}); exiting so the hive's restart policy can act", why(closed));
         }
     }
     Ok(())
+}
+
+/// How long a failed harness call waits to see whether the connection is closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+fn why(closed: Result<rmcp::service::QuitReason, tokio::task::JoinError>) -> String {
+    match closed {
+        Ok(reason) => format!("{reason:?}"),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Connects, retrying for [`CONNECT_RETRY`] while the socket is missing or refuses.

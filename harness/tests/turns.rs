@@ -514,3 +514,48 @@ async fn a_prompt_too_long_restarts_a_fresh_session_and_retries_once() {
     assert!(!starts[1].contains("resuming"), "{starts:?}");
     assert_ne!(session_of(&server, 0), session_of(&server, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_error_ends_the_turn_as_an_error_and_the_next_turn_runs() {
+    if tools::require("claude", tools::claude_bin()).is_none() {
+        return;
+    }
+    let hive = TestHive::open(&["alice", "bob"]).await;
+    let mut bus = hive.hive.subscribe();
+    let server = ModelServer::start(vec![
+        Reply::overloaded(),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "bob", "body": "better now"}),
+        ),
+        Reply::text("ok"),
+    ])
+    .await;
+    let _harness = Harness::start(&hive, &server, json!({}), 600);
+    let first = send(&hive, "bob", "alice", "one").await;
+    delivered(&hive, &mut bus, first).await;
+    let turns = turns_of(&hive, first);
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    assert_eq!(turns[0].outcome.as_deref(), Some("error"), "{turns:?}");
+    // claude calls it a success with is_error set: the harness goes by is_error.
+    let result = turns[0]
+        .events
+        .iter()
+        .find(|e| e["type"] == "result")
+        .unwrap();
+    assert_eq!(
+        (result["subtype"].as_str(), result["is_error"].as_bool()),
+        (Some("success"), Some(true)),
+        "{result}"
+    );
+    assert!(
+        kinds(&turns[0].events).contains(&"harness/error".to_owned()),
+        "{turns:?}"
+    );
+
+    let second = send(&hive, "bob", "alice", "two").await;
+    let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
+    assert_eq!(reply.body, "better now");
+    delivered(&hive, &mut bus, second).await;
+    assert_eq!(turns_of(&hive, second)[0].outcome.as_deref(), Some("ok"));
+}
