@@ -28,6 +28,11 @@ pub enum Event {
         turn: i64,
         events: Arc<Vec<serde_json::Value>>,
     },
+    /// A harness reported what its model is doing (`report_state`).
+    TurnState {
+        agent: String,
+        state: proto::tools::TurnState,
+    },
     /// The manager asked for an approval (without its diff: `hive show` has it).
     ApprovalRequested { approval: Arc<Approval> },
     /// The operator approved or denied.
@@ -58,6 +63,7 @@ impl Event {
             Self::MessageSent { .. } => "message_sent",
             Self::MessageDelivered { .. } => "message_delivered",
             Self::TurnEvents { .. } => "turn_events",
+            Self::TurnState { .. } => "turn_state",
             Self::ApprovalRequested { .. } => "approval_requested",
             Self::ApprovalResolved { .. } => "approval_resolved",
             Self::Deploy { .. } => "deploy",
@@ -71,6 +77,7 @@ impl Event {
             Self::MessageSent { message } => message.from == who || message.to == who,
             Self::MessageDelivered { to, .. } => to == who,
             Self::TurnEvents { agent, .. } => agent == who,
+            Self::TurnState { agent, .. } => agent == who,
             Self::ApprovalRequested { approval } => {
                 approval.agent == who || approval.requester == who
             }

@@ -92,6 +92,10 @@ pub struct AgentRun {
     /// How the last run ended, when it ended on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exited: Option<String>,
+    /// What the harness last reported about its model (`idle`, `thinking`, `needs_login`, …),
+    /// while a harness is connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_state: Option<proto::tools::TurnState>,
 }
 
 /// What a lifecycle action did.
@@ -123,6 +127,8 @@ struct Slot {
     /// Open harness connections.
     harness: usize,
     exited: Option<String>,
+    /// The harness's last `report_state`; forgotten when no harness is connected.
+    turn_state: Option<proto::tools::TurnState>,
 }
 
 /// The containers part of the hive: the runtime, the builder and what each agent is doing.
@@ -259,8 +265,16 @@ impl Containers {
                 s.harness += 1;
             } else {
                 s.harness = s.harness.saturating_sub(1);
+                if s.harness == 0 {
+                    s.turn_state = None;
+                }
             }
         });
+    }
+
+    /// Keeps what the harness of `agent` reports about its model.
+    pub(crate) fn set_turn_state(&self, agent: &AgentName, state: proto::tools::TurnState) {
+        self.update_slot(agent, |s| s.turn_state = Some(state));
     }
 
     /// Waits up to `wait` for the harness of `agent` to connect; true if it is.
@@ -306,6 +320,7 @@ impl Containers {
             commit: running.map(|(d, _)| d.commit.clone()),
             image: running.map(|(_, image)| image.display().to_string()),
             exited: slot.exited,
+            turn_state: slot.turn_state.filter(|_| slot.harness > 0),
         }
     }
 }

@@ -61,7 +61,13 @@ async fn each_socket_lists_its_role_and_nothing_more() {
     assert_eq!(tools(&manager).await, manager_tools);
     assert_eq!(
         tools(&harness).await,
-        ["finish_turn", "next_turn", "turn_events"]
+        [
+            "finish_turn",
+            "next_turn",
+            "release_turn",
+            "report_state",
+            "turn_events"
+        ]
     );
     for list in [
         tools(&agent).await,

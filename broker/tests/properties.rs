@@ -147,6 +147,8 @@ const TOOLS: &[&str] = &[
     "next_turn",
     "turn_events",
     "finish_turn",
+    "release_turn",
+    "report_state",
     "no_such_tool",
 ];
 

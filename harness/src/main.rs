@@ -1,7 +1,10 @@
 //! `hive-agent`: the in-container side of hyperhive. Parses the command line and hands off.
 
 mod bridge;
+mod claude;
+mod prompt;
 mod serve;
+mod turn;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +31,9 @@ enum Command {
         #[arg(long, default_value = "/run/hive/mcp.sock", env = "HIVE_MCP_SOCKET")]
         socket: PathBuf,
     },
-    /// Run as the agent's payload: connect to the hive's harness socket, then stay until
-    /// SIGTERM/SIGHUP/SIGINT (exit 0) or until the hive closes the connection (exit 1)
+    /// Run as the agent's payload: connect to the hive's harness socket and take turns (each
+    /// message wakes a warm claude process) until SIGTERM/SIGHUP/SIGINT (exit 0) or until the hive
+    /// closes the connection (exit 1)
     Serve {
         /// The directory holding the agent's sockets (`harness.sock`)
         #[arg(long, default_value = "/run/hive")]
@@ -37,6 +41,16 @@ enum Command {
         /// The agent's resolved config
         #[arg(long, default_value = "/etc/hyperhive/agent.json")]
         config: PathBuf,
+        /// The agent's writable state (the claude session id, the model's working directory)
+        #[arg(long, default_value = "/state")]
+        state_dir: PathBuf,
+        /// The claude executable (default: `claude` on PATH)
+        #[arg(long, env = "HIVE_CLAUDE")]
+        claude: Option<PathBuf>,
+        /// Seconds an idle claude process is kept before it is stopped (resumed at the next
+        /// message)
+        #[arg(long, default_value_t = 600, env = "HIVE_CLAUDE_IDLE_SECONDS")]
+        idle_seconds: u64,
     },
 }
 
@@ -54,7 +68,19 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Mcp { socket } => runtime.block_on(bridge::run(&socket)),
-        Command::Serve { socket_dir, config } => runtime.block_on(serve::run(&socket_dir, &config)),
+        Command::Serve {
+            socket_dir,
+            config,
+            state_dir,
+            claude,
+            idle_seconds,
+        } => runtime.block_on(serve::run(serve::Settings {
+            socket_dir,
+            config,
+            state_dir,
+            claude: claude.unwrap_or_else(claude::default_bin),
+            idle_timeout: std::time::Duration::from_secs(idle_seconds),
+        })),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.
     runtime.shutdown_background();

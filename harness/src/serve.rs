@@ -1,15 +1,16 @@
 //! `hive-agent serve`: the payload of an agent's container. It reads the agent's resolved config,
 //! connects to the hive's harness socket as an MCP client, completes `initialize`, says so in one
-//! line, and then stays until it is told to go (SIGTERM, SIGHUP — what nspawn sends the payload
-//! at stop — or SIGINT: exit 0) or the hive closes the connection (an error: the hive's restart
-//! policy decides what comes next). The turn loop will live here; it never writes outside
-//! `/state` and root's home.
+//! line, and then runs the turn loop (`turn.rs`) until it is told to go (SIGTERM, SIGHUP — what
+//! nspawn sends the payload at stop — or SIGINT: exit 0) or the hive closes the connection (an
+//! error: the hive's restart policy decides what comes next). It never writes outside the state
+//! dir and root's home.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use proto::AgentConfig;
+use proto::agent_config::Driver;
 use rmcp::ServiceExt;
 use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,8 +30,18 @@ pub fn read_config(path: &Path) -> anyhow::Result<AgentConfig> {
     })
 }
 
-pub async fn run(socket_dir: &Path, config: &Path) -> anyhow::Result<()> {
-    let config = read_config(config)?;
+/// What `serve` runs with besides the config.
+pub struct Settings {
+    pub socket_dir: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+    pub state_dir: std::path::PathBuf,
+    pub claude: std::path::PathBuf,
+    pub idle_timeout: Duration,
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let socket_dir = settings.socket_dir.as_path();
+    let config = read_config(&settings.config)?;
     // Signals are caught before connecting: a stop that comes early still exits cleanly.
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
@@ -60,19 +71,56 @@ pub async fn run(socket_dir: &Path, config: &Path) -> anyhow::Result<()> {
         serde_json::to_value(config.driver).unwrap_or_default(),
         serde_json::to_value(config.network).unwrap_or_default(),
     );
+    let peer = client.peer().clone();
+    let turns = async {
+        if config.driver != Driver::Claude {
+            eprintln!(
+                "hive-agent: the {:?} driver takes no turns yet; waiting",
+                config.driver
+            );
+            return std::future::pending().await;
+        }
+        let model = crate::claude::Claude::new(
+            crate::claude::Options {
+                bin: settings.claude.clone(),
+                socket_dir: socket_dir.to_owned(),
+                state_dir: settings.state_dir.clone(),
+                idle_timeout: settings.idle_timeout,
+                hive_agent: std::env::current_exe().context("cannot find this binary")?,
+            },
+            config.clone(),
+        );
+        crate::turn::run(peer, model).await
+    };
+    let closed = client.waiting();
+    tokio::pin!(closed, turns);
     tokio::select! {
         _ = term.recv() => {}
         _ = hup.recv() => {}
         _ = int.recv() => {}
-        closed = client.waiting() => {
-            let why = match closed {
-                Ok(reason) => format!("{reason:?}"),
-                Err(e) => e.to_string(),
-            };
-            bail!("the hive closed the harness connection ({why}); exiting so the hive's restart policy can act");
+        failed = &mut turns => {
+            let e = failed.err().unwrap_or_else(|| anyhow::anyhow!("the turn loop ended"));
+            // A call that failed because the hive is going away: say that, not the call.
+            if let Ok(closed) = tokio::time::timeout(CLOSE_GRACE, &mut closed).await {
+                bail!("the hive closed the harness connection ({}); exiting so the hive's restart policy can act", why(closed));
+            }
+            bail!("{e:#}; exiting so the hive's restart policy can act");
+        }
+        closed = &mut closed => {
+            bail!("the hive closed the harness connection ({}); exiting so the hive's restart policy can act", why(closed));
         }
     }
     Ok(())
+}
+
+/// How long a failed harness call waits to see whether the connection is closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+fn why(closed: Result<rmcp::service::QuitReason, tokio::task::JoinError>) -> String {
+    match closed {
+        Ok(reason) => format!("{reason:?}"),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Connects, retrying for [`CONNECT_RETRY`] while the socket is missing or refuses.

@@ -148,6 +148,20 @@ pub struct FinishTurnArgs {
     pub usage: Option<Usage>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportStateArgs {
+    /// idle, thinking, compacting, needs_login or paused.
+    pub state: TurnState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseTurnArgs {
+    /// The turn id from `next_turn`.
+    pub turn: i64,
+}
+
 // ---- results ----
 
 /// `send`: the ids of the stored messages (one per recipient of a broadcast).
@@ -193,6 +207,68 @@ pub struct Recorded {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Finished {
     pub finished: i64,
+}
+
+/// `release_turn`: how many messages went back to the queue (0 or 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Released {
+    pub released: usize,
+}
+
+/// `report_state`: the state kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Reported {
+    pub state: TurnState,
+}
+
+/// `next_turn`, as the harness reads it: the turn's id and the message it is about (the broker
+/// sends more fields; they are ignored here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LeasedTurn {
+    pub turn: i64,
+    pub message: LeasedMessage,
+}
+
+/// The message of a [`LeasedTurn`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LeasedMessage {
+    pub id: i64,
+    /// The sender: an agent's name, `operator` or `system`.
+    pub from: String,
+    pub body: String,
+    #[serde(default)]
+    pub in_reply_to: Option<i64>,
+    /// An earlier turn on this message did not finish.
+    #[serde(default)]
+    pub redelivered: bool,
+}
+
+/// What a harness reports about its model, shown to the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnState {
+    /// Waiting for a message.
+    Idle,
+    /// A turn is running.
+    Thinking,
+    /// The model is compacting its context.
+    Compacting,
+    /// The model refuses to run until someone logs in (`claude /login`) or sets a key.
+    NeedsLogin,
+    /// Turns are paused.
+    Paused,
+}
+
+impl TurnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Thinking => "thinking",
+            Self::Compacting => "compacting",
+            Self::NeedsLogin => "needs_login",
+            Self::Paused => "paused",
+        }
+    }
 }
 
 #[cfg(test)]

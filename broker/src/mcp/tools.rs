@@ -427,6 +427,38 @@ impl HiveMcp {
             finished: args.turn,
         })
     }
+
+    /// Give a turn back unfinished: its message is delivered again, flagged redelivered.
+    #[tool(
+        description = "Give back a turn the model could not take (e.g. it needs a login or died): its message returns to the queue, flagged redelivered, and is not marked delivered. Returns {released} (0 if the turn was not open)."
+    )]
+    async fn release_turn(&self, Parameters(args): Parameters<ReleaseTurnArgs>) -> ToolResult {
+        let released = self
+            .hive
+            .mailbox
+            .release_turns(&self.me, vec![args.turn])
+            .await
+            .map_err(explain)?;
+        self.conn
+            .leased_turns
+            .lock()
+            .expect("turns")
+            .remove(&args.turn);
+        to_json(&Released { released })
+    }
+
+    /// Say what the model is doing, for the operator.
+    #[tool(
+        description = "Report what this agent's model is doing: idle, thinking, compacting, needs_login or paused. Shown in the agent's run state."
+    )]
+    async fn report_state(&self, Parameters(args): Parameters<ReportStateArgs>) -> ToolResult {
+        self.hive.containers.set_turn_state(&self.me, args.state);
+        self.hive.bus.publish(crate::bus::Event::TurnState {
+            agent: self.me.to_string(),
+            state: args.state,
+        });
+        to_json(&Reported { state: args.state })
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -434,7 +466,7 @@ impl ServerHandler for HiveMcp {
     fn get_info(&self) -> ServerConfig {
         let instructions = match self.role {
             Role::Harness => format!(
-                "The harness surface of agent {}: next_turn, turn_events, finish_turn.",
+                "The harness surface of agent {}: next_turn, turn_events, finish_turn, release_turn, report_state.",
                 self.me
             ),
             _ => format!(

@@ -56,6 +56,8 @@ impl Runtime for ProcessRuntime {
                 .arg(&spec.run_dir)
                 .arg("--config")
                 .arg(spec.image.join("etc/hyperhive/agent.json"))
+                .arg("--state-dir")
+                .arg(&spec.state_dir)
                 .envs(super::checked_env(&spec.config.env)?)
                 .env("HOME", &spec.home_dir)
                 .current_dir(&spec.state_dir)

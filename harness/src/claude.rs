@@ -1,0 +1,466 @@
+//! The warm claude driver: one `claude --print --input-format stream-json --output-format
+//! stream-json` process per agent, kept between turns (one stdin line starts a turn, stdout is read
+//! up to its `result`), stopped after an idle timeout and brought back with `--resume` on the
+//! session id kept in the state dir. It owns the process's command line and environment (FACTS A
+//! and D) and the reading of its events; it never talks to the hive (the turn loop does) and never
+//! writes outside the state dir and the model's HOME/TMPDIR.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use proto::{AgentConfig, Usage};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+/// How long a closed stdin may take to end the process before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// `CLAUDE_CODE_MAX_RETRIES` unless the harness's environment sets it: a failing provider is
+/// reported within seconds instead of retried for minutes.
+const DEFAULT_MAX_RETRIES: &str = "3";
+/// Variables passed through from the harness's environment to claude when set.
+const PASSED_THROUGH: [&str; 6] = [
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "API_TIMEOUT_MS",
+    "LANG",
+    "CLAUDE_CONFIG_DIR",
+    "CLAUDE_CODE_MAX_RETRIES",
+];
+
+/// Where claude runs and what it may use.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The claude executable.
+    pub bin: PathBuf,
+    /// The agent's socket directory (`mcp.sock`, maybe `gateway.sock`).
+    pub socket_dir: PathBuf,
+    /// The agent's writable state (`claude-session`, the model's working directory).
+    pub state_dir: PathBuf,
+    /// How long an idle process is kept.
+    pub idle_timeout: Duration,
+    /// This binary, the `hive` MCP server (`hive-agent mcp`).
+    pub hive_agent: PathBuf,
+}
+
+/// How a turn ended, when claude answered it.
+#[derive(Debug)]
+pub struct Answered {
+    /// `ok` or `error`.
+    pub ok: bool,
+    pub usage: Usage,
+    /// Why it is an error.
+    pub error: Option<String>,
+}
+
+/// A turn claude did not answer: the turn loop releases it or retries.
+#[derive(Debug)]
+pub enum Failure {
+    /// No credentials, or the provider refused them.
+    NeedsLogin(String),
+    /// The session no longer fits the model: start a fresh one.
+    PromptTooLong(String),
+    /// The process died or could not be started.
+    Died(String),
+}
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    idle_since: Instant,
+    /// Started with `--resume` and not yet past its first `system/init`.
+    resuming: bool,
+}
+
+pub struct Claude {
+    opts: Options,
+    config: AgentConfig,
+    running: Option<Running>,
+}
+
+impl Claude {
+    pub fn new(opts: Options, config: AgentConfig) -> Self {
+        Self {
+            opts,
+            config,
+            running: None,
+        }
+    }
+
+    fn session_file(&self) -> PathBuf {
+        self.opts.state_dir.join("claude-session")
+    }
+
+    fn session(&self) -> Option<String> {
+        let s = std::fs::read_to_string(self.session_file()).ok()?;
+        let s = s.trim();
+        // A session id is a UUID; anything else in the file is not passed to claude.
+        (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+            .then(|| s.to_owned())
+    }
+
+    /// Forgets the session: the next start is a fresh conversation.
+    pub async fn start_fresh(&mut self) {
+        self.stop().await;
+        let _ = std::fs::remove_file(self.session_file());
+    }
+
+    /// When the idle process should be stopped, if one runs.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        self.running
+            .as_ref()
+            .map(|r| r.idle_since + self.opts.idle_timeout)
+    }
+
+    /// Ends the process: stdin closed (claude exits on its own), killed after a grace period.
+    pub async fn stop(&mut self) {
+        let Some(Running {
+            mut child, stdin, ..
+        }) = self.running.take()
+        else {
+            return;
+        };
+        drop(stdin);
+        if tokio::time::timeout(EXIT_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// The MCP servers claude gets: `hive` (this binary bridging to `mcp.sock`) and the agent's
+    /// extra servers.
+    pub fn mcp_config(&self) -> Value {
+        let mut servers = serde_json::Map::new();
+        servers.insert(
+            "hive".into(),
+            json!({
+                "command": self.opts.hive_agent,
+                "args": ["mcp", "--socket", self.opts.socket_dir.join("mcp.sock")],
+            }),
+        );
+        for (name, s) in &self.config.extra_mcp_servers {
+            servers.insert(
+                name.clone(),
+                json!({"command": s.command, "args": s.args, "env": s.env}),
+            );
+        }
+        json!({ "mcpServers": servers })
+    }
+
+    /// `--allowedTools`: the whole hive server, each extra server's allowed tools (all of them
+    /// when it names none), and `Bash(CMD:*)` per allowed command.
+    pub fn allowed_tools(&self) -> Vec<String> {
+        let mut tools = vec!["mcp__hive".to_owned()];
+        for (name, s) in &self.config.extra_mcp_servers {
+            if s.allowed_tools.is_empty() {
+                tools.push(format!("mcp__{name}"));
+            }
+            for t in &s.allowed_tools {
+                tools.push(if t.starts_with("mcp__") {
+                    t.clone()
+                } else {
+                    format!("mcp__{name}__{t}")
+                });
+            }
+        }
+        for c in &self.config.allowed_commands {
+            tools.push(format!("Bash({c}:*)"));
+        }
+        tools
+    }
+
+    fn command(&self, resume: Option<&str>) -> std::io::Result<Command> {
+        let state = &self.opts.state_dir;
+        let work = state.join("work");
+        // Only inside an existing state dir: a missing one is an error, never created here.
+        match std::fs::create_dir(&work) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot make {} (is the state dir bound?): {e}",
+                        work.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        let tmp = std::env::var_os("TMPDIR").unwrap_or_else(|| "/tmp".into());
+        let mut cmd = Command::new(&self.opts.bin);
+        cmd.current_dir(&work).env_clear();
+        // The agent's own variables first: the ones below are the harness's and win.
+        cmd.envs(&self.config.env);
+        cmd.env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", home)
+        .env("TMPDIR", tmp)
+        .env("ENABLE_TOOL_SEARCH", "false")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", DEFAULT_MAX_RETRIES);
+        for var in PASSED_THROUGH {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        let gateway = self.opts.socket_dir.join("gateway.sock");
+        if gateway.exists() {
+            // FACTS D: no relay; the gateway adds the credentials.
+            cmd.env("ANTHROPIC_UNIX_SOCKET", &gateway)
+                .env("ANTHROPIC_BASE_URL", "http://model-gateway");
+            if std::env::var_os("ANTHROPIC_API_KEY").is_none() {
+                cmd.env("ANTHROPIC_API_KEY", "hive-gateway");
+            }
+        } else if let Some(url) = std::env::var_os("ANTHROPIC_BASE_URL") {
+            cmd.env("ANTHROPIC_BASE_URL", url);
+        }
+        cmd.args([
+            "--print",
+            "--verbose",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--strict-mcp-config",
+            "--mcp-config",
+        ])
+        .arg(self.mcp_config().to_string())
+        .arg("--allowedTools")
+        .arg(self.allowed_tools().join(","));
+        if self.config.allowed_commands.is_empty() {
+            cmd.args(["--disallowedTools", "Bash"]);
+        }
+        if let Some(model) = &self.config.model {
+            cmd.arg("--model").arg(model);
+        }
+        if !self.config.prompt.is_empty() {
+            cmd.arg("--append-system-prompt").arg(&self.config.prompt);
+        }
+        if let Some(session) = resume {
+            cmd.arg("--resume").arg(session);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    fn start(&mut self) -> Result<&mut Running, Failure> {
+        if self.running.is_none() {
+            let resume = self.session();
+            let mut child = self
+                .command(resume.as_deref())
+                .and_then(|mut c| c.spawn())
+                .map_err(|e| {
+                    Failure::Died(format!(
+                        "cannot start claude ({}): {e}",
+                        self.opts.bin.display()
+                    ))
+                })?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(Failure::Died("claude started without its pipes".into()));
+            };
+            eprintln!(
+                "hive-agent: claude started (pid {}){}",
+                child.id().unwrap_or_default(),
+                resume
+                    .as_deref()
+                    .map(|s| format!(", resuming session {s}"))
+                    .unwrap_or_default()
+            );
+            self.running = Some(Running {
+                child,
+                stdin,
+                stdout: BufReader::new(stdout).lines(),
+                idle_since: Instant::now(),
+                resuming: resume.is_some(),
+            });
+        }
+        Ok(self.running.as_mut().expect("started"))
+    }
+
+    /// Runs one turn: writes `prompt`, sends every event to `events`, and reads up to `result`.
+    pub async fn turn(
+        &mut self,
+        prompt: &str,
+        events: &UnboundedSender<Value>,
+    ) -> Result<Answered, Failure> {
+        let out = self.turn_inner(prompt, events).await;
+        match &out {
+            Err(Failure::Died(_)) => {
+                // A resumed process that died before its first init could not resume: the next
+                // start is a fresh session instead of the same failure again.
+                let failed_resume = self.running.as_ref().is_some_and(|r| r.resuming);
+                self.stop().await;
+                if failed_resume {
+                    let _ = std::fs::remove_file(self.session_file());
+                }
+            }
+            _ => {
+                if let Some(r) = self.running.as_mut() {
+                    r.idle_since = Instant::now();
+                }
+            }
+        }
+        out
+    }
+
+    async fn turn_inner(
+        &mut self,
+        prompt: &str,
+        events: &UnboundedSender<Value>,
+    ) -> Result<Answered, Failure> {
+        let line = json!({"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": prompt}]}});
+        let state_dir = self.opts.state_dir.clone();
+        let running = self.start()?;
+        let mut line = line.to_string();
+        line.push('\n');
+        if let Err(e) = running.stdin.write_all(line.as_bytes()).await {
+            return Err(Failure::Died(format!("claude is gone (its stdin: {e})")));
+        }
+        let _ = running.stdin.flush().await;
+        let mut tool_calls = 0u64;
+        let mut failed_servers: Vec<String> = Vec::new();
+        let result = loop {
+            let line = match running.stdout.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    let status = running
+                        .child
+                        .wait()
+                        .await
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string());
+                    return Err(Failure::Died(format!("claude exited mid-turn ({status})")));
+                }
+                Err(e) => return Err(Failure::Died(format!("cannot read claude's output: {e}"))),
+            };
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                let _ = events.send(json!({"type": "harness", "subtype": "output", "text": line}));
+                continue;
+            };
+            match (event["type"].as_str(), event["subtype"].as_str()) {
+                (Some("system"), Some("init")) => {
+                    running.resuming = false;
+                    // Kept at once: a process killed mid-turn is resumed, not started over.
+                    if let Some(id) = event["session_id"].as_str() {
+                        keep_session(&state_dir, id);
+                    }
+                    failed_servers = event["mcp_servers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| s["status"].as_str() != Some("connected"))
+                        .map(|s| {
+                            format!(
+                                "{} ({})",
+                                s["name"].as_str().unwrap_or("?"),
+                                s["status"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect();
+                }
+                (Some("assistant"), _) => {
+                    tool_calls += event["message"]["content"].as_array().map_or(0, |c| {
+                        c.iter().filter(|b| b["type"] == "tool_use").count() as u64
+                    });
+                }
+                _ => {}
+            }
+            let is_result = event["type"] == "result";
+            let _ = events.send(event.clone());
+            if is_result {
+                break event;
+            }
+        };
+        if let Some(id) = result["session_id"].as_str() {
+            keep_session(&state_dir, id);
+        }
+        let usage = usage_of(&result, tool_calls);
+        let text = result["result"].as_str().unwrap_or_default().to_owned();
+        if result["is_error"] == true {
+            if result["terminal_reason"] == "prompt_too_long"
+                || text.starts_with("Prompt is too long")
+            {
+                return Err(Failure::PromptTooLong(text));
+            }
+            if text.contains("Not logged in")
+                || text.contains("Invalid API key")
+                || text.contains("/login")
+            {
+                return Err(Failure::NeedsLogin(text));
+            }
+        }
+        let mut error = (result["is_error"] == true).then(|| {
+            format!(
+                "claude ended the turn with an error ({}): {text}",
+                result["subtype"].as_str().unwrap_or("?")
+            )
+        });
+        if !failed_servers.is_empty() {
+            // The model ran without those tools: a configuration fault the operator must see.
+            error = Some(format!(
+                "MCP server(s) failed to start: {}; check the agent's extraMcpServers",
+                failed_servers.join(", ")
+            ));
+            self.stop().await;
+        }
+        Ok(Answered {
+            ok: error.is_none(),
+            usage,
+            error,
+        })
+    }
+}
+
+/// Writes the session id to `state/claude-session` (through a temporary file: never half a line).
+fn keep_session(state_dir: &std::path::Path, id: &str) {
+    let file = state_dir.join("claude-session");
+    if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == id) {
+        return;
+    }
+    let tmp = state_dir.join("claude-session.tmp");
+    let written = std::fs::write(&tmp, id).and_then(|()| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        eprintln!(
+            "hive-agent: cannot keep the claude session id in {}: {e}",
+            file.display()
+        );
+    }
+}
+
+/// The turn's accounting from claude's `result` event.
+fn usage_of(result: &Value, tool_calls: u64) -> Usage {
+    let u = &result["usage"];
+    let input = [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .filter_map(|k| u[k].as_u64())
+    .reduce(|a, b| a + b);
+    Usage {
+        input_tokens: input,
+        output_tokens: u["output_tokens"].as_u64(),
+        cache_read_tokens: u["cache_read_input_tokens"].as_u64(),
+        cost_usd: result["total_cost_usd"].as_f64(),
+        duration_ms: result["duration_ms"].as_u64(),
+        tool_calls: Some(tool_calls),
+    }
+}
+
+/// The claude binary: the flag, else `HIVE_CLAUDE`, else `claude` on PATH.
+pub fn default_bin() -> PathBuf {
+    std::env::var_os("HIVE_CLAUDE").map_or_else(|| PathBuf::from("claude"), PathBuf::from)
+}
