@@ -14,6 +14,51 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub runtime: RuntimeConfig,
     pub build: BuildConfig,
+    pub model: ModelConfig,
+}
+
+/// `[model]`: where each agent's `gateway.sock` forwards its model requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The Anthropic API the gateway forwards `/v1/messages` to (default
+    /// `https://api.anthropic.com`); `http` or `https`, optionally with a path prefix.
+    pub anthropic_base_url: String,
+    /// An OpenAI-compatible API, for agents whose harness speaks it (unset: none).
+    pub openai_base_url: Option<String>,
+    /// A file holding the API key, read at start; it must not be readable by group or others.
+    /// When set, the gateway sends it as `x-api-key` in place of whatever the agent sent, so the
+    /// key never enters a container. Unset: the agent's own headers pass through.
+    pub api_key_file: Option<std::path::PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            anthropic_base_url: "https://api.anthropic.com".to_owned(),
+            openai_base_url: None,
+            api_key_file: None,
+        }
+    }
+}
+
+/// Checks a `[model]` base URL: absolute, `http` or `https`, a host, no query or fragment.
+fn check_base_url(key: &str, url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("model.{key} = {url:?}: {why}"));
+    if url.contains(['?', '#']) {
+        return bad("must not have a query or fragment");
+    }
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return bad("is not a URL (write it as https://host[:port][/prefix])");
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return bad("must start with http:// or https://"),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return bad("has no host");
+    }
+    Ok(())
 }
 
 /// `[runtime]`: how agents' containers run.
@@ -289,6 +334,18 @@ impl Config {
                 self.runtime.uid_base_start
             ));
         }
+        check_base_url("anthropic_base_url", &self.model.anthropic_base_url)?;
+        if let Some(url) = &self.model.openai_base_url {
+            check_base_url("openai_base_url", url)?;
+        }
+        if self
+            .model
+            .api_key_file
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err("model.api_key_file: must be an absolute path".into());
+        }
         Ok(())
     }
 }
@@ -335,6 +392,36 @@ mod tests {
         assert!(e.contains("mailbox.max_queued_per_inbox"), "{e}");
         let e = Config::from_toml("[mailbox]\nmax_open_questions_per_agent = 0\n").unwrap_err();
         assert!(e.contains("mailbox.max_open_questions_per_agent"), "{e}");
+    }
+
+    #[test]
+    fn model_urls_are_checked() {
+        assert_eq!(
+            Config::default().model.anthropic_base_url,
+            "https://api.anthropic.com"
+        );
+        let c = Config::from_toml(
+            "[model]\nanthropic_base_url = \"http://127.0.0.1:8080/prefix\"\n\
+             openai_base_url = \"https://api.openai.com\"\napi_key_file = \"/etc/key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.model.anthropic_base_url, "http://127.0.0.1:8080/prefix");
+        assert_eq!(c.model.api_key_file.as_deref(), Some(Path::new("/etc/key")));
+        for bad in [
+            "ftp://host",
+            "api.anthropic.com",
+            "http://",
+            "https://host/?x=1",
+            "not a url",
+        ] {
+            let e =
+                Config::from_toml(&format!("[model]\nanthropic_base_url = {bad:?}\n")).unwrap_err();
+            assert!(e.contains("model.anthropic_base_url"), "{bad}: {e}");
+        }
+        let e = Config::from_toml("[model]\nopenai_base_url = \"file:///x\"\n").unwrap_err();
+        assert!(e.contains("model.openai_base_url"), "{e}");
+        let e = Config::from_toml("[model]\napi_key_file = \"key\"\n").unwrap_err();
+        assert!(e.contains("model.api_key_file"), "{e}");
     }
 
     #[test]

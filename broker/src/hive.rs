@@ -39,6 +39,7 @@ pub struct Hive {
     reminders: Reminders,
     questions: Questions,
     pub(crate) mcp: McpSockets,
+    pub(crate) gateway: crate::gateway::Gateway,
     pub(crate) repos: ConfigRepos,
     pub(crate) containers: Containers,
     /// Serializes the operations that touch config repos, so git and the store move together.
@@ -100,6 +101,7 @@ impl Hive {
             config.mailbox.max_open_questions_per_agent,
         );
         let containers = Containers::open(&config, &paths)?;
+        let gateway = crate::gateway::Gateway::new(&config.model)?;
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -111,6 +113,7 @@ impl Hive {
             reminders,
             questions,
             mcp: McpSockets::default(),
+            gateway,
             repos: ConfigRepos::new(paths.clone()),
             containers,
             config_lock: tokio::sync::Mutex::new(()),

@@ -1,6 +1,6 @@
 //! The hyperhive broker: everything the `hive serve` daemon does, as a library. Data flows one way:
 //! the API and MCP layers call [`hive::Hive`], which calls the services (mailbox, registry), which
-//! call the [`store`]. Nothing here speaks HTTP; the `dashboard` crate does.
+//! call the [`store`]. HTTP is the `dashboard` crate's, except [`gateway`], the agents' model route.
 
 pub mod approvals;
 pub mod audit;
@@ -12,6 +12,7 @@ pub mod config_repo;
 pub mod containers;
 pub mod due;
 pub mod error;
+pub mod gateway;
 pub mod hive;
 pub mod lifecycle;
 pub mod lock;

@@ -654,7 +654,7 @@ async fn an_agent_sees_only_its_own_sockets() {
         .map(|e| e.file_name().into_string().unwrap())
         .collect();
     inside.sort();
-    assert_eq!(inside, ["harness.sock", "mcp.sock"]);
+    assert_eq!(inside, ["gateway.sock", "harness.sock", "mcp.sock"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,7 +290,10 @@ async fn an_nspawn_container_is_isolated_as_the_kernel_says_and_stops_clean() {
     let mut head = parts[0].lines();
     assert_eq!(head.next(), Some("0"));
     let sockets: BTreeSet<&str> = head.collect();
-    assert_eq!(sockets, BTreeSet::from(["harness.sock", "mcp.sock"]));
+    assert_eq!(
+        sockets,
+        BTreeSet::from(["gateway.sock", "harness.sock", "mcp.sock"])
+    );
     assert!(
         !out.contains("secret") && !out.contains("admin.sock"),
         "{out}"

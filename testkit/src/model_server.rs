@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -54,6 +55,10 @@ pub enum Reply {
     },
     /// Read the request and never answer (until the server is dropped): for client timeouts.
     Hang,
+    /// A streamed text answer (as [`Reply::Text`]) held after its first events: `message_start`
+    /// and `ping` are sent at once, the rest only after [`ModelServer::release`] (one call per
+    /// held reply). For proving that a proxy streams instead of buffering the whole answer.
+    Held(String),
 }
 
 impl Reply {
@@ -310,12 +315,14 @@ fn strip_reminders(text: &str) -> String {
     out
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     script: VecDeque<Reply>,
     requests: Vec<RecordedRequest>,
     /// Model requests answered so far; numbers the generated ids.
     answered: u64,
+    /// Permits for [`Reply::Held`] answers to go on.
+    released: Arc<tokio::sync::Semaphore>,
 }
 
 /// The scripted model server; see the module docs. Stops when dropped.
@@ -342,7 +349,9 @@ impl ModelServer {
         let addr = listener.local_addr().expect("model server: local_addr");
         let state = Arc::new(Mutex::new(State {
             script: script.into(),
-            ..State::default()
+            requests: Vec::new(),
+            answered: 0,
+            released: Arc::new(tokio::sync::Semaphore::new(0)),
         }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
@@ -408,6 +417,11 @@ impl ModelServer {
         tool_names(req)
     }
 
+    /// Lets one [`Reply::Held`] answer (the one held now, or the next) send the rest of its events.
+    pub fn release(&self) {
+        self.lock().released.add_permits(1);
+    }
+
     /// Appends replies to the script.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.lock().script.extend(replies);
@@ -469,7 +483,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp, Infallible> {
     let method = req.method().to_string();
@@ -513,16 +527,17 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
     };
     let stream = recorded.body.get("stream").and_then(Value::as_bool) == Some(true);
     let model = recorded.model().unwrap_or("claude-testkit").to_owned();
-    let (reply, n) = {
+    let (reply, n, released) = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        let released = s.released.clone();
         s.requests.push(recorded);
         match route {
             Route::Messages | Route::Chat => {
                 s.answered += 1;
                 let reply = s.script.pop_front().unwrap_or_else(|| Reply::text("done"));
-                (Some(reply), s.answered)
+                (Some(reply), s.answered, released)
             }
-            _ => (None, s.answered),
+            _ => (None, s.answered, released),
         }
     };
 
@@ -548,10 +563,50 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
             }
             resp
         }
+        (Route::Messages, Some(Reply::Held(text))) => {
+            held(
+                anthropic(&Reply::Text(text), n, &model, input_tokens, stream),
+                released,
+            )
+            .await
+        }
         (Route::Messages, Some(reply)) => anthropic(&reply, n, &model, input_tokens, stream),
+        (Route::Chat, Some(Reply::Held(text))) => {
+            openai(&Reply::Text(text), n, &model, input_tokens, stream)
+        }
         (Route::Chat, Some(reply)) => openai(&reply, n, &model, input_tokens, stream),
     };
     Ok(with_request_id(resp, n))
+}
+
+/// `resp` (an SSE answer) sent in two parts: its first two events at once, the rest after a
+/// permit of `released`.
+async fn held(resp: Resp, released: Arc<tokio::sync::Semaphore>) -> Resp {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let split = bytes
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == b"\n\n")
+        .nth(1)
+        .map_or(bytes.len(), |(i, _)| i + 2);
+    let (tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
+    let (first, rest) = (bytes.slice(..split), bytes.slice(split..));
+    tokio::spawn(async move {
+        let mut tx = tx;
+        if tx.send_data(first).await.is_err() {
+            return;
+        }
+        if let Ok(permit) = released.acquire().await {
+            permit.forget();
+            let _ = tx.send_data(rest).await;
+        }
+    });
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 fn with_request_id(mut resp: Resp, n: u64) -> Resp {
@@ -562,7 +617,7 @@ fn with_request_id(mut resp: Resp, n: u64) -> Resp {
 }
 
 fn json_response(status: u16, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed_unsync());
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -570,7 +625,7 @@ fn json_response(status: u16, body: &Value) -> Resp {
 }
 
 fn sse_response(body: String) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
@@ -603,7 +658,7 @@ fn anthropic(reply: &Reply, n: u64, model: &str, input_tokens: u64, stream: bool
             "end_turn",
             output_tokens(text),
         ),
-        Reply::Error { .. } | Reply::Hang => unreachable!("handled by the caller"),
+        Reply::Error { .. } | Reply::Hang | Reply::Held(_) => unreachable!("handled by the caller"),
     };
     let usage_start = json!({
         "input_tokens": input_tokens,
@@ -663,7 +718,7 @@ fn anthropic(reply: &Reply, n: u64, model: &str, input_tokens: u64, stream: bool
                 ));
             }
         }
-        Reply::Error { .. } | Reply::Hang => unreachable!("handled by the caller"),
+        Reply::Error { .. } | Reply::Hang | Reply::Held(_) => unreachable!("handled by the caller"),
     }
     events.push((
         "content_block_stop",
@@ -708,7 +763,7 @@ fn openai(reply: &Reply, n: u64, model: &str, input_tokens: u64, stream: bool) -
                 output_tokens(&args),
             )
         }
-        Reply::Error { .. } | Reply::Hang => unreachable!("handled by the caller"),
+        Reply::Error { .. } | Reply::Hang | Reply::Held(_) => unreachable!("handled by the caller"),
     };
     let usage = json!({"prompt_tokens": input_tokens, "completion_tokens": out_tokens,
                        "total_tokens": input_tokens + out_tokens});

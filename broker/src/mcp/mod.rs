@@ -1,6 +1,6 @@
 //! The MCP surfaces (DESIGN §10): for every agent, `run/agents/<name>/mcp.sock` (model-facing: the
 //! agent tool set, or the manager's) and `run/agents/<name>/harness.sock` (the harness's turn
-//! loop). The socket an agent connects to is its identity: every connection is served by a fresh
+//! loop); the agent's `gateway.sock` (crate::gateway) opens and closes with them. The socket an agent connects to is its identity: every connection is served by a fresh
 //! [`tools::HiveMcp`] bound to that socket's agent and role. No socket has an approving tool.
 //!
 //! Directories are 0700 and sockets 0660; inside a container the directory is bound at /run/hive.
@@ -112,6 +112,7 @@ impl Hive {
                 scope.clone(),
             ));
         }
+        crate::gateway::open(self, &agent.name, &dir, &token, &scope)?;
         if let Some(old) = self
             .mcp
             .open
@@ -139,7 +140,7 @@ impl Hive {
 }
 
 /// Binds a socket at `path` (replacing a stale one) with mode 0660.
-fn bind(path: &Path) -> Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener> {
     let io_err =
         |what: &str, e: io::Error| Error::io(format!("cannot {what} {}", path.display()), e);
     match std::fs::remove_file(path) {
@@ -195,15 +196,19 @@ async fn accept_loop(
 }
 
 /// Who was refused.
-struct Refused {
-    uid: u32,
-    pid: Option<i32>,
+pub(crate) struct Refused {
+    pub(crate) uid: u32,
+    pub(crate) pid: Option<i32>,
 }
 
 /// The socket's peer (SO_PEERCRED) must be root, the daemon's own uid, or a uid of the agent's
 /// own user-namespace range (its container's root and users): another agent's container given
 /// this socket directory is refused.
-fn peer_allowed(hive: &Hive, agent: &AgentName, stream: &UnixStream) -> Result<(), Refused> {
+pub(crate) fn peer_allowed(
+    hive: &Hive,
+    agent: &AgentName,
+    stream: &UnixStream,
+) -> Result<(), Refused> {
     let cred = stream.peer_cred().map_err(|_| Refused {
         uid: u32::MAX,
         pid: None,

@@ -1,0 +1,451 @@
+//! The model route (DESIGN §11): for every agent, `run/agents/<name>/gateway.sock`, an HTTP/1.1
+//! server that forwards the agent's model requests to `[model] anthropic_base_url`. Inside a
+//! container the claude CLI reaches it with `ANTHROPIC_UNIX_SOCKET=/run/hive/gateway.sock` and
+//! `ANTHROPIC_BASE_URL=http://model-gateway` (FACTS D), so an agent needs no network and, with
+//! `[model] api_key_file`, never sees the API key.
+//!
+//! This module owns the listener, the peer check (the MCP sockets' own), the header rewrite and the
+//! streaming in both directions: bodies pass through frame by frame, so server-sent events reach the
+//! agent as the provider sends them. It must never buffer a whole body, log a request's content or
+//! headers, or forward a path other than the Anthropic Messages ones.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::{Either, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::components::Scope;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::hive::Hive;
+use crate::names::AgentName;
+
+/// The socket's file name in the agent's run directory.
+pub const SOCKET: &str = "gateway.sock";
+/// The largest request body forwarded; a larger one is answered 413.
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+/// Open connections per agent; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The paths forwarded; anything else is answered 404.
+pub const FORWARDED_PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
+
+type UpstreamBody = Limited<Incoming>;
+/// What the agent gets: the provider's body as it arrives, or the gateway's own JSON error.
+pub type GatewayBody = Either<Incoming, Full<Bytes>>;
+
+/// The forwarding side, built once at start from `[model]`.
+pub struct Gateway {
+    /// The base URL as configured, for messages.
+    base_url: String,
+    /// Scheme and authority of the base URL.
+    origin: Uri,
+    /// Its path without the trailing `/` (empty for none): prefixed to every forwarded path.
+    prefix: String,
+    api_key: Option<HeaderValue>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl Gateway {
+    /// Reads `[model]`: the base URL (checked by `Config::check`) and the API key file, which must
+    /// not be readable by group or others.
+    pub fn new(config: &ModelConfig) -> Result<Self> {
+        let base_url = config.anthropic_base_url.trim_end_matches('/').to_owned();
+        let uri: Uri = base_url.parse().map_err(|e| {
+            Error::invalid(
+                "model.anthropic_base_url",
+                format!("{base_url:?} is not a URL: {e}"),
+            )
+        })?;
+        let origin = Uri::builder()
+            .scheme(uri.scheme_str().unwrap_or("http"))
+            .authority(uri.authority().map(|a| a.as_str()).unwrap_or_default())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| Error::invalid("model.anthropic_base_url", e.to_string()))?;
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let api_key = config
+            .api_key_file
+            .as_deref()
+            .map(read_api_key)
+            .transpose()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Self {
+            base_url,
+            origin,
+            prefix,
+            api_key,
+            client,
+        })
+    }
+}
+
+/// The key in `path`, trimmed; refused when group or others may read the file.
+fn read_api_key(path: &Path) -> Result<HeaderValue> {
+    use std::os::unix::fs::PermissionsExt;
+    let field = "model.api_key_file";
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot read {field} {}", path.display()), e))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o044 != 0 {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} is readable by group or others (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ),
+        ));
+    }
+    if meta.len() > 64 * 1024 {
+        return Err(Error::invalid(
+            field,
+            format!("{} is larger than an API key", path.display()),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("cannot read {field} {}", path.display()), e))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(Error::invalid(
+            field,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    let mut value = HeaderValue::from_str(key).map_err(|_| {
+        Error::invalid(
+            field,
+            format!(
+                "{} holds characters an HTTP header cannot carry",
+                path.display()
+            ),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Opens `dir/gateway.sock` for `agent` and serves it on `scope` until `token` is cancelled.
+pub(crate) fn open(
+    hive: &Arc<Hive>,
+    agent: &AgentName,
+    dir: &Path,
+    token: &CancellationToken,
+    scope: &Scope,
+) -> Result<()> {
+    let listener = crate::mcp::bind(&dir.join(SOCKET))?;
+    scope.spawn(accept_loop(
+        hive.clone(),
+        agent.clone(),
+        listener,
+        token.clone(),
+        scope.clone(),
+    ));
+    Ok(())
+}
+
+async fn accept_loop(
+    hive: Arc<Hive>,
+    agent: AgentName,
+    listener: UnixListener,
+    token: CancellationToken,
+    scope: Scope,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = token.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(refused) = crate::mcp::peer_allowed(&hive, &agent, &stream) {
+            tracing::warn!(%agent, uid = refused.uid, pid = ?refused.pid,
+                "refused a gateway connection from a uid that is not this agent's");
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%agent, "too many gateway connections; closing one");
+            continue;
+        };
+        let (hive, agent, token) = (hive.clone(), agent.clone(), token.clone());
+        scope.spawn(async move {
+            let _slot = slot;
+            serve_connection(hive, agent, stream, token).await;
+        });
+    }
+}
+
+/// One agent connection: HTTP/1.1 with keep-alive, each request forwarded; on stop, the request
+/// in flight finishes and the connection closes.
+async fn serve_connection(
+    hive: Arc<Hive>,
+    agent: AgentName,
+    stream: tokio::net::UnixStream,
+    token: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let (hive, agent) = (hive.clone(), agent.clone());
+        async move { Ok::<_, Infallible>(forward(&hive.gateway, &agent, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Forwards one request and logs one line when its answer has been sent (or dropped).
+async fn forward(gateway: &Gateway, agent: &AgentName, req: Request<Incoming>) -> Response<Logged> {
+    let log = RequestLog {
+        agent: agent.clone(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        status: 0,
+        started: Instant::now(),
+    };
+    let resp = route(gateway, req).await;
+    let (parts, body) = resp.into_parts();
+    let log = RequestLog {
+        status: parts.status.as_u16(),
+        ..log
+    };
+    Response::from_parts(
+        parts,
+        Logged {
+            body,
+            log: Some(log),
+        },
+    )
+}
+
+async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+    let path = req.uri().path();
+    if !FORWARDED_PATHS.contains(&path) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!(
+                "the hive's model gateway forwards only {}; not {path}",
+                FORWARDED_PATHS.join(" and ")
+            ),
+        );
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return too_large();
+    }
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{}{path}?{q}", gateway.prefix),
+        None => format!("{}{path}", gateway.prefix),
+    };
+    let (mut parts, body) = req.into_parts();
+    let mut uri = gateway.origin.clone().into_parts();
+    uri.path_and_query = path_and_query.parse().ok();
+    let Ok(uri) = Uri::from_parts(uri) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request's path and query do not make a URL",
+        );
+    };
+    parts.uri = uri;
+    parts.version = hyper::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Some(key) = &gateway.api_key {
+        // The hive's key replaces whatever credential the agent sent.
+        parts.headers.remove(header::AUTHORIZATION);
+        parts.headers.insert("x-api-key", key.clone());
+    }
+    let upstream = Request::from_parts(parts, Limited::new(body, MAX_REQUEST_BYTES));
+    match gateway.client.request(upstream).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(e) if caused_by_limit(&e) => too_large(),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            &format!(
+                "the hive's model gateway cannot reach {}: {}",
+                gateway.base_url,
+                error_chain(&e)
+            ),
+        ),
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and those the
+/// `connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn caused_by_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// `e` and its sources, `: `-joined (hyper's own message is only "client error (Connect)").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
+fn too_large() -> Response<GatewayBody> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        &format!(
+            "the request body is larger than the hive's model gateway forwards ({MAX_REQUEST_BYTES} bytes)"
+        ),
+    )
+}
+
+/// An Anthropic-shaped error, so the claude CLI shows its message.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response<GatewayBody> {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {"type": kind, "message": message},
+    });
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// What the one log line of a request says.
+struct RequestLog {
+    agent: AgentName,
+    method: String,
+    path: String,
+    status: u16,
+    started: Instant,
+}
+
+/// A response body that logs its request's line when it is done with (sent to its end, or
+/// dropped because the agent went away), so the duration covers the whole stream.
+pub struct Logged {
+    body: GatewayBody,
+    log: Option<RequestLog>,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            tracing::info!(
+                agent = %log.agent,
+                method = log.method,
+                path = log.path,
+                status = log.status,
+                ms = log.started.elapsed().as_millis() as u64,
+                "model request"
+            );
+        }
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.body {
+            Either::Left(body) => Pin::new(body).poll_frame(cx),
+            Either::Right(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never: Infallible| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
