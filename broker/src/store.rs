@@ -48,7 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_message_counts.sql"),
     include_str!("migrations/0007_uid_ranges.sql"),
     include_str!("migrations/0008_deploy_updates.sql"),
-    include_str!("migrations/0010_message_counts_by_incarnation.sql"),
+    include_str!("migrations/0009_message_counts_by_incarnation.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
