@@ -158,7 +158,8 @@ pub fn run() -> ExitCode {
 
 fn init_logging(format: LogFormat, daemon: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if daemon { "info" } else { "warn" };
+    // rmcp logs every connection at info; the daemon's own lines are what an operator reads.
+    let default = if daemon { "info,rmcp=warn" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
