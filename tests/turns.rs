@@ -46,13 +46,16 @@ async fn an_agent_in_the_process_runtime_answers_the_operator_through_claude() {
     let state = dir.path().join("hive");
     let base_url = server.base_url();
     let claude = claude.display().to_string();
+    // The model is reached the way it is in production: the harness talks to the agent's
+    // gateway.sock, which forwards to `[model] anthropic_base_url` (here the scripted server).
+    let config = format!(
+        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
+    );
     let _daemon = Daemon::start_with_env(
         &state,
-        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n",
+        &config,
         &[
             ("HIVE_CLAUDE", claude.as_str()),
-            ("ANTHROPIC_BASE_URL", base_url.as_str()),
-            ("ANTHROPIC_API_KEY", "sk-test"),
             ("CLAUDE_CODE_MAX_RETRIES", "0"),
         ],
     );

@@ -30,10 +30,22 @@ pub struct TestHive {
 impl TestHive {
     /// Opens a hive (the manager plus `agents`, each a plain agent) and serves its sockets.
     pub async fn open(agents: &[&str]) -> Self {
+        Self::open_with(agents, Config::default()).await
+    }
+
+    /// The same, with the agents' `gateway.sock` forwarding to the model server at `base_url`.
+    #[allow(dead_code)] // not every test binary talks to a model
+    pub async fn open_with_model(agents: &[&str], base_url: &str) -> Self {
+        let mut config = Config::default();
+        config.model.anthropic_base_url = base_url.to_owned();
+        Self::open_with(agents, config).await
+    }
+
+    async fn open_with(agents: &[&str], config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path().join("state"));
         state.create().unwrap();
-        let hive = Hive::open(state, Config::default()).await.unwrap();
+        let hive = Hive::open(state, config).await.unwrap();
         let shutdown = CancellationToken::new();
         let scope = broker::components::Scope::new(shutdown.clone());
         hive.serve_mcp(&scope).unwrap();
