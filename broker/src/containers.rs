@@ -1117,18 +1117,20 @@ pub(crate) fn rotate_log(log: &std::path::Path) -> Result<()> {
         .map_err(|e| io("truncate", e))
 }
 
-/// What was appended to `path` since byte `from` (whole lines only, at most
-/// [`MAX_LOG_READ`]), and where to read next; a file shorter than `from` was rotated and is read
-/// from its start.
-fn read_from(path: &std::path::Path, from: u64) -> Result<(String, u64)> {
+/// Up to [`MAX_LOG_READ`] bytes of the file at `path` from the offset `start` picks for its
+/// length, cut after the last newline (a line being written is read by the next call), with the
+/// offset they start at; nothing when there is no file yet.
+fn read_whole_lines(
+    path: &std::path::Path,
+    start: impl FnOnce(u64) -> u64,
+) -> Result<(Vec<u8>, u64)> {
     let io = |e| Error::io(format!("cannot read {}", path.display()), e);
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(io(e)),
     };
-    let len = file.metadata().map_err(io)?.len();
-    let from = if len < from { 0 } else { from };
+    let from = start(file.metadata().map_err(io)?.len());
     file.seek(SeekFrom::Start(from)).map_err(io)?;
     let mut bytes = Vec::new();
     file.take(MAX_LOG_READ)
@@ -1136,30 +1138,22 @@ fn read_from(path: &std::path::Path, from: u64) -> Result<(String, u64)> {
         .map_err(io)?;
     let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     bytes.truncate(whole);
-    Ok((
-        String::from_utf8_lossy(&bytes).into_owned(),
-        from + whole as u64,
-    ))
+    Ok((bytes, from))
+}
+
+/// What was appended to `path` since byte `from` (whole lines only), and where to read next; a
+/// file shorter than `from` was rotated and is read from its start.
+fn read_from(path: &std::path::Path, from: u64) -> Result<(String, u64)> {
+    let (bytes, from) = read_whole_lines(path, |len| if len < from { 0 } else { from })?;
+    let next = from + bytes.len() as u64;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), next))
 }
 
 /// The last `n` lines of the file at `path` (read from its last [`MAX_LOG_READ`] bytes) and
 /// the offset they end at; empty when there is no log yet.
 fn tail_lines(path: &std::path::Path, n: usize) -> Result<(String, u64)> {
-    let io = |e| Error::io(format!("cannot read {}", path.display()), e);
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
-        Err(e) => return Err(io(e)),
-    };
-    let len = file.metadata().map_err(io)?.len();
-    let from = len.saturating_sub(MAX_LOG_READ);
-    file.seek(SeekFrom::Start(from)).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io)?;
-    // Only whole lines: a line being written is read by the next call.
-    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    bytes.truncate(whole);
-    let end = from + whole as u64;
+    let (bytes, from) = read_whole_lines(path, |len| len.saturating_sub(MAX_LOG_READ))?;
+    let end = from + bytes.len() as u64;
     let text = String::from_utf8_lossy(&bytes);
     let mut lines: Vec<&str> = text.lines().collect();
     if from > 0 && !lines.is_empty() {

@@ -50,17 +50,7 @@ fn print_outcome(name: &str, o: &Value) {
         output::field(&o["result"], "?"),
         output::field(&run["state"], "?"),
     );
-    let deploy = &o["deploy"];
-    if deploy.is_object() {
-        outln!(
-            "deploy {}: {}",
-            deploy["id"],
-            output::field(&deploy["status"], "?")
-        );
-        if let Some(message) = deploy["message"].as_str() {
-            outln!("{}", output::indented(message, "  "));
-        }
-    }
+    output::deploy(&o["deploy"]);
 }
 
 fn action(state: &StateDir, args: AgentArgs, verb: &str) -> anyhow::Result<ExitCode> {

@@ -145,17 +145,7 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_approval(&a);
-    let deploy = &a["deploy"];
-    if deploy.is_object() {
-        outln!(
-            "deploy {}: {}",
-            deploy["id"],
-            output::field(&deploy["status"], "?")
-        );
-        if let Some(message) = deploy["message"].as_str() {
-            outln!("{}", output::indented(message, "  "));
-        }
-    }
+    output::deploy(&a["deploy"]);
     if a["stale"].as_bool() == Some(true) {
         outln!(
             "\nSTALE: asked against {} but the applied config is at {} now; the diff below is against today's config. Approving is refused: deny it and let the manager ask again.",

@@ -60,6 +60,17 @@ pub fn indented(text: &str, indent: &str) -> String {
     format!("{indent}{}", text.replace('\n', &format!("\n{indent}")))
 }
 
+/// Prints a deploy's id and status, and the message of a failed one (nix's), indented.
+pub fn deploy(deploy: &Value) {
+    if !deploy.is_object() {
+        return;
+    }
+    outln!("deploy {}: {}", deploy["id"], field(&deploy["status"], "?"));
+    if let Some(message) = deploy["message"].as_str() {
+        outln!("{}", indented(message, "  "));
+    }
+}
+
 /// Writes `text` to standard output, screen-safe. A closed pipe ends the process with 0: the
 /// reader took what it wanted. Any other write error ends it with 1.
 pub fn emit(text: &str) {
