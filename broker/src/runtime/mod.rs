@@ -190,7 +190,7 @@ fn make_dirs(spec: &ContainerSpec) -> Result<()> {
     Ok(())
 }
 
-/// The agent's log, opened for appending (the lead rotates it by copy-truncate).
+/// The agent's log, opened for appending (`containers` rotates it by copy-truncate).
 fn open_log(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {

@@ -254,7 +254,7 @@ impl Runtime for NspawnRuntime {
     }
 
     /// Reaps every container a previous daemon left (found through this hive's cgroups): its
-    /// processes are killed, the cgroup removed; the lead starts the agent anew. Containers this
+    /// processes are killed, the cgroup removed; the containers component starts the agent anew. Containers this
     /// runtime started itself are left alone.
     fn adopt(&self, known: &[AgentName]) -> Result<Vec<(AgentName, Adoption)>> {
         let mut done = Vec::new();
