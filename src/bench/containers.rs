@@ -29,7 +29,7 @@ pub struct Figures {
 const UP_LIMIT: Duration = Duration::from_secs(120);
 
 /// Waits until `agent` runs with its harness connected; returns its run.
-async fn wait_up(d: &Daemon, agent: &str) -> anyhow::Result<Value> {
+pub async fn wait_up(d: &Daemon, agent: &str) -> anyhow::Result<Value> {
     let end = Instant::now() + UP_LIMIT;
     loop {
         let (code, a) = d

@@ -107,6 +107,15 @@ impl Daemon {
     /// state dir has a hive.toml, the hive runs no agents (`[runtime] kind = "none"`): these
     /// rows measure the broker, the container rows start their own.
     pub fn start(hive: &Path, state: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(hive, state, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (its children inherit them).
+    pub fn start_with_env(
+        hive: &Path,
+        state: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         let config = state.join("hive.toml");
         if !config.exists() {
             std::fs::create_dir_all(state)?;
@@ -122,6 +131,7 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "warn")
             .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

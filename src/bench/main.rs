@@ -20,6 +20,7 @@ mod limits;
 mod mcp;
 mod report;
 mod stats;
+mod turns;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,8 @@ struct Args {
     hive: Option<PathBuf>,
     /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
     /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), 8 (growth with history and agents: `--only 8`), 9
-    /// (agents in containers: root, nix and systemd-nspawn), baseline
+    /// (agents in containers: root, nix and systemd-nspawn), 11 (agents act: the harness, the
+    /// claude CLI, the model route; nix needed), baseline
     #[arg(long, value_delimiter = ',', value_name = "ROWS")]
     only: Vec<String>,
     /// Where the MCP clients of rows 6 and 7 run: in a second hive-bench process, or on a second
@@ -97,6 +99,16 @@ impl Plan {
 }
 
 fn main() -> ExitCode {
+    if turns::is_stand_in_claude() {
+        // Row 11 runs this executable as the harness's claude.
+        return match turns::stand_in_claude_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hive-bench (stand-in claude): {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     if let Some(task) = &args.mcp_client {
         return match mcp::client_main(task) {
@@ -505,6 +517,12 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         );
         rows.extend(container_rows(args).await);
     }
+    if args.wants("11") {
+        progress(
+            "row 11: agents act: message → claude's stdin, warm vs per-turn claude, the model route",
+        );
+        rows.extend(turn_rows(args).await);
+    }
     // Measured in the order that shares work; shown in the order of §19's table (stable: 6 before
     // 6b, 4-normal before 4-full).
     rows.sort_by_key(|r| {
@@ -582,6 +600,100 @@ async fn container_rows(args: &Args) -> Vec<Row> {
         .values(json!({
             "agents": f.agents, "per_agent_pss_kib": f.per_agent_pss_kib,
             "broker_rss_kib": f.broker.rss_kib,
+        })),
+    ]
+}
+
+/// Row 11: agents act (the process runtime, the real claude CLI, the model route).
+async fn turn_rows(args: &Args) -> Vec<Row> {
+    let measured = async {
+        let hive = match &args.hive {
+            Some(path) => path.clone(),
+            None => {
+                daemon::build_hive()?;
+                daemon::hive_binary()?
+            }
+        };
+        turns::measure(&hive, args.quick).await
+    }
+    .await;
+    let f = match measured {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("hive-bench: row 11 skipped: {e:#}");
+            return vec![Row::new("11", "agents act", format!("not measured: {e:#}")).skipped()];
+        }
+    };
+    let g = &f.gateway_first_byte;
+    let t = &f.direct_first_byte;
+    vec![
+        Row::new(
+            "11a",
+            "operator send → the agent's claude reads the message on stdin (real harness, process runtime)",
+            format!(
+                "p50 {} · p95 {} (n={})",
+                fmt_dur(f.to_stdin.p50()),
+                fmt_dur(f.to_stdin.percentile(95.0)),
+                f.to_stdin.len()
+            ),
+        )
+        .target("< 5 ms", f.to_stdin.p50() < Duration::from_millis(5))
+        .values(json!({
+            "p50_us": us(f.to_stdin.p50()), "p95_us": us(f.to_stdin.percentile(95.0)),
+        })),
+        Row::new(
+            "11b",
+            "a turn of the real claude CLI on a model that answers at once: warm process · one process per turn",
+            format!(
+                "warm p50 {} · per-turn p50 {} (n={} · {})",
+                fmt_dur(f.warm_turn.p50()),
+                fmt_dur(f.per_turn.p50()),
+                f.warm_turn.len(),
+                f.per_turn.len()
+            ),
+        )
+        .target(
+            "warm ≪ per-turn",
+            f.warm_turn.p50() * 4 < f.per_turn.p50(),
+        )
+        .values(json!({
+            "warm_p50_us": us(f.warm_turn.p50()), "per_turn_p50_us": us(f.per_turn.p50()),
+        })),
+        Row::new(
+            "11c",
+            "memory: hive-agent idle (RSS) · the warm claude process (RSS)",
+            format!(
+                "hive-agent {} · claude {}",
+                mb(f.harness.rss_kib),
+                mb(f.claude_warm.rss_kib)
+            ),
+        )
+        .target("hive-agent < 10 MB", f.harness.rss_kib < 10 * 1024)
+        .values(json!({
+            "hive_agent_rss_kib": f.harness.rss_kib, "claude_rss_kib": f.claude_warm.rss_kib,
+        })),
+        Row::new(
+            "11d",
+            "the model route: first byte of a streamed answer through gateway.sock",
+            format!(
+                "p50 {} · p99 {} (n={})",
+                fmt_dur(g.p50()),
+                fmt_dur(g.p99()),
+                g.len()
+            ),
+        )
+        .target(
+            "added p50 < 1 ms",
+            g.p50().saturating_sub(t.p50()) < Duration::from_millis(1),
+        )
+        .limit(format!(
+            "direct to the same upstream: p50 {} · p99 {}",
+            fmt_dur(t.p50()),
+            fmt_dur(t.p99())
+        ))
+        .values(json!({
+            "p50_us": us(g.p50()), "p99_us": us(g.p99()),
+            "direct_p50_us": us(t.p50()), "direct_p99_us": us(t.p99()),
         })),
     ]
 }
