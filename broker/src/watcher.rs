@@ -802,7 +802,7 @@ impl Hive {
                         EXISTS,
                         "live".into(),
                         Some(tell),
-                        false,
+                        true,
                     )
                     .await
                     .map(drop)
@@ -824,7 +824,7 @@ impl Hive {
                         EXISTS,
                         "destroyed".into(),
                         Some(tell),
-                        false,
+                        true,
                     )
                     .await
                     .map(drop)
