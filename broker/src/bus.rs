@@ -53,6 +53,12 @@ pub enum Event {
     AgentCreated { agent: AgentRecord },
     /// An agent was destroyed; rows of `incarnation` are no longer anyone's.
     AgentRemoved { agent: String, incarnation: i64 },
+    /// The watcher told the manager a helper event (docs/events.md); `body` is the message's JSON.
+    Helper {
+        agent: String,
+        name: String,
+        body: Arc<serde_json::Value>,
+    },
 }
 
 impl Event {
@@ -69,6 +75,7 @@ impl Event {
             Self::Deploy { .. } => "deploy",
             Self::AgentCreated { .. } => "agent_created",
             Self::AgentRemoved { .. } => "agent_removed",
+            Self::Helper { .. } => "helper",
         }
     }
 
@@ -87,6 +94,7 @@ impl Event {
             Self::Deploy { deploy } => deploy.agent == who,
             Self::AgentCreated { agent } => agent.name.as_str() == who,
             Self::AgentRemoved { agent, .. } => agent == who,
+            Self::Helper { agent, .. } => agent == who || who == "manager",
         }
     }
 }

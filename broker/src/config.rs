@@ -15,6 +15,28 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub build: BuildConfig,
     pub model: ModelConfig,
+    pub watcher: WatcherConfig,
+}
+
+/// `[watcher]`: the helper events and restarts (DESIGN §9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatcherConfig {
+    /// How often every agent's axes are recomputed as a safety net, in seconds (default 30);
+    /// changes are seen at once through events, this only catches what no event announced.
+    pub reconcile_seconds: u64,
+    /// Rebuild an agent whose running deploy is not its applied HEAD by itself (default false:
+    /// the manager gets `needs_update` and calls `update`).
+    pub auto_update: bool,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_seconds: 30,
+            auto_update: false,
+        }
+    }
 }
 
 /// `[model]`: where each agent's `gateway.sock` forwards its model requests.
@@ -306,6 +328,9 @@ impl Config {
                 "approvals.max_commit_bytes = {}: must be at most approvals.max_repo_bytes ({})",
                 a.max_commit_bytes, a.max_repo_bytes
             ));
+        }
+        if self.watcher.reconcile_seconds == 0 {
+            return Err("watcher.reconcile_seconds = 0: must be at least 1".into());
         }
         if self.mailbox.retention_days == 0 {
             return Err("mailbox.retention_days = 0: must be at least 1".into());

@@ -294,7 +294,7 @@ impl Containers {
         }
     }
 
-    fn run_of(&self, agent: &AgentName) -> AgentRun {
+    pub(crate) fn run_of(&self, agent: &AgentName) -> AgentRun {
         let slot = self.slot(agent);
         let state = self
             .runtime
@@ -668,6 +668,9 @@ impl Hive {
         self.registry.require(agent)?;
         self.refuse_faulted(agent)?;
         self.containers.runtime()?;
+        if actor != Actor::System {
+            self.watcher.started_by_hand(agent);
+        }
         if self.containers.run_of(agent).pid.is_some() {
             return Ok(self.outcome("already running", agent, None));
         }
@@ -944,7 +947,8 @@ impl Hive {
                 }
             }
             for agent in known {
-                if hive.is_faulted(&agent) {
+                // A crash loop keeps an agent stopped until it is started by hand.
+                if hive.is_faulted(&agent) || hive.watcher.holds_stopped(&agent) {
                     continue;
                 }
                 if let Err(e) = hive.boot_agent(&agent).await {
@@ -966,10 +970,12 @@ impl Hive {
                                 (None, None) => "ended".to_owned(),
                             };
                             tracing::warn!(agent = %exit.agent, %how, "container ended");
-                            hive.containers.update_slot(&exit.agent, |s| {
-                                s.running = None;
+                            let ran = hive.containers.update_slot(&exit.agent, |s| {
                                 s.exited = Some(how);
+                                s.running.take()
                             });
+                            // The watcher tells the manager and restarts it by its policy.
+                            hive.watcher.container_exited(exit, ran.map(|(_, image)| image));
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -1151,7 +1157,7 @@ fn read_from(path: &std::path::Path, from: u64) -> Result<(String, u64)> {
 
 /// The last `n` lines of the file at `path` (read from its last [`MAX_LOG_READ`] bytes) and
 /// the offset they end at; empty when there is no log yet.
-fn tail_lines(path: &std::path::Path, n: usize) -> Result<(String, u64)> {
+pub(crate) fn tail_lines(path: &std::path::Path, n: usize) -> Result<(String, u64)> {
     let (bytes, from) = read_whole_lines(path, |len| len.saturating_sub(MAX_LOG_READ))?;
     let end = from + bytes.len() as u64;
     let text = String::from_utf8_lossy(&bytes);

@@ -42,6 +42,7 @@ pub struct Hive {
     pub(crate) gateway: crate::gateway::Gateway,
     pub(crate) repos: ConfigRepos,
     pub(crate) containers: Containers,
+    pub(crate) watcher: crate::watcher::Watcher,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
     /// Agents found inconsistent at start (their repo could not be made to agree with the store):
@@ -102,6 +103,14 @@ impl Hive {
         );
         let containers = Containers::open(&config, &paths)?;
         let gateway = crate::gateway::Gateway::new(&config.model)?;
+        let watcher = crate::watcher::Watcher::open(
+            &config,
+            &paths,
+            store.clone(),
+            mailbox.clone(),
+            bus.clone(),
+        )
+        .await?;
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -116,6 +125,7 @@ impl Hive {
             gateway,
             repos: ConfigRepos::new(paths.clone()),
             containers,
+            watcher,
             config_lock: tokio::sync::Mutex::new(()),
             faults: Mutex::default(),
             started: Instant::now(),
@@ -199,7 +209,7 @@ impl Hive {
     }
 
     /// Starts the hive's own components in order — the due jobs, the upkeep, the containers, the
-    /// MCP sockets —
+    /// MCP sockets, the watcher —
     /// and returns them; the caller adds its own (the admin API) and stops them all in reverse.
     pub fn start(self: &Arc<Self>) -> Result<Components> {
         let mut parts = Components::default();
@@ -215,6 +225,9 @@ impl Hive {
         // containers. Its task starts agents once MCP listens (the harness retries its connect).
         parts.start("containers", |s| self.run_containers(s))?;
         parts.start("mcp", |s| self.serve_mcp(s))?;
+        // Last, so that it stops first: the harnesses' ends while MCP drains and the containers
+        // stop are no crashes to act on.
+        parts.start("watcher", |s| self.run_watcher(s))?;
         Ok(parts)
     }
 

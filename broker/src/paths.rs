@@ -147,6 +147,17 @@ impl StateDir {
         self.secrets_dir(agent).join("home")
     }
 
+    /// `secrets/<name>/home/.claude/.credentials.json`: the claude CLI's OAuth login.
+    pub fn agent_credentials(&self, agent: &AgentName) -> PathBuf {
+        self.agent_home(agent).join(".claude/.credentials.json")
+    }
+
+    /// `secrets/<name>/api-key`: an API key stored for the agent by `hive login --api-key-file`
+    /// (outside its home, so the agent cannot read it).
+    pub fn agent_api_key(&self, agent: &AgentName) -> PathBuf {
+        self.secrets_dir(agent).join("api-key")
+    }
+
     /// `build/<name>/`: the rendered build input and a gcroot per deploy.
     pub fn build_dir(&self, agent: &AgentName) -> PathBuf {
         self.root.join("build").join(agent.as_str())

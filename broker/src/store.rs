@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_uid_ranges.sql"),
     include_str!("migrations/0008_deploy_updates.sql"),
     include_str!("migrations/0009_message_counts_by_incarnation.sql"),
+    include_str!("migrations/0011_events_sent.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

@@ -21,6 +21,7 @@ mod mcp;
 mod report;
 mod stats;
 mod turns;
+mod watcher;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +54,8 @@ struct Args {
     hive: Option<PathBuf>,
     /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
     /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), 8 (growth with history and agents: `--only 8`), 9
-    /// (agents in containers: root, nix and systemd-nspawn), 11 (agents act: the harness, the
-    /// claude CLI, the model route; nix needed), baseline
+    /// (agents in containers: root, nix and systemd-nspawn), 10 (the watcher: nix), 11 (agents act: the harness,
+    /// the claude CLI, the model route; nix needed), baseline
     #[arg(long, value_delimiter = ',', value_name = "ROWS")]
     only: Vec<String>,
     /// Where the MCP clients of rows 6 and 7 run: in a second hive-bench process, or on a second
@@ -517,6 +518,12 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         );
         rows.extend(container_rows(args).await);
     }
+    if args.wants("10") {
+        progress(
+            "row 10: the watcher: payload killed → container_crash, login → logged_in, idle CPU",
+        );
+        rows.extend(watcher_rows(args).await);
+    }
     if args.wants("11") {
         progress(
             "row 11: agents act: message → claude's stdin, warm vs per-turn claude, the model route",
@@ -600,6 +607,86 @@ async fn container_rows(args: &Args) -> Vec<Row> {
         .values(json!({
             "agents": f.agents, "per_agent_pss_kib": f.per_agent_pss_kib,
             "broker_rss_kib": f.broker.rss_kib,
+        })),
+    ]
+}
+
+/// Row 10: the watcher on the real daemon (process runtime).
+async fn watcher_rows(args: &Args) -> Vec<Row> {
+    let measured = async {
+        let hive = match &args.hive {
+            Some(path) => path.clone(),
+            None => {
+                daemon::build_hive()?;
+                daemon::hive_binary()?
+            }
+        };
+        let (kills, logins, idle) = if args.quick {
+            (10, 10, 15)
+        } else {
+            (50, 50, 60)
+        };
+        watcher::measure(&hive, kills, logins, 100, idle).await
+    }
+    .await;
+    let f = match measured {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("hive-bench: row 10 skipped: {e:#}");
+            return vec![Row::new("10", "the watcher", format!("not measured: {e:#}")).skipped()];
+        }
+    };
+    let cpu_share = f.idle_cpu.as_secs_f64() / f.idle_seconds as f64 * 100.0;
+    vec![
+        Row::new(
+            "10a",
+            "payload killed (SIGKILL) → `container_crash` committed in the manager's inbox",
+            format!(
+                "p50 {} · p99 {} (n={})",
+                fmt_dur(f.crash_to_told.p50()),
+                fmt_dur(f.crash_to_told.p99()),
+                f.crash_to_told.len()
+            ),
+        )
+        .target(
+            "< 100 ms",
+            f.crash_to_told.p99() < Duration::from_millis(100),
+        )
+        .limit("hyperhive (the Python original) polls every 10 s: up to 10 s")
+        .values(json!({
+            "p50_us": us(f.crash_to_told.p50()), "p99_us": us(f.crash_to_told.p99()),
+        })),
+        Row::new(
+            "10b",
+            "credentials file written → `logged_in` committed",
+            format!(
+                "p50 {} · p99 {} (n={})",
+                fmt_dur(f.login_to_told.p50()),
+                fmt_dur(f.login_to_told.p99()),
+                f.login_to_told.len()
+            ),
+        )
+        .target(
+            "< 100 ms",
+            f.login_to_told.p99() < Duration::from_millis(100),
+        )
+        .values(json!({
+            "p50_us": us(f.login_to_told.p50()), "p99_us": us(f.login_to_told.p99()),
+        })),
+        Row::new(
+            "10c",
+            format!(
+                "the daemon's CPU with {} idle agents for {} s",
+                f.idle_agents, f.idle_seconds
+            ),
+            format!("{} CPU ({cpu_share:.3} % of one core)", fmt_dur(f.idle_cpu)),
+        )
+        .target(
+            "no measurable work between events",
+            f.idle_cpu < Duration::from_millis(100),
+        )
+        .values(json!({
+            "cpu_us": us(f.idle_cpu), "agents": f.idle_agents, "seconds": f.idle_seconds,
         })),
     ]
 }

@@ -9,6 +9,7 @@ mod approvals;
 mod audit;
 mod client;
 mod config;
+mod login;
 mod messages;
 
 mod questions;
@@ -72,6 +73,8 @@ enum Command {
     Update(agents::AgentArgs),
     /// Print the last lines of an agent's container log
     Logs(agents::LogsArgs),
+    /// Log an agent in: the claude CLI's login for its home, in this terminal (or --api-key-file)
+    Login(login::LoginArgs),
     /// Remove old images: the running and the previous deploy of each agent are kept
     Gc(agents::GcArgs),
     /// Send a message as the operator (TO: an agent, or `*` for every agent)
@@ -128,6 +131,7 @@ pub fn run() -> ExitCode {
         Command::Restart(args) => agents::restart(&state, args),
         Command::Update(args) => agents::update(&state, args),
         Command::Logs(args) => agents::logs(&state, args),
+        Command::Login(args) => login::run(&state, args),
         Command::Gc(args) => agents::gc(&state, args),
         Command::Send(args) => messages::send(&state, args),
         Command::Inbox(args) => messages::inbox(&state, args),

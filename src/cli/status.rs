@@ -58,6 +58,15 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A watcher axis: `yes`, `no`, or `-` while it is not known.
+fn yes_no(v: &serde_json::Value) -> String {
+    match v.as_bool() {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "-".into(),
+    }
+}
+
 pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
     print_listing(
         state,
@@ -69,6 +78,8 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
             "KIND",
             "STATE",
             "HARNESS",
+            "LOGGED IN",
+            "UP TO DATE",
             "CREATED (UTC)",
             "MAY WRITE TO",
         ],
@@ -82,6 +93,12 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
                     "up".into()
                 } else {
                     "-".into()
+                },
+                yes_no(&a["axes"]["logged_in"]),
+                if a["axes"]["crash_loop"].as_bool() == Some(true) {
+                    "crash loop".into()
+                } else {
+                    yes_no(&a["axes"]["up_to_date"])
                 },
                 output::time(&a["created_at"]),
                 if allowed == 0 {

@@ -17,12 +17,14 @@ fn agent_name(raw: &str) -> Result<broker::names::AgentName, ApiError> {
     Ok(broker::names::AgentName::parse(raw).map_err(broker::Error::from)?)
 }
 
-/// One agent as `hive agents` lists it: its record and what its container does.
+/// One agent as `hive agents` lists it: its record, what its container does and the watcher's
+/// axes.
 #[derive(Serialize)]
 pub(super) struct AgentView {
     #[serde(flatten)]
     record: AgentRecord,
     run: AgentRun,
+    axes: broker::watcher::Axes,
 }
 
 pub(super) async fn list(State(s): State<ApiState>) -> Json<Vec<AgentView>> {
@@ -33,7 +35,8 @@ pub(super) async fn list(State(s): State<ApiState>) -> Json<Vec<AgentView>> {
             // An agent removed between the two reads is left out.
             .filter_map(|record| {
                 let run = s.hive.agent_run(&record.name).ok()?;
-                Some(AgentView { record, run })
+                let axes = s.hive.agent_axes(&record.name);
+                Some(AgentView { record, run, axes })
             })
             .collect(),
     )

@@ -1,0 +1,898 @@
+//! The watcher (DESIGN §9): per agent the axes **running**, **logged_in** and **up_to_date**, the
+//! helper events their changes become (a message from `system` into the manager's inbox, JSON
+//! with `event` and `agent`; the same on the bus; schemas in docs/events.md), and the restart
+//! policy with its crash-loop stop.
+//!
+//! Fed by events: the runtime's exit notification (handed over by the containers component once
+//! it recorded the exit), an inotify watch on each agent's credentials dirs, the bus (deploys,
+//! agents created and removed), and a reconcile tick (`[watcher] reconcile_seconds`) as the
+//! safety net — never a poll as the main path. What was last recorded per incarnation and axis
+//! is in `events_sent`: a first look only seeds it (nothing is told about a state that already
+//! held), a state equal to the stored one is never told again (across restarts too), and the
+//! message and its row commit in one transaction.
+//!
+//! This module decides when to restart and what to tell; it never starts a container itself
+//! (the containers' `start_agent` and `update_agent` do) and never follows a path an agent could
+//! plant out of the state dir (credentials are looked at with `lstat`, never read).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::bus::{Bus, Event};
+use crate::components::Scope;
+use crate::config::Config;
+use crate::containers::{Actor, MAX_LOG_LINES};
+use crate::error::{Error, Result};
+use crate::hive::Hive;
+use crate::lifecycle::off_runtime;
+use crate::mailbox::{Mailbox, Message, insert_messages};
+use crate::names::AgentName;
+use crate::paths::StateDir;
+use crate::registry::AgentKind;
+use crate::runtime::ContainerExit;
+use crate::status::DeployStatus;
+use crate::store::{Store, unix_millis};
+
+/// More crashes than this within [`CRASH_WINDOW`] is a crash loop: no more restarts.
+pub const MAX_CRASHES: usize = 5;
+/// The window crashes are counted in.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// The longest wait before a restart.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How many of the log's last lines a `container_crash` carries.
+pub const CRASH_LOG_LINES: usize = 20;
+/// The most bytes of one log line a `container_crash` carries.
+const MAX_LOG_LINE_BYTES: usize = 512;
+
+const _: () = assert!(CRASH_LOG_LINES <= MAX_LOG_LINES);
+
+/// The axes `events_sent` keys states by.
+const RUNNING: &str = "running";
+const CRASH_LOOP: &str = "crash_loop";
+const LOGGED_IN: &str = "logged_in";
+const UP_TO_DATE: &str = "up_to_date";
+const DEPLOY: &str = "deploy";
+const EXISTS: &str = "exists";
+
+/// What the watcher is told by the rest of the hive.
+enum Kick {
+    /// A container ended on its own; `image` is what it ran (its agent.json has the policy).
+    Exited {
+        exit: ContainerExit,
+        image: Option<PathBuf>,
+    },
+    /// Something changed under `secrets/<name>/`.
+    Credentials(AgentName),
+    /// An operator or the manager started the agent: its crash count starts again.
+    StartedByHand(AgentName),
+}
+
+/// One agent's axes as `hive agents` shows them (`None`: not known yet).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Axes {
+    /// The container runs and its harness is connected.
+    pub running: bool,
+    pub logged_in: Option<bool>,
+    /// The running deploy is the applied HEAD (`None` while it does not run or a deploy is
+    /// under way).
+    pub up_to_date: Option<bool>,
+    /// Stopped after a crash loop until started by hand.
+    pub crash_loop: bool,
+}
+
+/// A helper event to tell: its name, its fields beside `event` and `agent`, and (for `rebuilt`)
+/// a message to the agent itself.
+struct Tell {
+    event: &'static str,
+    details: Value,
+    to_agent: Option<String>,
+}
+
+/// The watcher's state, built in `Hive::open`; its task runs as the `watcher` component.
+pub struct Watcher {
+    store: Store,
+    mailbox: Mailbox,
+    bus: Bus,
+    paths: StateDir,
+    reconcile: Duration,
+    auto_update: bool,
+    /// `[model] api_key_file` is set: the gateway logs every agent in.
+    hive_api_key: bool,
+    kicks: mpsc::UnboundedSender<Kick>,
+    kicked: Mutex<Option<mpsc::UnboundedReceiver<Kick>>>,
+    /// Per agent, when it crashed within the window (restart-worthy exits only).
+    crashes: Mutex<HashMap<AgentName, VecDeque<Instant>>>,
+    /// Agents stopped by a crash loop (from `events_sent` at open, so a daemon restart does not
+    /// start them either).
+    looping: Mutex<HashSet<AgentName>>,
+    /// The last state recorded per incarnation and axis: a repeat costs no store round trip.
+    recorded: Mutex<HashMap<(i64, &'static str), String>>,
+}
+
+impl Watcher {
+    pub(crate) async fn open(
+        config: &Config,
+        paths: &StateDir,
+        store: Store,
+        mailbox: Mailbox,
+        bus: Bus,
+    ) -> Result<Self> {
+        let looping: HashSet<AgentName> = store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT a.name FROM events_sent e JOIN agents a ON a.incarnation = e.incarnation
+                     WHERE e.axis = 'crash_loop' AND e.state = 'looping'",
+                )?;
+                let names = stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .filter_map(|n| n.ok())
+                    .filter_map(|n| AgentName::parse(&n).ok())
+                    .collect();
+                Ok(names)
+            })
+            .await?;
+        let (kicks, kicked) = mpsc::unbounded_channel();
+        Ok(Self {
+            store,
+            mailbox,
+            bus,
+            paths: paths.clone(),
+            reconcile: Duration::from_secs(config.watcher.reconcile_seconds.max(1)),
+            auto_update: config.watcher.auto_update,
+            hive_api_key: config.model.api_key_file.is_some(),
+            kicks,
+            kicked: Mutex::new(Some(kicked)),
+            crashes: Mutex::default(),
+            looping: Mutex::new(looping),
+            recorded: Mutex::default(),
+        })
+    }
+
+    /// The containers component recorded that `exit.agent`'s container ended on its own.
+    pub(crate) fn container_exited(&self, exit: ContainerExit, image: Option<PathBuf>) {
+        let _ = self.kicks.send(Kick::Exited { exit, image });
+    }
+
+    /// An operator or the manager started `agent`: a crash loop ends, the count starts again.
+    pub(crate) fn started_by_hand(&self, agent: &AgentName) {
+        self.crashes.lock().expect("crashes").remove(agent);
+        if self.looping.lock().expect("looping").remove(agent) {
+            let _ = self.kicks.send(Kick::StartedByHand(agent.clone()));
+        }
+    }
+
+    /// Whether `agent` is kept stopped by a crash loop (the daemon's start leaves it stopped).
+    pub(crate) fn holds_stopped(&self, agent: &AgentName) -> bool {
+        self.looping.lock().expect("looping").contains(agent)
+    }
+
+    /// Counts a crash of `agent` now: the crashes within the window, and whether that is a loop.
+    fn count_crash(&self, agent: &AgentName) -> (usize, bool) {
+        let now = Instant::now();
+        let mut crashes = self.crashes.lock().expect("crashes");
+        let times = crashes.entry(agent.clone()).or_default();
+        times.push_back(now);
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            times.pop_front();
+        }
+        let count = times.len();
+        let looping = count > MAX_CRASHES;
+        if looping {
+            self.looping.lock().expect("looping").insert(agent.clone());
+        }
+        (count, looping)
+    }
+
+    fn cached(&self, incarnation: i64, axis: &'static str) -> Option<String> {
+        self.recorded
+            .lock()
+            .expect("recorded")
+            .get(&(incarnation, axis))
+            .cloned()
+    }
+
+    /// Whether `agent` is logged in: a key for the whole hive, a key stored for it, or the
+    /// claude CLI's credentials file — each a plain non-empty file reached through real dirs
+    /// (`lstat` only: an agent's symlink in its home is not followed).
+    fn logged_in(&self, agent: &AgentName) -> bool {
+        if self.hive_api_key || plain_file(&self.paths.agent_api_key(agent)) {
+            return true;
+        }
+        let home = self.paths.agent_home(agent);
+        let claude = home.join(".claude");
+        real_dir(&self.paths.secrets_dir(agent))
+            && real_dir(&home)
+            && real_dir(&claude)
+            && plain_file(&claude.join(".credentials.json"))
+    }
+
+    /// Stores `state` for `agent`'s `axis` and, when it changed (or `always`), tells the manager
+    /// `tell` in the same transaction. A first look (no row yet) only seeds the row unless
+    /// `always`. Returns whether the state changed.
+    async fn record(
+        &self,
+        agent: &str,
+        incarnation: i64,
+        axis: &'static str,
+        state: String,
+        tell: Option<Tell>,
+        always: bool,
+    ) -> Result<bool> {
+        if !always && self.cached(incarnation, axis).as_deref() == Some(state.as_str()) {
+            return Ok(false);
+        }
+        let (name, stored) = (agent.to_owned(), state.clone());
+        let event = tell.as_ref().map(|t| t.event);
+        let body = tell.as_ref().map(|t| {
+            let mut body = json!({"event": t.event, "agent": agent});
+            if let (Some(out), Value::Object(fields)) = (body.as_object_mut(), &t.details) {
+                for (k, v) in fields {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            body
+        });
+        let text = body.as_ref().map(|b| b.to_string());
+        let to_agent = tell.and_then(|t| t.to_agent);
+        let (changed, messages) = self
+            .store
+            .write(move |c| {
+                let before: Option<String> = c
+                    .prepare_cached(
+                        "SELECT state FROM events_sent WHERE incarnation = ?1 AND axis = ?2",
+                    )?
+                    .query_row(params![incarnation, axis], |r| r.get(0))
+                    .optional()?;
+                if !always && before.as_deref() == Some(stored.as_str()) {
+                    return Ok((false, Vec::new()));
+                }
+                let mut messages: Vec<Message> = Vec::new();
+                let fire = text.is_some() && (always || before.is_some());
+                if fire && let Some(text) = &text {
+                    messages.extend(insert_messages(
+                        c,
+                        "system",
+                        &[AgentName::manager().to_string()],
+                        text,
+                        None,
+                    )?);
+                    if let Some(own) = &to_agent {
+                        messages.extend(insert_messages(
+                            c,
+                            "system",
+                            std::slice::from_ref(&name),
+                            own,
+                            None,
+                        )?);
+                    }
+                }
+                c.prepare_cached(
+                    "INSERT INTO events_sent (incarnation, agent, axis, state, event, message_id, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (incarnation, axis) DO UPDATE SET state = excluded.state,
+                        event = excluded.event, message_id = excluded.message_id, at = excluded.at",
+                )?
+                .execute(params![
+                    incarnation,
+                    name,
+                    axis,
+                    stored,
+                    if fire { event } else { None },
+                    messages.first().map(|m| m.id),
+                    unix_millis()
+                ])?;
+                Ok((true, messages))
+            })
+            .await?;
+        self.recorded
+            .lock()
+            .expect("recorded")
+            .insert((incarnation, axis), state);
+        if !messages.is_empty() {
+            if let (Some(event), Some(body)) = (event, body) {
+                tracing::info!(agent, event, "helper event");
+                self.bus.publish(Event::Helper {
+                    agent: agent.to_owned(),
+                    name: event.to_owned(),
+                    body: Arc::new(body),
+                });
+            }
+            self.mailbox.announce(messages);
+        }
+        Ok(changed)
+    }
+}
+
+fn plain_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.len() > 0)
+}
+
+fn real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir())
+}
+
+/// The wait before restart number `crashes` (1, 2, 4 … 60 s).
+pub fn backoff(crashes: usize) -> Duration {
+    let exp = crashes.saturating_sub(1).min(6) as u32;
+    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+}
+
+/// The restart policy in an image's agent.json (the default when it cannot be read).
+fn restart_policy(image: Option<&Path>) -> proto::agent_config::Restart {
+    image
+        .and_then(|i| std::fs::read(i.join("etc/hyperhive/agent.json")).ok())
+        .and_then(|bytes| serde_json::from_slice::<proto::AgentConfig>(&bytes).ok())
+        .map(|c| c.restart)
+        .unwrap_or_default()
+}
+
+/// The inotify watches on the credentials dirs: `secrets/`, and per agent `secrets/<name>/`,
+/// its `home/` and `home/.claude/`, each non-recursive (the CLI's transcripts deeper down wake
+/// nothing) and each only while it is a real dir.
+struct CredentialWatch {
+    watcher: notify::RecommendedWatcher,
+    watched: HashSet<PathBuf>,
+    secrets: PathBuf,
+}
+
+impl CredentialWatch {
+    fn new(paths: &StateDir, kicks: mpsc::UnboundedSender<Kick>) -> Result<Self> {
+        let secrets = paths.root().join("secrets");
+        // Made here when missing, so the first agent dir in it is seen at once.
+        if !secrets.exists() {
+            crate::paths::make_dir(&secrets, 0o700)?;
+        }
+        let under = secrets.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            let mut seen = HashSet::new();
+            for path in event.paths {
+                let agent = path
+                    .strip_prefix(&under)
+                    .ok()
+                    .and_then(|rest| rest.components().next())
+                    .and_then(|c| c.as_os_str().to_str())
+                    .and_then(|n| AgentName::parse(n).ok());
+                if let Some(agent) = agent
+                    && seen.insert(agent.clone())
+                {
+                    let _ = kicks.send(Kick::Credentials(agent));
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot watch the credentials dirs: {e}")))?;
+        let mut watch = Self {
+            watcher,
+            watched: HashSet::new(),
+            secrets,
+        };
+        let root = watch.secrets.clone();
+        watch.ensure(&root);
+        Ok(watch)
+    }
+
+    /// Watches `dir` when it is a real dir not watched yet; forgets it when it is gone.
+    fn ensure(&mut self, dir: &Path) {
+        use notify::Watcher as _;
+        if !real_dir(dir) {
+            if self.watched.remove(dir) {
+                let _ = self.watcher.unwatch(dir);
+            }
+            return;
+        }
+        if self.watched.contains(dir) {
+            return;
+        }
+        match self.watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.watched.insert(dir.to_owned());
+            }
+            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch"),
+        }
+    }
+
+    fn ensure_agent(&mut self, paths: &StateDir, agent: &AgentName) {
+        let root = self.secrets.clone();
+        self.ensure(&root);
+        let home = paths.agent_home(agent);
+        for dir in [paths.secrets_dir(agent), home.clone(), home.join(".claude")] {
+            self.ensure(&dir);
+        }
+    }
+}
+
+impl Hive {
+    /// The watcher component: its task takes the kicks, the bus and the reconcile tick in turn
+    /// until the scope stops; restarts wait their backoff on tasks of the same scope.
+    pub fn run_watcher(self: &Arc<Self>, scope: &Scope) -> Result<()> {
+        let Some(mut kicked) = self.watcher.kicked.lock().expect("kicked").take() else {
+            return Err(Error::Internal("the watcher runs once per hive".into()));
+        };
+        let mut creds = CredentialWatch::new(&self.paths, self.watcher.kicks.clone())?;
+        let mut bus = self.bus.subscribe();
+        let (hive, stop, tasks) = (self.clone(), scope.stopping().clone(), scope.clone());
+        scope.spawn(async move {
+            let mut tick = tokio::time::interval(hive.watcher.reconcile);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    // The first tick is at once: the first pass seeds what already holds.
+                    _ = tick.tick() => hive.reconcile_all(&mut creds, &tasks).await,
+                    kick = kicked.recv() => match kick {
+                        Some(kick) => hive.on_kick(kick, &mut creds, &tasks).await,
+                        None => break,
+                    },
+                    event = bus.recv() => match event {
+                        Ok(event) => hive.on_bus(event, &mut creds, &tasks).await,
+                        // Messages may outrun it; what it missed the next tick sees.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(missed = n, "the watcher lagged behind the bus");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Each agent's axes as the watcher last saw them.
+    pub fn agent_axes(&self, agent: &AgentName) -> Axes {
+        let run = self.containers.run_of(agent);
+        let Some(record) = self.registry.get(agent) else {
+            return Axes::default();
+        };
+        let cached = |axis| self.watcher.cached(record.incarnation, axis);
+        Axes {
+            running: run.up,
+            logged_in: cached(LOGGED_IN).map(|s| s == "yes"),
+            up_to_date: run
+                .pid
+                .and_then(|_| cached(UP_TO_DATE))
+                .map(|s| s == "current"),
+            crash_loop: self.watcher.holds_stopped(agent),
+        }
+    }
+
+    async fn reconcile_all(self: &Arc<Self>, creds: &mut CredentialWatch, tasks: &Scope) {
+        for agent in self.registry.names() {
+            creds.ensure_agent(&self.paths, &agent);
+            self.check_agent(&agent, tasks).await;
+        }
+    }
+
+    /// Recomputes `agent`'s logged_in and up_to_date axes.
+    async fn check_agent(self: &Arc<Self>, agent: &AgentName, tasks: &Scope) {
+        if let Err(e) = self.check_login(agent).await {
+            tracing::warn!(%agent, error = %e, "cannot check the login");
+        }
+        if let Err(e) = self.check_up_to_date(agent, tasks).await {
+            tracing::warn!(%agent, error = %e, "cannot check whether the agent is up to date");
+        }
+    }
+
+    async fn check_login(&self, agent: &AgentName) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        let yes = self.watcher.logged_in(agent);
+        let tell = Tell {
+            event: if yes { "logged_in" } else { "needs_login" },
+            details: if yes {
+                json!({})
+            } else {
+                json!({"how": format!("the operator runs `hive login {agent}`")})
+            },
+            to_agent: None,
+        };
+        let state = if yes { "yes" } else { "no" };
+        self.watcher
+            .record(
+                agent.as_str(),
+                record.incarnation,
+                LOGGED_IN,
+                state.into(),
+                Some(tell),
+                false,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// `current` when what runs is the applied HEAD, `stale:<head>` when it is not and no deploy
+    /// is under way; nothing while the agent does not run or is between states.
+    async fn check_up_to_date(self: &Arc<Self>, agent: &AgentName, tasks: &Scope) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        // A container runs (also while a failed deploy's guard is still held); the deploys
+        // table says whether a build is under way.
+        let Some(running) = self.containers.run_of(agent).commit else {
+            return Ok(());
+        };
+        let name = agent.clone();
+        let Some(head) = self.git(move |repos| repos.applied_head(&name)).await? else {
+            return Ok(());
+        };
+        if head == running {
+            self.watcher
+                .record(
+                    agent.as_str(),
+                    record.incarnation,
+                    UP_TO_DATE,
+                    "current".into(),
+                    None,
+                    false,
+                )
+                .await?;
+            return Ok(());
+        }
+        let incarnation = record.incarnation;
+        let pending: bool = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT 1 FROM deploys WHERE incarnation = ?1 AND status IN ('applied', 'building')",
+                )?
+                .exists([incarnation])?)
+            })
+            .await?;
+        if pending {
+            return Ok(());
+        }
+        let state = format!("stale:{head}");
+        let details = json!({"running_commit": running, "applied_commit": head});
+        if self.watcher.auto_update {
+            let changed = self
+                .watcher
+                .record(agent.as_str(), incarnation, UP_TO_DATE, state, None, false)
+                .await?;
+            if changed {
+                self.auto_update(agent.clone(), details, tasks);
+            }
+            return Ok(());
+        }
+        let tell = Tell {
+            event: "needs_update",
+            details,
+            to_agent: None,
+        };
+        self.watcher
+            .record(
+                agent.as_str(),
+                incarnation,
+                UP_TO_DATE,
+                state,
+                Some(tell),
+                false,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// `[watcher] auto_update`: rebuilds a stale agent; a rebuild that fails tells the manager
+    /// `needs_update` after all.
+    fn auto_update(self: &Arc<Self>, agent: AgentName, details: Value, tasks: &Scope) {
+        let (hive, stop) = (self.clone(), tasks.stopping().clone());
+        tasks.spawn(async move {
+            let updated = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = hive.update_agent(Actor::System, &agent) => r,
+            };
+            let failed = match updated {
+                Ok(o) => o.deploy.is_some_and(|d| d.status != DeployStatus::Deployed),
+                Err(e) => {
+                    tracing::warn!(%agent, error = %e, "automatic update did not run");
+                    true
+                }
+            };
+            if failed && let Some(record) = hive.registry.get(&agent) {
+                let tell = Tell {
+                    event: "needs_update",
+                    details,
+                    to_agent: None,
+                };
+                let state = hive
+                    .watcher
+                    .cached(record.incarnation, UP_TO_DATE)
+                    .unwrap_or_default();
+                let told = hive
+                    .watcher
+                    .record(
+                        agent.as_str(),
+                        record.incarnation,
+                        UP_TO_DATE,
+                        state,
+                        Some(tell),
+                        true,
+                    )
+                    .await;
+                if let Err(e) = told {
+                    tracing::warn!(%agent, error = %e, "cannot tell needs_update");
+                }
+            }
+        });
+    }
+
+    async fn on_kick(self: &Arc<Self>, kick: Kick, creds: &mut CredentialWatch, tasks: &Scope) {
+        match kick {
+            Kick::Exited { exit, image } => {
+                let agent = exit.agent.clone();
+                if let Err(e) = self.on_exit(exit, image, tasks).await {
+                    tracing::warn!(%agent, error = %e, "cannot handle a container's end");
+                }
+            }
+            Kick::Credentials(agent) => {
+                if self.registry.get(&agent).is_some() {
+                    creds.ensure_agent(&self.paths, &agent);
+                    if let Err(e) = self.check_login(&agent).await {
+                        tracing::warn!(%agent, error = %e, "cannot check the login");
+                    }
+                }
+            }
+            Kick::StartedByHand(agent) => {
+                if let Some(record) = self.registry.get(&agent) {
+                    let cleared = self
+                        .watcher
+                        .record(
+                            agent.as_str(),
+                            record.incarnation,
+                            CRASH_LOOP,
+                            "clear".into(),
+                            None,
+                            false,
+                        )
+                        .await;
+                    if let Err(e) = cleared {
+                        tracing::warn!(%agent, error = %e, "cannot record the end of a crash loop");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A container ended on its own: tell `container_crash` (status, log tail, what happens
+    /// next), then restart it after its backoff — or, past [`MAX_CRASHES`] in the window, tell
+    /// `crash_loop` once and leave it stopped.
+    async fn on_exit(
+        self: &Arc<Self>,
+        exit: ContainerExit,
+        image: Option<PathBuf>,
+        tasks: &Scope,
+    ) -> Result<()> {
+        let agent = exit.agent.clone();
+        let Some(record) = self.registry.get(&agent) else {
+            return Ok(());
+        };
+        let log = self.paths.agent_log(&agent);
+        let root = self.paths.root().to_owned();
+        let (policy, tail) = off_runtime(move || {
+            let policy = restart_policy(image.as_deref());
+            let log = crate::paths::checked_within(&root, &log)?;
+            let (tail, _) = crate::containers::tail_lines(&log, CRASH_LOG_LINES)?;
+            Ok((policy, tail))
+        })
+        .await?;
+        use proto::agent_config::Restart;
+        let failed = !(exit.code == Some(0) && exit.signal.is_none());
+        let wanted = match policy {
+            Restart::Never => false,
+            Restart::OnFailure => failed,
+            Restart::Always => true,
+        };
+        let (crashes, looping) = if wanted {
+            self.watcher.count_crash(&agent)
+        } else {
+            (0, false)
+        };
+        let wait = (wanted && !looping).then(|| backoff(crashes));
+        let lines: Vec<String> = tail
+            .lines()
+            .map(|l| {
+                let mut cut = l.len().min(MAX_LOG_LINE_BYTES);
+                while !l.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                l[..cut].to_owned()
+            })
+            .collect();
+        let details = json!({
+            "code": exit.code,
+            "signal": exit.signal,
+            "how": match (exit.code, exit.signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), None) => format!("exited with code {code}"),
+                (None, None) => "ended".to_owned(),
+            },
+            "log_tail": lines,
+            "restart": policy,
+            "restart_in_seconds": wait.map(|w| w.as_secs()),
+            "crashes_in_window": crashes,
+        });
+        let tell = Tell {
+            event: "container_crash",
+            details,
+            to_agent: None,
+        };
+        self.watcher
+            .record(
+                agent.as_str(),
+                record.incarnation,
+                RUNNING,
+                format!("crashed at {}", unix_millis()),
+                Some(tell),
+                true,
+            )
+            .await?;
+        if looping {
+            let tell = Tell {
+                event: "crash_loop",
+                details: json!({
+                    "crashes": crashes,
+                    "window_seconds": CRASH_WINDOW.as_secs(),
+                    "how_to_resume": format!("`hive start {agent}` or the manager's start"),
+                }),
+                to_agent: None,
+            };
+            self.watcher
+                .record(
+                    agent.as_str(),
+                    record.incarnation,
+                    CRASH_LOOP,
+                    "looping".into(),
+                    Some(tell),
+                    true,
+                )
+                .await?;
+            return Ok(());
+        }
+        let Some(wait) = wait else {
+            return Ok(());
+        };
+        let (hive, stop) = (self.clone(), tasks.stopping().clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if hive.watcher.holds_stopped(&agent) || hive.registry.get(&agent).is_none() {
+                return;
+            }
+            let started = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = hive.start_agent(Actor::System, &agent) => r,
+            };
+            match started {
+                Ok(o) => tracing::info!(%agent, result = %o.result, "restarted after a crash"),
+                Err(e) => tracing::warn!(%agent, error = %e, "cannot restart after a crash"),
+            }
+        });
+        Ok(())
+    }
+
+    async fn on_bus(self: &Arc<Self>, event: Event, creds: &mut CredentialWatch, tasks: &Scope) {
+        let done = match event {
+            Event::Deploy { deploy } => self.on_deploy(deploy, tasks).await,
+            Event::AgentCreated { agent } if agent.kind != AgentKind::Manager => {
+                // Its axes are seeded now (nothing told): `spawned` carries whether it is
+                // logged in; a login from here on is a change.
+                creds.ensure_agent(&self.paths, &agent.name);
+                self.check_agent(&agent.name, tasks).await;
+                let logged_in = self.watcher.logged_in(&agent.name);
+                let tell = Tell {
+                    event: "spawned",
+                    details: json!({"incarnation": agent.incarnation, "logged_in": logged_in}),
+                    to_agent: None,
+                };
+                self.watcher
+                    .record(
+                        agent.name.as_str(),
+                        agent.incarnation,
+                        EXISTS,
+                        "live".into(),
+                        Some(tell),
+                        true,
+                    )
+                    .await
+                    .map(drop)
+            }
+            Event::AgentRemoved { agent, incarnation } => {
+                if let Ok(name) = AgentName::parse(&agent) {
+                    self.watcher.crashes.lock().expect("crashes").remove(&name);
+                    self.watcher.looping.lock().expect("looping").remove(&name);
+                }
+                let tell = Tell {
+                    event: "destroyed",
+                    details: json!({"incarnation": incarnation}),
+                    to_agent: None,
+                };
+                self.watcher
+                    .record(
+                        &agent,
+                        incarnation,
+                        EXISTS,
+                        "destroyed".into(),
+                        Some(tell),
+                        true,
+                    )
+                    .await
+                    .map(drop)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "the watcher cannot handle an event");
+        }
+    }
+
+    /// A deploy finished: `rebuilt` when it replaced an earlier deploy (the agent also gets a
+    /// message naming the commit); then the agent's up_to_date axis again.
+    async fn on_deploy(
+        self: &Arc<Self>,
+        deploy: crate::approvals::Deploy,
+        tasks: &Scope,
+    ) -> Result<()> {
+        let Ok(agent) = AgentName::parse(&deploy.agent) else {
+            return Ok(());
+        };
+        let Some(record) = self.registry.get(&agent) else {
+            return Ok(());
+        };
+        match deploy.status {
+            DeployStatus::Deployed => {}
+            DeployStatus::Failed => return self.check_up_to_date(&agent, tasks).await,
+            _ => return Ok(()),
+        }
+        let (id, incarnation) = (deploy.id, record.incarnation);
+        let replaced: bool = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT 1 FROM deploys WHERE incarnation = ?1 AND id < ?2 AND status = 'deployed'",
+                )?
+                .exists(params![incarnation, id])?)
+            })
+            .await?;
+        let tell = replaced.then(|| Tell {
+            event: "rebuilt",
+            details: json!({"commit": deploy.commit, "deploy": id, "kind": deploy.kind}),
+            to_agent: Some(format!(
+                "Your container was rebuilt from commit {} (deploy {id}) and restarted.",
+                deploy.commit
+            )),
+        });
+        self.watcher
+            .record(
+                agent.as_str(),
+                incarnation,
+                DEPLOY,
+                id.to_string(),
+                tell,
+                true,
+            )
+            .await?;
+        self.check_up_to_date(&agent, tasks).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}

@@ -1,0 +1,479 @@
+//! The watcher through the real daemon: helper events in the manager's inbox (read from the
+//! sqlite file), restarts with backoff and the crash-loop stop (the process runtime running the
+//! real `hive-agent serve` from real minimal-builder images), credentials seen through inotify,
+//! and no event told twice across daemon restarts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use testkit::tools;
+
+/// How long a build plus a start may take on a slow CI machine.
+const LIMIT: Duration = Duration::from_secs(120);
+
+const PROCESS: &str = "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n";
+
+/// nix and busybox for real builds; `None` (skip) only when a person allowed it.
+fn real_builds() -> Option<()> {
+    tools::require("nix-build", tools::nix_build())?;
+    tools::require("busybox", tools::busybox())?;
+    tools::require("hive-agent", hive_agent())?;
+    Some(())
+}
+
+fn hive_agent() -> Option<PathBuf> {
+    let beside = Path::new(HIVE).with_file_name("hive-agent");
+    beside.is_file().then_some(beside)
+}
+
+fn agents(state: &Path) -> Vec<Value> {
+    serde_json::from_str(&cli_ok(state, &["agents", "--json"])).unwrap()
+}
+
+fn agent_view(state: &Path, agent: &str) -> Value {
+    agents(state)
+        .into_iter()
+        .find(|a| a["name"] == agent)
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `agent` runs with its harness connected (and, when given, another pid than
+/// `not_pid`); returns its pid.
+fn wait_up(state: &Path, agent: &str, not_pid: Option<u64>) -> u64 {
+    let mut last = Value::Null;
+    let up = eventually(LIMIT, || {
+        last = agent_view(state, agent)["run"].clone();
+        last["up"] == true && last["state"] == "running" && last["pid"].as_u64() != not_pid
+    });
+    assert!(
+        up,
+        "{agent} did not come up: {last}\nlog:\n{}",
+        text(&cli(state, &["logs", agent]).stdout)
+    );
+    last["pid"].as_u64().unwrap()
+}
+
+/// The helper events in the manager's inbox named `event` about `agent`: (sent_at, body).
+fn told(state: &Path, event: &str, agent: &str) -> Vec<(i64, Value)> {
+    let db = open_db(state);
+    let mut stmt = db
+        .prepare(
+            "SELECT sent_at, body FROM messages
+             WHERE sender = 'system' AND recipient = 'manager' ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter_map(|(at, body)| Some((at, serde_json::from_str::<Value>(&body).ok()?)))
+        .filter(|(_, b)| b["event"] == event && b["agent"] == agent)
+        .collect()
+}
+
+/// Waits until `n` events `event` about `agent` were told; returns them all.
+fn wait_told(state: &Path, event: &str, agent: &str, n: usize) -> Vec<(i64, Value)> {
+    let mut got = Vec::new();
+    let ok = eventually(LIMIT, || {
+        got = told(state, event, agent);
+        got.len() >= n
+    });
+    assert!(ok, "expected {n} '{event}' about {agent}, got {got:?}");
+    got
+}
+
+/// When the system last started `agent` (the audit row a restart writes), unix ms.
+fn system_starts(state: &Path, agent: &str) -> Vec<i64> {
+    let db = open_db(state);
+    let mut stmt = db
+        .prepare(
+            "SELECT ts FROM audit WHERE action = 'start' AND actor = 'system' AND agent = ?1
+             ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([agent], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn kill9(pid: u64) {
+    signal(pid as u32, nix::sys::signal::Signal::SIGKILL);
+}
+
+#[test]
+fn a_killed_payload_is_told_with_its_status_and_log_and_restarted_with_backoff() {
+    if real_builds().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let _daemon = Daemon::start(&state, PROCESS);
+    cli_ok(&state, &["spawn", "alice"]);
+    let first = wait_up(&state, "alice", None);
+
+    kill9(first);
+    let crash = wait_told(&state, "container_crash", "alice", 1);
+    let (crashed_at, body) = &crash[0];
+    assert_eq!(body["signal"], 9, "{body}");
+    assert_eq!(body["how"], "killed by signal 9", "{body}");
+    assert_eq!(body["restart"], "on-failure", "{body}");
+    assert_eq!(body["restart_in_seconds"], 1, "{body}");
+    let tail = body["log_tail"].as_array().expect("log lines");
+    assert!(
+        !tail.is_empty() && tail.len() <= 20,
+        "the log's last lines: {body}"
+    );
+    let second = wait_up(&state, "alice", Some(first));
+    let starts = system_starts(&state, "alice");
+    let restarted = *starts.last().expect("a restart by the system");
+    assert!(
+        restarted - crashed_at >= 1000,
+        "restarted {} ms after the crash was told (backoff 1 s)",
+        restarted - crashed_at
+    );
+
+    // The second crash within the window waits twice as long.
+    kill9(second);
+    let crash = wait_told(&state, "container_crash", "alice", 2);
+    let (crashed_at, body) = &crash[1];
+    assert_eq!(body["restart_in_seconds"], 2, "{body}");
+    assert_eq!(body["crashes_in_window"], 2, "{body}");
+    wait_up(&state, "alice", Some(second));
+    let restarted = *system_starts(&state, "alice").last().unwrap();
+    assert!(
+        restarted - crashed_at >= 2000,
+        "restarted {} ms after the second crash (backoff 2 s)",
+        restarted - crashed_at
+    );
+    assert_eq!(told(&state, "container_crash", "alice").len(), 2);
+    assert_eq!(agent_view(&state, "alice")["axes"]["running"], true);
+
+    // The manager's own crash: it is restarted and finds the event about itself in its inbox.
+    let manager = wait_up(&state, "manager", None);
+    kill9(manager);
+    wait_told(&state, "container_crash", "manager", 1);
+    wait_up(&state, "manager", Some(manager));
+    assert_eq!(told(&state, "container_crash", "manager").len(), 1);
+}
+
+#[test]
+fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back() {
+    if real_builds().is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let _daemon = Daemon::start(&state, PROCESS);
+    cli_ok(&state, &["spawn", "alice"]);
+    wait_up(&state, "alice", None);
+    wait_up(&state, "manager", None);
+
+    // A harness setting it cannot parse: the payload exits (code 2) at every start.
+    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
+    let repo = state.join("agents/alice/config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    let broken = nix.replace(
+        "allowedRecipients = [ ];",
+        "allowedRecipients = [ ];\n    env = { HIVE_CLAUDE_IDLE_SECONDS = \"never\"; };",
+    );
+    assert_ne!(broken, nix, "the template changed: adjust this test");
+    std::fs::write(repo.join("agent.nix"), broken).unwrap();
+    git(&repo, &["commit", "-qam", "a setting the harness refuses"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "alice", "commit": sha, "description": "idle forever"}),
+    ));
+    cli_ok(
+        &state,
+        &["approve", &queued["id"].as_i64().unwrap().to_string()],
+    );
+
+    let looped = wait_told(&state, "crash_loop", "alice", 1);
+    assert_eq!(looped[0].1["crashes"], 6, "{:?}", looped[0].1);
+    let crashes = told(&state, "container_crash", "alice");
+    assert_eq!(crashes.len(), 6, "{crashes:?}");
+    let waits: Vec<Value> = crashes
+        .iter()
+        .map(|(_, b)| b["restart_in_seconds"].clone())
+        .collect();
+    assert_eq!(
+        waits,
+        [
+            json!(1),
+            json!(2),
+            json!(4),
+            json!(8),
+            json!(16),
+            Value::Null
+        ]
+    );
+    assert_eq!(crashes[0].1["code"], 2, "{:?}", crashes[0].1);
+    // Five restarts, then none: it stays stopped and `hive agents` says why.
+    assert_eq!(system_starts(&state, "alice").len(), 5);
+    let view = agent_view(&state, "alice");
+    assert_eq!(view["run"]["state"], "stopped", "{view}");
+    assert_eq!(view["axes"]["crash_loop"], true, "{view}");
+    assert!(cli_ok(&state, &["agents"]).contains("crash loop"));
+
+    // `hive start` brings it back: it runs again and its crashes count from one.
+    cli_ok(&state, &["start", "alice"]);
+    let again = wait_told(&state, "container_crash", "alice", 7);
+    assert_eq!(again[6].1["crashes_in_window"], 1, "{:?}", again[6].1);
+    assert_eq!(again[6].1["restart_in_seconds"], 1, "{:?}", again[6].1);
+    assert_eq!(told(&state, "crash_loop", "alice").len(), 1);
+    assert_eq!(agent_view(&state, "alice")["axes"]["crash_loop"], false);
+}
+
+/// Writes a claude credentials file in `agent`'s home as the CLI's login would.
+fn write_credentials(state: &Path, agent: &str) {
+    let dir = state.join("secrets").join(agent).join("home/.claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".credentials.json"),
+        r#"{"claudeAiOauth":{"accessToken":"x"}}"#,
+    )
+    .unwrap();
+}
+
+fn credentials(state: &Path, agent: &str) -> PathBuf {
+    state
+        .join("secrets")
+        .join(agent)
+        .join("home/.claude/.credentials.json")
+}
+
+#[test]
+fn credentials_written_and_removed_tell_logged_in_and_needs_login_once_each_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let mut daemon = Daemon::start(&state, "");
+    cli_ok(&state, &["spawn", "alice"]);
+    cli_ok(&state, &["spawn", "bob"]);
+    // Spawned, not logged in: told as part of `spawned`, no needs_login of its own.
+    let spawned = wait_told(&state, "spawned", "alice", 1);
+    assert_eq!(spawned[0].1["logged_in"], false);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "bob")["axes"]["logged_in"] == false
+    ));
+
+    // A symlinked .claude pointing out of the state dir is not followed. The inotify events
+    // arrive in order: once bob's login (written after) is told, alice's link was looked at.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join(".credentials.json"), "{}").unwrap();
+    let alice_home = state.join("secrets/alice/home");
+    std::fs::create_dir_all(&alice_home).unwrap();
+    std::os::unix::fs::symlink(&outside, alice_home.join(".claude")).unwrap();
+    write_credentials(&state, "bob");
+    wait_told(&state, "logged_in", "bob", 1);
+    assert!(told(&state, "logged_in", "alice").is_empty());
+    assert_eq!(agent_view(&state, "alice")["axes"]["logged_in"], false);
+
+    std::fs::remove_file(alice_home.join(".claude")).unwrap();
+    write_credentials(&state, "alice");
+    wait_told(&state, "logged_in", "alice", 1);
+    std::fs::remove_file(credentials(&state, "alice")).unwrap();
+    wait_told(&state, "needs_login", "alice", 1);
+    write_credentials(&state, "alice");
+    wait_told(&state, "logged_in", "alice", 2);
+    assert_eq!(told(&state, "needs_login", "alice").len(), 1);
+    assert_eq!(told(&state, "logged_in", "bob").len(), 1);
+
+    // Down: bob logs out, alice stays logged in. Up again: bob's change is told once, alice's
+    // unchanged state not at all.
+    assert!(daemon.sigterm().success());
+    std::fs::remove_file(credentials(&state, "bob")).unwrap();
+    let _daemon = Daemon::start(&state, "");
+    wait_told(&state, "needs_login", "bob", 1);
+    assert!(eventually(LIMIT, || {
+        let all = agents(&state);
+        all.iter()
+            .all(|a| a["name"] == "manager" || a["axes"]["logged_in"].is_boolean())
+    }));
+    assert_eq!(told(&state, "logged_in", "alice").len(), 2);
+    assert_eq!(told(&state, "needs_login", "alice").len(), 1);
+    assert_eq!(told(&state, "logged_in", "bob").len(), 1);
+    assert_eq!(told(&state, "needs_login", "bob").len(), 1);
+    assert_eq!(told(&state, "spawned", "alice").len(), 1);
+}
+
+#[test]
+fn an_api_key_stored_by_hive_login_logs_the_agent_in_and_bad_keys_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let _daemon = Daemon::start(&state, "");
+    cli_ok(&state, &["spawn", "alice"]);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["logged_in"] == false
+    ));
+
+    // The interactive login runs the claude CLI's own, with HOME at the agent's home.
+    let printed = cli_ok(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--claude",
+            "/opt/claude",
+            "--print-command",
+        ],
+    );
+    let home = state.join("secrets/alice/home");
+    assert_eq!(
+        printed.trim(),
+        format!("HOME={} /opt/claude auth login", home.display())
+    );
+    // It really runs that: a stand-in CLI records its argv and HOME.
+    let fake = dir.path().join("claude");
+    let seen = dir.path().join("seen");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$HOME $*\" > {}\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    cli_ok(
+        &state,
+        &["login", "alice", "--claude", fake.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        format!("{} auth login", home.display())
+    );
+
+    // Bad keys: refused, nothing stored, nothing told.
+    let key_path = state.join("secrets/alice/api-key");
+    for (content, why) in [
+        ("", "not an API key"),
+        ("two words", "not an API key"),
+        (&"k".repeat(5000) as &str, "longer than"),
+    ] {
+        let bad = dir.path().join("bad-key");
+        std::fs::write(&bad, content).unwrap();
+        let out = cli(
+            &state,
+            &["login", "alice", "--api-key-file", bad.to_str().unwrap()],
+        );
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+        assert!(!key_path.exists());
+    }
+    let out = cli(&state, &["login", "nobody", "--api-key-file", "/dev/null"]);
+    assert!(!out.status.success());
+    assert!(!state.join("secrets/nobody").exists());
+    assert!(told(&state, "logged_in", "alice").is_empty());
+
+    let good = dir.path().join("key");
+    std::fs::write(&good, "sk-ant-test-key\n").unwrap();
+    cli_ok(
+        &state,
+        &["login", "alice", "--api-key-file", good.to_str().unwrap()],
+    );
+    let meta = std::fs::metadata(&key_path).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key_path).unwrap(),
+        "sk-ant-test-key\n"
+    );
+    wait_told(&state, "logged_in", "alice", 1);
+    assert_eq!(agent_view(&state, "alice")["axes"]["logged_in"], true);
+}
+
+#[test]
+fn an_applied_commit_not_built_tells_needs_update_once_and_update_tells_rebuilt() {
+    if real_builds().is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    // The harness the builder puts into images, at a path this test can take away: while it is
+    // gone, builds fail and what ran before runs on.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let harness = bin.join("hive-agent");
+    std::fs::copy(hive_agent().unwrap(), &harness).unwrap();
+    let config = format!("{PROCESS}harness_binary = \"{}\"\n", harness.display());
+    let mut daemon = Daemon::start(&state, &config);
+    cli_ok(&state, &["spawn", "alice"]);
+    let first = wait_up(&state, "alice", None);
+    wait_up(&state, "manager", None);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == true
+    ));
+
+    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
+    let repo = state.join("agents/alice/config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    std::fs::write(repo.join("agent.nix"), format!("{nix}\n# a change\n")).unwrap();
+    git(&repo, &["commit", "-qam", "a change"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "alice", "commit": sha, "description": "a change"}),
+    ));
+    std::fs::remove_file(&harness).unwrap();
+    cli_ok(
+        &state,
+        &["approve", &queued["id"].as_i64().unwrap().to_string()],
+    );
+    let stale = wait_told(&state, "needs_update", "alice", 1);
+    assert_eq!(
+        stale[0].1["applied_commit"],
+        sha.as_str(),
+        "{:?}",
+        stale[0].1
+    );
+    assert_ne!(stale[0].1["running_commit"], sha.as_str());
+    assert_eq!(agent_view(&state, "alice")["run"]["pid"], first);
+
+    // A daemon restart with the agent stale tells nothing again.
+    std::fs::copy(hive_agent().unwrap(), &harness).unwrap();
+    drop(manager);
+    assert!(daemon.sigterm().success());
+    let _daemon = Daemon::start(&state, &config);
+    wait_up(&state, "alice", None);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == false
+    ));
+    assert_eq!(told(&state, "needs_update", "alice").len(), 1);
+
+    // The manager updates it: rebuilt (naming the commit), and alice is told herself.
+    wait_up(&state, "manager", None);
+    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
+    let updated = rt.block_on(mcp_ok(&manager, "update", json!({"agent": "alice"})));
+    assert_eq!(updated["deploy"]["status"], "deployed", "{updated}");
+    let rebuilt = wait_told(&state, "rebuilt", "alice", 1);
+    assert_eq!(rebuilt[0].1["commit"], sha.as_str());
+    let db = open_db(&state);
+    let own: String = db
+        .query_row(
+            "SELECT body FROM messages WHERE sender = 'system' AND recipient = 'alice'
+             ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(own.contains(&sha), "{own}");
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == true
+    ));
+    assert_eq!(told(&state, "needs_update", "alice").len(), 1);
+    assert_eq!(told(&state, "rebuilt", "alice").len(), 1);
+}
