@@ -638,9 +638,15 @@ async fn the_stored_counts_follow_a_mixed_history() {
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(finished.messages.len(), 3, "b2, b3 and b4 in one turn");
     mb.finish_turn(&name("bob"), finished.turn, "ok", None)
         .await
         .unwrap();
+    for n in 5..7 {
+        mb.send(&agent("alice"), &to("bob"), format!("b{n}"), None)
+            .await
+            .unwrap();
+    }
     mb.next_turn(&name("bob"), Duration::ZERO)
         .await
         .unwrap()
@@ -650,7 +656,7 @@ async fn the_stored_counts_follow_a_mixed_history() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(mb.release_leases(&name("bob")).await.unwrap(), 1);
+    assert_eq!(mb.release_leases(&name("bob")).await.unwrap(), 2);
     mb.next_turn(&name("bob"), Duration::ZERO)
         .await
         .unwrap()
@@ -670,8 +676,7 @@ async fn the_stored_counts_follow_a_mixed_history() {
         .unwrap()
         .execute(
             "UPDATE messages SET delivered_at = delivered_at - 100000
-             WHERE recipient = 'bob' AND state = 'delivered' AND lease_turn IS NULL
-               AND id NOT IN (SELECT message_id FROM turns)",
+             WHERE recipient = 'bob' AND state = 'delivered' AND body IN ('b0', 'b1')",
             [],
         )
         .unwrap();
@@ -698,7 +703,10 @@ async fn the_stored_counts_follow_a_mixed_history() {
         (total.queued, total.leased, total.delivered),
         (sum("queued"), sum("leased"), sum("delivered"))
     );
-    assert_eq!(total.leased, 2, "carol's open turn and bob's");
+    assert_eq!(
+        total.leased, 3,
+        "carol's open turn (one message) and bob's (two)"
+    );
     assert_ne!(held.turn, finished.turn);
 }
 
@@ -733,4 +741,150 @@ async fn an_unknown_stored_state_is_an_error_not_queued() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The ids of `turn`'s messages, in order.
+fn ids_of(turn: &broker::mailbox::Turn) -> Vec<i64> {
+    turn.messages.iter().map(|m| m.id).collect()
+}
+
+async fn send_n(hive: &Hive, n: usize, body: impl Fn(usize) -> String) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.extend(
+            hive.send(&agent("alice"), &to("bob"), body(i), None)
+                .await
+                .unwrap(),
+        );
+    }
+    ids
+}
+
+#[tokio::test]
+async fn queued_messages_become_one_turn_and_are_all_delivered_when_it_finishes() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive;
+    let ids = send_n(mb, 3, |i| format!("m{i}")).await;
+    let mut bus = mb.subscribe();
+    let turn = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&turn), ids);
+    assert_eq!(turn.message.id, ids[0], "the first is the turn's message");
+    assert!(
+        turn.messages
+            .iter()
+            .all(|m| m.state == MessageState::Leased)
+    );
+    assert!(
+        mb.next_turn(&name("bob"), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is left for a second turn"
+    );
+    let (_, _, turns, states) = snapshot(mb).await;
+    assert_eq!(turns, 1);
+    assert_eq!(
+        states,
+        ids.iter()
+            .map(|id| format!("{id}:leased:0"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    mb.finish_turn(&name("bob"), turn.turn, "ok", None)
+        .await
+        .unwrap();
+    let (_, _, _, states) = snapshot(mb).await;
+    assert_eq!(
+        states,
+        ids.iter()
+            .map(|id| format!("{id}:delivered:0"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let delivered = loop {
+        if let broker::bus::Event::MessageDelivered { ids, .. } = bus.recv().await.unwrap() {
+            break ids;
+        }
+    };
+    assert_eq!(delivered, ids);
+}
+
+#[tokio::test]
+async fn a_turn_leases_at_most_its_bound_of_messages_and_bytes() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive;
+    let ids = send_n(mb, broker::mailbox::MAX_TURN_MESSAGES + 4, |i| {
+        format!("m{i}")
+    })
+    .await;
+    let first = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&first), ids[..broker::mailbox::MAX_TURN_MESSAGES]);
+    let second = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&second), ids[broker::mailbox::MAX_TURN_MESSAGES..]);
+
+    // Bodies: two of 30 000 bytes fit the 64 KiB bound, a third does not.
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive;
+    let ids = send_n(mb, 3, |_| "x".repeat(30_000)).await;
+    let first = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&first), ids[..2]);
+    let second = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&second), ids[2..]);
+}
+
+#[tokio::test]
+async fn a_released_turn_gives_every_message_back_flagged() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive;
+    let ids = send_n(mb, 3, |i| format!("m{i}")).await;
+    let turn = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(turn.messages.len(), 3);
+    // The harness goes away: every message of its turn goes back.
+    assert_eq!(mb.release_leases(&name("bob")).await.unwrap(), 3);
+    let again = mb
+        .next_turn(&name("bob"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids_of(&again), ids);
+    assert!(again.messages.iter().all(|m| m.redelivered));
+}
+
+#[tokio::test]
+async fn a_turn_of_several_messages_whose_caller_leaves_while_it_commits_loses_none() {
+    let f = hive(&["alice", "bob"]).await;
+    let mb = &f.hive;
+    let ids = send_n(mb, 3, |i| format!("m{i}")).await;
+    leave_while_the_take_commits(&f.hive, mb.next_turn(&name("bob"), Duration::ZERO)).await;
+    let turn = mb
+        .next_turn(&name("bob"), Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the messages came back to the queue");
+    assert_eq!(ids_of(&turn), ids);
+    assert!(turn.messages.iter().all(|m| m.redelivered));
 }

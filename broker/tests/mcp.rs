@@ -62,7 +62,9 @@ async fn each_socket_lists_its_role_and_nothing_more() {
     assert_eq!(
         tools(&harness).await,
         [
+            "command_reply",
             "finish_turn",
+            "next_cancel",
             "next_turn",
             "release_turn",
             "report_state",

@@ -149,6 +149,8 @@ const TOOLS: &[&str] = &[
     "finish_turn",
     "release_turn",
     "report_state",
+    "next_cancel",
+    "command_reply",
     "no_such_tool",
 ];
 

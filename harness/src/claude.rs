@@ -44,6 +44,9 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// This binary, the `hive` MCP server (`hive-agent mcp`).
     pub hive_agent: PathBuf,
+    /// `--max-turns`: the most model calls one turn may make (a model that never stops calling
+    /// tools is cut there).
+    pub max_turns: u32,
 }
 
 /// How a turn ended, when claude answered it.
@@ -54,6 +57,8 @@ pub struct Answered {
     pub usage: Usage,
     /// Why it is an error.
     pub error: Option<String>,
+    /// The result's `terminal_reason` (e.g. `max_turns`), when it gives one.
+    pub terminal_reason: Option<String>,
 }
 
 /// A turn claude did not answer: the turn loop releases it or retries.
@@ -79,6 +84,8 @@ struct Running {
 pub struct Claude {
     opts: Options,
     config: AgentConfig,
+    /// The agent config's model, which `/model default` goes back to.
+    configured_model: Option<String>,
     running: Option<Running>,
 }
 
@@ -86,6 +93,7 @@ impl Claude {
     pub fn new(opts: Options, config: AgentConfig) -> Self {
         Self {
             opts,
+            configured_model: config.model.clone(),
             config,
             running: None,
         }
@@ -107,6 +115,28 @@ impl Claude {
     pub async fn start_fresh(&mut self) {
         self.stop().await;
         let _ = std::fs::remove_file(self.session_file());
+    }
+
+    /// The model claude is started with (`--model`), `None` for the CLI's default.
+    pub fn model(&self) -> Option<&str> {
+        self.config.model.as_deref()
+    }
+
+    /// The agent config's model.
+    pub fn configured_model(&self) -> Option<String> {
+        self.configured_model.clone()
+    }
+
+    /// Sets the model for the next start (the caller stops a running process).
+    pub fn set_model(&mut self, model: Option<String>) {
+        self.config.model = model;
+    }
+
+    /// Kills a running process at once (a cancelled turn); the session is kept for `--resume`.
+    pub async fn kill(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            let _ = running.child.kill().await;
+        }
     }
 
     /// When the idle process should be stopped, if one runs.
@@ -235,16 +265,19 @@ impl Claude {
         ])
         .arg(self.mcp_config().to_string())
         .arg("--allowedTools")
-        .arg(self.allowed_tools().join(","));
+        .arg(self.allowed_tools().join(","))
+        .arg("--max-turns")
+        .arg(self.opts.max_turns.to_string());
         if self.config.allowed_commands.is_empty() {
             cmd.args(["--disallowedTools", "Bash"]);
         }
         if let Some(model) = &self.config.model {
             cmd.arg("--model").arg(model);
         }
-        if !self.config.prompt.is_empty() {
-            cmd.arg("--append-system-prompt").arg(&self.config.prompt);
-        }
+        cmd.arg("--append-system-prompt").arg(crate::prompt::system(
+            &state.join(crate::prompt::NOTES_FILE),
+            &self.config.prompt,
+        ));
         if let Some(session) = resume {
             cmd.arg("--resume").arg(session);
         }
@@ -419,6 +452,7 @@ impl Claude {
             ok: error.is_none(),
             usage,
             error,
+            terminal_reason: result["terminal_reason"].as_str().map(str::to_owned),
         })
     }
 }

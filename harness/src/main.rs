@@ -2,6 +2,7 @@
 
 mod bridge;
 mod claude;
+mod commands;
 mod prompt;
 mod serve;
 mod turn;
@@ -51,6 +52,9 @@ enum Command {
         /// message)
         #[arg(long, default_value_t = 600, env = "HIVE_CLAUDE_IDLE_SECONDS")]
         idle_seconds: u64,
+        /// The most model calls one turn may make before it is cut (`tool_loop_cut`)
+        #[arg(long, default_value_t = 100, env = "HIVE_MAX_TURNS")]
+        max_turns: u32,
     },
 }
 
@@ -74,12 +78,14 @@ fn main() -> ExitCode {
             state_dir,
             claude,
             idle_seconds,
+            max_turns,
         } => runtime.block_on(serve::run(serve::Settings {
             socket_dir,
             config,
             state_dir,
             claude: claude.unwrap_or_else(claude::default_bin),
             idle_timeout: std::time::Duration::from_secs(idle_seconds),
+            max_turns,
         })),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.

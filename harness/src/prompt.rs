@@ -1,29 +1,66 @@
-//! The wake prompt: what the model reads when a message starts a turn. It owns only the wording;
-//! the message itself is hostile text and is quoted, never interpreted.
+//! What the model is told: the system prompt the harness appends (notes.md, then the agent's own
+//! prompt) and the wake prompt of a turn. It owns only the wording; a message is hostile text and
+//! is quoted, never interpreted.
 
-use proto::tools::LeasedTurn;
+use std::path::Path;
 
-/// The text of the user line that starts a turn for `turn`.
-pub fn wake(turn: &LeasedTurn) -> String {
-    let m = &turn.message;
+use proto::tools::LeasedMessage;
+
+/// The agent's durable notes, in its state dir: kept across sessions and compactions.
+pub const NOTES_FILE: &str = "notes.md";
+
+/// The text appended to claude's system prompt: where to keep what must outlive the session,
+/// then the agent's own prompt.
+pub fn system(notes: &Path, agent_prompt: &str) -> String {
+    let mut text = format!(
+        "Your conversation is compacted or restarted from time to time and then you forget its \
+         details. Keep what you must not lose — facts learned, decisions, open tasks, who asked \
+         for what — in the file {} (Markdown, short and current: rewrite, do not only append). \
+         Read it when you start work on a message and you do not remember the context.",
+        notes.display()
+    );
+    if !agent_prompt.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(agent_prompt);
+    }
+    text
+}
+
+/// The text of the user line that wakes the model for `messages` (at least one, oldest first):
+/// each message quoted with who wrote it.
+pub fn wake_for(messages: &[LeasedMessage]) -> String {
     let mut text = String::new();
-    if m.redelivered {
+    if messages.iter().any(|m| m.redelivered) {
         text.push_str(
-            "Note: this message was delivered before (redelivered): an earlier turn on it did not \
-             finish, so you may already have acted on part of it. Check before repeating an action.\n\n",
+            "Note: a message below was delivered before (redelivered): an earlier turn on it did \
+             not finish, so you may already have acted on part of it. Check before repeating an \
+             action.\n\n",
         );
     }
-    text.push_str(&format!("New message {} from {}", m.id, m.from));
-    if let Some(r) = m.in_reply_to {
-        text.push_str(&format!(" (in reply to message {r})"));
+    if messages.len() > 1 {
+        text.push_str(&format!(
+            "{} new messages, oldest first.\n\n",
+            messages.len()
+        ));
     }
-    text.push_str(":\n\n<message>\n");
-    text.push_str(&m.body);
-    text.push_str("\n</message>\n\n");
+    for m in messages {
+        text.push_str(&format!("New message {} from {}", m.id, m.from));
+        if let Some(r) = m.in_reply_to {
+            text.push_str(&format!(" (in reply to message {r})"));
+        }
+        if m.redelivered {
+            text.push_str(" (redelivered)");
+        }
+        text.push_str(":\n\n<message>\n");
+        text.push_str(&m.body);
+        text.push_str("\n</message>\n\n");
+    }
+    let last = messages.last().expect("a turn has a message");
     text.push_str(&format!(
-        "To answer, call the `send` tool (mcp__hive__send) with to = \"{}\" and in_reply_to = {}. \
-         Text you write without the tool reaches no one.",
-        m.from, m.id
+        "To answer, call the `send` tool (mcp__hive__send) with `to` = the sender's name and \
+         in_reply_to = the message's id (e.g. to = \"{}\", in_reply_to = {}). Text you write \
+         without the tool reaches no one.",
+        last.from, last.id
     ));
     text
 }
@@ -31,18 +68,27 @@ pub fn wake(turn: &LeasedTurn) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::tools::LeasedMessage;
+    use proto::tools::LeasedTurn;
+
+    fn wake(turn: &LeasedTurn) -> String {
+        wake_for(turn.all())
+    }
+
+    fn message(id: i64, from: &str, body: &str, redelivered: bool) -> LeasedMessage {
+        LeasedMessage {
+            id,
+            from: from.into(),
+            body: body.into(),
+            in_reply_to: None,
+            redelivered,
+        }
+    }
 
     fn turn(redelivered: bool) -> LeasedTurn {
         LeasedTurn {
             turn: 3,
-            message: LeasedMessage {
-                id: 7,
-                from: "bob".into(),
-                body: "hi".into(),
-                in_reply_to: None,
-                redelivered,
-            },
+            message: message(7, "bob", "hi", redelivered),
+            messages: Vec::new(),
         }
     }
 
@@ -51,6 +97,37 @@ mod tests {
         let p = wake(&turn(false));
         assert!(p.contains("from bob") && p.contains("hi") && p.contains("mcp__hive__send"));
         assert!(!p.contains("redelivered"), "{p}");
-        assert!(wake(&turn(true)).contains("delivered before (redelivered)"));
+        assert!(wake(&turn(true)).contains("7 from bob (redelivered)"));
+    }
+
+    #[test]
+    fn the_system_prompt_names_the_notes_file_before_the_agents_prompt() {
+        let p = system(Path::new("/state/notes.md"), "You review code.");
+        assert!(p.contains("/state/notes.md"), "{p}");
+        assert!(p.ends_with("\n\nYou review code."), "{p}");
+        assert!(!system(Path::new("/state/notes.md"), "").ends_with('\n'));
+    }
+
+    #[test]
+    fn every_message_of_a_turn_is_quoted_with_its_sender() {
+        let messages = vec![
+            message(7, "bob", "first", false),
+            message(8, "operator", "second", true),
+            message(9, "carol", "third", false),
+        ];
+        let p = wake(&LeasedTurn {
+            turn: 3,
+            message: messages[0].clone(),
+            messages,
+        });
+        assert!(
+            p.starts_with("Note:") && p.contains("3 new messages"),
+            "{p}"
+        );
+        let at = |s: &str| p.find(s).unwrap_or_else(|| panic!("{s} missing: {p}"));
+        assert!(at("7 from bob:") < at("first"));
+        assert!(at("first") < at("8 from operator (redelivered):"));
+        assert!(at("second") < at("9 from carol:"));
+        assert!(at("third") < at("mcp__hive__send"));
     }
 }

@@ -37,6 +37,7 @@ pub struct Settings {
     pub state_dir: std::path::PathBuf,
     pub claude: std::path::PathBuf,
     pub idle_timeout: Duration,
+    pub max_turns: u32,
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -80,17 +81,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             );
             return std::future::pending().await;
         }
-        let model = crate::claude::Claude::new(
+        let mut model = crate::claude::Claude::new(
             crate::claude::Options {
                 bin: settings.claude.clone(),
                 socket_dir: socket_dir.to_owned(),
                 state_dir: settings.state_dir.clone(),
                 idle_timeout: settings.idle_timeout,
                 hive_agent: std::env::current_exe().context("cannot find this binary")?,
+                max_turns: settings.max_turns,
             },
             config.clone(),
         );
-        crate::turn::run(peer, model).await
+        // A model the operator chose (`/model`) outlives restarts.
+        if let Some(chosen) = crate::commands::stored_model(&settings.state_dir) {
+            model.set_model(Some(chosen));
+        }
+        crate::turn::run(peer, model, &settings.state_dir).await
     };
     let closed = client.waiting();
     tokio::pin!(closed, turns);

@@ -1,20 +1,30 @@
-//! The turn loop: lease the next message (`next_turn`, a long poll the hive's send wakes), wake the
-//! model with it, stream every event to `turn_events`, and end the turn: `finish_turn` when the
-//! model answered, `release_turn` (delivered again later, flagged) when it could not. It owns the
-//! order of harness calls and the turn state the hive shows; it never reads the store or decides
-//! who may write to whom (the hive does).
+//! The turn loop: lease the queued messages (`next_turn`, a long poll the hive's send wakes), wake
+//! the model with them, stream every event to `turn_events`, and end the turn: `finish_turn` when
+//! the model answered, `release_turn` (delivered again later, flagged) when it could not. Operator
+//! commands among the messages (`commands.rs`) run in their place, in order, each answered in the
+//! operator's inbox (`command_reply`). It owns the order of harness calls and the turn state the
+//! hive shows; it never reads the store or decides who may write to whom (the hive does).
+//!
+//! `/cancel` while the model works: the loop is not in `next_turn` then, so each wake of the model
+//! races a second long poll, `next_cancel`, which the hive answers with a queued `/cancel` leased
+//! into the running turn. That is the simplest sound design: no second connection, no flag to keep
+//! in sync — the command is an ordinary message, delivered with the turn it cancelled or given
+//! back with it, and other commands keep their order in the queue. The cancelled model is killed
+//! (its session is resumed at the next message).
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use proto::Usage;
-use proto::tools::{LeasedTurn, MAX_EVENTS_PER_CALL, TurnState};
+use proto::tools::{LeasedMessage, LeasedTurn, MAX_EVENTS_PER_CALL, TurnState};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::claude::{Claude, Failure};
+use crate::claude::{Answered, Claude, Failure};
+use crate::commands::{self, Command};
 use crate::prompt;
 
 /// How long one `next_turn` waits for a message before it is asked again.
@@ -24,6 +34,15 @@ pub const WAIT_SECONDS: u64 = 60;
 const LOGIN_RETRY: Duration = Duration::from_secs(60);
 /// The longest pause after the model died on consecutive turns.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often a turn the provider refused as busy (429/529, after the CLI's own retries, which
+/// follow the server's `retry-after`) is tried again, and the first pause (doubled each time).
+const BUSY_RETRIES: u32 = 2;
+const BUSY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a turn's error is the provider being busy: rate limited (429) or overloaded (529).
+fn provider_busy(error: &str) -> bool {
+    error.contains("API Error") && (error.contains("429") || error.contains("529"))
+}
 
 /// Calls a harness tool; a tool error is an error naming the tool.
 async fn call(peer: &Peer<RoleClient>, tool: &str, args: Value) -> anyhow::Result<String> {
@@ -63,7 +82,11 @@ async fn forward(peer: Peer<RoleClient>, turn: i64, mut events: mpsc::UnboundedR
 }
 
 /// Runs turns until the hive goes away (an error) — the caller races it against stop signals.
-pub async fn run(peer: Peer<RoleClient>, mut model: Claude) -> anyhow::Result<()> {
+pub async fn run(
+    peer: Peer<RoleClient>,
+    mut model: Claude,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
     report(&peer, TurnState::Idle).await;
     let mut died_in_a_row = 0u32;
     loop {
@@ -85,7 +108,7 @@ pub async fn run(peer: Peer<RoleClient>, mut model: Claude) -> anyhow::Result<()
             continue;
         };
         report(&peer, TurnState::Thinking).await;
-        let end = one_turn(&peer, &mut model, &turn).await?;
+        let end = one_turn(&peer, &mut model, state_dir, &turn).await?;
         match end {
             End::Finished => {
                 died_in_a_row = 0;
@@ -115,58 +138,364 @@ enum End {
     Died,
 }
 
+/// How one part of a turn went.
+enum Part {
+    /// The model answered (`ok` false: it ended with an error; `cut`: at the bound of model
+    /// calls).
+    Answered { ok: bool, cut: bool, usage: Usage },
+    /// The operator cancelled it.
+    Cancelled,
+    /// The model could not take it: the whole turn is given back.
+    GiveBack(End),
+}
+
+/// What a turn adds up to.
+#[derive(Default)]
+struct Tally {
+    errors: bool,
+    cancelled: bool,
+    cut: bool,
+    usage: Usage,
+}
+
+impl Tally {
+    fn add(&mut self, ok: bool, usage: Usage) {
+        self.errors |= !ok;
+        let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        let u = &mut self.usage;
+        u.input_tokens = sum(u.input_tokens, usage.input_tokens);
+        u.output_tokens = sum(u.output_tokens, usage.output_tokens);
+        u.cache_read_tokens = sum(u.cache_read_tokens, usage.cache_read_tokens);
+        u.duration_ms = sum(u.duration_ms, usage.duration_ms);
+        u.tool_calls = sum(u.tool_calls, usage.tool_calls);
+        u.cost_usd = match (u.cost_usd, usage.cost_usd) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+    }
+
+    fn outcome(&self) -> &'static str {
+        if self.cancelled {
+            "cancelled"
+        } else if self.cut {
+            "tool_loop_cut"
+        } else if self.errors {
+            "error"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// The turn loop's view of one turn: the hive, the model, the turn, and where its events go.
+struct TurnCtx<'a> {
+    peer: &'a Peer<RoleClient>,
+    model: &'a mut Claude,
+    state_dir: &'a Path,
+    turn: i64,
+    events: &'a mpsc::UnboundedSender<Value>,
+}
+
 async fn one_turn(
     peer: &Peer<RoleClient>,
     model: &mut Claude,
+    state_dir: &Path,
     turn: &LeasedTurn,
 ) -> anyhow::Result<End> {
     let (tx, rx) = mpsc::unbounded_channel();
     let forwarder = tokio::spawn(forward(peer.clone(), turn.turn, rx));
-    let prompt = prompt::wake(turn);
-    let mut attempt = model.turn(&prompt, &tx).await;
-    if let Err(Failure::PromptTooLong(why)) = &attempt {
-        let _ = tx.send(json!({"type": "harness", "subtype": "fresh_session", "message": format!("{why}; starting a fresh session and trying once more")}));
-        model.start_fresh().await;
-        attempt = model.turn(&prompt, &tx).await;
-    }
-    let end = match attempt {
-        Ok(answered) => {
-            if let Some(error) = &answered.error {
-                let _ = tx.send(json!({"type": "harness", "subtype": "error", "message": error}));
-            }
-            Ok((if answered.ok { "ok" } else { "error" }, answered.usage))
-        }
-        Err(Failure::PromptTooLong(why)) => {
-            let message =
-                format!("the message does not fit the model even in a fresh session: {why}");
-            let _ = tx.send(json!({"type": "harness", "subtype": "error", "message": message}));
-            Ok(("error", Usage::default()))
-        }
-        Err(Failure::NeedsLogin(why)) => {
-            let _ = tx.send(json!({"type": "harness", "subtype": "needs_login", "message": why}));
-            Err(End::NeedsLogin)
-        }
-        Err(Failure::Died(why)) => {
-            let _ = tx.send(json!({"type": "harness", "subtype": "model_died", "message": why}));
-            Err(End::Died)
-        }
+    let mut ctx = TurnCtx {
+        peer,
+        model,
+        state_dir,
+        turn: turn.turn,
+        events: &tx,
     };
+    // Messages run in order: ordinary ones in runs, each run one wake of the model; a command
+    // between two runs acts after the first and before the second.
+    let mut tally = Tally::default();
+    let mut run: Vec<LeasedMessage> = Vec::new();
+    let mut given_back = None;
+    for item in turn.all().iter().map(Some).chain([None]) {
+        let command = item.and_then(|m| commands::parse(m).map(|c| (m, c)));
+        if let Some(m) = item
+            && command.is_none()
+        {
+            run.push(m.clone());
+            continue;
+        }
+        if !run.is_empty() && !tally.cancelled {
+            match ctx.wake(&std::mem::take(&mut run)).await {
+                Part::Answered { ok, cut, usage } => {
+                    tally.cut |= cut;
+                    tally.add(ok, usage);
+                }
+                Part::Cancelled => tally.cancelled = true,
+                Part::GiveBack(end) => {
+                    given_back = Some(end);
+                    break;
+                }
+            }
+        }
+        run.clear();
+        if let Some((m, command)) = command {
+            if tally.cancelled {
+                ctx.reply(m.id, "not run: the turn was cancelled before it".into())
+                    .await;
+                continue;
+            }
+            ctx.command(m, command, &mut tally).await;
+        }
+    }
     // Every event is stored before the turn ends (finish refuses events after it).
     drop(tx);
     let _ = forwarder.await;
-    match end {
-        Ok((outcome, usage)) => {
+    match given_back {
+        None => {
             call(
                 peer,
                 "finish_turn",
-                json!({"turn": turn.turn, "outcome": outcome, "usage": usage}),
+                json!({"turn": turn.turn, "outcome": tally.outcome(), "usage": tally.usage}),
             )
             .await?;
             Ok(End::Finished)
         }
-        Err(end) => {
+        Some(end) => {
             call(peer, "release_turn", json!({"turn": turn.turn})).await?;
             Ok(end)
+        }
+    }
+}
+
+impl TurnCtx<'_> {
+    fn note(&self, subtype: &str, message: impl Into<String>) {
+        let _ = self
+            .events
+            .send(json!({"type": "harness", "subtype": subtype, "message": message.into()}));
+    }
+
+    /// Answers operator command `command` in the operator's inbox; a refusal is only logged.
+    async fn reply(&self, command: i64, body: String) {
+        self.note("command", body.clone());
+        if let Err(e) = call(
+            self.peer,
+            "command_reply",
+            json!({"command": command, "body": body}),
+        )
+        .await
+        {
+            eprintln!("hive-agent: cannot answer command {command}: {e:#}");
+        }
+    }
+
+    /// Wakes the model with `messages`, racing a `/cancel` from the operator.
+    async fn wake(&mut self, messages: &[LeasedMessage]) -> Part {
+        let prompt = prompt::wake_for(messages);
+        let first = {
+            let attempt = self.model.turn(&prompt, self.events);
+            let cancel = wait_for_cancel(self.peer, self.turn);
+            tokio::pin!(attempt, cancel);
+            tokio::select! {
+                attempt = &mut attempt => Ok(attempt),
+                cancel = &mut cancel => Err(cancel),
+            }
+        };
+        let mut attempt = match first {
+            Ok(attempt) => attempt,
+            Err(cancel) => return self.cancelled(cancel).await,
+        };
+        if let Err(Failure::PromptTooLong(why)) = &attempt {
+            // The session outgrew the model: compact it once and try again; a fresh session
+            // only when that does not help.
+            let why = why.clone();
+            self.note(
+                "compacting",
+                format!("{why}; compacting the session and trying once more"),
+            );
+            report(self.peer, TurnState::Compacting).await;
+            let compacted = matches!(
+                self.model.turn("/compact", self.events).await,
+                Ok(Answered { ok: true, .. })
+            );
+            report(self.peer, TurnState::Thinking).await;
+            if compacted {
+                attempt = self.model.turn(&prompt, self.events).await;
+            }
+            if !compacted || matches!(attempt, Err(Failure::PromptTooLong(_))) {
+                self.note(
+                    "fresh_session",
+                    format!("{why}; compacting did not help: starting a fresh session and trying once more"),
+                );
+                self.model.start_fresh().await;
+                attempt = self.model.turn(&prompt, self.events).await;
+            }
+        }
+        let mut pause = BUSY_BACKOFF;
+        for _ in 0..BUSY_RETRIES {
+            let Ok(Answered {
+                error: Some(error), ..
+            }) = &attempt
+            else {
+                break;
+            };
+            if !provider_busy(error) {
+                break;
+            }
+            self.note(
+                "retry",
+                format!(
+                    "the provider is busy ({error}); trying again in {} s",
+                    pause.as_secs()
+                ),
+            );
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            attempt = self
+                .model
+                .turn(
+                    &format!(
+                        "(The last attempt failed because the model provider was busy; \
+                         here are the same messages again.)\n\n{prompt}"
+                    ),
+                    self.events,
+                )
+                .await;
+        }
+        match attempt {
+            Ok(answered) => {
+                if let Some(error) = &answered.error {
+                    self.note("error", error.clone());
+                }
+                let cut = answered.terminal_reason.as_deref() == Some("max_turns");
+                if cut {
+                    self.note(
+                        "tool_loop_cut",
+                        "the model kept calling tools past the bound of model calls per turn; the turn was cut",
+                    );
+                }
+                Part::Answered {
+                    ok: answered.ok,
+                    cut,
+                    usage: answered.usage,
+                }
+            }
+            Err(Failure::PromptTooLong(why)) => {
+                self.note(
+                    "error",
+                    format!("the message does not fit the model even in a fresh session: {why}"),
+                );
+                Part::Answered {
+                    ok: false,
+                    cut: false,
+                    usage: Usage::default(),
+                }
+            }
+            Err(Failure::NeedsLogin(why)) => {
+                self.note("needs_login", why);
+                Part::GiveBack(End::NeedsLogin)
+            }
+            Err(Failure::Died(why)) => {
+                self.note("model_died", why);
+                Part::GiveBack(End::Died)
+            }
+        }
+    }
+
+    /// The operator's `/cancel` (message `cancel`) stopped the model mid-turn: the process is
+    /// killed (its session is kept and resumed at the next message).
+    async fn cancelled(&mut self, cancel: i64) -> Part {
+        self.model.kill().await;
+        self.reply(cancel, format!("cancelled turn {}", self.turn))
+            .await;
+        Part::Cancelled
+    }
+
+    /// Runs an operator command and answers it.
+    async fn command(&mut self, m: &LeasedMessage, command: Command, tally: &mut Tally) {
+        let answer = match command {
+            Command::Model(None) => match self.model.model() {
+                Some(name) => format!("model is {name}"),
+                None => "model is the CLI's default".to_owned(),
+            },
+            Command::Model(Some(name)) => self.set_model(&name).await,
+            Command::NewSession => {
+                self.model.start_fresh().await;
+                "new session: the next message starts a fresh conversation".to_owned()
+            }
+            Command::Compact => {
+                report(self.peer, TurnState::Compacting).await;
+                let answer = match self.model.turn("/compact", self.events).await {
+                    Ok(answered) => {
+                        tally.add(answered.ok, answered.usage);
+                        match answered.error {
+                            None => "compacted the session".to_owned(),
+                            Some(e) => format!("compaction failed: {e}"),
+                        }
+                    }
+                    Err(Failure::PromptTooLong(why) | Failure::Died(why)) => {
+                        tally.errors = true;
+                        format!("compaction failed: {why}")
+                    }
+                    Err(Failure::NeedsLogin(why)) => {
+                        tally.errors = true;
+                        format!("compaction failed, the model needs a login: {why}")
+                    }
+                };
+                report(self.peer, TurnState::Thinking).await;
+                answer
+            }
+            Command::Cancel => "nothing to cancel: no turn was running".to_owned(),
+            Command::Unknown(word) => format!("unknown command {word}; {}", commands::KNOWN),
+        };
+        self.reply(m.id, answer).await;
+    }
+
+    async fn set_model(&mut self, name: &str) -> String {
+        let model = if name == "default" {
+            None
+        } else if let Err(e) = commands::check_model(name) {
+            return format!("model not changed: {e}");
+        } else {
+            Some(name.to_owned())
+        };
+        if let Err(e) = commands::store_model(self.state_dir, model.as_deref()) {
+            return format!("model not changed: cannot keep it in the state dir: {e}");
+        }
+        let model = model.or_else(|| self.model.configured_model());
+        self.model.set_model(model);
+        // The next turn starts claude with the new model, resuming the session.
+        self.model.stop().await;
+        match self.model.model() {
+            Some(name) => format!("model set to {name}"),
+            None => "model set to the CLI's default".to_owned(),
+        }
+    }
+}
+
+/// Long-polls the hive for a `/cancel` of `turn`; returns the command's message id. Never returns
+/// when the hive refuses (the turn runs to its end).
+async fn wait_for_cancel(peer: &Peer<RoleClient>, turn: i64) -> i64 {
+    loop {
+        let got = call(
+            peer,
+            "next_cancel",
+            json!({"turn": turn, "wait_seconds": WAIT_SECONDS}),
+        )
+        .await;
+        match got.map(|text| serde_json::from_str::<Option<LeasedMessage>>(&text)) {
+            Ok(Ok(Some(m))) => return m.id,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                eprintln!("hive-agent: next_cancel answered something unexpected: {e}");
+                return std::future::pending().await;
+            }
+            Err(e) => {
+                eprintln!("hive-agent: cannot watch for /cancel: {e:#}");
+                return std::future::pending().await;
+            }
         }
     }
 }

@@ -11,6 +11,11 @@ use crate::Usage;
 pub const MAX_WAIT_SECONDS: u64 = 180;
 /// The most messages one `recv` returns.
 pub const MAX_RECV: usize = 32;
+/// The most messages one turn (`next_turn`) leases.
+pub const MAX_TURN_MESSAGES: usize = 16;
+/// The most bytes of message bodies one turn leases (a single larger message is still leased
+/// alone).
+pub const MAX_TURN_BYTES: usize = 64 * 1024;
 /// The most events one `turn_events` call may carry.
 pub const MAX_EVENTS_PER_CALL: usize = 256;
 
@@ -155,6 +160,28 @@ pub struct ReportStateArgs {
     pub state: TurnState,
 }
 
+/// The operator command that stops a running turn; `next_cancel` takes it while one runs.
+pub const CANCEL_COMMAND: &str = "/cancel";
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NextCancelArgs {
+    /// The running turn's id from `next_turn`.
+    pub turn: i64,
+    /// How long to wait for a `/cancel` from the operator, 0 to 180 seconds.
+    #[serde(default)]
+    pub wait_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandReplyArgs {
+    /// The id of the operator's command message (leased to an open turn of this agent).
+    pub command: i64,
+    /// What the command did, as the operator should read it (e.g. `model set to X`).
+    pub body: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseTurnArgs {
@@ -209,7 +236,7 @@ pub struct Finished {
     pub finished: i64,
 }
 
-/// `release_turn`: how many messages went back to the queue (0 or 1).
+/// `release_turn`: how many messages went back to the queue (0 if the turn was not open).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Released {
     pub released: usize,
@@ -221,12 +248,27 @@ pub struct Reported {
     pub state: TurnState,
 }
 
-/// `next_turn`, as the harness reads it: the turn's id and the message it is about (the broker
-/// sends more fields; they are ignored here).
+/// `next_turn`, as the harness reads it: the turn's id and the messages it is about, oldest first
+/// (the broker sends more fields; they are ignored here).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LeasedTurn {
     pub turn: i64,
+    /// The first of `messages` (a broker that leased one message per turn sent only this).
     pub message: LeasedMessage,
+    /// Every message of the turn, oldest first; all become delivered when the turn finishes.
+    #[serde(default)]
+    pub messages: Vec<LeasedMessage>,
+}
+
+impl LeasedTurn {
+    /// The turn's messages, oldest first (at least one).
+    pub fn all(&self) -> &[LeasedMessage] {
+        if self.messages.is_empty() {
+            std::slice::from_ref(&self.message)
+        } else {
+            &self.messages
+        }
+    }
 }
 
 /// The message of a [`LeasedTurn`].

@@ -23,7 +23,7 @@ use crate::store::unix_millis;
 pub(super) enum Want {
     /// `recv`: messages, marked delivered.
     Messages,
-    /// `next_turn`: one message, leased to a new turn.
+    /// `next_turn`: the new message, leased to a new turn.
     Turn,
 }
 
@@ -178,10 +178,7 @@ impl Waiters {
                     )?
                     .execute(params![turn, row.id])?;
                     row.state = MessageState::Leased;
-                    Handoff::Turn(Turn {
-                        turn,
-                        message: row.clone(),
-                    })
+                    Handoff::Turn(Turn::of(turn, vec![row.clone()]))
                 }
             };
             claims.push(Claim {
@@ -214,8 +211,8 @@ pub(super) fn undo(c: &Connection, handoff: &Handoff) -> Result<()> {
             )?;
             c.execute(
                 "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1
-                 WHERE id = ?1 AND state = 'leased' AND lease_turn = ?2",
-                params![t.message.id, t.turn],
+                 WHERE state = 'leased' AND lease_turn = ?1",
+                [t.turn],
             )?;
         }
     }

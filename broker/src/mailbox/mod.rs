@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod commands;
 mod handoff;
 
 use handoff::{Handoff, Waiters, Want};
@@ -27,7 +28,8 @@ use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::registry::Registry;
 use crate::store::{Store, unix_millis};
 
-pub use proto::tools::{MAX_RECV, MAX_WAIT_SECONDS};
+pub use commands::CANCEL_COMMAND;
+pub use proto::tools::{MAX_RECV, MAX_TURN_BYTES, MAX_TURN_MESSAGES, MAX_WAIT_SECONDS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,11 +138,26 @@ impl RecvLimits {
     }
 }
 
-/// A message leased to a harness turn.
+/// The messages leased to a harness turn: every queued message of the agent at the lease, oldest
+/// first, up to [`MAX_TURN_MESSAGES`] and [`MAX_TURN_BYTES`] of bodies (always at least one).
 #[derive(Debug, Clone, Serialize)]
 pub struct Turn {
     pub turn: i64,
+    /// The first (oldest) of `messages`: the one `turns.message_id` names. Kept on the wire for
+    /// callers that read one message.
     pub message: Message,
+    pub messages: Vec<Message>,
+}
+
+impl Turn {
+    /// A turn of the given messages, oldest first (at least one).
+    pub(crate) fn of(turn: i64, messages: Vec<Message>) -> Self {
+        Self {
+            turn,
+            message: messages[0].clone(),
+            messages,
+        }
+    }
 }
 
 /// Per-inbox wake-ups: a counter bumped after every commit that adds to the inbox.
@@ -444,8 +461,9 @@ impl Mailbox {
         }
     }
 
-    /// The harness's take: leases the oldest queued message of `agent` to a new turn. With none
-    /// queued, waits up to `wait`.
+    /// The harness's take: leases the queued messages of `agent` (oldest first, up to
+    /// [`MAX_TURN_MESSAGES`] and [`MAX_TURN_BYTES`] of bodies) to one new turn. With none queued,
+    /// waits up to `wait`.
     pub async fn next_turn(&self, agent: &AgentName, wait: Duration) -> Result<Option<Turn>> {
         if wait > Duration::from_secs(MAX_WAIT_SECONDS) {
             return Err(Error::invalid(
@@ -461,7 +479,7 @@ impl Mailbox {
                     if !waiters.is_waiting(&key, id) {
                         return Ok(None);
                     }
-                    let turn = lease_oldest(c, &key)?;
+                    let turn = lease_queued(c, &key)?;
                     if turn.is_some() {
                         waiters.withdraw(&key, id);
                     }
@@ -474,7 +492,7 @@ impl Mailbox {
         .map(Option::flatten)
     }
 
-    /// Ends a turn: its message becomes delivered. `outcome` and `usage` are kept on the turn.
+    /// Ends a turn: its messages become delivered. `outcome` and `usage` are kept on the turn.
     pub async fn finish_turn(
         &self,
         agent: &AgentName,
@@ -488,35 +506,37 @@ impl Mailbox {
             .map(|u| serde_json::to_string(&u))
             .transpose()
             .map_err(|e| Error::Internal(format!("cannot encode usage: {e}")))?;
-        let message_id = self
+        let ids = self
             .store
             .write(move |c| {
                 let now = unix_millis();
-                let message_id: Option<i64> = c
+                let open = c
                     .prepare_cached(
                         "UPDATE turns SET finished_at = ?1, outcome = ?2, usage = ?3
-                         WHERE id = ?4 AND agent = ?5 AND finished_at IS NULL
-                         RETURNING message_id",
+                         WHERE id = ?4 AND agent = ?5 AND finished_at IS NULL",
                     )?
-                    .query_row(params![now, outcome, usage, turn, key], |r| r.get(0))
-                    .optional()?;
-                let Some(message_id) = message_id else {
+                    .execute(params![now, outcome, usage, turn, key])?;
+                if open == 0 {
                     return Err(Error::NotFound {
                         what: format!("open turn {turn}"),
                     });
-                };
-                c.prepare_cached(
-                    "UPDATE messages SET state = 'delivered', delivered_at = ?1, lease_turn = NULL
-                     WHERE id = ?2 AND state = 'leased' AND lease_turn = ?3",
-                )?
-                .execute(params![now, message_id, turn])?;
-                Ok(message_id)
+                }
+                let ids = c
+                    .prepare_cached(
+                        "UPDATE messages SET state = 'delivered', delivered_at = ?1, lease_turn = NULL
+                         WHERE lease_turn = ?2 AND state = 'leased' RETURNING id",
+                    )?
+                    .query_map(params![now, turn], |r| r.get::<_, i64>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(ids)
             })
             .await?;
-        self.bus.publish(Event::MessageDelivered {
-            ids: vec![message_id],
-            to: agent.to_string(),
-        });
+        if !ids.is_empty() {
+            self.bus.publish(Event::MessageDelivered {
+                ids,
+                to: agent.to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -741,7 +761,7 @@ impl Taken for Vec<Message> {
     fn from_handoff(handoff: Handoff) -> Self {
         match handoff {
             Handoff::Messages(messages) => messages,
-            Handoff::Turn(t) => vec![t.message],
+            Handoff::Turn(t) => t.messages,
         }
     }
 
@@ -866,24 +886,39 @@ fn take_delivered(c: &Connection, inbox: &str, max: usize) -> Result<Vec<Message
     Ok(messages)
 }
 
-fn lease_oldest(c: &Connection, agent: &str) -> Result<Option<Turn>> {
-    let message = c
+/// Leases the queued messages of `agent`, oldest first, to one new turn: at most
+/// [`MAX_TURN_MESSAGES`], and no more than [`MAX_TURN_BYTES`] of bodies unless the first alone is
+/// larger (a turn always carries at least one).
+fn lease_queued(c: &Connection, agent: &str) -> Result<Option<Turn>> {
+    let queued = c
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE recipient = ?1 AND state = 'queued' AND {LIVE_INBOX} ORDER BY id LIMIT 1"
+             WHERE recipient = ?1 AND state = 'queued' AND {LIVE_INBOX} ORDER BY id LIMIT ?2"
         ))?
-        .query_row([agent], message_from_row)
-        .optional()?;
-    let Some(mut message) = message else {
+        .query_map(params![agent, MAX_TURN_MESSAGES as i64], message_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut bytes = 0;
+    let mut messages: Vec<Message> = Vec::with_capacity(queued.len());
+    for m in queued {
+        bytes += m.body.len();
+        if !messages.is_empty() && bytes > MAX_TURN_BYTES {
+            break;
+        }
+        messages.push(m);
+    }
+    if messages.is_empty() {
         return Ok(None);
-    };
+    }
     c.prepare_cached(INSERT_TURN)?
-        .execute(params![agent, message.id, unix_millis()])?;
+        .execute(params![agent, messages[0].id, unix_millis()])?;
     let turn = c.last_insert_rowid();
-    c.prepare_cached("UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2")?
-        .execute(params![turn, message.id])?;
-    message.state = MessageState::Leased;
-    Ok(Some(Turn { turn, message }))
+    let mut lease =
+        c.prepare_cached("UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2")?;
+    for m in &mut messages {
+        lease.execute(params![turn, m.id])?;
+        m.state = MessageState::Leased;
+    }
+    Ok(Some(Turn::of(turn, messages)))
 }
 
 fn release(c: &Connection, agent: Option<&str>) -> Result<usize> {

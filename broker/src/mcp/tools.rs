@@ -355,9 +355,9 @@ impl HiveMcp {
 
 #[tool_router(router = harness_tools, vis = "pub(super)")]
 impl HiveMcp {
-    /// Lease the next message of this agent's inbox as a turn.
+    /// Lease the queued messages of this agent's inbox as one turn.
     #[tool(
-        description = "Take the oldest queued message of this agent as a new turn, waiting up to wait_seconds for one. Returns {turn, message} or null. The message stays leased until finish_turn; if this connection drops first it is delivered again, flagged redelivered."
+        description = "Take the queued messages of this agent (oldest first, at most 16 and 64 KiB of bodies) as one new turn, waiting up to wait_seconds for one. Returns {turn, message (the first), messages} or null. The messages stay leased until finish_turn; if this connection drops first they are delivered again, flagged redelivered."
     )]
     async fn next_turn(
         &self,
@@ -407,8 +407,8 @@ impl HiveMcp {
         to_json(&Recorded { recorded: n })
     }
 
-    /// End a turn: its message is delivered.
-    #[tool(description = "End a turn: its message becomes delivered and the usage is recorded.")]
+    /// End a turn: its messages are delivered.
+    #[tool(description = "End a turn: its messages become delivered and the usage is recorded.")]
     async fn finish_turn(&self, Parameters(args): Parameters<FinishTurnArgs>) -> ToolResult {
         if args.outcome.is_empty() || args.outcome.len() > 64 {
             return Err("outcome: 1 to 64 characters, e.g. ok or error".into());
@@ -430,7 +430,7 @@ impl HiveMcp {
 
     /// Give a turn back unfinished: its message is delivered again, flagged redelivered.
     #[tool(
-        description = "Give back a turn the model could not take (e.g. it needs a login or died): its message returns to the queue, flagged redelivered, and is not marked delivered. Returns {released} (0 if the turn was not open)."
+        description = "Give back a turn the model could not take (e.g. it needs a login or died): its messages return to the queue, flagged redelivered, and is not marked delivered. Returns {released} (0 if the turn was not open)."
     )]
     async fn release_turn(&self, Parameters(args): Parameters<ReleaseTurnArgs>) -> ToolResult {
         let released = self
@@ -445,6 +445,47 @@ impl HiveMcp {
             .expect("turns")
             .remove(&args.turn);
         to_json(&Released { released })
+    }
+
+    /// Wait for a `/cancel` from the operator while a turn runs.
+    #[tool(
+        description = "While turn `turn` runs, wait up to wait_seconds for a `/cancel` message from the operator; it is leased into the turn (delivered when the turn finishes) and returned, or null when none came or the turn ended. Other operator commands wait for their turn in order."
+    )]
+    async fn next_cancel(
+        &self,
+        Parameters(args): Parameters<NextCancelArgs>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        if args.wait_seconds > MAX_WAIT_SECONDS {
+            return Err(format!(
+                "wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"
+            ));
+        }
+        let wait = Duration::from_secs(args.wait_seconds);
+        let Some(got) = self
+            .unless_gone(
+                &ct,
+                self.hive.mailbox.take_cancel(&self.me, args.turn, wait),
+            )
+            .await
+        else {
+            return Err("cancelled".into());
+        };
+        to_json(&got.map_err(explain)?)
+    }
+
+    /// Answer an operator command, as `system`, in the operator's inbox.
+    #[tool(
+        description = "Answer the operator's command message `command` (leased to an open turn of this agent): the body goes to the operator's inbox from `system`, prefixed with this agent's name, replying to the command. Returns {sent}."
+    )]
+    async fn command_reply(&self, Parameters(args): Parameters<CommandReplyArgs>) -> ToolResult {
+        let id = self
+            .hive
+            .mailbox
+            .reply_to_command(&self.me, args.command, args.body)
+            .await
+            .map_err(explain)?;
+        to_json(&Sent { sent: vec![id] })
     }
 
     /// Say what the model is doing, for the operator.
@@ -466,7 +507,7 @@ impl ServerHandler for HiveMcp {
     fn get_info(&self) -> ServerConfig {
         let instructions = match self.role {
             Role::Harness => format!(
-                "The harness surface of agent {}: next_turn, turn_events, finish_turn, release_turn, report_state.",
+                "The harness surface of agent {}: next_turn, turn_events, finish_turn, release_turn, report_state, next_cancel, command_reply.",
                 self.me
             ),
             _ => format!(
