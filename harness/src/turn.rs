@@ -14,7 +14,8 @@ use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::claude::{Claude, Failure};
+use crate::claude::Failure;
+use crate::driver::Driver;
 use crate::prompt;
 
 /// How long one `next_turn` waits for a message before it is asked again.
@@ -63,7 +64,7 @@ async fn forward(peer: Peer<RoleClient>, turn: i64, mut events: mpsc::UnboundedR
 }
 
 /// Runs turns until the hive goes away (an error) — the caller races it against stop signals.
-pub async fn run(peer: Peer<RoleClient>, mut model: Claude) -> anyhow::Result<()> {
+pub async fn run(peer: Peer<RoleClient>, mut model: Driver) -> anyhow::Result<()> {
     report(&peer, TurnState::Idle).await;
     let mut died_in_a_row = 0u32;
     loop {
@@ -117,7 +118,7 @@ enum End {
 
 async fn one_turn(
     peer: &Peer<RoleClient>,
-    model: &mut Claude,
+    model: &mut Driver,
     turn: &LeasedTurn,
 ) -> anyhow::Result<End> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -146,7 +147,7 @@ async fn one_turn(
             let _ = tx.send(json!({"type": "harness", "subtype": "needs_login", "message": why}));
             Err(End::NeedsLogin)
         }
-        Err(Failure::Died(why)) => {
+        Err(Failure::Died(why) | Failure::CannotResume(why)) => {
             let _ = tx.send(json!({"type": "harness", "subtype": "model_died", "message": why}));
             Err(End::Died)
         }
