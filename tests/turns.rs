@@ -120,3 +120,220 @@ async fn an_agent_in_the_process_runtime_answers_the_operator_through_claude() {
         session.display()
     );
 }
+
+/// `hive logs AGENT`: the container's output (the harness's lines among it).
+fn log_of(state: &Path, agent: &str) -> String {
+    text(&cli(state, &["logs", agent]).stdout)
+}
+
+/// Waits until the operator's inbox holds a message from `from` with `body`.
+fn wait_for_answer(rt: &tokio::runtime::Runtime, state: &Path, from: &str, body: &str) {
+    let mut inbox = Value::Null;
+    let got = eventually(LIMIT, || {
+        inbox = rt
+            .block_on(api(state, "GET", "/api/v1/inbox?limit=50", None))
+            .1;
+        inbox
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(inbox["messages"].as_array().into_iter().flatten())
+            .any(|m| m["from"] == from && m["body"] == body)
+    });
+    assert!(
+        got,
+        "no {body:?} from {from} in the operator's inbox: {inbox}\nlog:\n{}",
+        log_of(state, from)
+    );
+}
+
+/// The outcome of the finished turn of message `id`, once it has one.
+fn finished_turn(state: &Path, id: i64) -> (String, i64) {
+    let db = open_db(state);
+    let mut outcome = None;
+    let done = eventually(LIMIT, || {
+        outcome = db
+            .query_row(
+                "SELECT outcome, (SELECT count(*) FROM turn_events e WHERE e.turn = t.id) \
+                 FROM turns t WHERE message_id = ?1 AND outcome IS NOT NULL",
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .ok();
+        outcome.is_some()
+    });
+    assert!(done, "the turn of message {id} did not finish");
+    outcome.unwrap()
+}
+
+#[test]
+fn an_agent_in_an_nspawn_container_answers_through_claude_and_resumes_after_idle() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+    {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "hello operator"}),
+        ),
+        Reply::text("answered"),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "second"}),
+        ),
+        Reply::text("answered again"),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "third"}),
+        ),
+        Reply::text("answered after a rest"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let base_url = server.base_url();
+    // The container has only `lo` (--private-network): the model is reached through the agent's
+    // gateway.sock, which forwards to the scripted server; claude is bound in from the host.
+    let config = format!(
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
+    );
+    let claude_path = claude.display().to_string();
+    let _daemon = Daemon::start_with_env(&state, &config, &[("HIVE_CLAUDE", &claude_path)]);
+    let status = cli_ok(&state, &["status"]);
+    let real = std::fs::canonicalize(&claude).unwrap();
+    assert!(
+        status.contains(&format!("driver:      claude at {}", real.display())),
+        "{status}"
+    );
+
+    // alice's claude is stopped after 6 idle seconds (the harness reads its environment from
+    // the agent's config).
+    cli_ok(&state, &["spawn", "alice"]);
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "manager");
+            last["up"] == true
+        }),
+        "the manager did not come up: {last}"
+    );
+    let repo = state.join("agents/alice/config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    let idle = nix.replace(
+        "allowedRecipients = [ ];",
+        "allowedRecipients = [ ];\n    env = { HIVE_CLAUDE_IDLE_SECONDS = \"6\"; };",
+    );
+    assert_ne!(idle, nix, "the template changed: adjust this test");
+    std::fs::write(repo.join("agent.nix"), idle).unwrap();
+    git(&repo, &["commit", "-qam", "a short idle timeout"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "alice", "commit": sha, "description": "short idle"}),
+    ));
+    let approval = queued["id"].as_i64().unwrap().to_string();
+    cli_ok(&state, &["approve", &approval]);
+    assert!(
+        eventually(LIMIT, || {
+            last = serde_json::from_str(&cli_ok(&state, &["show", &approval, "--json"])).unwrap();
+            last["status"] == "deployed"
+        }),
+        "{last}"
+    );
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}\n{}",
+        log_of(&state, "alice")
+    );
+
+    let first = rt.block_on(send(&state, "alice", "say hello"));
+    wait_for_answer(&rt, &state, "alice", "hello operator");
+    let (outcome, events) = finished_turn(&state, first);
+    assert_eq!(outcome, "ok", "{}", log_of(&state, "alice"));
+    assert!(events >= 4, "{events} events");
+    let session = std::fs::read_to_string(state.join("agents/alice/state/claude-session")).unwrap();
+    assert!(!session.is_empty());
+
+    // A second message: the same warm process.
+    let second = rt.block_on(send(&state, "alice", "again"));
+    wait_for_answer(&rt, &state, "alice", "second");
+    assert_eq!(finished_turn(&state, second).0, "ok");
+    let starts = |log: &str| log.lines().filter(|l| l.contains("claude started")).count();
+    assert_eq!(
+        starts(&log_of(&state, "alice")),
+        1,
+        "{}",
+        log_of(&state, "alice")
+    );
+
+    // Idle past the timeout: the process goes; the third message resumes the same session.
+    assert!(
+        eventually(LIMIT, || log_of(&state, "alice").contains("claude idle")),
+        "{}",
+        log_of(&state, "alice")
+    );
+    let third = rt.block_on(send(&state, "alice", "after a rest"));
+    wait_for_answer(&rt, &state, "alice", "third");
+    assert_eq!(finished_turn(&state, third).0, "ok");
+    let log = log_of(&state, "alice");
+    assert_eq!(starts(&log), 2, "{log}");
+    assert!(
+        log.contains(&format!("resuming session {session}")),
+        "{log}"
+    );
+    let sessions: Vec<String> = server
+        .model_requests()
+        .iter()
+        .map(|r| {
+            r.header("x-claude-code-session-id")
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(sessions.len(), 6, "{sessions:?}");
+    assert!(sessions.iter().all(|s| *s == session), "{sessions:?}");
+    // The resumed conversation holds the earlier turns.
+    let history = server.model_requests()[4].body["messages"].to_string();
+    assert!(history.contains("say hello"), "{history}");
+}
+
+#[test]
+fn a_missing_claude_cli_is_named_by_status_and_show_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let missing = dir.path().join("no-such-claude");
+    let config = format!(
+        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\nclaude = \"{}\"\n",
+        missing.display()
+    );
+    let _daemon = Daemon::start(&state, &config);
+    let status = cli_ok(&state, &["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("driver:"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.contains("claude not found")
+            && line.contains(&missing.display().to_string())
+            && line.contains("set [runtime] claude"),
+        "{line}"
+    );
+    let shown = cli_ok(&state, &["show-agent", "manager"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("driver:") && l.contains("claude not found")),
+        "{shown}"
+    );
+}

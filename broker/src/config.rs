@@ -46,12 +46,15 @@ pub struct ModelConfig {
     /// The Anthropic API the gateway forwards `/v1/messages` to (default
     /// `https://api.anthropic.com`); `http` or `https`, optionally with a path prefix.
     pub anthropic_base_url: String,
-    /// An OpenAI-compatible API, for agents whose harness speaks it (unset: none).
+    /// An OpenAI-compatible API (the path before `/v1/chat/completions`; a trailing `/v1` is
+    /// accepted), where the gateway forwards the openai driver's requests (unset: none).
     pub openai_base_url: Option<String>,
     /// A file holding the API key, read at start; it must not be readable by group or others.
     /// When set, the gateway sends it as `x-api-key` in place of whatever the agent sent, so the
     /// key never enters a container. Unset: the agent's own headers pass through.
     pub api_key_file: Option<std::path::PathBuf>,
+    /// The same for `openai_base_url`, sent as `authorization: Bearer KEY`.
+    pub openai_api_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -60,6 +63,7 @@ impl Default for ModelConfig {
             anthropic_base_url: "https://api.anthropic.com".to_owned(),
             openai_base_url: None,
             api_key_file: None,
+            openai_api_key_file: None,
         }
     }
 }
@@ -94,6 +98,9 @@ pub struct RuntimeConfig {
     /// The `hive-agent` binary put in images and run by the process runtime. Unset: the one next
     /// to the running `hive`.
     pub harness_binary: Option<std::path::PathBuf>,
+    /// The claude CLI the agents' claude driver runs (bound read-only into nspawn containers).
+    /// Unset: `HIVE_CLAUDE` from the daemon's environment, else `claude` on its PATH.
+    pub claude: Option<std::path::PathBuf>,
     /// How long a stop waits after SIGTERM before it kills the agent's cgroup (default 10).
     pub stop_timeout_seconds: u64,
     /// The first user-namespace range handed to an agent; each agent gets 65536 uids from a
@@ -106,6 +113,7 @@ impl Default for RuntimeConfig {
         Self {
             kind: None,
             harness_binary: None,
+            claude: None,
             stop_timeout_seconds: 10,
             uid_base_start: 0x4000_0000,
         }
@@ -370,6 +378,14 @@ impl Config {
             .is_some_and(|p| !p.is_absolute())
         {
             return Err("model.api_key_file: must be an absolute path".into());
+        }
+        if self
+            .model
+            .openai_api_key_file
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err("model.openai_api_key_file: must be an absolute path".into());
         }
         Ok(())
     }

@@ -96,6 +96,9 @@ pub struct AgentRun {
     /// while a harness is connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_state: Option<proto::tools::TurnState>,
+    /// The claude driver's executable, or why it is missing (`claude not found …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// What a lifecycle action did.
@@ -321,7 +324,17 @@ impl Containers {
             image: running.map(|(_, image)| image.display().to_string()),
             exited: slot.exited,
             turn_state: slot.turn_state.filter(|_| slot.harness > 0),
+            driver: self.driver(),
         }
+    }
+
+    /// What `hive status` and `hive show-agent` say of the claude driver: where its CLI is, or
+    /// why it cannot start (`None` when this hive runs no agents).
+    pub fn driver(&self) -> Option<String> {
+        self.runtime.as_ref().map(|r| match r.claude() {
+            Ok(path) => format!("claude at {}", path.display()),
+            Err(why) => why.clone(),
+        })
     }
 }
 

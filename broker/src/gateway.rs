@@ -1,5 +1,6 @@
 //! The model route (DESIGN §11): for every agent, `run/agents/<name>/gateway.sock`, an HTTP/1.1
-//! server that forwards the agent's model requests to `[model] anthropic_base_url`. Inside a
+//! server that forwards the agent's model requests to `[model] anthropic_base_url` (the Anthropic
+//! Messages paths) or `[model] openai_base_url` (`/v1/chat/completions`, for the openai driver). Inside a
 //! container the claude CLI reaches it with `ANTHROPIC_UNIX_SOCKET=/run/hive/gateway.sock` and
 //! `ANTHROPIC_BASE_URL=http://model-gateway` (FACTS D), so an agent needs no network and, with
 //! `[model] api_key_file`, never sees the API key.
@@ -7,7 +8,7 @@
 //! This module owns the listener, the peer check (the MCP sockets' own), the header rewrite and the
 //! streaming in both directions: bodies pass through frame by frame, so server-sent events reach the
 //! agent as the provider sends them. It must never buffer a whole body, log a request's content or
-//! headers, or forward a path other than the Anthropic Messages ones.
+//! headers, or forward a path other than the Anthropic Messages and OpenAI chat-completions ones.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -40,47 +41,109 @@ pub const SOCKET: &str = "gateway.sock";
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 /// Open connections per agent; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// The paths forwarded; anything else is answered 404.
+/// The paths forwarded to `anthropic_base_url`.
 pub const FORWARDED_PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
+/// The path forwarded to `openai_base_url`; anything else is answered 404.
+pub const OPENAI_PATH: &str = "/v1/chat/completions";
 
 type UpstreamBody = Limited<Incoming>;
 /// What the agent gets: the provider's body as it arrives, or the gateway's own JSON error.
 pub type GatewayBody = Either<Incoming, Full<Bytes>>;
 
-/// The forwarding side, built once at start from `[model]`.
-pub struct Gateway {
+/// One provider the gateway forwards to.
+struct Upstream {
     /// The base URL as configured, for messages.
     base_url: String,
     /// Scheme and authority of the base URL.
     origin: Uri,
     /// Its path without the trailing `/` (empty for none): prefixed to every forwarded path.
     prefix: String,
-    api_key: Option<HeaderValue>,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// The hive's key for it, and the header that carries it (`x-api-key` for Anthropic,
+    /// `authorization: Bearer` for OpenAI).
+    api_key: Option<(HeaderName, HeaderValue)>,
 }
 
-impl Gateway {
-    /// Reads `[model]`: the base URL (checked by `Config::check`) and the API key file, which must
-    /// not be readable by group or others.
-    pub fn new(config: &ModelConfig) -> Result<Self> {
-        let base_url = config.anthropic_base_url.trim_end_matches('/').to_owned();
-        let uri: Uri = base_url.parse().map_err(|e| {
-            Error::invalid(
-                "model.anthropic_base_url",
-                format!("{base_url:?} is not a URL: {e}"),
-            )
-        })?;
+impl Upstream {
+    fn new(
+        field: &'static str,
+        base_url: &str,
+        key: Option<&Path>,
+        key_field: &'static str,
+        bearer: bool,
+    ) -> Result<Self> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let uri: Uri = base_url
+            .parse()
+            .map_err(|e| Error::invalid(field, format!("{base_url:?} is not a URL: {e}")))?;
         let origin = Uri::builder()
             .scheme(uri.scheme_str().unwrap_or("http"))
             .authority(uri.authority().map(|a| a.as_str()).unwrap_or_default())
             .path_and_query("/")
             .build()
-            .map_err(|e| Error::invalid("model.anthropic_base_url", e.to_string()))?;
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        let api_key = config
-            .api_key_file
+            .map_err(|e| Error::invalid(field, e.to_string()))?;
+        let mut prefix = uri.path().trim_end_matches('/').to_owned();
+        if bearer {
+            // OpenAI-compatible base URLs are usually written with their `/v1`.
+            if let Some(stripped) = prefix.strip_suffix("/v1") {
+                prefix = stripped.to_owned();
+            }
+        }
+        let api_key = key
+            .map(|path| read_api_key(path, key_field))
+            .transpose()?
+            .map(|key| -> Result<(HeaderName, HeaderValue)> {
+                if !bearer {
+                    return Ok((HeaderName::from_static("x-api-key"), key));
+                }
+                let mut value =
+                    HeaderValue::from_bytes(&[b"Bearer ".as_slice(), key.as_bytes()].concat())
+                        .map_err(|_| {
+                            Error::invalid(key_field, "the key cannot be sent as a header")
+                        })?;
+                value.set_sensitive(true);
+                Ok((header::AUTHORIZATION, value))
+            })
+            .transpose()?;
+        Ok(Self {
+            base_url,
+            origin,
+            prefix,
+            api_key,
+        })
+    }
+}
+
+/// The forwarding side, built once at start from `[model]`.
+pub struct Gateway {
+    anthropic: Upstream,
+    /// Unset: chat-completions requests are answered 404, saying so.
+    openai: Option<Upstream>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl Gateway {
+    /// Reads `[model]`: the base URLs (checked by `Config::check`) and the API key files, which
+    /// must not be readable by group or others.
+    pub fn new(config: &ModelConfig) -> Result<Self> {
+        let anthropic = Upstream::new(
+            "model.anthropic_base_url",
+            &config.anthropic_base_url,
+            config.api_key_file.as_deref(),
+            "model.api_key_file",
+            false,
+        )?;
+        let openai = config
+            .openai_base_url
             .as_deref()
-            .map(read_api_key)
+            .map(|url| {
+                Upstream::new(
+                    "model.openai_base_url",
+                    url,
+                    config.openai_api_key_file.as_deref(),
+                    "model.openai_api_key_file",
+                    true,
+                )
+            })
             .transpose()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -95,19 +158,16 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(Self {
-            base_url,
-            origin,
-            prefix,
-            api_key,
+            anthropic,
+            openai,
             client,
         })
     }
 }
 
 /// The key in `path`, trimmed; refused when group or others may read the file.
-fn read_api_key(path: &Path) -> Result<HeaderValue> {
+fn read_api_key(path: &Path, field: &'static str) -> Result<HeaderValue> {
     use std::os::unix::fs::PermissionsExt;
-    let field = "model.api_key_file";
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("cannot read {field} {}", path.display()), e))?;
     let mode = meta.permissions().mode();
@@ -257,16 +317,30 @@ async fn forward(gateway: &Gateway, agent: &AgentName, req: Request<Incoming>) -
 
 async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
     let path = req.uri().path();
-    if !FORWARDED_PATHS.contains(&path) {
+    let provider = if FORWARDED_PATHS.contains(&path) {
+        &gateway.anthropic
+    } else if path == OPENAI_PATH {
+        match &gateway.openai {
+            Some(openai) => openai,
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found_error",
+                    "the hive has no OpenAI-compatible provider: set [model] openai_base_url in \
+                     hive.toml",
+                );
+            }
+        }
+    } else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found_error",
             &format!(
-                "the hive's model gateway forwards only {}; not {path}",
-                FORWARDED_PATHS.join(" and ")
+                "the hive's model gateway forwards only {} and {OPENAI_PATH}; not {path}",
+                FORWARDED_PATHS.join(", ")
             ),
         );
-    }
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -276,11 +350,11 @@ async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         return too_large();
     }
     let path_and_query = match req.uri().query() {
-        Some(q) => format!("{}{path}?{q}", gateway.prefix),
-        None => format!("{}{path}", gateway.prefix),
+        Some(q) => format!("{}{path}?{q}", provider.prefix),
+        None => format!("{}{path}", provider.prefix),
     };
     let (mut parts, body) = req.into_parts();
-    let mut uri = gateway.origin.clone().into_parts();
+    let mut uri = provider.origin.clone().into_parts();
     uri.path_and_query = path_and_query.parse().ok();
     let Ok(uri) = Uri::from_parts(uri) else {
         return error(
@@ -293,10 +367,11 @@ async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    if let Some(key) = &gateway.api_key {
+    if let Some((name, key)) = &provider.api_key {
         // The hive's key replaces whatever credential the agent sent.
         parts.headers.remove(header::AUTHORIZATION);
-        parts.headers.insert("x-api-key", key.clone());
+        parts.headers.remove("x-api-key");
+        parts.headers.insert(name.clone(), key.clone());
     }
     let upstream = Request::from_parts(parts, Limited::new(body, MAX_REQUEST_BYTES));
     match gateway.client.request(upstream).await {
@@ -311,7 +386,7 @@ async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
             "api_error",
             &format!(
                 "the hive's model gateway cannot reach {}: {}",
-                gateway.base_url,
+                provider.base_url,
                 error_chain(&e)
             ),
         ),

@@ -72,6 +72,9 @@ pub struct Status {
     pub faulted: Vec<Fault>,
     /// How agents run: `nspawn`, `process`, or `none`.
     pub runtime: String,
+    /// The claude driver's CLI, or why agents cannot start it; absent when no agents run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 impl Hive {
@@ -205,6 +208,7 @@ impl Hive {
                 Some(crate::config::RuntimeKind::Off) | None => "none (this hive runs no agents)",
             }
             .to_owned(),
+            driver: self.containers.driver(),
         })
     }
 

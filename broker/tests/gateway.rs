@@ -229,8 +229,17 @@ async fn other_paths_are_404_and_never_forwarded() {
     let server = ModelServer::start(vec![]).await;
     let f = hive_with(&server.base_url(), None).await;
     let mut conn = connect(&socket(&f)).await;
+    // Without [model] openai_base_url, chat completions are refused, saying what to set.
+    let resp = send(
+        &mut conn,
+        post("/v1/chat/completions"),
+        messages_body(false),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    let message = json_error(resp).await["error"]["message"].to_string();
+    assert!(message.contains("openai_base_url"), "{message}");
     for path in [
-        "/v1/chat/completions",
         "/v1/models",
         "/v1/messages/",
         "/v1/messages/../../admin",
@@ -244,6 +253,46 @@ async fn other_paths_are_404_and_never_forwarded() {
         assert!(message.contains("/v1/messages"), "{message}");
     }
     assert!(server.requests().is_empty(), "{:?}", server.requests());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_completions_go_to_the_openai_base_url_with_the_hives_bearer_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let anthropic = ModelServer::start(vec![]).await;
+    let openai = ModelServer::start(vec![Reply::text("from openai")]).await;
+    let mut config = Config::default();
+    config.model.anthropic_base_url = anthropic.base_url();
+    // Written with its `/v1`, as OpenAI-compatible base URLs usually are.
+    config.model.openai_base_url = Some(format!("{}/v1", openai.base_url()));
+    let key = keys.path().join("openai.key");
+    std::fs::write(&key, "sk-openai-hive\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config.model.openai_api_key_file = Some(key);
+    let f = common::open(tempfile::tempdir().unwrap(), config).await;
+    f.hive
+        .add_agent(name("alice"), AgentKind::Agent)
+        .await
+        .unwrap();
+    let mut conn = connect(&socket(&f)).await;
+    let body = Bytes::from(
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    let req = post("/v1/chat/completions").header("authorization", "Bearer sk-agent");
+    let resp = send(&mut conn, req, body.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = serde_json::from_str(&text(resp).await).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "from openai");
+    let seen = &openai.requests()[0];
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-openai-hive"));
+    assert!(anthropic.requests().is_empty());
+    // The Anthropic paths still go to their own provider; other paths nowhere.
+    let resp = send(&mut conn, post("/v1/messages"), messages_body(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(anthropic.requests().len(), 1);
+    let resp = send(&mut conn, post("/v1/models"), body).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(openai.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -42,6 +42,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// How long an idle process is kept.
     pub idle_timeout: Duration,
+    /// One process per turn: stopped after each turn, the next resumes the session.
+    pub per_turn: bool,
     /// This binary, the `hive` MCP server (`hive-agent mcp`).
     pub hive_agent: PathBuf,
     /// `--max-turns`: the most model calls one turn may make (a model that never stops calling
@@ -70,6 +72,9 @@ pub enum Failure {
     PromptTooLong(String),
     /// The process died or could not be started.
     Died(String),
+    /// A `--resume` found no conversation (claude was killed before it wrote its transcript):
+    /// the session is gone, the turn is tried again in a fresh one.
+    CannotResume(String),
 }
 
 struct Running {
@@ -328,7 +333,16 @@ impl Claude {
         prompt: &str,
         events: &UnboundedSender<Value>,
     ) -> Result<Answered, Failure> {
-        let out = self.turn_inner(prompt, events).await;
+        let mut out = self.turn_inner(prompt, events).await;
+        if let Err(Failure::CannotResume(why)) = &out {
+            let _ = events.send(json!({"type": "harness", "subtype": "fresh_session", "message": format!("{why}; starting a fresh session")}));
+            self.start_fresh().await;
+            out = match self.turn_inner(prompt, events).await {
+                // A fresh start resumes nothing; should it say so anyway, it is a death.
+                Err(Failure::CannotResume(why)) => Err(Failure::Died(why)),
+                other => other,
+            };
+        }
         match &out {
             Err(Failure::Died(_)) => {
                 // A resumed process that died before its first init could not resume: the next
@@ -339,6 +353,7 @@ impl Claude {
                     let _ = std::fs::remove_file(self.session_file());
                 }
             }
+            _ if self.opts.per_turn => self.stop().await,
             _ => {
                 if let Some(r) = self.running.as_mut() {
                     r.idle_since = Instant::now();
@@ -421,6 +436,21 @@ impl Claude {
         }
         let usage = usage_of(&result, tool_calls);
         let text = result["result"].as_str().unwrap_or_default().to_owned();
+        if result["is_error"] == true && running.resuming {
+            // No init came: claude refused the session itself (`No conversation found`) and
+            // ended; the turn never reached the model.
+            let errors = result["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Failure::CannotResume(format!(
+                "claude could not resume its session: {}",
+                if errors.is_empty() { &text } else { &errors }
+            )));
+        }
         if result["is_error"] == true {
             if result["terminal_reason"] == "prompt_too_long"
                 || text.starts_with("Prompt is too long")

@@ -3,6 +3,8 @@
 mod bridge;
 mod claude;
 mod commands;
+mod driver;
+mod openai;
 mod prompt;
 mod serve;
 mod turn;
@@ -55,7 +57,21 @@ enum Command {
         /// The most model calls one turn may make before it is cut (`tool_loop_cut`)
         #[arg(long, default_value_t = 100, env = "HIVE_MAX_TURNS")]
         max_turns: u32,
+        /// `warm`: one claude process kept between turns; `per-turn`: one process per turn,
+        /// each resuming the session (slower; the fallback)
+        #[arg(long, value_enum, default_value_t = ClaudeMode::Warm, env = "HIVE_CLAUDE_MODE")]
+        claude_mode: ClaudeMode,
+        /// Model calls per turn of the openai driver before its tool loop is cut
+        #[arg(long, default_value_t = 32, env = "HIVE_OPENAI_MAX_ROUNDS")]
+        openai_max_rounds: u32,
     },
+}
+
+/// How the claude driver runs claude.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClaudeMode {
+    Warm,
+    PerTurn,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +95,8 @@ fn main() -> ExitCode {
             claude,
             idle_seconds,
             max_turns,
+            claude_mode,
+            openai_max_rounds,
         } => runtime.block_on(serve::run(serve::Settings {
             socket_dir,
             config,
@@ -86,6 +104,8 @@ fn main() -> ExitCode {
             claude: claude.unwrap_or_else(claude::default_bin),
             idle_timeout: std::time::Duration::from_secs(idle_seconds),
             max_turns,
+            claude_per_turn: claude_mode == ClaudeMode::PerTurn,
+            openai_max_rounds: openai_max_rounds.max(1),
         })),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.

@@ -38,6 +38,10 @@ pub struct Settings {
     pub claude: std::path::PathBuf,
     pub idle_timeout: Duration,
     pub max_turns: u32,
+    /// One claude process per turn instead of a warm one.
+    pub claude_per_turn: bool,
+    /// Model calls per turn of the openai driver.
+    pub openai_max_rounds: u32,
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -74,24 +78,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let peer = client.peer().clone();
     let turns = async {
-        if config.driver != Driver::Claude {
-            eprintln!(
-                "hive-agent: the {:?} driver takes no turns yet; waiting",
-                config.driver
-            );
-            return std::future::pending().await;
-        }
-        let mut model = crate::claude::Claude::new(
-            crate::claude::Options {
-                bin: settings.claude.clone(),
-                socket_dir: socket_dir.to_owned(),
-                state_dir: settings.state_dir.clone(),
-                idle_timeout: settings.idle_timeout,
-                hive_agent: std::env::current_exe().context("cannot find this binary")?,
-                max_turns: settings.max_turns,
-            },
-            config.clone(),
-        );
+        let mut model = match config.driver {
+            Driver::Claude => crate::driver::Driver::Claude(crate::claude::Claude::new(
+                crate::claude::Options {
+                    bin: settings.claude.clone(),
+                    socket_dir: socket_dir.to_owned(),
+                    state_dir: settings.state_dir.clone(),
+                    idle_timeout: settings.idle_timeout,
+                    per_turn: settings.claude_per_turn,
+                    hive_agent: std::env::current_exe().context("cannot find this binary")?,
+                    max_turns: settings.max_turns,
+                },
+                config.clone(),
+            )),
+            Driver::Openai => crate::driver::Driver::OpenAi(crate::openai::OpenAi::new(
+                crate::openai::Options {
+                    socket_dir: socket_dir.to_owned(),
+                    state_dir: settings.state_dir.clone(),
+                    max_rounds: settings.openai_max_rounds,
+                },
+                config.clone(),
+            )),
+        };
         // A model the operator chose (`/model`) outlives restarts.
         if let Some(chosen) = crate::commands::stored_model(&settings.state_dir) {
             model.set_model(Some(chosen));

@@ -23,8 +23,9 @@ use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::claude::{Answered, Claude, Failure};
+use crate::claude::{Answered, Failure};
 use crate::commands::{self, Command};
+use crate::driver::Driver;
 use crate::prompt;
 
 /// How long one `next_turn` waits for a message before it is asked again.
@@ -84,7 +85,7 @@ async fn forward(peer: Peer<RoleClient>, turn: i64, mut events: mpsc::UnboundedR
 /// Runs turns until the hive goes away (an error) — the caller races it against stop signals.
 pub async fn run(
     peer: Peer<RoleClient>,
-    mut model: Claude,
+    mut model: Driver,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
     report(&peer, TurnState::Idle).await;
@@ -201,7 +202,7 @@ struct TurnCtx<'a> {
 
 async fn one_turn(
     peer: &Peer<RoleClient>,
-    model: &mut Claude,
+    model: &mut Driver,
     state_dir: &Path,
     turn: &LeasedTurn,
 ) -> anyhow::Result<End> {
@@ -397,7 +398,7 @@ impl TurnCtx<'_> {
                 self.note("needs_login", why);
                 Part::GiveBack(End::NeedsLogin)
             }
-            Err(Failure::Died(why)) => {
+            Err(Failure::Died(why) | Failure::CannotResume(why)) => {
                 self.note("model_died", why);
                 Part::GiveBack(End::Died)
             }
@@ -435,7 +436,11 @@ impl TurnCtx<'_> {
                             Some(e) => format!("compaction failed: {e}"),
                         }
                     }
-                    Err(Failure::PromptTooLong(why) | Failure::Died(why)) => {
+                    Err(
+                        Failure::PromptTooLong(why)
+                        | Failure::Died(why)
+                        | Failure::CannotResume(why),
+                    ) => {
                         tally.errors = true;
                         format!("compaction failed: {why}")
                     }

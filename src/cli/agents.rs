@@ -135,6 +135,9 @@ pub fn show_agent(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode>
     if let Some(exited) = run["exited"].as_str() {
         outln!("last exit:   {}", output::one_line(exited));
     }
+    if let Some(driver) = run["driver"].as_str() {
+        outln!("driver:      {}", output::one_line(driver));
+    }
     let iso = &a["isolation"];
     if iso.is_object() {
         outln!("isolation (read from the kernel):");

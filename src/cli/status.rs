@@ -40,6 +40,9 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     outln!("agents:      {}", s["agents"]);
     outln!("runtime:     {}", output::field(&s["runtime"], "?"));
+    if let Some(driver) = s["driver"].as_str() {
+        outln!("driver:      {}", output::one_line(driver));
+    }
     let m = &s["messages"];
     outln!(
         "messages:    {} queued, {} in a turn, {} delivered",

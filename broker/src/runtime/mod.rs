@@ -131,6 +131,46 @@ pub trait Runtime: Send + Sync + 'static {
     fn adopt(&self, known: &[AgentName]) -> Result<Vec<(AgentName, Adoption)>>;
     /// Containers that ended on their own.
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit>;
+    /// The claude CLI the agents get, or why there is none (shown by `hive status`).
+    fn claude(&self) -> &ClaudeCli;
+}
+
+/// The claude CLI found at daemon start ([`find_claude`]): the real file (symlinks resolved, so
+/// that it can be bound), or why none was found.
+pub type ClaudeCli = std::result::Result<PathBuf, String>;
+
+/// Where the nspawn runtime binds the claude CLI inside a container (on nspawn's own `/run`
+/// tmpfs: the image root stays read-only); the harness finds it through `HIVE_CLAUDE`.
+pub const CLAUDE_IN_CONTAINER: &str = "/run/hive-bin/claude";
+
+/// The claude CLI: `[runtime] claude`, else `HIVE_CLAUDE` from the daemon's environment, else
+/// `claude` on its PATH; resolved once, symlinks followed to the real executable.
+pub fn find_claude(configured: Option<&Path>) -> ClaudeCli {
+    use std::os::unix::fs::PermissionsExt;
+    let (candidate, from) = if let Some(p) = configured {
+        (Some(p.to_path_buf()), "[runtime] claude")
+    } else if let Some(p) = std::env::var_os("HIVE_CLAUDE").filter(|p| !p.is_empty()) {
+        (Some(PathBuf::from(p)), "HIVE_CLAUDE")
+    } else {
+        (find_on_path("claude"), "PATH")
+    };
+    let Some(candidate) = candidate else {
+        return Err("claude not found (set [runtime] claude in hive.toml)".into());
+    };
+    let real = std::fs::canonicalize(&candidate).map_err(|e| {
+        format!(
+            "claude not found: {} (from {from}): {e} (set [runtime] claude in hive.toml)",
+            candidate.display()
+        )
+    })?;
+    match std::fs::metadata(&real) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(real),
+        _ => Err(format!(
+            "claude not usable: {} (from {from}) is not an executable file (set [runtime] claude \
+             in hive.toml)",
+            real.display()
+        )),
+    }
 }
 
 /// The runtime `[runtime] kind` names; unset: nspawn when `systemd-nspawn` is on PATH and we are
@@ -143,13 +183,18 @@ pub fn open(config: &Config, state: &StateDir) -> Result<Arc<dyn Runtime>> {
     } else {
         RuntimeKind::Process
     });
+    let claude = find_claude(config.runtime.claude.as_deref());
+    match &claude {
+        Ok(path) => tracing::info!(claude = %path.display(), "the agents' claude CLI"),
+        Err(why) => tracing::warn!(%why, "agents with the claude driver cannot take turns"),
+    }
     Ok(match kind {
         RuntimeKind::Off => {
             return Err(Error::Internal(
                 "runtime::open called for a hive that runs no agents".into(),
             ));
         }
-        RuntimeKind::Process => Arc::new(ProcessRuntime::new()),
+        RuntimeKind::Process => Arc::new(ProcessRuntime::new().with_claude(claude)),
         RuntimeKind::Nspawn => {
             let nspawn = nspawn.ok_or_else(|| {
                 Error::Runtime(
@@ -165,7 +210,7 @@ pub fn open(config: &Config, state: &StateDir) -> Result<Arc<dyn Runtime>> {
                         .into(),
                 ));
             }
-            Arc::new(NspawnRuntime::new(nspawn, state.root())?)
+            Arc::new(NspawnRuntime::new(nspawn, state.root())?.with_claude(claude))
         }
     })
 }

@@ -17,8 +17,8 @@ use proto::agent_config::Network;
 use super::cgroup::{self, AgentCgroup, Cgroups};
 use super::children::Children;
 use super::{
-    Adoption, ContainerExit, ContainerSpec, ContainerState, ExecOutput, Isolation, Runtime, kernel,
-    run_with_timeout,
+    Adoption, CLAUDE_IN_CONTAINER, ClaudeCli, ContainerExit, ContainerSpec, ContainerState,
+    ExecOutput, Isolation, Runtime, kernel, run_with_timeout,
 };
 use crate::config::RuntimeKind;
 use crate::error::{Error, Result};
@@ -33,6 +33,7 @@ pub struct NspawnRuntime {
     cgroups: Cgroups,
     children: Arc<Children>,
     hive_id: String,
+    claude: ClaudeCli,
 }
 
 impl NspawnRuntime {
@@ -51,7 +52,15 @@ impl NspawnRuntime {
             cgroups,
             children: Children::new(),
             hive_id: cgroup::hive_id(state_root),
+            claude: Err("no claude CLI was given to this runtime".into()),
         })
+    }
+
+    /// The claude CLI bound read-only into every container at [`CLAUDE_IN_CONTAINER`] (FACTS D:
+    /// one ELF needing only the bound `/usr`'s libc).
+    pub fn with_claude(mut self, claude: ClaudeCli) -> Self {
+        self.claude = claude;
+        self
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -66,12 +75,17 @@ impl NspawnRuntime {
             arg.push(format!(":{to}{opts}"));
             arg
         };
+        let claude = self.claude.as_ref().ok();
         for (what, path) in [
-            ("image", &spec.image),
-            ("run dir", &spec.run_dir),
-            ("state dir", &spec.state_dir),
-            ("home dir", &spec.home_dir),
-        ] {
+            ("image", Some(&spec.image)),
+            ("run dir", Some(&spec.run_dir)),
+            ("state dir", Some(&spec.state_dir)),
+            ("home dir", Some(&spec.home_dir)),
+            ("claude CLI", claude),
+        ]
+        .into_iter()
+        .filter_map(|(what, path)| Some((what, path?)))
+        {
             // nspawn splits bind arguments at ':'.
             if path.as_os_str().as_encoded_bytes().contains(&b':') {
                 return Err(Error::Runtime(format!(
@@ -109,10 +123,17 @@ impl NspawnRuntime {
         if let Some(agents) = spec.agents_dir.as_ref().filter(|_| spec.manager) {
             argv.push(bind("--bind", agents, "/agents", ":idmap"));
         }
+        if let Some(claude) = claude {
+            // On nspawn's /run tmpfs: no mount point is needed in the read-only image.
+            argv.push(bind("--bind-ro", claude, CLAUDE_IN_CONTAINER, ""));
+        }
         for (key, value) in super::checked_env(&spec.config.env)? {
             argv.push(format!("--setenv={key}={value}").into());
         }
         argv.push("--setenv=HOME=/root".into());
+        if claude.is_some() {
+            argv.push(format!("--setenv=HIVE_CLAUDE={CLAUDE_IN_CONTAINER}").into());
+        }
         argv.extend(
             [
                 "--kill-signal=SIGRTMIN+3",
@@ -275,5 +296,9 @@ impl Runtime for NspawnRuntime {
 
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit> {
         self.children.subscribe()
+    }
+
+    fn claude(&self) -> &ClaudeCli {
+        &self.claude
     }
 }

@@ -12,8 +12,8 @@ use nix::unistd::Pid;
 
 use super::children::Children;
 use super::{
-    Adoption, ContainerExit, ContainerSpec, ContainerState, ExecOutput, Isolation, Runtime,
-    run_with_timeout,
+    Adoption, ClaudeCli, ContainerExit, ContainerSpec, ContainerState, ExecOutput, Isolation,
+    Runtime, run_with_timeout,
 };
 use crate::config::RuntimeKind;
 use crate::error::{Error, Result};
@@ -23,6 +23,7 @@ pub struct ProcessRuntime {
     children: Arc<Children>,
     /// The state dirs of the running agents, the working directory of `exec`.
     cwd: std::sync::Mutex<std::collections::HashMap<AgentName, std::path::PathBuf>>,
+    claude: ClaudeCli,
 }
 
 impl ProcessRuntime {
@@ -30,7 +31,14 @@ impl ProcessRuntime {
         Self {
             children: Children::new(),
             cwd: Default::default(),
+            claude: Err("no claude CLI was given to this runtime".into()),
         }
+    }
+
+    /// The claude CLI the harness runs (passed as `HIVE_CLAUDE`).
+    pub fn with_claude(mut self, claude: ClaudeCli) -> Self {
+        self.claude = claude;
+        self
     }
 }
 
@@ -67,6 +75,9 @@ impl Runtime for ProcessRuntime {
                         .map_err(|e| Error::io("cannot share the log", e))?,
                 )
                 .stderr(log);
+            if let Ok(claude) = &self.claude {
+                command.env("HIVE_CLAUDE", claude);
+            }
             // Its own group: a stop reaches whatever the harness started.
             std::os::unix::process::CommandExt::process_group(&mut command, 0);
             command.spawn().map_err(|e| {
@@ -144,5 +155,9 @@ impl Runtime for ProcessRuntime {
 
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit> {
         self.children.subscribe()
+    }
+
+    fn claude(&self) -> &ClaudeCli {
+        &self.claude
     }
 }

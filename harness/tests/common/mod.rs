@@ -38,6 +38,8 @@ impl TestHive {
     pub async fn open_with_model(agents: &[&str], base_url: &str) -> Self {
         let mut config = Config::default();
         config.model.anthropic_base_url = base_url.to_owned();
+        // The scripted server speaks both protocols.
+        config.model.openai_base_url = Some(base_url.to_owned());
         Self::open_with(agents, config).await
     }
 
