@@ -312,6 +312,8 @@ impl OpenAi {
         Ok(Answered {
             ok: outcome.is_none(),
             usage,
+            // The only error outcome is the cut tool loop: the turn loop calls it `tool_loop_cut`.
+            terminal_reason: outcome.is_some().then(|| "max_turns".to_owned()),
             error: outcome,
         })
     }

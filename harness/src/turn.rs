@@ -194,7 +194,7 @@ impl Tally {
 /// The turn loop's view of one turn: the hive, the model, the turn, and where its events go.
 struct TurnCtx<'a> {
     peer: &'a Peer<RoleClient>,
-    model: &'a mut Claude,
+    model: &'a mut Driver,
     state_dir: &'a Path,
     turn: i64,
     events: &'a mpsc::UnboundedSender<Value>,
