@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod status;
 pub mod store;
 pub mod tombstones;
+pub mod turn_history;
 
 pub use error::{Error, Result};
 pub use hive::Hive;
