@@ -203,7 +203,8 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         let evil = format!(
             "data:text/html,<form method=post action='{base}/send'><input name=to value=manager><input name=body value=forged><input name=csrf value={}></form><script>document.forms[0].submit()</script>",
             csrf.as_str().unwrap()
-        );
+        )
+        .replace(' ', "%20");
         c.goto(&evil).await.unwrap();
         until_js(&c, &format!("location.href.startsWith('{base}')"), "the forged form submitted").await;
         screenshot(&c, "cross-site").await;

@@ -3,7 +3,7 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::auth::{self, LOGIN_COOKIE, LoginRefused, SESSION_COOKIE};
@@ -47,14 +47,15 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Response {
 
 fn logged_in(cookie: &str) -> Response {
     let html = LoggedIn.render().unwrap_or_default();
+    // Two Set-Cookie headers: appended, not the second replacing the first.
     (
-        [
+        AppendHeaders([
             (
                 header::SET_COOKIE,
                 auth::set_cookie(SESSION_COOKIE, cookie, auth::SESSION_TTL),
             ),
             (header::SET_COOKIE, expired(LOGIN_COOKIE)),
-        ],
+        ]),
         Html(html),
     )
         .into_response()
