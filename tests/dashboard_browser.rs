@@ -79,7 +79,10 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
     let base = format!("http://{}", addr.trim());
     let link: Value = serde_json::from_str(&cli_ok(state, &["dashboard", "--json"])).unwrap();
     let login_link = link["login_link"].as_str().unwrap().to_owned();
-    assert!(login_link.starts_with(&format!("{base}/login/link?t=")), "{link}");
+    assert!(
+        login_link.starts_with(&format!("{base}/login/link?t=")),
+        "{link}"
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let manager = mcp_connect(&rt, state, "manager", "mcp.sock");

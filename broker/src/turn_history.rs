@@ -22,7 +22,11 @@ pub struct FinishedTurn {
 
 impl Hive {
     /// The newest `limit` finished turns of `agent`'s current incarnation, oldest first.
-    pub async fn finished_turns(&self, agent: &AgentName, limit: usize) -> Result<Vec<FinishedTurn>> {
+    pub async fn finished_turns(
+        &self,
+        agent: &AgentName,
+        limit: usize,
+    ) -> Result<Vec<FinishedTurn>> {
         let Some(record) = self.agent(agent) else {
             return Err(crate::Error::UnknownAgent {
                 name: agent.to_string(),

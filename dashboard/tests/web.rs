@@ -63,7 +63,11 @@ impl Web {
         (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
 
-    async fn get(&self, path: &str, session: Option<&Session>) -> (StatusCode, axum::http::HeaderMap, String) {
+    async fn get(
+        &self,
+        path: &str,
+        session: Option<&Session>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
         let mut req = Request::get(path).header(header::HOST, HOST);
         if let Some(s) = session {
             req = req.header(header::COOKIE, format!("hive_session={}", s.cookie));
@@ -116,8 +120,17 @@ impl Web {
         )
         .unwrap();
         let mut out = String::new();
-        for table in ["messages", "approvals", "deploys", "agents", "audit", "questions"] {
-            let mut stmt = db.prepare(&format!("SELECT * FROM {table} ORDER BY rowid")).unwrap();
+        for table in [
+            "messages",
+            "approvals",
+            "deploys",
+            "agents",
+            "audit",
+            "questions",
+        ] {
+            let mut stmt = db
+                .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+                .unwrap();
             let columns = stmt.column_count();
             let rows: Vec<String> = stmt
                 .query_map([], |r| {
@@ -151,11 +164,22 @@ impl Web {
             let out = std::process::Command::new("git")
                 .arg("-C")
                 .arg(&repo)
-                .args(["-c", "user.name=manager", "-c", "user.email=m@hive", "-c", "commit.gpgsign=false"])
+                .args([
+                    "-c",
+                    "user.name=manager",
+                    "-c",
+                    "user.email=m@hive",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
                 .args(args)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8(out.stdout).unwrap().trim().to_owned()
         };
         git(&["commit", "-qam", "config"]);
@@ -187,12 +211,19 @@ fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|v| {
             assert!(v.contains("HttpOnly"), "{v}");
             assert!(v.contains("SameSite=Strict"), "{v}");
-            v["hive_session=".len()..].split(';').next().unwrap().to_owned()
+            v["hive_session=".len()..]
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned()
         })
 }
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
-    let from = text.find(start).unwrap_or_else(|| panic!("{start} in {text}")) + start.len();
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {text}"))
+        + start.len();
     let len = text[from..].find(end).unwrap();
     &text[from..from + len]
 }
@@ -200,7 +231,16 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_session_pages_redirect_and_the_api_answers_401() {
     let w = web().await;
-    for page in ["/", "/approvals", "/questions", "/inbox", "/messages", "/agents/manager", "/tombstones", "/audit"] {
+    for page in [
+        "/",
+        "/approvals",
+        "/questions",
+        "/inbox",
+        "/messages",
+        "/agents/manager",
+        "/tombstones",
+        "/audit",
+    ] {
         let (status, headers, _) = w.get(page, None).await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
         assert_eq!(headers[header::LOCATION], "/login", "{page}");
@@ -215,10 +255,18 @@ async fn without_a_session_pages_redirect_and_the_api_answers_401() {
         cookie: "0".repeat(64),
         csrf: String::new(),
     };
-    assert_eq!(w.get("/api/v1/status", Some(&fake)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        w.get("/api/v1/status", Some(&fake)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let before = w.snapshot();
     let (status, _, _) = w
-        .post_form("/send", Some(&fake), Some(ORIGIN), &[("to", "manager"), ("body", "hi")])
+        .post_form(
+            "/send",
+            Some(&fake),
+            Some(ORIGIN),
+            &[("to", "manager"), ("body", "hi")],
+        )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(w.snapshot(), before);
@@ -263,7 +311,8 @@ async fn the_login_form_refuses_wrong_tokens_other_origins_and_floods() {
         let cookie = format!("hive_login={login_cookie}");
         let app = w.app.clone();
         async move {
-            let body = serde_urlencoded::to_string([("csrf", csrf.as_str()), ("token", token)]).unwrap();
+            let body =
+                serde_urlencoded::to_string([("csrf", csrf.as_str()), ("token", token)]).unwrap();
             let res = app
                 .oneshot(
                     Request::post("/login")
@@ -282,13 +331,25 @@ async fn the_login_form_refuses_wrong_tokens_other_origins_and_floods() {
     let before = w.snapshot();
     // Another origin, or a form whose CSRF token is not its cookie's: refused, even with the
     // right operator token.
-    assert_eq!(login("http://evil.example", form_csrf.clone(), TOKEN).await, (StatusCode::FORBIDDEN, None));
-    assert_eq!(login(ORIGIN, "f".repeat(64), TOKEN).await, (StatusCode::FORBIDDEN, None));
+    assert_eq!(
+        login("http://evil.example", form_csrf.clone(), TOKEN).await,
+        (StatusCode::FORBIDDEN, None)
+    );
+    assert_eq!(
+        login(ORIGIN, "f".repeat(64), TOKEN).await,
+        (StatusCode::FORBIDDEN, None)
+    );
     // Wrong tokens until the limit; then the right one is refused too.
     for _ in 0..dashboard::web::auth::MAX_FAILURES {
-        assert_eq!(login(ORIGIN, form_csrf.clone(), "guess").await, (StatusCode::UNAUTHORIZED, None));
+        assert_eq!(
+            login(ORIGIN, form_csrf.clone(), "guess").await,
+            (StatusCode::UNAUTHORIZED, None)
+        );
     }
-    assert_eq!(login(ORIGIN, form_csrf.clone(), TOKEN).await, (StatusCode::TOO_MANY_REQUESTS, None));
+    assert_eq!(
+        login(ORIGIN, form_csrf.clone(), TOKEN).await,
+        (StatusCode::TOO_MANY_REQUESTS, None)
+    );
     assert_eq!(w.snapshot(), before);
     assert_eq!(w.auth.session_count(), 0);
 
@@ -296,7 +357,12 @@ async fn the_login_form_refuses_wrong_tokens_other_origins_and_floods() {
     let w2 = web().await;
     let (_, headers, page) = w2.get("/login", None).await;
     let csrf = between(&page, "name=\"csrf\" value=\"", "\"").to_owned();
-    assert!(headers.get_all(header::SET_COOKIE).iter().any(|v| v.to_str().unwrap().contains(&csrf)));
+    assert!(
+        headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|v| v.to_str().unwrap().contains(&csrf))
+    );
     let body = serde_urlencoded::to_string([("csrf", csrf.as_str()), ("token", TOKEN)]).unwrap();
     let (status, headers, _) = w2
         .call(
@@ -328,12 +394,28 @@ async fn posts_without_the_csrf_token_or_from_another_origin_change_nothing() {
         let (status, _, body) = w.post_form(path, Some(&s), Some(ORIGIN), fields).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
         // A wrong token.
-        let (status, _, _) = w.post_form(path, Some(&s), Some(ORIGIN), &with_csrf(fields, &"0".repeat(64))).await;
+        let (status, _, _) = w
+            .post_form(
+                path,
+                Some(&s),
+                Some(ORIGIN),
+                &with_csrf(fields, &"0".repeat(64)),
+            )
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         // The right token from another origin, or with no Origin at all.
-        let (status, _, _) = w.post_form(path, Some(&s), Some("http://evil.example"), &with_csrf(fields, &s.csrf)).await;
+        let (status, _, _) = w
+            .post_form(
+                path,
+                Some(&s),
+                Some("http://evil.example"),
+                &with_csrf(fields, &s.csrf),
+            )
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
-        let (status, _, _) = w.post_form(path, Some(&s), None, &with_csrf(fields, &s.csrf)).await;
+        let (status, _, _) = w
+            .post_form(path, Some(&s), None, &with_csrf(fields, &s.csrf))
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(w.snapshot(), before, "{path}");
     }
@@ -347,18 +429,32 @@ async fn posts_without_the_csrf_token_or_from_another_origin_change_nothing() {
         if let Some(c) = csrf {
             req = req.header("x-csrf-token", c);
         }
-        req.body(Body::from(r#"{"to":"manager","body":"hi"}"#)).unwrap()
+        req.body(Body::from(r#"{"to":"manager","body":"hi"}"#))
+            .unwrap()
     };
-    assert_eq!(w.call(api_post(ORIGIN, None)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(w.call(api_post("http://evil.example", Some(s.csrf.clone()))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.call(api_post(ORIGIN, None)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.call(api_post("http://evil.example", Some(s.csrf.clone())))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(w.snapshot(), before);
     // And with both right, the same requests do act.
     let (status, _, body) = w.call(api_post(ORIGIN, Some(s.csrf.clone()))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, headers, _) = w.post_form(&approve, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf)]).await;
+    let (status, headers, _) = w
+        .post_form(&approve, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf)])
+        .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers[header::LOCATION], format!("/approvals/{approval}"));
-    assert_ne!(w.hive.approval(approval).await.unwrap().status.to_string(), "pending");
+    assert_ne!(
+        w.hive.approval(approval).await.unwrap().status.to_string(),
+        "pending"
+    );
     assert!(w.hive.agent(&AgentName::parse("bob").unwrap()).is_some());
 }
 
@@ -366,7 +462,9 @@ async fn posts_without_the_csrf_token_or_from_another_origin_change_nothing() {
 async fn every_page_renders_with_security_headers_and_no_inline_script() {
     let w = web().await;
     let s = w.login().await;
-    let approval = w.pending_spawn("bob", "{ ... }: { hyperhive.model = \"<b>m1</b>\"; }\n").await;
+    let approval = w
+        .pending_spawn("bob", "{ ... }: { hyperhive.model = \"<b>m1</b>\"; }\n")
+        .await;
     let pages = [
         "/".to_owned(),
         "/approvals".to_owned(),
@@ -382,22 +480,35 @@ async fn every_page_renders_with_security_headers_and_no_inline_script() {
     ];
     for page in &pages {
         let (status, headers, body) = w.get(page, Some(&s)).await;
-        let expected = if page == "/login" { StatusCode::SEE_OTHER } else { StatusCode::OK };
+        let expected = if page == "/login" {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::OK
+        };
         assert_eq!(status, expected, "{page}: {body}");
         let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         // The only <script> elements load a file or hold JSON data.
         for tag in body.split("<script").skip(1) {
             let head = &tag[..tag.find('>').unwrap()];
-            assert!(head.contains("src=\"/assets/") || head.contains("type=\"application/json\""), "{page}: <script{head}>");
+            assert!(
+                head.contains("src=\"/assets/") || head.contains("type=\"application/json\""),
+                "{page}: <script{head}>"
+            );
         }
     }
     // The approval shows its whole agent.nix, escaped.
     let (_, _, detail) = w.get(&format!("/approvals/{approval}"), Some(&s)).await;
-    assert!(detail.contains("hyperhive.model = &#34;&#60;b&#62;m1&#60;/b&#62;&#34;"), "{detail}");
+    assert!(
+        detail.contains("hyperhive.model = &#34;&#60;b&#62;m1&#60;/b&#62;&#34;"),
+        "{detail}"
+    );
     assert!(!detail.contains("<b>m1</b>"));
     // An unknown agent or approval is a 404 page that names no file.
     for page in ["/agents/nobody", "/approvals/999999", "/no/such/page"] {
@@ -406,7 +517,12 @@ async fn every_page_renders_with_security_headers_and_no_inline_script() {
         assert!(!body.contains(w.dir.path().to_str().unwrap()), "{body}");
     }
     // The assets are embedded.
-    for asset in ["/assets/app.js", "/assets/style.css", "/assets/uplot.iife.min.js", "/assets/uplot.min.css"] {
+    for asset in [
+        "/assets/app.js",
+        "/assets/style.css",
+        "/assets/uplot.iife.min.js",
+        "/assets/uplot.min.css",
+    ] {
         let (status, _, body) = w.get(asset, None).await;
         assert_eq!(status, StatusCode::OK, "{asset}");
         assert!(body.len() > 500, "{asset}");
@@ -422,13 +538,20 @@ async fn a_script_in_a_message_shows_as_text() {
             "/send",
             Some(&s),
             Some(ORIGIN),
-            &[("csrf", &s.csrf), ("to", "manager"), ("body", "<script>alert(1)</script>")],
+            &[
+                ("csrf", &s.csrf),
+                ("to", "manager"),
+                ("body", "<script>alert(1)</script>"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
     for page in ["/messages", "/agents/manager"] {
         let (_, _, body) = w.get(page, Some(&s)).await;
-        assert!(body.contains("&#60;script&#62;alert(1)&#60;/script&#62;"), "{page}: {body}");
+        assert!(
+            body.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "{page}: {body}"
+        );
         assert!(!body.contains("<script>alert"), "{page}");
     }
 }
@@ -439,11 +562,20 @@ async fn the_operator_answers_a_question_and_denies_with_a_note() {
     let s = w.login().await;
     let q = w
         .hive
-        .ask_operator(&AgentName::manager(), "Which?".into(), vec!["a".into(), "b".into()], true, None)
+        .ask_operator(
+            &AgentName::manager(),
+            "Which?".into(),
+            vec!["a".into(), "b".into()],
+            true,
+            None,
+        )
         .await
         .unwrap();
     let (_, _, page) = w.get("/questions", Some(&s)).await;
-    assert!(page.contains("type=\"checkbox\" name=\"choice\" value=\"a\""), "{page}");
+    assert!(
+        page.contains("type=\"checkbox\" name=\"choice\" value=\"a\""),
+        "{page}"
+    );
     let (status, _, _) = w
         .post_form(
             &format!("/questions/{}/answer", q.id),
@@ -461,11 +593,18 @@ async fn the_operator_answers_a_question_and_denies_with_a_note() {
     let deny = format!("/approvals/{approval}/deny");
     // No note where one is required: refused with the broker's message, nothing changed.
     let before = w.snapshot();
-    let (status, _, body) = w.post_form(&deny, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf)]).await;
+    let (status, _, body) = w
+        .post_form(&deny, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf)])
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(w.snapshot(), before);
     let (status, _, _) = w
-        .post_form(&deny, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf), ("note", "not now")])
+        .post_form(
+            &deny,
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("note", "not now")],
+        )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let a = w.hive.approval(approval).await.unwrap();
@@ -479,8 +618,14 @@ fn the_operator_token_is_made_0600_and_a_wider_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("operator.token");
     let token = dashboard::web::auth::load_or_create_token(&path).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(dashboard::web::auth::load_or_create_token(&path).unwrap(), token);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        dashboard::web::auth::load_or_create_token(&path).unwrap(),
+        token
+    );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = dashboard::web::auth::load_or_create_token(&path).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");

@@ -137,7 +137,9 @@ pub fn install_hint(name: &str) -> &'static str {
             "apt-get install systemd-container (or scripts/setup); the tests that start containers run as root"
         }
         "busybox" => "apt-get install busybox-static (or scripts/setup)",
-        "chromium" | "chromedriver" => "apt-get install chromium chromium-driver (or scripts/setup)",
+        "chromium" | "chromedriver" => {
+            "apt-get install chromium chromium-driver (or scripts/setup)"
+        }
         _ => "scripts/setup",
     }
 }

@@ -90,7 +90,12 @@ impl Drop for ChromeDriver {
 }
 
 /// One WebDriver request; the answer's `value`, or an error with WebDriver's message.
-async fn request(port: u16, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -142,7 +147,9 @@ impl Browser {
     }
 
     pub async fn refresh(&self) -> anyhow::Result<()> {
-        self.cmd("POST", "/refresh", Some(json!({}))).await.map(drop)
+        self.cmd("POST", "/refresh", Some(json!({})))
+            .await
+            .map(drop)
     }
 
     /// Runs `script` (a function body; `return` gives the value).
@@ -197,7 +204,9 @@ impl Browser {
     }
 
     pub async fn text(&self, e: &Element) -> anyhow::Result<String> {
-        let v = self.cmd("GET", &format!("/element/{}/text", e.0), None).await?;
+        let v = self
+            .cmd("GET", &format!("/element/{}/text", e.0), None)
+            .await?;
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
@@ -242,8 +251,13 @@ impl Browser {
     }
 
     pub async fn close(self) -> anyhow::Result<()> {
-        request(self.port, "DELETE", &format!("/session/{}", self.session), None)
-            .await
-            .map(drop)
+        request(
+            self.port,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        )
+        .await
+        .map(drop)
     }
 }

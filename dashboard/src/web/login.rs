@@ -27,10 +27,7 @@ pub(super) fn to_login() -> Response {
 
 fn login_page(status: StatusCode, error: Option<&str>) -> Response {
     let csrf = auth::random_token();
-    let page = LoginPage {
-        csrf: &csrf,
-        error,
-    };
+    let page = LoginPage { csrf: &csrf, error };
     let Ok(html) = page.render() else {
         return pages::error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };

@@ -162,7 +162,10 @@ fn isolation_summary(i: &broker::runtime::Isolation) -> String {
     }
     let mut parts = vec!["container".to_owned()];
     if let Some(map) = &i.uid_map {
-        parts.push(format!("uids {}", map.split_whitespace().collect::<Vec<_>>().join(" ")));
+        parts.push(format!(
+            "uids {}",
+            map.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
     }
     if let Some(links) = &i.net_links {
         parts.push(format!("net {}", links.join(",")));
@@ -213,12 +216,7 @@ async fn hive(State(s): State<WebState>, Extension(session): Extension<SessionIn
     }
     let pending = s.hive.approvals(Some("pending".into()), None).await?.len();
     let open_questions = s.hive.questions(false).await?.len();
-    let faults = s
-        .hive
-        .faults()
-        .into_iter()
-        .map(|f| f.agent)
-        .collect();
+    let faults = s.hive.faults().into_iter().map(|f| f.agent).collect();
     render(&HivePage {
         csrf: session.csrf,
         agents,
@@ -412,7 +410,9 @@ async fn answer(
         (None, false) => Answer::Choices(choices),
         (Some(text), true) => Answer::Text(text),
         (None, true) => {
-            return Err(broker::Error::invalid("answer", "tick an option or write an answer").into());
+            return Err(
+                broker::Error::invalid("answer", "tick an option or write an answer").into(),
+            );
         }
         (Some(_), false) => {
             return Err(

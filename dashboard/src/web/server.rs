@@ -54,8 +54,8 @@ impl Dashboard {
         let addr = std_listener
             .local_addr()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let listener =
-            TcpListener::from_std(std_listener).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let listener = TcpListener::from_std(std_listener)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         std::fs::write(paths.dashboard_addr(), format!("{addr}\n")).map_err(|e| {
             std::io::Error::other(format!(
                 "cannot write {}: {e}",
