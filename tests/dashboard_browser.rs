@@ -146,7 +146,7 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
 
         // A question with options: pick one and answer.
         let asked = mcp_ok(&manager, "ask_operator", json!({"question": "Deploy <b>now</b>?", "options": ["yes", "later"]})).await;
-        let qid = asked["id"].as_i64().unwrap();
+        let qid = asked["question"].as_i64().unwrap();
         c.goto(&format!("{base}/questions")).await.unwrap();
         until_js(&c, &format!("document.getElementById('question-{qid}')"), "the question").await;
         assert!(c.text(&c.find(&format!("#question-{qid} .body")).await.unwrap()).await.unwrap().contains("Deploy <b>now</b>?"));

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// The W3C name of the element reference in JSON.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A running `chromedriver`, killed on drop.
 pub struct ChromeDriver {
@@ -183,7 +183,8 @@ impl Browser {
             .await?;
         let id = got[ELEMENT_KEY]
             .as_str()
-            .with_context(|| format!("no element reference for {css}"))?;
+            .or_else(|| got["ELEMENT"].as_str())
+            .with_context(|| format!("no element reference for {css} in {got}"))?;
         Ok(Element(id.to_owned()))
     }
 
