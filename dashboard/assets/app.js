@@ -86,7 +86,6 @@
     let s;
     try { s = JSON.parse(data.textContent); } catch (e) { return; }
     if (!s.at || s.at.length === 0) return;
-    const width = Math.max(280, Math.min(box.clientWidth || 600, 900));
     const plots = [
       ["Tokens per turn", [["input", s.input_tokens, "#2f6fdb"], ["output", s.output_tokens, "#d9822b"]]],
       ["Cost per turn (USD)", [["cost", s.cost_usd, "#3a9d5d"]]],
@@ -97,6 +96,8 @@
       const fig = document.createElement("figure");
       fig.className = "chart";
       box.append(fig);
+      // Each chart as wide as its grid cell.
+      const width = Math.max(260, fig.clientWidth || 600);
       new window.uPlot({
         title, width, height: 200,
         series: [{}].concat(series.map(([label, _v, stroke]) => ({ label, stroke, width: 2, points: { show: true } }))),
