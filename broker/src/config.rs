@@ -16,6 +16,7 @@ pub struct Config {
     pub build: BuildConfig,
     pub model: ModelConfig,
     pub watcher: WatcherConfig,
+    pub dashboard: DashboardConfig,
 }
 
 /// `[watcher]`: the helper events and restarts (DESIGN §9).
@@ -35,6 +36,28 @@ impl Default for WatcherConfig {
         Self {
             reconcile_seconds: 30,
             auto_update: false,
+        }
+    }
+}
+
+/// `[dashboard]`: the operator's web dashboard, served by `hive serve` over TCP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Whether `hive serve` serves the dashboard (default true).
+    pub enabled: bool,
+    /// The address to listen on (default `127.0.0.1`: this host only).
+    pub address: std::net::IpAddr,
+    /// The TCP port (default 7000; 0 picks a free one, written to `run/dashboard.addr`).
+    pub port: u16,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: 7000,
         }
     }
 }

@@ -318,6 +318,12 @@ impl Hive {
         self.mailbox.history(agent, limit).await
     }
 
+    /// The `agent.nix` of `agent`'s applied HEAD (`None` before anything was applied).
+    pub async fn applied_agent_nix(&self, agent: &AgentName) -> Result<Option<String>> {
+        let name = agent.clone();
+        self.git(move |repos| repos.applied_agent_nix(&name)).await
+    }
+
     /// Counts of the stored messages by state.
     pub async fn message_counts(&self) -> Result<MessageCounts> {
         self.mailbox.counts().await

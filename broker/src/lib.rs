@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod status;
 pub mod store;
 pub mod tombstones;
+pub mod turn_history;
 pub mod watcher;
 
 pub use error::{Error, Result};

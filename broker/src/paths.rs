@@ -111,6 +111,16 @@ impl StateDir {
         self.run_dir().join("admin.sock")
     }
 
+    /// The address the dashboard listens on, written at start (`host:port`).
+    pub fn dashboard_addr(&self) -> PathBuf {
+        self.run_dir().join("dashboard.addr")
+    }
+
+    /// The operator's dashboard login token (0600, made on the first start).
+    pub fn operator_token(&self) -> PathBuf {
+        self.root.join("operator.token")
+    }
+
     /// `run/agents/<name>/`: the directory bound at `/run/hive` inside the agent's container.
     pub fn agent_run_dir(&self, agent: &AgentName) -> PathBuf {
         self.run_dir().join("agents").join(agent.as_str())

@@ -62,17 +62,20 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
-/// Serves `/api/v1` of `hive` on `listener` (for root and this process's uid) until `shutdown`,
-/// then drains: the admin API component's one task.
+/// Serves `/api/v1` of `hive`, plus `extra` routes (the dashboard's login links), on `listener`
+/// (for root and this process's uid) until `shutdown`, then drains: the admin API component's
+/// one task.
 pub async fn serve_admin_api(
     hive: std::sync::Arc<broker::Hive>,
     listener: UnixListener,
+    extra: Router,
     shutdown: CancellationToken,
 ) {
     let app = crate::api::router(crate::api::ApiState {
         hive,
         shutdown: shutdown.clone(),
-    });
+    })
+    .merge(extra);
     serve(listener, app, PeerPolicy::current(), shutdown).await
 }
 

@@ -21,6 +21,15 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What the client is told (never an internal error's detail).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<broker::Error> for ApiError {

@@ -35,6 +35,7 @@ pub async fn operator_send_to_waiting_recv(n: usize) -> anyhow::Result<AdminFigu
     let server = tokio::spawn(admin_socket::serve_admin_api(
         h.hive.clone(),
         listener,
+        dashboard::web::server::link_routes(None),
         shutdown.clone(),
     ));
 

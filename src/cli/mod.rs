@@ -9,6 +9,7 @@ mod approvals;
 mod audit;
 mod client;
 mod config;
+mod dashboard;
 mod login;
 mod messages;
 
@@ -111,6 +112,8 @@ enum Command {
     Purge(tombstones::TombstoneArgs),
     /// Show the audit chain, or verify it (`hive audit verify`)
     Audit(audit::AuditArgs),
+    /// Print the dashboard's URL and a one-time login link
+    Dashboard(dashboard::DashboardArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -150,6 +153,7 @@ pub fn run() -> ExitCode {
         Command::Restore(args) => tombstones::restore(&state, args),
         Command::Purge(args) => tombstones::purge(&state, args),
         Command::Audit(args) => audit::audit(&state, args),
+        Command::Dashboard(args) => dashboard::dashboard(&state, args),
     };
     match result {
         Ok(code) => code,

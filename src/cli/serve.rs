@@ -1,4 +1,5 @@
-//! `hive serve`: the daemon. Checks and locks the state dir, opens the hive, serves the admin socket,
+//! `hive serve`: the daemon. Checks and locks the state dir, opens the hive, serves the admin socket
+//! and the dashboard,
 //! tells systemd it is ready (and pings its watchdog), and on SIGTERM or SIGINT stops accepting,
 //! lets in-flight requests and commits finish, and exits 0.
 
@@ -13,6 +14,7 @@ use broker::lock::DaemonLock;
 use broker::paths::StateDir;
 use broker::{Hive, paths};
 use dashboard::admin_socket;
+use dashboard::web::server::{Dashboard, link_routes};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -56,17 +58,36 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     let admin_path = state.admin_socket();
     let listener = admin_socket::bind(&admin_path)
         .with_context(|| format!("cannot listen on {}", admin_path.display()))?;
-    // Started in order, stopped in reverse: the admin API stops accepting first, then MCP
-    // drains, then the due jobs end; the store closes last.
+    // Bound before READY, so a port in use fails the start with the reason.
+    let dashboard = if hive.config().dashboard.enabled {
+        Some(Dashboard::open(&hive)?)
+    } else {
+        let _ = std::fs::remove_file(state.dashboard_addr());
+        None
+    };
+    let admin_extra = match &dashboard {
+        Some(d) => d.admin_routes(),
+        None => link_routes(None),
+    };
+    let dashboard_addr = dashboard.as_ref().map(|d| d.addr().to_string());
+    // Started in order, stopped in reverse: the dashboard and the admin API stop accepting
+    // first, then MCP drains, then the due jobs end; the store closes last.
     let mut parts = hive.start()?;
     parts.start("admin api", |s| {
         s.spawn(admin_socket::serve_admin_api(
             hive.clone(),
             listener,
+            admin_extra,
             s.stopping().clone(),
         ));
         anyhow::Ok(())
     })?;
+    if let Some(dashboard) = dashboard {
+        parts.start("dashboard", |s| {
+            s.spawn(dashboard.serve(hive.clone(), s.stopping().clone()));
+            anyhow::Ok(())
+        })?;
+    }
     parts.start("watchdog", |s| {
         spawn_watchdog(s);
         anyhow::Ok(())
@@ -74,6 +95,7 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     tracing::info!(
         state_dir = %state.root().display(),
         admin_socket = %admin_path.display(),
+        dashboard = dashboard_addr.as_deref().unwrap_or("off"),
         synchronous = %hive.config().store.synchronous,
         "hive is ready"
     );
@@ -91,6 +113,7 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
     // Commits already queued finish before the writer stops.
     hive.close();
     let _ = std::fs::remove_file(&admin_path);
+    let _ = std::fs::remove_file(state.dashboard_addr());
     tracing::info!("hive stopped");
     Ok(())
 }

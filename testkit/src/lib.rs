@@ -6,10 +6,12 @@
 //! - [`tools`]: finding the real components (the pinned claude CLI, python3) and failing in CI
 //!   when one is missing;
 //! - [`process`]: running a real program to its end under a deadline;
-//! - [`probe_mcp`]: a tiny stdio MCP server that records its tool calls.
+//! - [`probe_mcp`]: a tiny stdio MCP server that records its tool calls;
+//! - [`webdriver`]: chromedriver and a small WebDriver client, for the dashboard's browser tests.
 
 pub mod claude;
 pub mod model_server;
 pub mod probe_mcp;
 pub mod process;
 pub mod tools;
+pub mod webdriver;

@@ -80,6 +80,16 @@ pub fn busybox() -> Option<PathBuf> {
     which("busybox")
 }
 
+/// Debian's `chromium` on `PATH` (the dashboard's real-browser tests).
+pub fn chromium() -> Option<PathBuf> {
+    which("chromium")
+}
+
+/// `chromedriver` on `PATH` (Debian: chromium-driver), the WebDriver server for `chromium`.
+pub fn chromedriver() -> Option<PathBuf> {
+    which("chromedriver")
+}
+
 /// The first executable file called `name` in a directory of `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -127,6 +137,9 @@ pub fn install_hint(name: &str) -> &'static str {
             "apt-get install systemd-container (or scripts/setup); the tests that start containers run as root"
         }
         "busybox" => "apt-get install busybox-static (or scripts/setup)",
+        "chromium" | "chromedriver" => {
+            "apt-get install chromium chromium-driver (or scripts/setup)"
+        }
         _ => "scripts/setup",
     }
 }

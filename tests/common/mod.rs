@@ -39,7 +39,8 @@ impl Daemon {
     /// Starts `hive serve` on `state` with `config` as its hive.toml and waits for READY=1.
     /// Unless `config` has a `[runtime]` section, the hive runs no agents (`kind = "none"`):
     /// the tests of mail, approvals and the API do not build or start containers; the container
-    /// tests say which runtime they want.
+    /// tests say which runtime they want. Unless it has a `[dashboard]` section, the dashboard is
+    /// off.
     pub fn start(state: &Path, config: &str) -> Self {
         Self::start_with_env(state, config, &[])
     }
@@ -50,6 +51,12 @@ impl Daemon {
             config.to_owned()
         } else {
             format!("{config}\n[runtime]\nkind = \"none\"\n")
+        };
+        // The dashboard listens on TCP: off unless a test asks for it (then on port 0).
+        let config = if config.contains("[dashboard]") {
+            config
+        } else {
+            format!("{config}\n[dashboard]\nenabled = false\n")
         };
         std::fs::write(state.join("hive.toml"), config).unwrap();
         let notify_dir = tempfile::tempdir().unwrap();

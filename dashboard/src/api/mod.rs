@@ -106,7 +106,7 @@ async fn status(State(s): State<ApiState>) -> Result<Json<broker::hive::Status>,
 
 /// Bus events as SSE, filtered, ending at shutdown. A subscriber that fell behind gets a `lagged`
 /// event telling it how many it missed (re-read the listing to catch up).
-pub(super) fn event_stream<K>(
+pub(crate) fn event_stream<K>(
     s: &ApiState,
     keep: K,
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> + use<K>

@@ -1,0 +1,108 @@
+// hyperhive dashboard: live updates over one server-sent event stream, no framework.
+// Pages mark their live parts with data-live (and an id); on a bus event the page is fetched again
+// and those parts are swapped in place. Text from the hive is only ever put in with textContent.
+"use strict";
+(function () {
+  const live = document.getElementById("live");
+  const say = (text) => { if (live) live.textContent = text; };
+  const EVENTS = ["message_sent", "message_delivered", "turn_events", "turn_state",
+    "approval_requested", "approval_resolved", "deploy", "agent_created", "agent_removed", "lagged"];
+
+  let timer = null;
+  async function refresh() {
+    timer = null;
+    const regions = document.querySelectorAll("[data-live][id]");
+    if (regions.length === 0) return;
+    let res;
+    try {
+      res = await fetch(location.href, { headers: { accept: "text/html" }, credentials: "same-origin" });
+    } catch (e) { return; }
+    if (!res.ok) return;
+    const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+    for (const el of regions) {
+      if (el.contains(document.activeElement) && document.activeElement !== document.body) continue;
+      const fresh = doc.getElementById(el.id);
+      if (fresh && fresh.innerHTML !== el.innerHTML) el.innerHTML = fresh.innerHTML;
+    }
+    countdown();
+  }
+  function schedule() { if (!timer) timer = setTimeout(refresh, 150); }
+
+  const stream = document.getElementById("turn-stream");
+  function showTurnEvents(data) {
+    if (!stream || data.agent !== stream.dataset.agent) return;
+    for (const ev of data.events || []) {
+      const li = document.createElement("li");
+      const kind = document.createElement("strong");
+      kind.textContent = (ev && ev.type) || "event";
+      const body = document.createElement("span");
+      let text = ev && typeof ev.text === "string" ? ev.text : JSON.stringify(ev);
+      if (text.length > 2000) text = text.slice(0, 2000) + "…";
+      body.textContent = " " + text;
+      li.append(kind, body);
+      stream.append(li);
+    }
+    while (stream.children.length > 500) stream.firstElementChild.remove();
+  }
+
+  if (window.EventSource) {
+    const es = new EventSource("/events");
+    es.onopen = () => say("live");
+    es.onerror = () => say("reconnecting…");
+    for (const name of EVENTS) {
+      es.addEventListener(name, (e) => {
+        if (name === "turn_events") {
+          try { showTurnEvents(JSON.parse(e.data)); } catch (err) { /* not ours */ }
+          return;
+        }
+        schedule();
+      });
+    }
+  }
+
+  function countdown() {
+    const now = Date.now();
+    for (const t of document.querySelectorAll("time.ttl[data-expires]")) {
+      const left = Math.round((Number(t.dataset.expires) - now) / 1000);
+      if (left <= 0) { t.textContent = "expired"; continue; }
+      const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+      t.textContent = "expires in " + (h ? h + "h " : "") + (h || m ? m + "m " : "") + s + "s";
+    }
+  }
+  countdown();
+  setInterval(countdown, 1000);
+
+  document.addEventListener("submit", (e) => {
+    const form = e.target;
+    if (form.classList.contains("confirm") && !window.confirm(form.dataset.confirm || "Sure?")) {
+      e.preventDefault();
+    }
+  });
+
+  function charts() {
+    const data = document.getElementById("series");
+    const box = document.getElementById("charts");
+    if (!data || !box || !window.uPlot) return;
+    let s;
+    try { s = JSON.parse(data.textContent); } catch (e) { return; }
+    if (!s.at || s.at.length === 0) return;
+    const plots = [
+      ["Tokens per turn", [["input", s.input_tokens, "#2f6fdb"], ["output", s.output_tokens, "#d9822b"]]],
+      ["Cost per turn (USD)", [["cost", s.cost_usd, "#3a9d5d"]]],
+      ["Turn duration (s)", [["duration", s.duration_s, "#8e44ad"]]],
+      ["Turns", [["turns", s.turns, "#c0392b"]]],
+    ];
+    for (const [title, series] of plots) {
+      const fig = document.createElement("figure");
+      fig.className = "chart";
+      box.append(fig);
+      // Each chart as wide as its grid cell.
+      const width = Math.max(260, fig.clientWidth || 600);
+      new window.uPlot({
+        title, width, height: 200,
+        series: [{}].concat(series.map(([label, _v, stroke]) => ({ label, stroke, width: 2, points: { show: true } }))),
+      }, [s.at].concat(series.map(([_l, v]) => v)), fig);
+    }
+  }
+  if (document.readyState === "complete") charts(); else window.addEventListener("load", charts);
+})();

@@ -1,0 +1,632 @@
+//! The dashboard's router, driven with `oneshot` on a real hive: every page renders for a
+//! session; every refusal (no session, wrong token, rate limit, stale link, missing or wrong CSRF
+//! token, another origin) answers the right status and leaves the store exactly as it was.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use broker::Hive;
+use broker::approvals::SpawnRequest;
+use broker::config::{Config, RuntimeKind};
+use broker::names::AgentName;
+use broker::paths::StateDir;
+use dashboard::web::{Auth, WebState, router};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const HOST: &str = "127.0.0.1:7000";
+const ORIGIN: &str = "http://127.0.0.1:7000";
+const TOKEN: &str = "the-operator-token-for-tests";
+
+struct Web {
+    dir: tempfile::TempDir,
+    hive: Arc<Hive>,
+    auth: Arc<Auth>,
+    app: Router,
+}
+
+async fn web() -> Web {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path());
+    state.create().unwrap();
+    let mut config = Config::default();
+    config.runtime.kind = Some(RuntimeKind::Off);
+    let hive = Hive::open(state, config).await.unwrap();
+    let auth = Arc::new(Auth::new(TOKEN));
+    let app = router(WebState {
+        hive: hive.clone(),
+        auth: auth.clone(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    });
+    Web {
+        dir,
+        hive,
+        auth,
+        app,
+    }
+}
+
+/// A logged-in browser: its session cookie and the CSRF token its pages carry.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+impl Web {
+    async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let res: Response<Body> = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(
+        &self,
+        path: &str,
+        session: Option<&Session>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let mut req = Request::get(path).header(header::HOST, HOST);
+        if let Some(s) = session {
+            req = req.header(header::COOKIE, format!("hive_session={}", s.cookie));
+        }
+        self.call(req.body(Body::empty()).unwrap()).await
+    }
+
+    /// A form POST as a browser on this origin sends it; `origin`/`csrf` `None` leave them out.
+    async fn post_form(
+        &self,
+        path: &str,
+        session: Option<&Session>,
+        origin: Option<&str>,
+        fields: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let mut req = Request::post(path)
+            .header(header::HOST, HOST)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        if let Some(s) = session {
+            req = req.header(header::COOKIE, format!("hive_session={}", s.cookie));
+        }
+        let body = serde_urlencoded::to_string(fields).unwrap();
+        self.call(req.body(Body::from(body)).unwrap()).await
+    }
+
+    async fn login(&self) -> Session {
+        let link = self.auth.new_link();
+        let (status, headers, _) = self.get(&format!("/login/link?t={link}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let cookie = session_cookie(&headers).expect("a session cookie");
+        let mut s = Session {
+            cookie,
+            csrf: String::new(),
+        };
+        let (status, _, page) = self.get("/", Some(&s)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        s.csrf = between(&page, "<meta name=\"csrf-token\" content=\"", "\"").to_owned();
+        assert_eq!(s.csrf.len(), 64);
+        s
+    }
+
+    /// Every table an action of the dashboard writes, and the sessions: "nothing changed".
+    fn snapshot(&self) -> String {
+        let db = rusqlite::Connection::open_with_flags(
+            self.hive.state_dir().db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut out = String::new();
+        for table in [
+            "messages",
+            "approvals",
+            "deploys",
+            "agents",
+            "audit",
+            "questions",
+        ] {
+            let mut stmt = db
+                .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+                .unwrap();
+            let columns = stmt.column_count();
+            let rows: Vec<String> = stmt
+                .query_map([], |r| {
+                    Ok((0..columns)
+                        .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            out.push_str(&format!("{table}: {}\n", rows.join("\n")));
+        }
+        out.push_str(&format!("sessions={}\n", self.auth.session_count()));
+        out
+    }
+
+    /// A pending spawn approval of `name` asked by the manager, with `agent_nix` as its config.
+    async fn pending_spawn(&self, name: &str, agent_nix: &str) -> i64 {
+        let manager = AgentName::manager();
+        let SpawnRequest::Draft(_) = self.hive.request_spawn(&manager, name, None).await.unwrap()
+        else {
+            panic!("expected a draft")
+        };
+        let repo = self
+            .hive
+            .state_dir()
+            .proposed_repo(&AgentName::parse(name).unwrap());
+        std::fs::write(repo.join("agent.nix"), agent_nix).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args([
+                    "-c",
+                    "user.name=manager",
+                    "-c",
+                    "user.email=m@hive",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        git(&["commit", "-qam", "config"]);
+        let head = git(&["rev-parse", "HEAD"]);
+        let SpawnRequest::Queued(a) = self
+            .hive
+            .request_spawn(&manager, name, Some(&head))
+            .await
+            .unwrap()
+        else {
+            panic!("expected a queued approval")
+        };
+        a.id
+    }
+}
+
+fn with_csrf<'a>(fields: &[(&'a str, &'a str)], csrf: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut all = fields.to_vec();
+    all.push(("csrf", csrf));
+    all
+}
+
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("hive_session=") && !v.starts_with("hive_session=;"))
+        .map(|v| {
+            assert!(v.contains("HttpOnly"), "{v}");
+            assert!(v.contains("SameSite=Strict"), "{v}");
+            v["hive_session=".len()..]
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {text}"))
+        + start.len();
+    let len = text[from..].find(end).unwrap();
+    &text[from..from + len]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_session_pages_redirect_and_the_api_answers_401() {
+    let w = web().await;
+    for page in [
+        "/",
+        "/approvals",
+        "/questions",
+        "/inbox",
+        "/messages",
+        "/agents/manager",
+        "/tombstones",
+        "/audit",
+    ] {
+        let (status, headers, _) = w.get(page, None).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(headers[header::LOCATION], "/login", "{page}");
+    }
+    for api in ["/api/v1/status", "/api/v1/agents", "/events"] {
+        let (status, _, body) = w.get(api, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{api}");
+        assert!(body.contains("\"unauthorized\""), "{body}");
+    }
+    // A made-up session cookie is no session.
+    let fake = Session {
+        cookie: "0".repeat(64),
+        csrf: String::new(),
+    };
+    assert_eq!(
+        w.get("/api/v1/status", Some(&fake)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let before = w.snapshot();
+    let (status, _, _) = w
+        .post_form(
+            "/send",
+            Some(&fake),
+            Some(ORIGIN),
+            &[("to", "manager"), ("body", "hi")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(w.snapshot(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_link_works_once() {
+    let w = web().await;
+    let link = w.auth.new_link();
+    let (status, headers, body) = w.get(&format!("/login/link?t={link}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(session_cookie(&headers).is_some());
+    assert!(body.contains("http-equiv=\"refresh\""), "{body}");
+    let before = w.snapshot();
+    let (status, headers, _) = w.get(&format!("/login/link?t={link}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(session_cookie(&headers).is_none());
+    let (status, _, _) = w.get("/login/link?t=forged", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(w.snapshot(), before);
+}
+
+/// The login form: its own CSRF cookie, the origin, the token, and the rate limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_form_refuses_wrong_tokens_other_origins_and_floods() {
+    let w = web().await;
+    let (status, headers, page) = w.get("/login", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let form_csrf = between(&page, "name=\"csrf\" value=\"", "\"").to_owned();
+    let login_cookie = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("hive_login="))
+        .unwrap()["hive_login=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(login_cookie, form_csrf);
+    let login = |origin: &'static str, csrf: String, token: &'static str| {
+        let cookie = format!("hive_login={login_cookie}");
+        let app = w.app.clone();
+        async move {
+            let body =
+                serde_urlencoded::to_string([("csrf", csrf.as_str()), ("token", token)]).unwrap();
+            let res = app
+                .oneshot(
+                    Request::post("/login")
+                        .header(header::HOST, HOST)
+                        .header(header::ORIGIN, origin)
+                        .header(header::COOKIE, cookie)
+                        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            (res.status(), session_cookie(res.headers()))
+        }
+    };
+    let before = w.snapshot();
+    // Another origin, or a form whose CSRF token is not its cookie's: refused, even with the
+    // right operator token.
+    assert_eq!(
+        login("http://evil.example", form_csrf.clone(), TOKEN).await,
+        (StatusCode::FORBIDDEN, None)
+    );
+    assert_eq!(
+        login(ORIGIN, "f".repeat(64), TOKEN).await,
+        (StatusCode::FORBIDDEN, None)
+    );
+    // Wrong tokens until the limit; then the right one is refused too.
+    for _ in 0..dashboard::web::auth::MAX_FAILURES {
+        assert_eq!(
+            login(ORIGIN, form_csrf.clone(), "guess").await,
+            (StatusCode::UNAUTHORIZED, None)
+        );
+    }
+    assert_eq!(
+        login(ORIGIN, form_csrf.clone(), TOKEN).await,
+        (StatusCode::TOO_MANY_REQUESTS, None)
+    );
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(w.auth.session_count(), 0);
+
+    // A fresh hive (no failures): the right token logs in.
+    let w2 = web().await;
+    let (_, headers, page) = w2.get("/login", None).await;
+    let csrf = between(&page, "name=\"csrf\" value=\"", "\"").to_owned();
+    assert!(
+        headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|v| v.to_str().unwrap().contains(&csrf))
+    );
+    let body = serde_urlencoded::to_string([("csrf", csrf.as_str()), ("token", TOKEN)]).unwrap();
+    let (status, headers, _) = w2
+        .call(
+            Request::post("/login")
+                .header(header::HOST, HOST)
+                .header(header::ORIGIN, ORIGIN)
+                .header(header::COOKIE, format!("hive_login={csrf}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(session_cookie(&headers).is_some());
+}
+
+/// Every POST without the session's CSRF token, or from another origin, is refused before it
+/// reaches the hive: a message is not sent, an approval stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_without_the_csrf_token_or_from_another_origin_change_nothing() {
+    let w = web().await;
+    let s = w.login().await;
+    let approval = w.pending_spawn("bob", "{ ... }: { }\n").await;
+    let approve = format!("/approvals/{approval}/approve");
+    let send: &[(&str, &str)] = &[("to", "manager"), ("body", "hello")];
+    let before = w.snapshot();
+    for (path, fields) in [(approve.as_str(), &[][..]), ("/send", send)] {
+        // No token.
+        let (status, _, body) = w.post_form(path, Some(&s), Some(ORIGIN), fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        // A wrong token.
+        let (status, _, _) = w
+            .post_form(
+                path,
+                Some(&s),
+                Some(ORIGIN),
+                &with_csrf(fields, &"0".repeat(64)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        // The right token from another origin, or with no Origin at all.
+        let (status, _, _) = w
+            .post_form(
+                path,
+                Some(&s),
+                Some("http://evil.example"),
+                &with_csrf(fields, &s.csrf),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        let (status, _, _) = w
+            .post_form(path, Some(&s), None, &with_csrf(fields, &s.csrf))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(w.snapshot(), before, "{path}");
+    }
+    // The JSON API over TCP: the same checks with the token in a header.
+    let api_post = |origin: &'static str, csrf: Option<String>| {
+        let mut req = Request::post("/api/v1/messages")
+            .header(header::HOST, HOST)
+            .header(header::ORIGIN, origin)
+            .header(header::COOKIE, format!("hive_session={}", s.cookie))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(c) = csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        req.body(Body::from(r#"{"to":"manager","body":"hi"}"#))
+            .unwrap()
+    };
+    assert_eq!(
+        w.call(api_post(ORIGIN, None)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.call(api_post("http://evil.example", Some(s.csrf.clone())))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(w.snapshot(), before);
+    // And with both right, the same requests do act.
+    let (status, _, body) = w.call(api_post(ORIGIN, Some(s.csrf.clone()))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, headers, _) = w
+        .post_form(&approve, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], format!("/approvals/{approval}"));
+    assert_ne!(
+        w.hive.approval(approval).await.unwrap().status.to_string(),
+        "pending"
+    );
+    assert!(w.hive.agent(&AgentName::parse("bob").unwrap()).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_renders_with_security_headers_and_no_inline_script() {
+    let w = web().await;
+    let s = w.login().await;
+    let approval = w
+        .pending_spawn("bob", "{ ... }: { hyperhive.model = \"<b>m1</b>\"; }\n")
+        .await;
+    let pages = [
+        "/".to_owned(),
+        "/approvals".to_owned(),
+        format!("/approvals/{approval}"),
+        "/questions".to_owned(),
+        "/inbox".to_owned(),
+        "/messages".to_owned(),
+        "/messages?agent=manager".to_owned(),
+        "/agents/manager".to_owned(),
+        "/tombstones".to_owned(),
+        "/audit".to_owned(),
+        "/login".to_owned(),
+    ];
+    for page in &pages {
+        let (status, headers, body) = w.get(page, Some(&s)).await;
+        let expected = if page == "/login" {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, expected, "{page}: {body}");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        // The only <script> elements load a file or hold JSON data.
+        for tag in body.split("<script").skip(1) {
+            let head = &tag[..tag.find('>').unwrap()];
+            assert!(
+                head.contains("src=\"/assets/") || head.contains("type=\"application/json\""),
+                "{page}: <script{head}>"
+            );
+        }
+    }
+    // The approval shows its whole agent.nix, escaped.
+    let (_, _, detail) = w.get(&format!("/approvals/{approval}"), Some(&s)).await;
+    assert!(
+        detail.contains("hyperhive.model = &#34;&#60;b&#62;m1&#60;/b&#62;&#34;"),
+        "{detail}"
+    );
+    assert!(!detail.contains("<b>m1</b>"));
+    // An unknown agent or approval is a 404 page that names no file.
+    for page in ["/agents/nobody", "/approvals/999999", "/no/such/page"] {
+        let (status, _, body) = w.get(page, Some(&s)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{page}");
+        assert!(!body.contains(w.dir.path().to_str().unwrap()), "{body}");
+    }
+    // The assets are embedded.
+    for asset in [
+        "/assets/app.js",
+        "/assets/style.css",
+        "/assets/uplot.iife.min.js",
+        "/assets/uplot.min.css",
+    ] {
+        let (status, _, body) = w.get(asset, None).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(body.len() > 500, "{asset}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_in_a_message_shows_as_text() {
+    let w = web().await;
+    let s = w.login().await;
+    let (status, _, body) = w
+        .post_form(
+            "/send",
+            Some(&s),
+            Some(ORIGIN),
+            &[
+                ("csrf", &s.csrf),
+                ("to", "manager"),
+                ("body", "<script>alert(1)</script>"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    for page in ["/messages", "/agents/manager"] {
+        let (_, _, body) = w.get(page, Some(&s)).await;
+        assert!(
+            body.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "{page}: {body}"
+        );
+        assert!(!body.contains("<script>alert"), "{page}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_answers_a_question_and_denies_with_a_note() {
+    let w = web().await;
+    let s = w.login().await;
+    let q = w
+        .hive
+        .ask_operator(
+            &AgentName::manager(),
+            "Which?".into(),
+            vec!["a".into(), "b".into()],
+            true,
+            None,
+        )
+        .await
+        .unwrap();
+    let (_, _, page) = w.get("/questions", Some(&s)).await;
+    assert!(
+        page.contains("type=\"checkbox\" name=\"choice\" value=\"a\""),
+        "{page}"
+    );
+    let (status, _, _) = w
+        .post_form(
+            &format!("/questions/{}/answer", q.id),
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("choice", "a"), ("choice", "b")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let answered = w.hive.questions(true).await.unwrap();
+    assert_eq!(answered[0].status, "answered");
+    assert!(answered[0].answer.as_deref().unwrap().contains('b'));
+
+    let approval = w.pending_spawn("carol", "{ ... }: { }\n").await;
+    let deny = format!("/approvals/{approval}/deny");
+    // No note where one is required: refused with the broker's message, nothing changed.
+    let before = w.snapshot();
+    let (status, _, body) = w
+        .post_form(&deny, Some(&s), Some(ORIGIN), &[("csrf", &s.csrf)])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(w.snapshot(), before);
+    let (status, _, _) = w
+        .post_form(
+            &deny,
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("note", "not now")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let a = w.hive.approval(approval).await.unwrap();
+    assert_eq!(a.status.to_string(), "denied");
+    assert_eq!(a.note.as_deref(), Some("not now"));
+}
+
+#[test]
+fn the_operator_token_is_made_0600_and_a_wider_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operator.token");
+    let token = dashboard::web::auth::load_or_create_token(&path).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        dashboard::web::auth::load_or_create_token(&path).unwrap(),
+        token
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = dashboard::web::auth::load_or_create_token(&path).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
