@@ -10,8 +10,8 @@ use crate::claude::{Answered, Claude, Failure};
 use crate::openai::OpenAi;
 
 pub enum Driver {
-    Claude(Claude),
-    OpenAi(OpenAi),
+    Claude(Box<Claude>),
+    OpenAi(Box<OpenAi>),
 }
 
 impl Driver {

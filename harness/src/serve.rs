@@ -79,7 +79,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let peer = client.peer().clone();
     let turns = async {
         let mut model = match config.driver {
-            Driver::Claude => crate::driver::Driver::Claude(crate::claude::Claude::new(
+            Driver::Claude => crate::driver::Driver::Claude(Box::new(crate::claude::Claude::new(
                 crate::claude::Options {
                     bin: settings.claude.clone(),
                     socket_dir: socket_dir.to_owned(),
@@ -90,15 +90,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     max_turns: settings.max_turns,
                 },
                 config.clone(),
-            )),
-            Driver::Openai => crate::driver::Driver::OpenAi(crate::openai::OpenAi::new(
+            ))),
+            Driver::Openai => crate::driver::Driver::OpenAi(Box::new(crate::openai::OpenAi::new(
                 crate::openai::Options {
                     socket_dir: socket_dir.to_owned(),
                     state_dir: settings.state_dir.clone(),
                     max_rounds: settings.openai_max_rounds,
                 },
                 config.clone(),
-            )),
+            ))),
         };
         // A model the operator chose (`/model`) outlives restarts.
         if let Some(chosen) = crate::commands::stored_model(&settings.state_dir) {
