@@ -111,9 +111,9 @@ mod tests {
     #[test]
     fn every_message_of_a_turn_is_quoted_with_its_sender() {
         let messages = vec![
-            message(7, "bob", "first", false),
-            message(8, "operator", "second", true),
-            message(9, "carol", "third", false),
+            message(7, "bob", "alpha", false),
+            message(8, "operator", "beta", true),
+            message(9, "carol", "gamma", false),
         ];
         let p = wake(&LeasedTurn {
             turn: 3,
@@ -125,9 +125,9 @@ mod tests {
             "{p}"
         );
         let at = |s: &str| p.find(s).unwrap_or_else(|| panic!("{s} missing: {p}"));
-        assert!(at("7 from bob:") < at("first"));
-        assert!(at("first") < at("8 from operator (redelivered):"));
-        assert!(at("second") < at("9 from carol:"));
-        assert!(at("third") < at("mcp__hive__send"));
+        assert!(at("7 from bob:") < at("alpha"));
+        assert!(at("alpha") < at("8 from operator (redelivered):"));
+        assert!(at("beta") < at("9 from carol:"));
+        assert!(at("gamma") < at("mcp__hive__send"));
     }
 }
