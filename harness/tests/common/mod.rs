@@ -15,6 +15,8 @@ use broker::registry::AgentKind;
 use serde_json::{Value, json};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub mod running;
+
 /// The agent tools every model-facing socket lists, sorted.
 pub const AGENT_TOOLS: [&str; 5] = ["ask_operator", "recv", "remind", "send", "whoami"];
 /// Tools the manager's socket adds (it may add more).
