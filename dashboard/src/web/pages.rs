@@ -271,7 +271,7 @@ async fn approvals(
     let (pending, mut history): (Vec<_>, Vec<_>) = all
         .into_iter()
         .map(ApprovalRow::from)
-        .partition(|r| r.a.status.to_string() == "pending");
+        .partition(|r| r.a.status == broker::status::ApprovalStatus::Pending);
     history.reverse();
     history.truncate(PAGE_ROWS);
     render(&ApprovalsPage {
@@ -323,7 +323,7 @@ async fn approval(
 ) -> PageResult {
     let mut a = s.hive.approval(id).await?;
     let diff = diff_lines(a.diff.take().as_deref().unwrap_or(""));
-    let pending = a.status.to_string() == "pending";
+    let pending = a.status == broker::status::ApprovalStatus::Pending;
     render(&ApprovalPage {
         csrf: session.csrf,
         row: a.into(),
@@ -618,10 +618,11 @@ async fn agent(
             d,
         })
         .collect();
-    let log = match s.hive.agent_logs(&name, LOG_LINES).await {
-        Ok(log) => log,
-        Err(_) => String::new(),
-    };
+    let log = s
+        .hive
+        .agent_logs(&name, LOG_LINES)
+        .await
+        .unwrap_or_default();
     let messages = s
         .hive
         .message_history(Some(name.to_string()), 50)
