@@ -25,10 +25,10 @@ pub mod questions;
 pub mod registry;
 pub mod reminders;
 pub mod runtime;
+pub mod stats;
 pub mod status;
 pub mod store;
 pub mod tombstones;
-pub mod turn_history;
 pub mod watcher;
 
 pub use error::{Error, Result};

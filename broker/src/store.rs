@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_deploy_updates.sql"),
     include_str!("migrations/0009_message_counts_by_incarnation.sql"),
     include_str!("migrations/0011_events_sent.sql"),
+    include_str!("migrations/0012_turn_stats.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

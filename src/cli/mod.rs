@@ -15,6 +15,7 @@ mod messages;
 
 mod questions;
 mod serve;
+mod stats;
 mod status;
 mod tombstones;
 
@@ -74,6 +75,8 @@ enum Command {
     Update(agents::AgentArgs),
     /// Print the last lines of an agent's container log
     Logs(agents::LogsArgs),
+    /// Show an agent's turns: tokens, cost, time, tool calls and sends, totals and the last turns
+    Stats(stats::StatsArgs),
     /// Log an agent in: the claude CLI's login for its home, in this terminal (or --api-key-file)
     Login(login::LoginArgs),
     /// Remove old images: the running and the previous deploy of each agent are kept
@@ -134,6 +137,7 @@ pub fn run() -> ExitCode {
         Command::Restart(args) => agents::restart(&state, args),
         Command::Update(args) => agents::update(&state, args),
         Command::Logs(args) => agents::logs(&state, args),
+        Command::Stats(args) => stats::stats(&state, args),
         Command::Login(args) => login::run(&state, args),
         Command::Gc(args) => agents::gc(&state, args),
         Command::Send(args) => messages::send(&state, args),

@@ -88,10 +88,12 @@ pub struct Message {
 pub(crate) const LIVE_INBOX: &str =
     "incarnation IS (SELECT incarnation FROM agents WHERE name = ?1)";
 
-/// A new turn of agent `?1` for message `?2` at `?3`, keyed by the message's incarnation.
+/// A new turn of agent `?1` for message `?2` at `?3`, keyed by the message's incarnation; its
+/// sends will be the messages after the newest one now (see [`crate::stats`]).
 pub(crate) const INSERT_TURN: &str =
-    "INSERT INTO turns (agent, message_id, started_at, incarnation)
-     VALUES (?1, ?2, ?3, (SELECT incarnation FROM messages WHERE id = ?2))";
+    "INSERT INTO turns (agent, message_id, started_at, incarnation, sent_after)
+     VALUES (?1, ?2, ?3, (SELECT incarnation FROM messages WHERE id = ?2),
+             (SELECT coalesce(max(id), 0) FROM messages))";
 
 const MESSAGE_COLUMNS: &str =
     "id, sender, recipient, body, in_reply_to, sent_at, state, delivered_at, redelivered";
@@ -246,6 +248,7 @@ impl Mailbox {
         let recipients = self.resolve(from, to)?;
         let sender = from.as_str().to_owned();
         let quota = self.max_queued_per_inbox;
+        let broadcast = *to == Recipient::Broadcast;
         // A waiting receiver gets its message in this same transaction, handed over on the writer
         // thread the moment the commit is done; other receivers are woken there too.
         let (notifiers, waiters, store) = (
@@ -259,6 +262,14 @@ impl Mailbox {
                 move |c| {
                     check_queue_quota(c, &recipients, quota)?;
                     let mut rows = insert_messages(c, &sender, &recipients, &body, in_reply_to)?;
+                    if broadcast {
+                        // Marked so the sender's turn stats count one broadcast, not n sends.
+                        let mut mark =
+                            c.prepare_cached("UPDATE messages SET broadcast = ?1 WHERE id = ?2")?;
+                        for m in &rows {
+                            mark.execute([rows[0].id, m.id])?;
+                        }
+                    }
                     let claims = waiters.claim(c, &mut rows)?;
                     Ok((rows, claims))
                 },
@@ -521,6 +532,7 @@ impl Mailbox {
                         what: format!("open turn {turn}"),
                     });
                 }
+                crate::stats::record(c, turn)?;
                 let ids = c
                     .prepare_cached(
                         "UPDATE messages SET state = 'delivered', delivered_at = ?1, lease_turn = NULL

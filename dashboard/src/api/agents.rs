@@ -177,6 +177,22 @@ pub(super) async fn logs(
     .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatsQuery {
+    /// RFC 3339 or a span back from now (`1h`, `24h`, `7d`).
+    since: Option<String>,
+}
+
+pub(super) async fn stats(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> Result<Json<broker::stats::AgentStats>, ApiError> {
+    let agent = agent_name(&name)?;
+    Ok(Json(s.hive.agent_stats(&agent, q.since.as_deref()).await?))
+}
+
 pub(super) async fn gc(State(s): State<ApiState>) -> Result<Json<GcReport>, ApiError> {
     Ok(Json(s.hive.gc(Actor::Operator).await?))
 }

@@ -54,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agents/{name}/restart", post(agents::restart))
         .route("/api/v1/agents/{name}/update", post(agents::update))
         .route("/api/v1/agents/{name}/logs", get(agents::logs))
+        .route("/api/v1/agents/{name}/stats", get(agents::stats))
         .route("/api/v1/gc", post(agents::gc))
         .route(
             "/api/v1/messages",

@@ -553,22 +553,18 @@ struct Series {
     turns: Vec<u64>,
 }
 
-/// The one source of the agent page's charts: the agent's finished turns with the usage its
-/// harness reported. (When per-turn stats have their own API, read them here.)
+/// The one source of the agent page's charts: the per-turn stats of the agent's newest finished
+/// turns (the same rows `GET /api/v1/agents/{name}/stats` serves).
 async fn turn_series(s: &WebState, agent: &AgentName) -> Result<Series, PageError> {
-    let turns = s.hive.finished_turns(agent, CHART_TURNS).await?;
+    let stats = s.hive.agent_stats(agent, None).await?;
+    let turns = &stats.turns[stats.turns.len().saturating_sub(CHART_TURNS)..];
     let mut out = Series::default();
     for (i, t) in turns.iter().enumerate() {
-        let u = t.usage.clone().unwrap_or_default();
         out.at.push(t.finished_at as f64 / 1000.0);
-        out.input_tokens.push(u.input_tokens);
-        out.output_tokens.push(u.output_tokens);
-        out.cost_usd.push(u.cost_usd);
-        out.duration_s.push(
-            u.duration_ms
-                .map(|ms| ms as f64 / 1000.0)
-                .or(Some((t.finished_at - t.started_at) as f64 / 1000.0)),
-        );
+        out.input_tokens.push(Some(t.input_tokens));
+        out.output_tokens.push(Some(t.output_tokens));
+        out.cost_usd.push(Some(t.cost_usd));
+        out.duration_s.push(Some(t.duration_ms as f64 / 1000.0));
         out.turns.push(i as u64 + 1);
     }
     Ok(out)
