@@ -49,8 +49,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_uid_ranges.sql"),
     include_str!("migrations/0008_deploy_updates.sql"),
     include_str!("migrations/0009_message_counts_by_incarnation.sql"),
-    include_str!("migrations/0011_events_sent.sql"),
-    include_str!("migrations/0012_turn_stats.sql"),
+    include_str!("migrations/0010_events_sent.sql"),
+    include_str!("migrations/0011_turn_stats.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
