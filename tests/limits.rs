@@ -95,8 +95,10 @@ fn connection_floods_leave_no_fds_and_others_are_served() {
             }
         }
     });
+    // A bound against starvation (a flood that held the daemon would take seconds), not a
+    // speed figure: it must hold on a loaded 2-core machine too.
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(300),
         "status took {slowest:?} during the flood"
     );
     let settled = eventually(Duration::from_secs(15), || open_fds(pid) <= fds_before);
@@ -194,7 +196,7 @@ fn huge_deep_and_slow_requests_are_cut_off() {
         });
     });
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(300),
         "status took {slowest:?} meanwhile"
     );
     let settled = eventually(Duration::from_secs(15), || open_fds(pid) <= fds_before);
