@@ -129,6 +129,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `hive` binary the daemon rows start: `--hive`, else the one beside this executable (built
+/// first under `cargo run`).
+fn hive_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.hive {
+        Some(path) => Ok(path.clone()),
+        None => {
+            daemon::build_hive()?;
+            daemon::hive_binary()
+        }
+    }
+}
+
 fn progress(what: &str) {
     eprintln!("hive-bench: {what}");
 }
@@ -542,13 +554,7 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
 /// Row 9: agents in containers on the real daemon (nspawn).
 async fn container_rows(args: &Args) -> Vec<Row> {
     let measured = async {
-        let hive = match &args.hive {
-            Some(path) => path.clone(),
-            None => {
-                daemon::build_hive()?;
-                daemon::hive_binary()?
-            }
-        };
+        let hive = hive_binary(args)?;
         containers::measure(&hive, if args.quick { 5 } else { 15 }, 20).await
     }
     .await;
@@ -614,13 +620,7 @@ async fn container_rows(args: &Args) -> Vec<Row> {
 /// Row 10: the watcher on the real daemon (process runtime).
 async fn watcher_rows(args: &Args) -> Vec<Row> {
     let measured = async {
-        let hive = match &args.hive {
-            Some(path) => path.clone(),
-            None => {
-                daemon::build_hive()?;
-                daemon::hive_binary()?
-            }
-        };
+        let hive = hive_binary(args)?;
         let (kills, logins, idle) = if args.quick {
             (10, 10, 15)
         } else {
@@ -694,13 +694,7 @@ async fn watcher_rows(args: &Args) -> Vec<Row> {
 /// Row 11: agents act (the process runtime, the real claude CLI, the model route).
 async fn turn_rows(args: &Args) -> Vec<Row> {
     let measured = async {
-        let hive = match &args.hive {
-            Some(path) => path.clone(),
-            None => {
-                daemon::build_hive()?;
-                daemon::hive_binary()?
-            }
-        };
+        let hive = hive_binary(args)?;
         turns::measure(&hive, args.quick).await
     }
     .await;
@@ -898,13 +892,7 @@ async fn rss_rows(args: &Args, plan: &Plan) -> Vec<Row> {
 
 /// Row 5's three readings: fresh idle, loaded after READY, loaded after a status request.
 async fn rss(args: &Args, plan: &Plan) -> anyhow::Result<[daemon::Memory; 3]> {
-    let hive = match &args.hive {
-        Some(path) => path.clone(),
-        None => {
-            daemon::build_hive()?;
-            daemon::hive_binary()?
-        }
-    };
+    let hive = hive_binary(args)?;
 
     let fresh_dir = tempfile::tempdir()?;
     let fresh = daemon::Daemon::start(&hive, fresh_dir.path())?;
@@ -965,13 +953,7 @@ const GROWTH: [(&str, growth::Shape); 5] = [
 ];
 
 async fn growth_rows(args: &Args) -> anyhow::Result<Vec<Row>> {
-    let hive = match &args.hive {
-        Some(path) => path.clone(),
-        None => {
-            daemon::build_hive()?;
-            daemon::hive_binary()?
-        }
-    };
+    let hive = hive_binary(args)?;
     let sizes = growth::Sizes {
         sends: if args.quick { 300 } else { 2000 },
         statuses: if args.quick { 50 } else { 200 },

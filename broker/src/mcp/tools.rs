@@ -353,6 +353,16 @@ impl HiveMcp {
 
 // ---- the harness surface ----
 
+/// A harness long-poll's `wait_seconds`, refused past [`MAX_WAIT_SECONDS`].
+fn harness_wait(seconds: u64) -> Result<Duration, String> {
+    if seconds > MAX_WAIT_SECONDS {
+        return Err(format!(
+            "wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 #[tool_router(router = harness_tools, vis = "pub(super)")]
 impl HiveMcp {
     /// Lease the queued messages of this agent's inbox as one turn.
@@ -364,12 +374,7 @@ impl HiveMcp {
         Parameters(args): Parameters<NextTurnArgs>,
         ct: CancellationToken,
     ) -> ToolResult {
-        if args.wait_seconds > MAX_WAIT_SECONDS {
-            return Err(format!(
-                "wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"
-            ));
-        }
-        let wait = Duration::from_secs(args.wait_seconds);
+        let wait = harness_wait(args.wait_seconds)?;
         let Some(got) = self
             .unless_gone(&ct, self.hive.mailbox.next_turn(&self.me, wait))
             .await
@@ -456,12 +461,7 @@ impl HiveMcp {
         Parameters(args): Parameters<NextCancelArgs>,
         ct: CancellationToken,
     ) -> ToolResult {
-        if args.wait_seconds > MAX_WAIT_SECONDS {
-            return Err(format!(
-                "wait_seconds: wait at most {MAX_WAIT_SECONDS} seconds"
-            ));
-        }
-        let wait = Duration::from_secs(args.wait_seconds);
+        let wait = harness_wait(args.wait_seconds)?;
         let Some(got) = self
             .unless_gone(
                 &ct,
