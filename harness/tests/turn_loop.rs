@@ -308,9 +308,10 @@ async fn cancel_stops_the_running_turn_and_the_next_message_resumes() {
     let (_, outcome) = turn_of(&hive, next);
     assert_eq!(outcome.as_deref(), Some("ok"), "{}", harness.log());
     let starts = harness.claude_starts();
-    assert_eq!(starts.len(), 2, "{}", harness.log());
-    // The second start resumes the session when claude had named it (`init`) before the kill;
-    // a kill that came first leaves no session to resume, and the next message starts fresh.
+    // The second start resumes the session when claude had named it before the kill (a third,
+    // fresh start follows when it had not yet written the transcript); a kill before claude named
+    // it leaves nothing to resume and the second start is fresh.
+    assert!(matches!(starts.len(), 2 | 3), "{}", harness.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
