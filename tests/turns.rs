@@ -347,3 +347,113 @@ fn a_missing_claude_cli_is_named_by_status_and_show_agent() {
         "{shown}"
     );
 }
+
+/// 401 → `needs_login`, the message given back; the operator's login (the credentials file the
+/// claude CLI's login writes) wakes the harness at once — not its one-minute fallback — and the
+/// message is answered, flagged as delivered again.
+#[test]
+fn an_agent_that_needs_a_login_answers_as_soon_as_the_credentials_appear() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+    {
+        return;
+    }
+    let server = rt.block_on(ModelServer::start(vec![
+        Reply::invalid_api_key(),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "after the login"}),
+        ),
+        Reply::text("answered"),
+    ]));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let base_url = server.base_url();
+    let claude = claude.display().to_string();
+    let config = format!(
+        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
+    );
+    let _daemon = Daemon::start_with_env(
+        &state,
+        &config,
+        &[
+            ("HIVE_CLAUDE", claude.as_str()),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+        ],
+    );
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}"
+    );
+
+    let id = rt.block_on(send(&state, "alice", "are you there?"));
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["turn_state"] == "needs_login"
+        }),
+        "alice never reported needs_login: {last}\n{}",
+        log_of(&state, "alice")
+    );
+    let db = open_db(&state);
+    let queued = || {
+        db.query_row(
+            "SELECT state, redelivered FROM messages WHERE id = ?1",
+            [id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
+        )
+        .unwrap()
+    };
+    assert!(
+        eventually(LIMIT, || queued() == ("queued".to_owned(), true)),
+        "the message was not given back: {:?}",
+        queued()
+    );
+
+    // The operator logs alice in, as `hive login alice` would.
+    let dir = state.join("secrets/alice/home/.claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".credentials.json"),
+        r#"{"claudeAiOauth":{"accessToken":"x"}}"#,
+    )
+    .unwrap();
+    let logged_in = std::time::Instant::now();
+    wait_for_answer(&rt, &state, "alice", "after the login");
+    // Well inside the harness's one-minute fallback: the login itself woke it.
+    let took = logged_in.elapsed();
+    assert!(
+        took < Duration::from_secs(40),
+        "the answer came {took:?} after the login"
+    );
+    let mut outcomes = Vec::new();
+    assert!(
+        eventually(LIMIT, || {
+            let mut q = db
+                .prepare("SELECT outcome FROM turns WHERE message_id = ?1 ORDER BY id")
+                .unwrap();
+            outcomes = q
+                .query_map([id], |r| r.get::<_, Option<String>>(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>();
+            outcomes.last().is_some_and(|o| o.as_deref() == Some("ok"))
+        }),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes,
+        [Some("abandoned".to_owned()), Some("ok".to_owned())],
+        "one turn given back for the login, one answered"
+    );
+}

@@ -61,6 +61,9 @@ const UP_TO_DATE: &str = "up_to_date";
 const DEPLOY: &str = "deploy";
 const EXISTS: &str = "exists";
 
+/// The helper event told when an agent's login appears (the harness's `wait_login` waits for it).
+pub(crate) const LOGGED_IN_EVENT: &str = "logged_in";
+
 /// What the watcher is told by the rest of the hive.
 enum Kick {
     /// A container ended on its own; `image` is what it ran (its agent.json has the policy).
@@ -488,7 +491,7 @@ impl Hive {
         };
         let yes = self.watcher.logged_in(agent);
         let tell = Tell {
-            event: if yes { "logged_in" } else { "needs_login" },
+            event: if yes { LOGGED_IN_EVENT } else { "needs_login" },
             details: if yes {
                 json!({})
             } else {

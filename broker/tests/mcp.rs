@@ -68,7 +68,8 @@ async fn each_socket_lists_its_role_and_nothing_more() {
             "next_turn",
             "release_turn",
             "report_state",
-            "turn_events"
+            "turn_events",
+            "wait_login"
         ]
     );
     for list in [

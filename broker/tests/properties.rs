@@ -151,6 +151,7 @@ const TOOLS: &[&str] = &[
     "report_state",
     "next_cancel",
     "command_reply",
+    "wait_login",
     "no_such_tool",
 ];
 

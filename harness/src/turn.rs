@@ -30,8 +30,9 @@ use crate::prompt;
 
 /// How long one `next_turn` waits for a message before it is asked again.
 pub const WAIT_SECONDS: u64 = 60;
-/// How long the model is left alone after it said it needs a login before a message is tried
-/// again.
+/// After the model said it needs a login, the next message is tried as soon as the hive sees the
+/// login (`wait_login`), or after this long (a login the hive cannot see, e.g. a key fixed at the
+/// provider).
 const LOGIN_RETRY: Duration = Duration::from_secs(60);
 /// The longest pause after the model died on consecutive turns.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -117,7 +118,16 @@ pub async fn run(
             }
             End::NeedsLogin => {
                 report(&peer, TurnState::NeedsLogin).await;
-                tokio::time::sleep(LOGIN_RETRY).await;
+                let waited = call(
+                    &peer,
+                    "wait_login",
+                    json!({"wait_seconds": LOGIN_RETRY.as_secs()}),
+                )
+                .await;
+                if let Err(e) = waited {
+                    eprintln!("hive-agent: wait_login failed ({e:#}); trying again later");
+                    tokio::time::sleep(LOGIN_RETRY).await;
+                }
                 report(&peer, TurnState::Idle).await;
             }
             End::Died => {

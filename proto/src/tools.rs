@@ -175,6 +175,20 @@ pub struct NextCancelArgs {
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct WaitLoginArgs {
+    /// How long to wait for the login, 0 to 180 seconds.
+    #[serde(default)]
+    pub wait_seconds: u64,
+}
+
+/// `wait_login`: whether the login came before the wait ran out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoginWaited {
+    pub logged_in: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CommandReplyArgs {
     /// The id of the operator's command message (leased to an open turn of this agent).
     pub command: i64,

@@ -474,6 +474,50 @@ impl HiveMcp {
         to_json(&got.map_err(explain)?)
     }
 
+    /// Wait for this agent's login after a turn found it logged out.
+    #[tool(
+        description = "After a turn ended needing a login, wait up to wait_seconds for the operator to log this agent in (`hive login`: claude credentials written, or an API key stored). Returns {logged_in: true} as soon as the hive sees the login, {logged_in: false} when the wait ran out."
+    )]
+    async fn wait_login(
+        &self,
+        Parameters(args): Parameters<WaitLoginArgs>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        use tokio::sync::broadcast::error::RecvError;
+        let wait = harness_wait(args.wait_seconds)?;
+        // Subscribed before anything else, so a login from here on is not missed.
+        let mut bus = self.hive.bus.subscribe();
+        let me = self.me.to_string();
+        let login = async {
+            loop {
+                match bus.recv().await {
+                    Ok(crate::bus::Event::Helper { agent, name, .. })
+                        if agent == me && name == crate::watcher::LOGGED_IN_EVENT =>
+                    {
+                        return true;
+                    }
+                    Ok(_) => {}
+                    // Events were missed: ask the watcher what it saw instead.
+                    Err(RecvError::Lagged(_)) => {
+                        if self.hive.agent_axes(&self.me).logged_in == Some(true) {
+                            return true;
+                        }
+                    }
+                    Err(RecvError::Closed) => return false,
+                }
+            }
+        };
+        let Some(waited) = self
+            .unless_gone(&ct, tokio::time::timeout(wait, login))
+            .await
+        else {
+            return Err("cancelled".into());
+        };
+        to_json(&LoginWaited {
+            logged_in: waited.unwrap_or(false),
+        })
+    }
+
     /// Answer an operator command, as `system`, in the operator's inbox.
     #[tool(
         description = "Answer the operator's command message `command` (leased to an open turn of this agent): the body goes to the operator's inbox from `system`, prefixed with this agent's name, replying to the command. Returns {sent}."
@@ -507,7 +551,7 @@ impl ServerHandler for HiveMcp {
     fn get_info(&self) -> ServerConfig {
         let instructions = match self.role {
             Role::Harness => format!(
-                "The harness surface of agent {}: next_turn, turn_events, finish_turn, release_turn, report_state, next_cancel, command_reply.",
+                "The harness surface of agent {}: next_turn, turn_events, finish_turn, release_turn, report_state, next_cancel, command_reply, wait_login.",
                 self.me
             ),
             _ => format!(
