@@ -61,6 +61,22 @@ pub struct Answered {
     pub error: Option<String>,
     /// The result's `terminal_reason` (e.g. `max_turns`), when it gives one.
     pub terminal_reason: Option<String>,
+    /// How full the model's context was after the turn's last model call, when the driver
+    /// knows.
+    pub context: Option<ContextFill>,
+}
+
+/// The tokens the conversation takes against the model's context window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextFill {
+    pub used: u64,
+    pub window: u64,
+}
+
+impl ContextFill {
+    pub fn percent(self) -> u64 {
+        self.used.saturating_mul(100) / self.window.max(1)
+    }
 }
 
 /// A turn claude did not answer: the turn loop releases it or retries.
@@ -188,10 +204,17 @@ impl Claude {
         json!({ "mcpServers": servers })
     }
 
-    /// `--allowedTools`: the whole hive server, each extra server's allowed tools (all of them
-    /// when it names none), and `Bash(CMD:*)` per allowed command.
+    /// `--allowedTools`: the whole hive server, reading and editing `notes.md` (and no other
+    /// file), each extra server's allowed tools (all of them when it names none), and
+    /// `Bash(CMD:*)` per allowed command.
     pub fn allowed_tools(&self) -> Vec<String> {
-        let mut tools = vec!["mcp__hive".to_owned()];
+        // `//PATH` is an absolute path in claude's permission rules; `Edit` covers `Write`.
+        let notes = self.opts.state_dir.join(crate::prompt::NOTES_FILE);
+        let mut tools = vec![
+            "mcp__hive".to_owned(),
+            format!("Read(/{})", notes.display()),
+            format!("Edit(/{})", notes.display()),
+        ];
         for (name, s) in &self.config.extra_mcp_servers {
             if s.allowed_tools.is_empty() {
                 tools.push(format!("mcp__{name}"));
@@ -210,7 +233,8 @@ impl Claude {
         tools
     }
 
-    fn command(&self, resume: Option<&str>) -> std::io::Result<Command> {
+    /// claude with the harness's environment (FACTS A and D), run in `<state>/work`.
+    fn base_command(&self) -> std::io::Result<Command> {
         let state = &self.opts.state_dir;
         let work = state.join("work");
         // Only inside an existing state dir: a missing one is an error, never created here.
@@ -258,6 +282,17 @@ impl Claude {
         } else if let Some(url) = std::env::var_os("ANTHROPIC_BASE_URL") {
             cmd.env("ANTHROPIC_BASE_URL", url);
         }
+        if let Some(model) = &self.config.model {
+            cmd.arg("--model").arg(model);
+        }
+        cmd.kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// The warm process: stream-json both ways, the hive's MCP servers, the agent's tools.
+    fn command(&self, resume: Option<&str>) -> std::io::Result<Command> {
+        let state = &self.opts.state_dir;
+        let mut cmd = self.base_command()?;
         cmd.args([
             "--print",
             "--verbose",
@@ -276,9 +311,6 @@ impl Claude {
         if self.config.allowed_commands.is_empty() {
             cmd.args(["--disallowedTools", "Bash"]);
         }
-        if let Some(model) = &self.config.model {
-            cmd.arg("--model").arg(model);
-        }
         cmd.arg("--append-system-prompt").arg(crate::prompt::system(
             &state.join(crate::prompt::NOTES_FILE),
             &self.config.prompt,
@@ -288,9 +320,76 @@ impl Claude {
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .stderr(Stdio::inherit());
         Ok(cmd)
+    }
+
+    /// A separate one-shot session beside the warm one (e.g. the notes rewrite): `system` as
+    /// the whole system prompt, `prompt` the one user message, no tools, nothing kept. Every
+    /// event goes to `events`; the answer's text is returned.
+    pub async fn one_shot(
+        &self,
+        system: &str,
+        prompt: &str,
+        events: &UnboundedSender<Value>,
+    ) -> Result<String, Failure> {
+        let mut cmd = self
+            .base_command()
+            .map_err(|e| Failure::Died(e.to_string()))?;
+        cmd.args([
+            "--print",
+            "--verbose",
+            "--output-format",
+            "stream-json",
+            "--no-session-persistence",
+            "--strict-mcp-config",
+            "--mcp-config",
+            r#"{"mcpServers":{}}"#,
+            "--tools",
+            "",
+            "--max-turns",
+            "1",
+            "--system-prompt",
+        ])
+        .arg(system)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().map_err(|e| {
+            Failure::Died(format!(
+                "cannot start claude ({}): {e}",
+                self.opts.bin.display()
+            ))
+        })?;
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Failure::Died("claude started without its pipes".into()));
+        };
+        // Written while the output is read: a long prompt must not fill the pipe unread.
+        let prompt = prompt.to_owned();
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(prompt.as_bytes()).await;
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let mut result = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let is_result = event["type"] == "result";
+            let _ = events.send(event.clone());
+            if is_result {
+                result = Some(event);
+                break;
+            }
+        }
+        let _ = writer.await;
+        let _ = child.wait().await;
+        let result = result.ok_or_else(|| Failure::Died("claude ended without a result".into()))?;
+        let text = result["result"].as_str().unwrap_or_default().to_owned();
+        if result["is_error"] == true {
+            return Err(Failure::Died(format!("claude ended with an error: {text}")));
+        }
+        Ok(text)
     }
 
     fn start(&mut self) -> Result<&mut Running, Failure> {
@@ -378,6 +477,7 @@ impl Claude {
         }
         let _ = running.stdin.flush().await;
         let mut tool_calls = 0u64;
+        let mut context_used = None;
         let mut failed_servers: Vec<String> = Vec::new();
         let result = loop {
             let line = match running.stdout.next_line().await {
@@ -422,6 +522,7 @@ impl Claude {
                     tool_calls += event["message"]["content"].as_array().map_or(0, |c| {
                         c.iter().filter(|b| b["type"] == "tool_use").count() as u64
                     });
+                    context_used = context_of(&event["message"]["usage"]).or(context_used);
                 }
                 _ => {}
             }
@@ -483,8 +584,36 @@ impl Claude {
             usage,
             error,
             terminal_reason: result["terminal_reason"].as_str().map(str::to_owned),
+            context: context_used
+                .zip(context_window(&result))
+                .map(|(used, window)| ContextFill { used, window }),
         })
     }
+}
+
+/// The tokens one model call's `usage` says the conversation took (its input, cached or not,
+/// and its output, which the next call reads).
+fn context_of(usage: &Value) -> Option<u64> {
+    [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "output_tokens",
+    ]
+    .iter()
+    .filter_map(|k| usage[k].as_u64())
+    .reduce(|a, b| a.saturating_add(b))
+}
+
+/// The model's context window from the result's `modelUsage` (the largest, when the turn used
+/// several models).
+fn context_window(result: &Value) -> Option<u64> {
+    result["modelUsage"]
+        .as_object()?
+        .values()
+        .filter_map(|m| m["contextWindow"].as_u64())
+        .filter(|w| *w > 0)
+        .max()
 }
 
 /// Writes the session id to `state/claude-session` (through a temporary file: never half a line).

@@ -27,6 +27,19 @@ impl Driver {
         }
     }
 
+    /// A separate one-shot answer beside the conversation: no tools, nothing kept.
+    pub async fn one_shot(
+        &mut self,
+        system: &str,
+        prompt: &str,
+        events: &UnboundedSender<Value>,
+    ) -> Result<String, Failure> {
+        match self {
+            Self::Claude(d) => d.one_shot(system, prompt, events).await,
+            Self::OpenAi(d) => d.one_shot(system, prompt, events).await,
+        }
+    }
+
     /// When an idle model process should be stopped (claude only).
     pub fn idle_deadline(&self) -> Option<Instant> {
         match self {

@@ -4,6 +4,7 @@ mod bridge;
 mod claude;
 mod commands;
 mod driver;
+mod notes;
 mod openai;
 mod prompt;
 mod serve;
@@ -64,6 +65,15 @@ enum Command {
         /// Model calls per turn of the openai driver before its tool loop is cut
         #[arg(long, default_value_t = 32, env = "HIVE_OPENAI_MAX_ROUNDS")]
         openai_max_rounds: u32,
+        /// How full the context (percent) may get before the model is asked for a notes
+        /// checkpoint and the session is compacted; 0 never
+        #[arg(long, default_value_t = 75, env = "HIVE_NOTES_CHECKPOINT_PERCENT",
+              value_parser = clap::value_parser!(u64).range(0..=100))]
+        notes_checkpoint_percent: u64,
+        /// The size in bytes past which `notes.md` is rewritten shorter in a separate session
+        #[arg(long, default_value_t = 16 * 1024, env = "HIVE_NOTES_MAX_BYTES",
+              value_parser = clap::value_parser!(u64).range(1024..))]
+        notes_max_bytes: u64,
     },
 }
 
@@ -97,6 +107,8 @@ fn main() -> ExitCode {
             max_turns,
             claude_mode,
             openai_max_rounds,
+            notes_checkpoint_percent,
+            notes_max_bytes,
         } => runtime.block_on(serve::run(serve::Settings {
             socket_dir,
             config,
@@ -106,6 +118,10 @@ fn main() -> ExitCode {
             max_turns,
             claude_per_turn: claude_mode == ClaudeMode::PerTurn,
             openai_max_rounds: openai_max_rounds.max(1),
+            notes: notes::NotesLimits {
+                checkpoint_percent: notes_checkpoint_percent,
+                max_bytes: notes_max_bytes,
+            },
         })),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.

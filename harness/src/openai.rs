@@ -315,7 +315,32 @@ impl OpenAi {
             // The only error outcome is the cut tool loop: the turn loop calls it `tool_loop_cut`.
             terminal_reason: outcome.is_some().then(|| "max_turns".to_owned()),
             error: outcome,
+            context: None,
         })
+    }
+
+    /// A separate one-shot call beside the conversation (e.g. the notes rewrite): `system` and
+    /// one user message, no tools, nothing kept. The answer's text is returned.
+    pub async fn one_shot(
+        &mut self,
+        system: &str,
+        prompt: &str,
+        events: &UnboundedSender<Value>,
+    ) -> Result<String, Failure> {
+        let mut body = json!({"messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompt},
+        ]});
+        if let Some(model) = &self.config.model {
+            body["model"] = json!(model);
+        }
+        let answer = self.complete(&body).await?;
+        let message = answer["choices"][0]["message"].clone();
+        let _ = events.send(json!({"type": "assistant", "message": message}));
+        message["content"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::Died(format!("the endpoint answered without text: {answer}")))
     }
 
     /// Calls `mcp__SERVER__TOOL` with the model's JSON arguments: the result's text, and

@@ -42,6 +42,8 @@ pub struct Settings {
     pub claude_per_turn: bool,
     /// Model calls per turn of the openai driver.
     pub openai_max_rounds: u32,
+    /// When the notes are checkpointed and rewritten.
+    pub notes: crate::notes::NotesLimits,
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -104,7 +106,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(chosen) = crate::commands::stored_model(&settings.state_dir) {
             model.set_model(Some(chosen));
         }
-        crate::turn::run(peer, model, &settings.state_dir).await
+        crate::turn::run(peer, model, &settings.state_dir, settings.notes).await
     };
     let closed = client.waiting();
     tokio::pin!(closed, turns);

@@ -23,9 +23,10 @@ use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::claude::{Answered, Failure};
+use crate::claude::{Answered, ContextFill, Failure};
 use crate::commands::{self, Command};
 use crate::driver::Driver;
+use crate::notes::{self, NotesLimits};
 use crate::prompt;
 
 /// How long one `next_turn` waits for a message before it is asked again.
@@ -88,6 +89,7 @@ pub async fn run(
     peer: Peer<RoleClient>,
     mut model: Driver,
     state_dir: &Path,
+    notes: NotesLimits,
 ) -> anyhow::Result<()> {
     report(&peer, TurnState::Idle).await;
     let mut died_in_a_row = 0u32;
@@ -110,7 +112,7 @@ pub async fn run(
             continue;
         };
         report(&peer, TurnState::Thinking).await;
-        let end = one_turn(&peer, &mut model, state_dir, &turn).await?;
+        let end = one_turn(&peer, &mut model, state_dir, notes, &turn).await?;
         match end {
             End::Finished => {
                 died_in_a_row = 0;
@@ -153,7 +155,12 @@ enum End {
 enum Part {
     /// The model answered (`ok` false: it ended with an error; `cut`: at the bound of model
     /// calls).
-    Answered { ok: bool, cut: bool, usage: Usage },
+    Answered {
+        ok: bool,
+        cut: bool,
+        usage: Usage,
+        context: Option<ContextFill>,
+    },
     /// The operator cancelled it.
     Cancelled,
     /// The model could not take it: the whole turn is given back.
@@ -167,6 +174,8 @@ struct Tally {
     cancelled: bool,
     cut: bool,
     usage: Usage,
+    /// How full the context was after the last model answer.
+    context: Option<ContextFill>,
 }
 
 impl Tally {
@@ -206,6 +215,7 @@ struct TurnCtx<'a> {
     peer: &'a Peer<RoleClient>,
     model: &'a mut Driver,
     state_dir: &'a Path,
+    notes: NotesLimits,
     turn: i64,
     events: &'a mpsc::UnboundedSender<Value>,
 }
@@ -214,6 +224,7 @@ async fn one_turn(
     peer: &Peer<RoleClient>,
     model: &mut Driver,
     state_dir: &Path,
+    notes: NotesLimits,
     turn: &LeasedTurn,
 ) -> anyhow::Result<End> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -222,6 +233,7 @@ async fn one_turn(
         peer,
         model,
         state_dir,
+        notes,
         turn: turn.turn,
         events: &tx,
     };
@@ -240,9 +252,15 @@ async fn one_turn(
         }
         if !run.is_empty() && !tally.cancelled {
             match ctx.wake(&std::mem::take(&mut run)).await {
-                Part::Answered { ok, cut, usage } => {
+                Part::Answered {
+                    ok,
+                    cut,
+                    usage,
+                    context,
+                } => {
                     tally.cut |= cut;
                     tally.add(ok, usage);
+                    tally.context = context.or(tally.context);
                 }
                 Part::Cancelled => tally.cancelled = true,
                 Part::GiveBack(end) => {
@@ -260,6 +278,9 @@ async fn one_turn(
             }
             ctx.command(m, command, &mut tally).await;
         }
+    }
+    if given_back.is_none() && !tally.cancelled {
+        ctx.keep_notes(&mut tally).await;
     }
     // Every event is stored before the turn ends (finish refuses events after it).
     drop(tx);
@@ -391,6 +412,7 @@ impl TurnCtx<'_> {
                     ok: answered.ok,
                     cut,
                     usage: answered.usage,
+                    context: answered.context,
                 }
             }
             Err(Failure::PromptTooLong(why)) => {
@@ -402,6 +424,7 @@ impl TurnCtx<'_> {
                     ok: false,
                     cut: false,
                     usage: Usage::default(),
+                    context: None,
                 }
             }
             Err(Failure::NeedsLogin(why)) => {
@@ -412,6 +435,74 @@ impl TurnCtx<'_> {
                 self.note("model_died", why);
                 Part::GiveBack(End::Died)
             }
+        }
+    }
+
+    /// After a turn's work: a notes checkpoint then a compaction when the context is nearly
+    /// full, and a rewrite of `notes.md` in a separate session when it grew past its bound.
+    /// Each step is a turn event; a failure is noted and the turn still ends as it was.
+    async fn keep_notes(&mut self, tally: &mut Tally) {
+        let path = self.state_dir.join(prompt::NOTES_FILE);
+        if let Some(fill) = tally.context
+            && self.notes.checkpoint_due(fill)
+        {
+            self.note(
+                "notes_checkpoint",
+                format!(
+                    "the context is {}% full ({} of {} tokens): asking for a notes checkpoint, \
+                     then compacting",
+                    fill.percent(),
+                    fill.used,
+                    fill.window
+                ),
+            );
+            report(self.peer, TurnState::Compacting).await;
+            let prompt = prompt::notes_checkpoint(&path, fill.percent());
+            match self.model.turn(&prompt, self.events).await {
+                Ok(answered) => tally.add(answered.ok, answered.usage),
+                Err(f) => self.note("error", format!("the notes checkpoint failed: {f:?}")),
+            }
+            self.note(
+                "compacting",
+                "compacting the session after the notes checkpoint",
+            );
+            match self.model.turn("/compact", self.events).await {
+                Ok(answered) => tally.add(answered.ok, answered.usage),
+                Err(f) => self.note("error", format!("the compaction failed: {f:?}")),
+            }
+            tally.context = None;
+            report(self.peer, TurnState::Thinking).await;
+        }
+        let Some((size, old)) = notes::overgrown(&path, self.notes.max_bytes) else {
+            return;
+        };
+        self.note(
+            "notes_rewrite",
+            format!(
+                "{} is {size} bytes, past its bound of {}: rewriting it in a separate session",
+                path.display(),
+                self.notes.max_bytes
+            ),
+        );
+        report(self.peer, TurnState::Compacting).await;
+        let system = prompt::notes_rewrite(self.notes.max_bytes);
+        let rewritten = self.model.one_shot(&system, &old, self.events).await;
+        report(self.peer, TurnState::Thinking).await;
+        match rewritten {
+            Ok(new) if !new.trim().is_empty() && (new.trim().len() as u64) < size => {
+                match notes::replace(&path, &new) {
+                    Ok(()) => self.note(
+                        "notes_rewritten",
+                        format!("{size} → {} bytes", new.trim().len() + 1),
+                    ),
+                    Err(e) => self.note("error", format!("cannot replace {}: {e}", path.display())),
+                }
+            }
+            Ok(_) => self.note(
+                "error",
+                "the notes rewrite was empty or not shorter; notes.md is kept as it was",
+            ),
+            Err(f) => self.note("error", format!("the notes rewrite failed: {f:?}")),
         }
     }
 
