@@ -136,6 +136,35 @@ fn quiet_manager(state: &Path) {
     cli_ok(state, &["stop", "manager"]);
 }
 
+/// Commits `from` → `to` in `agent`'s agent.nix as the manager would, has the operator approve
+/// it, and waits until it is deployed.
+fn change_agent_nix(rt: &tokio::runtime::Runtime, state: &Path, agent: &str, from: &str, to: &str) {
+    let repo = state.join("agents").join(agent).join("config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    let changed = nix.replace(from, to);
+    assert_ne!(changed, nix, "the template changed: adjust this test");
+    std::fs::write(repo.join("agent.nix"), changed).unwrap();
+    git(&repo, &["commit", "-qam", "a change for the test"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let manager = mcp_connect(rt, state, "manager", "mcp.sock");
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": agent, "commit": sha, "description": "a change for the test"}),
+    ));
+    let approval = queued["id"].as_i64().unwrap().to_string();
+    cli_ok(state, &["approve", &approval]);
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = serde_json::from_str(&cli_ok(state, &["show", &approval, "--json"])).unwrap();
+            last["status"] == "deployed" || last["status"] == "failed"
+        }),
+        "{last}"
+    );
+    assert_eq!(last["status"], "deployed", "{last}");
+}
+
 /// `hive logs AGENT`: the container's output (the harness's lines among it).
 fn log_of(state: &Path, agent: &str) -> String {
     text(&cli(state, &["logs", agent]).stdout)
@@ -232,30 +261,12 @@ fn an_agent_in_an_nspawn_container_answers_through_claude_and_resumes_after_idle
     quiet_manager(&state);
     cli_ok(&state, &["spawn", "alice"]);
     let mut last = Value::Null;
-    let repo = state.join("agents/alice/config");
-    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
-    let idle = nix.replace(
+    change_agent_nix(
+        &rt,
+        &state,
+        "alice",
         "allowedRecipients = [ ];",
         "allowedRecipients = [ ];\n    env = { HIVE_CLAUDE_IDLE_SECONDS = \"6\"; };",
-    );
-    assert_ne!(idle, nix, "the template changed: adjust this test");
-    std::fs::write(repo.join("agent.nix"), idle).unwrap();
-    git(&repo, &["commit", "-qam", "a short idle timeout"]);
-    let sha = git(&repo, &["rev-parse", "HEAD"]);
-    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
-    let queued = rt.block_on(mcp_ok(
-        &manager,
-        "request_apply_commit",
-        json!({"agent": "alice", "commit": sha, "description": "short idle"}),
-    ));
-    let approval = queued["id"].as_i64().unwrap().to_string();
-    cli_ok(&state, &["approve", &approval]);
-    assert!(
-        eventually(LIMIT, || {
-            last = serde_json::from_str(&cli_ok(&state, &["show", &approval, "--json"])).unwrap();
-            last["status"] == "deployed"
-        }),
-        "{last}"
     );
     assert!(
         eventually(LIMIT, || {
@@ -455,5 +466,86 @@ fn an_agent_that_needs_a_login_answers_as_soon_as_the_credentials_appear() {
         outcomes,
         [Some("abandoned".to_owned()), Some("ok".to_owned())],
         "one turn given back for the login, one answered"
+    );
+}
+
+/// The openai driver end to end in a real container with no network: the model (a scripted
+/// OpenAI-compatible server) reached through gateway.sock, the tool loop run by the harness as an
+/// MCP client of its socket, the conversation kept in /state across turns.
+#[test]
+fn an_agent_with_the_openai_driver_answers_from_an_nspawn_container() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+    {
+        return;
+    }
+    let server = ModelServer::start_blocking(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "hello from openai"}),
+        ),
+        Reply::text("answered"),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "still here"}),
+        ),
+        Reply::text("answered again"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let base_url = server.base_url();
+    let config = format!(
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[model]\nopenai_base_url = \"{base_url}\"\n"
+    );
+    let _daemon = Daemon::start(&state, &config);
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    change_agent_nix(
+        &rt,
+        &state,
+        "alice",
+        "driver = \"claude\";",
+        "driver = \"openai\";",
+    );
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}\n{}",
+        log_of(&state, "alice")
+    );
+    let first = rt.block_on(send(&state, "alice", "say hello"));
+    wait_for_answer(&rt, &state, "alice", "hello from openai");
+    assert_eq!(finished_turn(&state, first).0, "ok");
+    let second = rt.block_on(send(&state, "alice", "are you still there?"));
+    wait_for_answer(&rt, &state, "alice", "still here");
+    assert_eq!(finished_turn(&state, second).0, "ok");
+    let requests = server.model_requests();
+    assert!(
+        requests.iter().all(|r| r.is_chat_completions()),
+        "{requests:?}"
+    );
+    assert!(
+        requests[0]
+            .tool_names()
+            .iter()
+            .any(|t| t == "mcp__hive__send"),
+        "{:?}",
+        requests[0].tool_names()
+    );
+    // The second turn's request carries the first turn's conversation (kept in /state).
+    let history = requests[2].body["messages"].to_string();
+    assert!(
+        history.contains("say hello") && history.contains("hello from openai"),
+        "{history}"
+    );
+    assert!(
+        state
+            .join("agents/alice/state/openai-conversation.json")
+            .is_file()
     );
 }
