@@ -134,6 +134,7 @@ impl Hive {
             started: Instant::now(),
         });
         hive.finish_removals().await?;
+        hive.finish_restores().await?;
         // Copies of proposed repos' objects a killed daemon left while reading a request.
         match hive.git(|repos| repos.clear_staging()).await {
             Ok(0) => {}

@@ -2,6 +2,10 @@
 //! `agents/<name>`, `secrets/<name>` and `applied/<name>` into `tombstones/<name>-<utc>/`; restore
 //! moves them back; purge deletes a tombstone. Tombstone ids are parsed, never joined raw, and
 //! every path is checked to stay inside the state dir before anything is touched.
+//!
+//! A restore first writes its intent (a `.restoring` file in the tombstone), then moves the files,
+//! then commits the agent: a crash anywhere in between is finished at the next start by
+//! [`Hive::finish_restores`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,6 +23,9 @@ use crate::paths::StateDir;
 use crate::paths::checked_within;
 use crate::registry::AgentKind;
 use rusqlite::OptionalExtension;
+
+/// The file in a tombstone that says a restore of it began.
+const RESTORING: &str = ".restoring";
 
 /// `<name>-<YYYYMMDDTHHMMSSZ>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -129,11 +136,10 @@ impl Hive {
                 "an agent named '{agent}' is live; destroy it first or keep the tombstone"
             )));
         }
-        let mut moves = Vec::new();
         for (live, part) in parts(&self.paths, &agent) {
             let live = checked_within(self.paths.root(), &live)?;
-            let kept = checked_within(self.paths.root(), &tomb.join(part))?;
-            if live.exists() {
+            checked_within(self.paths.root(), &tomb.join(part))?;
+            if std::fs::symlink_metadata(&live).is_ok() {
                 return Err(Error::Conflict(format!(
                     "{} exists; move it away before restoring",
                     live.strip_prefix(self.paths.root())
@@ -141,13 +147,26 @@ impl Hive {
                         .display()
                 )));
             }
-            if kept.exists() {
-                moves.push((kept, live));
-            }
         }
+        let incarnation = self.tombstoned_incarnation(&id).await?;
+        let marker = tomb.join(RESTORING);
+        off_runtime(move || {
+            // The intent is on disk before the first file moves.
+            let file = std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all().map(|()| f))
+                .and_then(|_| std::fs::File::open(marker.parent().expect("in the tombstone")))
+                .and_then(|dir| dir.sync_all());
+            file.map_err(|e| Error::io(format!("cannot write {}", marker.display()), e))
+        })
+        .await?;
+        self.finish_restore(&agent, &id, incarnation).await?;
+        Ok(agent)
+    }
+
+    /// The incarnation waiting in tombstone `id`, if the tombstone is younger than incarnations.
+    async fn tombstoned_incarnation(&self, id: &TombstoneId) -> Result<Option<i64>> {
         let tid = id.clone();
-        let incarnation: Option<i64> = self
-            .store
+        self.store
             .read(move |c| {
                 Ok(c.prepare_cached(
                     "SELECT id FROM incarnations WHERE tombstone = ?1 AND state = 'tombstoned'",
@@ -155,9 +174,35 @@ impl Hive {
                 .query_row([tid.as_str()], |r| r.get(0))
                 .optional()?)
             })
-            .await?;
+            .await
+    }
+
+    /// Moves what is still in the tombstone back, commits the agent unless that was done, and
+    /// removes the emptied tombstone with its intent. Safe to run again after a crash at any
+    /// point of it.
+    async fn finish_restore(
+        self: &Arc<Self>,
+        agent: &AgentName,
+        id: &TombstoneId,
+        incarnation: Option<i64>,
+    ) -> Result<()> {
+        let tomb = self.existing_tombstone(id)?;
+        let mut moves = Vec::new();
+        for (live, part) in parts(&self.paths, agent) {
+            let live = checked_within(self.paths.root(), &live)?;
+            let kept = checked_within(self.paths.root(), &tomb.join(part))?;
+            if std::fs::symlink_metadata(&kept).is_ok() {
+                moves.push((kept, live));
+            }
+        }
         off_runtime(move || {
             for (kept, live) in &moves {
+                if std::fs::symlink_metadata(live).is_ok() {
+                    return Err(Error::Conflict(format!(
+                        "{} exists and so does its copy in the tombstone; move one away",
+                        live.display()
+                    )));
+                }
                 if let Some(parent) = live.parent() {
                     crate::paths::make_dir(parent, 0o755)?;
                 }
@@ -167,28 +212,59 @@ impl Hive {
             Ok(())
         })
         .await?;
-        // The same incarnation comes back, with the mail, reminders and questions it left; a
-        // tombstone older than incarnations starts a new one.
-        let new = NewAgent {
-            name: agent.clone(),
-            kind: AgentKind::Agent,
-            revive: incarnation,
-            deploy: None,
-        };
-        let tid = id.clone();
-        self.create_agent(new, move |c, record| {
-            audit::append(
-                c,
-                "operator",
-                "restore",
-                Some(record.name.as_str()),
-                json!({"tombstone": tid, "incarnation": record.incarnation}),
-            )
-        })
-        .await?;
+        if self.registry.get(agent).is_none() {
+            // The same incarnation comes back, with the mail, reminders and questions it left; a
+            // tombstone older than incarnations starts a new one.
+            let new = NewAgent {
+                name: agent.clone(),
+                kind: AgentKind::Agent,
+                revive: incarnation,
+                deploy: None,
+            };
+            let tid = id.clone();
+            self.create_agent(new, move |c, record| {
+                audit::append(
+                    c,
+                    "operator",
+                    "restore",
+                    Some(record.name.as_str()),
+                    json!({"tombstone": tid, "incarnation": record.incarnation}),
+                )
+            })
+            .await?;
+        }
+        let _ = std::fs::remove_file(tomb.join(RESTORING));
         let _ = std::fs::remove_dir(&tomb);
         self.due.reschedule();
-        Ok(agent)
+        Ok(())
+    }
+
+    /// Finishes the restores a crash cut (a tombstone holding a `.restoring` intent). One that
+    /// cannot be finished is reported and left for the next start; it never stops this one.
+    pub(crate) async fn finish_restores(self: &Arc<Self>) -> Result<()> {
+        for tombstone in self.tombstones()? {
+            let Ok(tomb) = self.tombstone_path(&tombstone.id) else {
+                continue;
+            };
+            if std::fs::symlink_metadata(tomb.join(RESTORING)).is_err() {
+                continue;
+            }
+            let finished = async {
+                let agent = AgentName::parse(&tombstone.agent)?;
+                let incarnation = self.tombstoned_incarnation(&tombstone.id).await?;
+                self.finish_restore(&agent, &tombstone.id, incarnation)
+                    .await
+            }
+            .await;
+            match finished {
+                Ok(()) => {
+                    tracing::warn!(tombstone = %tombstone.id, "finished a restore a crash had cut")
+                }
+                Err(e) => tracing::error!(tombstone = %tombstone.id, error = %e,
+                    "cannot finish a restore a crash had cut; retried at the next start"),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a tombstone for good, with what its incarnation left in the store (undelivered

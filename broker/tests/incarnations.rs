@@ -270,6 +270,92 @@ async fn a_destroy_cut_between_its_commit_and_its_file_moves_is_finished_at_the_
     hive.close();
 }
 
+/// A restore cut by a crash — after its intent, with some or all of the files moved back and
+/// the agent not yet committed — is finished at the next start: the same incarnation is live
+/// with its files and queued mail, and the tombstone is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_cut_between_its_file_moves_and_its_commit_is_finished_at_the_next_start() {
+    let f = fixture(&[]).await;
+    for agent in ["x1", "x2"] {
+        f.hive.spawn(agent, None).await.unwrap();
+        std::fs::create_dir_all(f.dir.path().join(format!("agents/{agent}/state"))).unwrap();
+        std::fs::write(
+            f.dir.path().join(format!("agents/{agent}/state/notes.md")),
+            format!("{agent} remembers"),
+        )
+        .unwrap();
+        f.hive
+            .send(
+                &Sender::Operator,
+                &Recipient::Agent(name(agent)),
+                "kept for later".into(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let incarnation = |agent: &str| -> i64 {
+        f.db()
+            .query_row(
+                "SELECT incarnation FROM agents WHERE name = ?1",
+                [agent],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let (x1, x2) = (incarnation("x1"), incarnation("x2"));
+    let t1 = f.hive.destroy(&name("x1"), false).await.unwrap();
+    let t2 = f.hive.destroy(&name("x2"), false).await.unwrap();
+    f.hive.close();
+    f.shutdown.cancel();
+    let Fixture { dir, hive, .. } = f;
+    drop(hive);
+    // What a restore leaves when the daemon dies after its intent: x1 with one part moved back,
+    // x2 with every part moved back; neither committed.
+    let root = dir.path();
+    let (tomb1, tomb2) = (
+        root.join("tombstones").join(t1.as_str()),
+        root.join("tombstones").join(t2.as_str()),
+    );
+    std::fs::write(tomb1.join(".restoring"), "").unwrap();
+    std::fs::write(tomb2.join(".restoring"), "").unwrap();
+    std::fs::rename(tomb1.join("agents"), root.join("agents/x1")).unwrap();
+    for (part, live) in [
+        ("agents", "agents/x2"),
+        ("secrets", "secrets/x2"),
+        ("applied", "applied/x2"),
+    ] {
+        if tomb2.join(part).exists() {
+            std::fs::rename(tomb2.join(part), root.join(live)).unwrap();
+        }
+    }
+
+    let hive = Hive::open(StateDir::new(root), Config::default())
+        .await
+        .unwrap();
+    for (agent, was, tomb) in [("x1", x1, &tomb1), ("x2", x2, &tomb2)] {
+        assert!(!tomb.exists(), "{} is still there", tomb.display());
+        assert_eq!(
+            std::fs::read_to_string(root.join(format!("agents/{agent}/state/notes.md"))).unwrap(),
+            format!("{agent} remembers")
+        );
+        assert!(root.join(format!("applied/{agent}/HEAD")).exists());
+        let record = hive.agent(&name(agent)).unwrap();
+        assert_eq!(
+            record.incarnation, was,
+            "{agent} came back as a new incarnation"
+        );
+        let got = hive
+            .recv(&Inbox::Agent(name(agent)), RecvLimits::new(0, 32).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "{agent}: {got:?}");
+        assert_eq!(got[0].body, "kept for later");
+    }
+    assert!(hive.tombstones().unwrap().is_empty());
+    hive.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_belong_to_the_incarnation_they_were_asked_for() {
     use broker::approvals::SpawnRequest;
