@@ -72,6 +72,8 @@ enum Kick {
     Credentials(AgentName),
     /// An operator or the manager started the agent: its crash count starts again.
     StartedByHand(AgentName),
+    /// A container started on an earlier deploy's image (no deploy event tells of it).
+    Started(AgentName),
 }
 
 /// One agent's axes as `hive agents` shows them (`None`: not known yet).
@@ -166,6 +168,11 @@ impl Watcher {
         if self.looping.lock().expect("looping").remove(agent) {
             let _ = self.kicks.send(Kick::StartedByHand(agent.clone()));
         }
+    }
+
+    /// `agent`'s container started on an earlier deploy's image: is it up to date?
+    pub(crate) fn container_started(&self, agent: &AgentName) {
+        let _ = self.kicks.send(Kick::Started(agent.clone()));
     }
 
     /// Whether `agent` is kept stopped by a crash loop (the daemon's start leaves it stopped).
@@ -510,22 +517,27 @@ impl Hive {
             .map(drop)
     }
 
-    /// `current` when what runs is the applied HEAD, `stale:<head>` when it is not and no deploy
-    /// is under way; nothing while the agent does not run or is between states.
+    /// `current` when what runs is the applied HEAD built with today's builder (its Nix code,
+    /// harness and busybox: `Builder::fingerprint`); when not and no deploy is under way,
+    /// `stale:<head>` (the commit differs) or `stale:<head>:builder:<today's fingerprint>` (only
+    /// the builder does: a newer builder is a new staleness); nothing while the agent does not run
+    /// or is between states.
     async fn check_up_to_date(self: &Arc<Self>, agent: &AgentName, tasks: &Scope) -> Result<()> {
         let Some(record) = self.registry.get(agent) else {
             return Ok(());
         };
         // A container runs (also while a failed deploy's guard is still held); the deploys
         // table says whether a build is under way.
-        let Some(running) = self.containers.run_of(agent).commit else {
+        let run = self.containers.run_of(agent);
+        let Some(running) = run.commit.clone() else {
             return Ok(());
         };
         let name = agent.clone();
         let Some(head) = self.git(move |repos| repos.applied_head(&name)).await? else {
             return Ok(());
         };
-        if head == running {
+        let builder_changed = self.built_with_another_builder(&run).await?;
+        if head == running && builder_changed.is_none() {
             self.watcher
                 .record(
                     agent.as_str(),
@@ -551,8 +563,15 @@ impl Hive {
         if pending {
             return Ok(());
         }
-        let state = format!("stale:{head}");
-        let details = json!({"running_commit": running, "applied_commit": head});
+        let state = match &builder_changed {
+            Some(today) if head == running => format!("stale:{head}:builder:{today}"),
+            _ => format!("stale:{head}"),
+        };
+        let details = json!({
+            "running_commit": running,
+            "applied_commit": head,
+            "builder_changed": builder_changed.is_some(),
+        });
         if self.watcher.auto_update {
             let changed = self
                 .watcher
@@ -639,6 +658,11 @@ impl Hive {
                     if let Err(e) = self.check_login(&agent).await {
                         tracing::warn!(%agent, error = %e, "cannot check the login");
                     }
+                }
+            }
+            Kick::Started(agent) => {
+                if let Err(e) = self.check_up_to_date(&agent, tasks).await {
+                    tracing::warn!(%agent, error = %e, "cannot check whether the agent is up to date");
                 }
             }
             Kick::StartedByHand(agent) => {
