@@ -3,10 +3,13 @@
 //! with `event` and `agent`; the same on the bus; schemas in docs/events.md), and the restart
 //! policy with its crash-loop stop.
 //!
-//! Fed by events: the runtime's exit notification (handed over by the containers component once
-//! it recorded the exit), an inotify watch on each agent's credentials dirs, the bus (deploys,
-//! agents created and removed), and a reconcile tick (`[watcher] reconcile_seconds`) as the
-//! safety net — never a poll as the main path. What was last recorded per incarnation and axis
+//! An agent is up to date when it runs its applied HEAD built with today's builder (the deploy's
+//! recorded `Builder::fingerprint` equals today's: the Nix code, harness and busybox an image
+//! carries). Fed by events: the runtime's exit notification (handed over by the containers
+//! component once it recorded the exit), a start on an earlier deploy's image, an inotify watch
+//! on each agent's credentials dirs, the bus (deploys, agents created and removed), and a
+//! reconcile tick (`[watcher] reconcile_seconds`) as the safety net — never a poll as the main
+//! path. What was last recorded per incarnation and axis
 //! is in `events_sent`: a first look only seeds it (nothing is told about a state that already
 //! held), a state equal to the stored one is never told again (across restarts too), and the
 //! message and its row commit in one transaction.
@@ -82,8 +85,8 @@ pub struct Axes {
     /// The container runs and its harness is connected.
     pub running: bool,
     pub logged_in: Option<bool>,
-    /// The running deploy is the applied HEAD (`None` while it does not run or a deploy is
-    /// under way).
+    /// The running deploy is the applied HEAD, built with today's builder (`None` while it does
+    /// not run or a deploy is under way).
     pub up_to_date: Option<bool>,
     /// Stopped after a crash loop until started by hand.
     pub crash_loop: bool,
