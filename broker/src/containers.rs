@@ -772,8 +772,9 @@ impl Hive {
         Ok(out)
     }
 
-    /// Rebuilds and restarts `agent` when its applied HEAD is not what runs; "already up to
-    /// date" (building nothing) otherwise.
+    /// Rebuilds and restarts `agent` when its applied HEAD is not what runs or what runs was
+    /// built with another builder than today's; "already up to date" (building nothing)
+    /// otherwise.
     pub async fn update_agent(
         self: &Arc<Self>,
         actor: Actor,
