@@ -119,6 +119,8 @@ pub struct Watcher {
     looping: Mutex<HashSet<AgentName>>,
     /// The last state recorded per incarnation and axis: a repeat costs no store round trip.
     recorded: Mutex<HashMap<(i64, &'static str), String>>,
+    /// `[watcher] auto_update` rebuilds one agent at a time.
+    auto_updates: tokio::sync::Semaphore,
 }
 
 impl Watcher {
@@ -157,6 +159,7 @@ impl Watcher {
             crashes: Mutex::default(),
             looping: Mutex::new(looping),
             recorded: Mutex::default(),
+            auto_updates: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -610,7 +613,12 @@ impl Hive {
         tasks.spawn(async move {
             let updated = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = hive.update_agent(Actor::System, &agent) => r,
+                r = async {
+                    // One automatic rebuild at a time: a new builder or harness makes every
+                    // agent stale at once, and a build each in parallel would swamp the host.
+                    let _turn = hive.watcher.auto_updates.acquire().await;
+                    hive.update_agent(Actor::System, &agent).await
+                } => r,
             };
             let failed = match updated {
                 Ok(o) => o.deploy.is_some_and(|d| d.status != DeployStatus::Deployed),
