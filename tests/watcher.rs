@@ -168,7 +168,7 @@ fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("hive");
-    let _daemon = Daemon::start(&state, PROCESS);
+    let mut daemon = Daemon::start(&state, PROCESS);
     cli_ok(&state, &["spawn", "alice"]);
     wait_up(&state, "alice", None);
     wait_up(&state, "manager", None);
@@ -221,6 +221,19 @@ fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back
     assert_eq!(view["run"]["state"], "stopped", "{view}");
     assert_eq!(view["axes"]["crash_loop"], true, "{view}");
     assert!(cli_ok(&state, &["agents"]).contains("crash loop"));
+
+    // A daemon restart leaves it stopped and tells nothing again. The start boots agents in
+    // name order: once the manager is up, alice's turn has passed.
+    drop(manager);
+    assert!(daemon.sigterm().success());
+    let _daemon = Daemon::start(&state, PROCESS);
+    wait_up(&state, "manager", None);
+    let view = agent_view(&state, "alice");
+    assert_eq!(view["run"]["state"], "stopped", "{view}");
+    assert_eq!(view["axes"]["crash_loop"], true, "{view}");
+    assert_eq!(told(&state, "crash_loop", "alice").len(), 1);
+    assert_eq!(told(&state, "container_crash", "alice").len(), 6);
+    assert_eq!(system_starts(&state, "alice").len(), 5);
 
     // `hive start` brings it back: it runs again and its crashes count from one.
     cli_ok(&state, &["start", "alice"]);
@@ -476,4 +489,343 @@ fn an_applied_commit_not_built_tells_needs_update_once_and_update_tells_rebuilt(
     ));
     assert_eq!(told(&state, "needs_update", "alice").len(), 1);
     assert_eq!(told(&state, "rebuilt", "alice").len(), 1);
+}
+
+/// A copy of `hive-agent` in `dir/bin/` and the process-runtime config whose builder puts that
+/// copy into images: the test can change it (a byte appended still runs) or take it away.
+fn own_harness(dir: &Path, extra: &str) -> (PathBuf, String) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let harness = bin.join("hive-agent");
+    std::fs::copy(hive_agent().unwrap(), &harness).unwrap();
+    let config = format!(
+        "{PROCESS}harness_binary = \"{}\"\n{extra}",
+        harness.display()
+    );
+    (harness, config)
+}
+
+/// Appends one byte to `file`: another harness binary that still runs.
+fn append_a_byte(file: &Path) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    f.write_all(b"\n").unwrap();
+}
+
+/// The last message from `system` to `agent` itself.
+fn last_own_message(state: &Path, agent: &str) -> Option<String> {
+    open_db(state)
+        .query_row(
+            "SELECT body FROM messages WHERE sender = 'system' AND recipient = ?1
+             ORDER BY id DESC LIMIT 1",
+            [agent],
+            |r| r.get(0),
+        )
+        .ok()
+}
+
+/// The commit `agent` runs, as `hive agents` shows it.
+fn running_commit(state: &Path, agent: &str) -> String {
+    agent_view(state, agent)["run"]["commit"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{agent} runs no commit"))
+        .to_owned()
+}
+
+#[test]
+fn a_daemon_restarted_with_another_harness_tells_needs_update_once_and_update_rebuilds() {
+    if real_builds().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let (harness, config) = own_harness(dir.path(), "");
+    let mut daemon = Daemon::start(&state, &config);
+    cli_ok(&state, &["spawn", "alice"]);
+    wait_up(&state, "alice", None);
+    wait_up(&state, "manager", None);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == true
+    ));
+    let commit = running_commit(&state, "alice");
+
+    // The same commits, another harness: every running image is stale, told once per agent.
+    assert!(daemon.sigterm().success());
+    append_a_byte(&harness);
+    let _daemon = Daemon::start(&state, &config);
+    let stale = wait_told(&state, "needs_update", "alice", 1);
+    let body = &stale[0].1;
+    assert_eq!(body["builder_changed"], true, "{body}");
+    assert_eq!(body["running_commit"], commit.as_str(), "{body}");
+    assert_eq!(body["applied_commit"], commit.as_str(), "{body}");
+    wait_told(&state, "needs_update", "manager", 1);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == false
+    ));
+    // Still running on the old image: nothing was rebuilt without being asked.
+    assert!(told(&state, "rebuilt", "alice").is_empty());
+
+    // `update` rebuilds it on the same commit: rebuilt, and alice is told herself.
+    let updated = cli_ok(&state, &["update", "alice"]);
+    assert!(updated.contains("updated"), "{updated}");
+    let rebuilt = wait_told(&state, "rebuilt", "alice", 1);
+    assert_eq!(rebuilt[0].1["commit"], commit.as_str());
+    assert_eq!(rebuilt[0].1["kind"], "update");
+    let own = last_own_message(&state, "alice").unwrap();
+    assert!(own.contains(&commit), "{own}");
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == true
+    ));
+    // Up to date now: a second update builds nothing.
+    assert!(cli_ok(&state, &["update", "alice"]).contains("already up to date"));
+    assert_eq!(told(&state, "needs_update", "alice").len(), 1);
+    assert_eq!(told(&state, "needs_update", "manager").len(), 1);
+    assert_eq!(told(&state, "rebuilt", "alice").len(), 1);
+}
+
+#[test]
+fn with_auto_update_a_stale_agent_is_rebuilt_without_needs_update_and_told_itself() {
+    if real_builds().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let (harness, config) = own_harness(dir.path(), "\n[watcher]\nauto_update = true\n");
+    let mut daemon = Daemon::start(&state, &config);
+    cli_ok(&state, &["spawn", "alice"]);
+    let first = wait_up(&state, "alice", None);
+    wait_up(&state, "manager", None);
+    assert!(eventually(
+        LIMIT,
+        || agent_view(&state, "alice")["axes"]["up_to_date"] == true
+    ));
+    let commit = running_commit(&state, "alice");
+    let deploy = agent_view(&state, "alice")["run"]["deploy"].clone();
+
+    assert!(daemon.sigterm().success());
+    append_a_byte(&harness);
+    let _daemon = Daemon::start(&state, &config);
+    let rebuilt = wait_told(&state, "rebuilt", "alice", 1);
+    assert_eq!(rebuilt[0].1["commit"], commit.as_str());
+    assert_eq!(rebuilt[0].1["kind"], "update");
+    assert_ne!(rebuilt[0].1["deploy"], deploy);
+    wait_told(&state, "rebuilt", "manager", 1);
+    let own = last_own_message(&state, "alice").unwrap();
+    assert!(own.contains(&commit) && own.contains("rebuilt"), "{own}");
+    wait_up(&state, "alice", Some(first));
+    assert!(eventually(LIMIT, || {
+        let view = agent_view(&state, "alice");
+        view["axes"]["up_to_date"] == true && view["run"]["deploy"] != deploy
+    }));
+    assert!(told(&state, "needs_update", "alice").is_empty());
+    assert!(told(&state, "needs_update", "manager").is_empty());
+    assert_eq!(told(&state, "rebuilt", "alice").len(), 1);
+}
+
+/// The manager asks to apply a change to `agent`'s agent.nix (a comment) and the operator
+/// approves it; returns the commit.
+fn approve_a_change(rt: &tokio::runtime::Runtime, state: &Path, agent: &str) -> String {
+    let manager = mcp_connect(rt, state, "manager", "mcp.sock");
+    let repo = state.join("agents").join(agent).join("config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    std::fs::write(repo.join("agent.nix"), format!("{nix}\n# a change\n")).unwrap();
+    git(&repo, &["commit", "-qam", "a change"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": agent, "commit": sha, "description": "a change"}),
+    ));
+    cli_ok(
+        state,
+        &["approve", &queued["id"].as_i64().unwrap().to_string()],
+    );
+    sha
+}
+
+/// Every helper event in the manager's inbox: (event, agent).
+fn all_told(state: &Path) -> Vec<(String, String)> {
+    let db = open_db(state);
+    let mut stmt = db
+        .prepare(
+            "SELECT body FROM messages WHERE sender = 'system' AND recipient = 'manager'
+             ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter_map(|body| serde_json::from_str::<Value>(&body).ok())
+        .map(|b| {
+            (
+                b["event"].as_str().unwrap_or_default().to_owned(),
+                b["agent"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_daemon_restart_tells_nothing_twice_and_once_what_changed_while_it_was_down() {
+    if real_builds().is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    // A reconcile tick every second: a repeat would show within the test's own waits.
+    let (harness, config) = own_harness(dir.path(), "\n[watcher]\nreconcile_seconds = 1\n");
+    let mut daemon = Daemon::start(&state, &config);
+    cli_ok(&state, &["spawn", "alice"]);
+    cli_ok(&state, &["spawn", "bob"]);
+    cli_ok(&state, &["spawn", "carol"]);
+    let alice = wait_up(&state, "alice", None);
+    wait_up(&state, "bob", None);
+    wait_up(&state, "carol", None);
+    wait_up(&state, "manager", None);
+
+    // alice crashed (and was restarted), bob logged in and out, carol is stale (her approved
+    // change could not be built: the harness was gone).
+    kill9(alice);
+    wait_told(&state, "container_crash", "alice", 1);
+    wait_up(&state, "alice", Some(alice));
+    write_credentials(&state, "bob");
+    wait_told(&state, "logged_in", "bob", 1);
+    std::fs::remove_file(credentials(&state, "bob")).unwrap();
+    wait_told(&state, "needs_login", "bob", 1);
+    std::fs::rename(&harness, dir.path().join("away")).unwrap();
+    approve_a_change(&rt, &state, "carol");
+    wait_told(&state, "needs_update", "carol", 1);
+    std::fs::rename(dir.path().join("away"), &harness).unwrap();
+    let before = all_told(&state);
+
+    // While the daemon is down, carol logs in: that change is told once after the start.
+    assert!(daemon.sigterm().success());
+    write_credentials(&state, "carol");
+    let _daemon = Daemon::start(&state, &config);
+    wait_told(&state, "logged_in", "carol", 1);
+    for agent in ["alice", "bob", "carol", "manager"] {
+        wait_up(&state, agent, None);
+    }
+    // Every axis looked at again after the start (carol's stale image included).
+    assert!(eventually(LIMIT, || {
+        let view = agent_view(&state, "carol");
+        view["axes"]["up_to_date"] == false && view["axes"]["logged_in"] == true
+    }));
+    assert!(eventually(LIMIT, || {
+        agents(&state)
+            .iter()
+            .all(|a| a["name"] == "carol" || a["axes"]["up_to_date"] == true)
+    }));
+    assert_eq!(agent_view(&state, "bob")["axes"]["logged_in"], false);
+    let mut expected = before.clone();
+    expected.push(("logged_in".into(), "carol".into()));
+    assert_eq!(
+        all_told(&state),
+        expected,
+        "told before the restart: {before:?}"
+    );
+}
+
+#[test]
+fn spawned_and_destroyed_reach_the_manager_with_the_incarnation() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let _daemon = Daemon::start(&state, "");
+    cli_ok(&state, &["spawn", "alice"]);
+    let spawned = wait_told(&state, "spawned", "alice", 1);
+    let incarnation = spawned[0].1["incarnation"].clone();
+    assert!(incarnation.is_i64(), "{:?}", spawned[0].1);
+    assert_eq!(spawned[0].1["logged_in"], false);
+
+    let destroyed = cli_ok(&state, &["destroy", "alice"]);
+    assert!(destroyed.contains("tombstone alice-"), "{destroyed}");
+    let gone = wait_told(&state, "destroyed", "alice", 1);
+    assert_eq!(gone[0].1["incarnation"], incarnation);
+
+    // Restored: the same incarnation comes back, told as spawned again.
+    let tombstones: Value =
+        serde_json::from_str(&cli_ok(&state, &["tombstones", "--json"])).unwrap();
+    let tomb = tombstones[0]["id"].as_str().unwrap().to_owned();
+    cli_ok(&state, &["restore", &tomb]);
+    let spawned = wait_told(&state, "spawned", "alice", 2);
+    assert_eq!(spawned[1].1["incarnation"], incarnation);
+    assert_eq!(told(&state, "destroyed", "alice").len(), 1);
+    // Each reached the manager as one message from system, in order.
+    let events: Vec<String> = all_told(&state)
+        .into_iter()
+        .filter(|(_, agent)| agent == "alice")
+        .map(|(event, _)| event)
+        .collect();
+    assert_eq!(events, ["spawned", "destroyed", "spawned"]);
+}
+
+#[test]
+fn the_crashed_manager_is_restarted_and_takes_the_event_about_itself_in_a_turn() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if real_builds().is_none() {
+        return;
+    }
+    // Every model call is answered "done".
+    let server = testkit::model_server::ModelServer::start_blocking(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let config = format!(
+        "{PROCESS}\n[model]\nanthropic_base_url = \"{}\"\n",
+        server.base_url()
+    );
+    let claude = claude.display().to_string();
+    let _daemon = Daemon::start_with_env(
+        &state,
+        &config,
+        &[
+            ("HIVE_CLAUDE", claude.as_str()),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+        ],
+    );
+    let first = wait_up(&state, "manager", None);
+    kill9(first);
+    let crash = wait_told(&state, "container_crash", "manager", 1);
+    assert_eq!(crash[0].1["signal"], 9, "{:?}", crash[0].1);
+    wait_up(&state, "manager", Some(first));
+
+    // Told while it was down, taken by the restarted manager's harness in a turn: its model
+    // reads the event about itself, and the turn finishes.
+    let db = open_db(&state);
+    let id: i64 = db
+        .query_row(
+            "SELECT id FROM messages WHERE sender = 'system' AND recipient = 'manager'
+             AND json_extract(body, '$.event') = 'container_crash'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut outcome = None;
+    let finished = eventually(LIMIT, || {
+        outcome = db
+            .query_row(
+                "SELECT outcome FROM turns WHERE message_id = ?1 AND outcome IS NOT NULL",
+                [id],
+                |r| r.get::<_, String>(0),
+            )
+            .ok();
+        outcome.is_some()
+    });
+    assert!(
+        finished,
+        "the manager took no turn on its crash event\nlog:\n{}",
+        text(&cli(&state, &["logs", "manager"]).stdout)
+    );
+    assert_eq!(outcome.as_deref(), Some("ok"));
+    let seen = server.model_requests().iter().any(|r| {
+        r.last_user_text()
+            .is_some_and(|t| t.contains("container_crash"))
+    });
+    assert!(seen, "the model never read the crash event");
+    assert_eq!(told(&state, "container_crash", "manager").len(), 1);
 }

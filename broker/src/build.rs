@@ -12,11 +12,16 @@
 //! gcroot). Never writes outside it except through nix into the store, and never garbage-collects
 //! the store as a whole (the host's store is not the hive's): `collect` deletes only the images of
 //! this agent's dropped deploys.
+//!
+//! [`Builder::fingerprint`] names everything an image depends on besides the agent's tree (the
+//! builder, its Nix code, the harness binary and busybox it copies in): a deploy records it, and
+//! the watcher calls an image built with another one stale.
 
 use std::collections::HashSet;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::AgentConfig;
@@ -68,6 +73,29 @@ pub struct Builder {
     nix_build: PathBuf,
     nix_store: PathBuf,
     timeout: Duration,
+    /// The last fingerprint and the file stamps it was computed from.
+    fingerprint: Arc<Mutex<Option<Fingerprint>>>,
+}
+
+/// A fingerprint and the stamps of the files it read.
+type Fingerprint = (Vec<Stamp>, String);
+
+/// What identifies a file's content without reading it: a changed file has another stamp.
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(path: &Path) -> Result<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot inspect {}", path.display()), e))?;
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 impl Builder {
@@ -123,7 +151,43 @@ impl Builder {
             nix_build,
             nix_store,
             timeout,
+            fingerprint: Arc::default(),
         })
+    }
+
+    /// What an image built now would depend on besides the agent's tree, as a sha256 (hex): the
+    /// builder kind, its embedded Nix code, and the bytes of the harness binary and busybox it
+    /// copies in. Read again only when one of those files changed (its stamp), so it is cheap to
+    /// ask often.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let files = [&self.harness, &self.busybox];
+        let stamps = files.iter().map(|f| stamp(f)).collect::<Result<Vec<_>>>()?;
+        let mut cached = self.fingerprint.lock().expect("fingerprint");
+        if let Some((seen, fingerprint)) = cached.as_ref()
+            && *seen == stamps
+        {
+            return Ok(fingerprint.clone());
+        }
+        let mut h = Sha256::new();
+        // Each part with its length first, so no two different inputs hash alike.
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        part(b"minimal");
+        for (name, text) in NIX_FILES {
+            part(name.as_bytes());
+            part(text.as_bytes());
+        }
+        for file in files {
+            let bytes = std::fs::read(file)
+                .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
+            part(&bytes);
+        }
+        let fingerprint = hex::encode(h.finalize());
+        *cached = Some((stamps, fingerprint.clone()));
+        Ok(fingerprint)
     }
 
     fn agent_dir(&self, agent: &AgentName) -> Result<PathBuf> {

@@ -506,16 +506,22 @@ impl Hive {
             Ok(builder) => {
                 let (name, sha) = (agent.clone(), deploy.commit.clone());
                 let repo = self.paths.applied_repo(agent);
-                off_runtime(move || builder.build(&name, deploy_id, &repo, &sha)).await
+                off_runtime(move || {
+                    // What the image is built with, taken before nix reads it; a harness that
+                    // cannot be read fails the build below with nix's own message.
+                    let fingerprint = builder.fingerprint().ok();
+                    Ok((builder.build(&name, deploy_id, &repo, &sha)?, fingerprint))
+                })
+                .await
             }
             Err(e) => Err(e),
         };
-        let image = match built {
-            Ok(image) => image,
-            Err(e) => return self.finish_deploy(&deploy, Err(e)).await,
+        let (image, fingerprint) = match built {
+            Ok(built) => built,
+            Err(e) => return self.finish_deploy(&deploy, Err(e), None).await,
         };
         if running && let Err(e) = self.stop_container(agent).await {
-            return self.finish_deploy(&deploy, Err(e)).await;
+            return self.finish_deploy(&deploy, Err(e), None).await;
         }
         if !self
             .containers
@@ -527,7 +533,9 @@ impl Hive {
         busy.set(Transient::Starting);
         let started = self.start_container(agent, &deploy, &image).await;
         drop(busy);
-        let finished = self.finish_deploy(&deploy, started.map(|_| ())).await?;
+        let finished = self
+            .finish_deploy(&deploy, started.map(|_| ()), fingerprint)
+            .await?;
         if finished.status == DeployStatus::Deployed {
             self.containers.wait_up(agent, UP_WAIT).await;
         }
@@ -535,8 +543,13 @@ impl Hive {
     }
 
     /// Ends a building deploy: `deployed` or `failed` (with the message), its approval too, the
-    /// tag, the audit row, the bus.
-    async fn finish_deploy(&self, deploy: &Deploy, outcome: Result<()>) -> Result<Deploy> {
+    /// builder fingerprint its image was built with, the tag, the audit row, the bus.
+    async fn finish_deploy(
+        &self,
+        deploy: &Deploy,
+        outcome: Result<()>,
+        builder: Option<String>,
+    ) -> Result<Deploy> {
         let (id, agent) = (deploy.id, deploy.agent.clone());
         let (to, message) = match &outcome {
             Ok(()) => (DeployStatus::Deployed, None),
@@ -563,8 +576,8 @@ impl Hive {
             .write(move |c| {
                 transition(c, id, DeployStatus::Building, to)?;
                 c.execute(
-                    "UPDATE deploys SET log_tail = ?1 WHERE id = ?2",
-                    params![detail_message, id],
+                    "UPDATE deploys SET log_tail = ?1, builder = ?2 WHERE id = ?3",
+                    params![detail_message, builder, id],
                 )?;
                 let d = get_deploy(c, id)?;
                 if let Some(a) = d.approval {
@@ -715,6 +728,9 @@ impl Hive {
             let _busy = self.containers.begin(agent, Transient::Starting)?;
             self.start_container(agent, &deploy, &image).await?;
         }
+        // Started on an earlier image (after a daemon start, a crash, a stop): the watcher looks
+        // at once whether it is up to date; a deploy tells it through the bus instead.
+        self.watcher.container_started(agent);
         self.audit_action(actor, "start", agent, json!({"deploy": deploy.id}))
             .await?;
         let up = self.containers.wait_up(agent, UP_WAIT).await;
@@ -756,8 +772,9 @@ impl Hive {
         Ok(out)
     }
 
-    /// Rebuilds and restarts `agent` when its applied HEAD is not what runs; "already up to
-    /// date" (building nothing) otherwise.
+    /// Rebuilds and restarts `agent` when its applied HEAD is not what runs or what runs was
+    /// built with another builder than today's; "already up to date" (building nothing)
+    /// otherwise.
     pub async fn update_agent(
         self: &Arc<Self>,
         actor: Actor,
@@ -769,7 +786,11 @@ impl Hive {
         let name = agent.clone();
         let head = self.git(move |repos| repos.applied_head(&name)).await?;
         let run = self.containers.run_of(agent);
-        if run.pid.is_some() && run.commit.is_some() && run.commit == head {
+        if run.pid.is_some()
+            && run.commit.is_some()
+            && run.commit == head
+            && self.built_with_another_builder(&run).await?.is_none()
+        {
             return Ok(self.outcome("already up to date", agent, None));
         }
         let deploy = self.new_update_deploy(actor, agent).await?;
@@ -780,6 +801,39 @@ impl Hive {
             "the build failed; what ran before still runs"
         };
         Ok(self.outcome(result, agent, Some(done)))
+    }
+
+    /// Today's builder fingerprint ([`Builder::fingerprint`]) when the image `run` runs was
+    /// built with another builder, Nix code, harness or busybox (a deploy from before
+    /// fingerprints were recorded counts as another). `None` when it was not, when nothing runs,
+    /// or when today's cannot be known (no builder, the harness binary unreadable): then there is
+    /// nothing to rebuild with either.
+    pub(crate) async fn built_with_another_builder(
+        &self,
+        run: &AgentRun,
+    ) -> Result<Option<String>> {
+        let (Some(deploy), Ok(builder)) = (run.deploy, self.containers.builder()) else {
+            return Ok(None);
+        };
+        let today = match off_runtime(move || builder.fingerprint()).await {
+            Ok(today) => today,
+            Err(e) => {
+                tracing::debug!(error = %e, "no builder fingerprint to compare with");
+                return Ok(None);
+            }
+        };
+        let recorded: Option<String> = self
+            .store
+            .read(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT builder FROM deploys WHERE id = ?1")?
+                        .query_row([deploy], |r| r.get(0))
+                        .optional()?
+                        .flatten(),
+                )
+            })
+            .await?;
+        Ok((recorded.as_deref() != Some(today.as_str())).then_some(today))
     }
 
     /// A new `update` deploy of the applied HEAD, audited.
@@ -1038,6 +1092,7 @@ impl Hive {
                     Err(Error::Internal(
                         "the hive stopped during the build; it was started again".into(),
                     )),
+                    None,
                 )
                 .await?;
                 let again = self.new_update_deploy(Actor::System, agent).await?;

@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_message_counts_by_incarnation.sql"),
     include_str!("migrations/0010_events_sent.sql"),
     include_str!("migrations/0011_turn_stats.sql"),
+    include_str!("migrations/0012_deploy_builder.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

@@ -3,10 +3,13 @@
 //! with `event` and `agent`; the same on the bus; schemas in docs/events.md), and the restart
 //! policy with its crash-loop stop.
 //!
-//! Fed by events: the runtime's exit notification (handed over by the containers component once
-//! it recorded the exit), an inotify watch on each agent's credentials dirs, the bus (deploys,
-//! agents created and removed), and a reconcile tick (`[watcher] reconcile_seconds`) as the
-//! safety net — never a poll as the main path. What was last recorded per incarnation and axis
+//! An agent is up to date when it runs its applied HEAD built with today's builder (the deploy's
+//! recorded `Builder::fingerprint` equals today's: the Nix code, harness and busybox an image
+//! carries). Fed by events: the runtime's exit notification (handed over by the containers
+//! component once it recorded the exit), a start on an earlier deploy's image, an inotify watch
+//! on each agent's credentials dirs, the bus (deploys, agents created and removed), and a
+//! reconcile tick (`[watcher] reconcile_seconds`) as the safety net — never a poll as the main
+//! path. What was last recorded per incarnation and axis
 //! is in `events_sent`: a first look only seeds it (nothing is told about a state that already
 //! held), a state equal to the stored one is never told again (across restarts too), and the
 //! message and its row commit in one transaction.
@@ -75,6 +78,8 @@ enum Kick {
     Credentials(AgentName),
     /// An operator or the manager started the agent: its crash count starts again.
     StartedByHand(AgentName),
+    /// A container started on an earlier deploy's image (no deploy event tells of it).
+    Started(AgentName),
 }
 
 /// One agent's axes as `hive agents` shows them (`None`: not known yet).
@@ -83,8 +88,8 @@ pub struct Axes {
     /// The container runs and its harness is connected.
     pub running: bool,
     pub logged_in: Option<bool>,
-    /// The running deploy is the applied HEAD (`None` while it does not run or a deploy is
-    /// under way).
+    /// The running deploy is the applied HEAD, built with today's builder (`None` while it does
+    /// not run or a deploy is under way).
     pub up_to_date: Option<bool>,
     /// Stopped after a crash loop until started by hand.
     pub crash_loop: bool,
@@ -117,6 +122,8 @@ pub struct Watcher {
     looping: Mutex<HashSet<AgentName>>,
     /// The last state recorded per incarnation and axis: a repeat costs no store round trip.
     recorded: Mutex<HashMap<(i64, &'static str), String>>,
+    /// `[watcher] auto_update` rebuilds one agent at a time.
+    auto_updates: tokio::sync::Semaphore,
 }
 
 impl Watcher {
@@ -155,6 +162,7 @@ impl Watcher {
             crashes: Mutex::default(),
             looping: Mutex::new(looping),
             recorded: Mutex::default(),
+            auto_updates: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -169,6 +177,11 @@ impl Watcher {
         if self.looping.lock().expect("looping").remove(agent) {
             let _ = self.kicks.send(Kick::StartedByHand(agent.clone()));
         }
+    }
+
+    /// `agent`'s container started on an earlier deploy's image: is it up to date?
+    pub(crate) fn container_started(&self, agent: &AgentName) {
+        let _ = self.kicks.send(Kick::Started(agent.clone()));
     }
 
     /// Whether `agent` is kept stopped by a crash loop (the daemon's start leaves it stopped).
@@ -513,22 +526,27 @@ impl Hive {
             .map(drop)
     }
 
-    /// `current` when what runs is the applied HEAD, `stale:<head>` when it is not and no deploy
-    /// is under way; nothing while the agent does not run or is between states.
+    /// `current` when what runs is the applied HEAD built with today's builder (its Nix code,
+    /// harness and busybox: `Builder::fingerprint`); when not and no deploy is under way,
+    /// `stale:<head>` (the commit differs) or `stale:<head>:builder:<today's fingerprint>` (only
+    /// the builder does: a newer builder is a new staleness); nothing while the agent does not run
+    /// or is between states.
     async fn check_up_to_date(self: &Arc<Self>, agent: &AgentName, tasks: &Scope) -> Result<()> {
         let Some(record) = self.registry.get(agent) else {
             return Ok(());
         };
         // A container runs (also while a failed deploy's guard is still held); the deploys
         // table says whether a build is under way.
-        let Some(running) = self.containers.run_of(agent).commit else {
+        let run = self.containers.run_of(agent);
+        let Some(running) = run.commit.clone() else {
             return Ok(());
         };
         let name = agent.clone();
         let Some(head) = self.git(move |repos| repos.applied_head(&name)).await? else {
             return Ok(());
         };
-        if head == running {
+        let builder_changed = self.built_with_another_builder(&run).await?;
+        if head == running && builder_changed.is_none() {
             self.watcher
                 .record(
                     agent.as_str(),
@@ -554,8 +572,15 @@ impl Hive {
         if pending {
             return Ok(());
         }
-        let state = format!("stale:{head}");
-        let details = json!({"running_commit": running, "applied_commit": head});
+        let state = match &builder_changed {
+            Some(today) if head == running => format!("stale:{head}:builder:{today}"),
+            _ => format!("stale:{head}"),
+        };
+        let details = json!({
+            "running_commit": running,
+            "applied_commit": head,
+            "builder_changed": builder_changed.is_some(),
+        });
         if self.watcher.auto_update {
             let changed = self
                 .watcher
@@ -591,7 +616,12 @@ impl Hive {
         tasks.spawn(async move {
             let updated = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = hive.update_agent(Actor::System, &agent) => r,
+                r = async {
+                    // One automatic rebuild at a time: a new builder or harness makes every
+                    // agent stale at once, and a build each in parallel would swamp the host.
+                    let _turn = hive.watcher.auto_updates.acquire().await;
+                    hive.update_agent(Actor::System, &agent).await
+                } => r,
             };
             let failed = match updated {
                 Ok(o) => o.deploy.is_some_and(|d| d.status != DeployStatus::Deployed),
@@ -642,6 +672,11 @@ impl Hive {
                     if let Err(e) = self.check_login(&agent).await {
                         tracing::warn!(%agent, error = %e, "cannot check the login");
                     }
+                }
+            }
+            Kick::Started(agent) => {
+                if let Err(e) = self.check_up_to_date(&agent, tasks).await {
+                    tracing::warn!(%agent, error = %e, "cannot check whether the agent is up to date");
                 }
             }
             Kick::StartedByHand(agent) => {

@@ -981,3 +981,43 @@ fn missing_nix_says_what_to_install() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_fingerprint_follows_the_harness_bytes_not_its_path() {
+    let Some(s) = setup(Duration::from_secs(60)) else {
+        return;
+    };
+    let bin = s.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let copy = bin.join("hive-agent");
+    std::fs::copy(&s.harness, &copy).unwrap();
+    let builder = Builder::new(
+        BuilderKind::Minimal,
+        s.paths.clone(),
+        copy.clone(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let original = s.builder.fingerprint().unwrap();
+    assert_eq!(original.len(), 64, "{original}");
+    // The same bytes at another path: the same fingerprint; asked again: unchanged.
+    assert_eq!(builder.fingerprint().unwrap(), original);
+    assert_eq!(builder.fingerprint().unwrap(), original);
+
+    // One byte more: another; the bytes back (a new file over it): the first again.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(&copy, &bytes).unwrap();
+    let changed = builder.fingerprint().unwrap();
+    assert_ne!(changed, original);
+    bytes.pop();
+    let fresh = bin.join("fresh");
+    std::fs::write(&fresh, &bytes).unwrap();
+    std::fs::rename(&fresh, &copy).unwrap();
+    assert_eq!(builder.fingerprint().unwrap(), original);
+
+    // Gone: no fingerprint (nothing to compare with), and no stale one from the cache.
+    std::fs::remove_file(&copy).unwrap();
+    let e = builder.fingerprint().unwrap_err();
+    assert!(e.to_string().contains("hive-agent"), "{e}");
+}

@@ -679,14 +679,19 @@ async fn watcher_rows(args: &Args) -> Vec<Row> {
                 "the daemon's CPU with {} idle agents for {} s",
                 f.idle_agents, f.idle_seconds
             ),
-            format!("{} CPU ({cpu_share:.3} % of one core)", fmt_dur(f.idle_cpu)),
+            format!(
+                "{} CPU ({cpu_share:.3} % of one core; {} in /proc's 10 ms ticks)",
+                fmt_dur(f.idle_cpu),
+                fmt_dur(f.idle_cpu_ticks)
+            ),
         )
         .target(
             "no measurable work between events",
             f.idle_cpu < Duration::from_millis(100),
         )
         .values(json!({
-            "cpu_us": us(f.idle_cpu), "agents": f.idle_agents, "seconds": f.idle_seconds,
+            "cpu_us": us(f.idle_cpu), "cpu_ticks_us": us(f.idle_cpu_ticks),
+            "agents": f.idle_agents, "seconds": f.idle_seconds,
         })),
     ]
 }

@@ -3,8 +3,12 @@
 //! committed in the manager's inbox (seen by polling the sqlite file read-only every 200 µs; the
 //! agent is started again by hand between kills, which also resets its crash count). 10b: a
 //! claude credentials file written → `logged_in` committed (and removed → `needs_login`). 10c:
-//! the daemon's CPU time while 100 agents sit idle for 60 s (only the reconcile ticks run).
+//! the daemon's CPU time while 100 agents sit idle for 60 s (15 s with `--quick`; only the
+//! reconcile ticks run), summed per thread from `/proc/<pid>/task/*/schedstat` (nanoseconds; a
+//! thread that ends within the window loses its share) beside the process's own count in
+//! `/proc/<pid>/stat` (10 ms ticks, too coarse to show an idle daemon's work).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,8 +23,10 @@ pub struct Figures {
     pub login_to_told: Samples,
     pub idle_agents: usize,
     pub idle_seconds: u64,
-    /// CPU time (user + system) of the daemon over the idle window.
+    /// CPU time of the daemon's threads over the idle window (schedstat, ns resolution).
     pub idle_cpu: Duration,
+    /// The same from the process's user + system ticks (10 ms resolution).
+    pub idle_cpu_ticks: Duration,
 }
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -85,6 +91,37 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
     Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Per thread of the process `pid`, the CPU time it ran so far (ns).
+fn thread_cpu(pid: u32) -> anyhow::Result<HashMap<u32, u64>> {
+    let mut threads = HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        let ran: u64 = stat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse()?;
+        threads.insert(tid, ran);
+    }
+    Ok(threads)
+}
+
+/// The CPU time the threads in `after` ran since `before` (a thread new since then: all of it).
+fn ran_since(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> Duration {
+    let ns = after
+        .iter()
+        .map(|(tid, ran)| ran.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 pub async fn measure(
@@ -155,9 +192,10 @@ pub async fn measure(
     }
     // Let the spawns' own work settle before the window opens.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = cpu_time(d.pid())?;
+    let (before, threads_before) = (cpu_time(d.pid())?, thread_cpu(d.pid())?);
     tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
-    let idle_cpu = cpu_time(d.pid())?.saturating_sub(before);
+    let idle_cpu = ran_since(&threads_before, &thread_cpu(d.pid())?);
+    let idle_cpu_ticks = cpu_time(d.pid())?.saturating_sub(before);
     d.stop()?;
     Ok(Figures {
         crash_to_told: Samples::new(crash_to_told),
@@ -165,5 +203,6 @@ pub async fn measure(
         idle_agents,
         idle_seconds,
         idle_cpu,
+        idle_cpu_ticks,
     })
 }

@@ -309,7 +309,7 @@ impl HiveMcp {
 
     /// Rebuild and restart an agent whose applied config is not what runs.
     #[tool(
-        description = "Rebuild an agent's container from its applied config and restart it, when what runs is not the applied HEAD (e.g. after a failed build); answers `already up to date` and builds nothing otherwise. Waits for the build. A failed build leaves what ran before running and returns nix's message in deploy.message."
+        description = "Rebuild an agent's container from its applied config and restart it, when what runs is not the applied HEAD (e.g. after a failed build) or was built by an older hive (builder, harness); answers `already up to date` and builds nothing otherwise. Waits for the build. A failed build leaves what ran before running and returns nix's message in deploy.message."
     )]
     async fn update(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
         let agent = AgentName::parse(&args.agent).map_err(|e| explain(e.into()))?;
