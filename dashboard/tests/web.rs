@@ -500,6 +500,32 @@ async fn every_page_renders_with_security_headers_and_no_inline_script() {
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        // Every form control a person fills in has a label, and the page scales on a phone.
+        if page != "/login" {
+            assert!(
+                body.contains("<meta name=\"viewport\" content=\"width=device-width"),
+                "{page}"
+            );
+            assert!(body.contains("<a class=\"skip\" href=\"#main\">"), "{page}");
+        }
+        for tag in ["<input", "<textarea", "<select"] {
+            for (at, _) in body.match_indices(tag) {
+                let head = &body[at..at + body[at..].find('>').unwrap()];
+                if head.contains("type=\"hidden\"") {
+                    continue;
+                }
+                let wrapped = body[..at].ends_with("<label>");
+                let labelled = head
+                    .split("id=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .is_some_and(|id| body.contains(&format!("<label for=\"{id}\"")));
+                assert!(
+                    wrapped || labelled,
+                    "{page}: a control without a label: {head}"
+                );
+            }
+        }
         // The only <script> elements load a file or hold JSON data.
         for tag in body.split("<script").skip(1) {
             let head = &tag[..tag.find('>').unwrap()];

@@ -156,6 +156,17 @@ struct AgentRow {
     turn_state: &'static str,
     /// The isolation the kernel reports, in a few words.
     isolation: String,
+    /// The watcher's axes: `yes`, `no` or `—` (not known).
+    logged_in: &'static str,
+    up_to_date: &'static str,
+}
+
+fn axis(known: Option<bool>) -> &'static str {
+    match known {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "—",
+    }
 }
 
 fn isolation_summary(i: &broker::runtime::Isolation) -> String {
@@ -205,7 +216,10 @@ async fn hive(State(s): State<WebState>, Extension(session): Extension<SessionIn
             continue;
         };
         let isolation = isolation_of(&s, &record.name, &run).await;
+        let axes = s.hive.agent_axes(&record.name);
         agents.push(AgentRow {
+            logged_in: axis(axes.logged_in),
+            up_to_date: axis(axes.up_to_date),
             name: record.name.to_string(),
             kind: serde_json::to_value(record.kind)
                 .ok()
