@@ -644,6 +644,40 @@ async fn the_operator_answers_a_question_and_denies_with_a_note() {
     assert_eq!(a.note.as_deref(), Some("not now"));
 }
 
+/// A pending approval stays listed however many approvals were resolved after it (the page
+/// once partitioned only the newest 500 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_approval_is_listed_behind_many_resolved_ones() {
+    let w = web().await;
+    let s = w.login().await;
+    let pending = w.pending_spawn("bob", "{ ... }: { }\n").await;
+    // 600 resolved approvals after it, written straight into the table (a history that the
+    // real path would take minutes of git to make).
+    let db = rusqlite::Connection::open(w.hive.state_dir().db()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+         INSERT INTO approvals (kind, agent, requester, commit_sha, description, diff, status,
+                                created_at, resolved_at)
+         SELECT 'apply', 'manager', 'manager', printf('%040d', i), 'old change', '', 'deployed',
+                i, i FROM n",
+    )
+    .unwrap();
+    let (status, _, page) = w.get("/approvals", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = between(&page, "<div id=\"pending\"", "</div>");
+    assert!(
+        listed.contains(&format!("href=\"/approvals/{pending}\"")),
+        "{listed}"
+    );
+    let history = between(&page, "<div id=\"history\"", "</div>");
+    assert_eq!(
+        history.matches("<tr><td>").count(),
+        200,
+        "the newest 200 resolved"
+    );
+}
+
 /// Waits until `check` holds (the watcher and the log follower act on their own tasks).
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
