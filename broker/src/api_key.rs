@@ -72,3 +72,65 @@ impl Hive {
         off_runtime(move || store(&paths, &agent, &key)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_key_is_one_trimmed_line_of_printable_ascii_within_the_bound() {
+        assert_eq!(
+            validate(b"  sk-ant-api03-abc_DEF\n").unwrap(),
+            "sk-ant-api03-abc_DEF"
+        );
+        assert_eq!(
+            validate(&[b'k'; MAX_KEY_BYTES]).unwrap().len(),
+            MAX_KEY_BYTES
+        );
+        for bad in [
+            &b""[..],
+            b" \n",
+            b"two words",
+            b"line\nline",
+            b"nul\0inside",
+            b"\xff\xfe",
+            "caf\u{e9}".as_bytes(),
+            &[b'k'; MAX_KEY_BYTES + 1],
+        ] {
+            let err = validate(bad).unwrap_err();
+            assert_eq!(err.code(), "invalid_argument", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_stored_0600_and_never_through_a_symlink_out_of_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StateDir::new(dir.path().join("state"));
+        paths.create().unwrap();
+        let alice = AgentName::parse("alice").unwrap();
+        store(&paths, &alice, "sk-1").unwrap();
+        let file = paths.agent_api_key(&alice);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "sk-1\n");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // An agent's secrets dir planted as a symlink to a directory outside: refused, the
+        // outside directory untouched.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "keep").unwrap();
+        let bob = AgentName::parse("bob").unwrap();
+        std::fs::create_dir_all(paths.secrets_dir(&bob).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, paths.secrets_dir(&bob)).unwrap();
+        assert!(store(&paths, &bob, "sk-2").is_err());
+        let mut names: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["keep"]);
+    }
+}

@@ -678,6 +678,60 @@ async fn a_pending_approval_is_listed_behind_many_resolved_ones() {
     );
 }
 
+/// The agent page shows the applied agent.nix and its deploy history, each deploy with a
+/// rollback button; a rollback through it records a rollback deploy, and one to a deploy that is
+/// not this agent's changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_lists_deploys_and_rolls_back() {
+    let w = web().await;
+    let s = w.login().await;
+    let approval = w
+        .pending_spawn("bob", "{ ... }: { hyperhive.model = \"m1\"; }\n")
+        .await;
+    w.hive.approve(approval).await.unwrap();
+    let bob = AgentName::parse("bob").unwrap();
+    let deploys = w.hive.deploys(&bob).await.unwrap();
+    let first = deploys.last().unwrap().id;
+    let (status, _, page) = w.get("/agents/bob", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("hyperhive.model = &#34;m1&#34;"), "{page}");
+    let history = between(&page, "<div id=\"deploys\"", "</table>");
+    assert!(
+        history.contains(&format!(
+            "<input type=\"hidden\" name=\"deploy\" value=\"{first}\">"
+        )) && history.contains("action=\"/agents/bob/rollback\""),
+        "{history}"
+    );
+    assert!(history.contains(&format!("aria-label=\"Roll back to deploy {first}\"")));
+
+    // A deploy of another agent (the manager's), or none at all: refused, nothing changed.
+    let before = w.snapshot();
+    for fields in [vec![("deploy", "999999")], vec![]] {
+        let mut all = fields.clone();
+        all.push(("csrf", &s.csrf));
+        let (status, _, body) = w
+            .post_form("/agents/bob/rollback", Some(&s), Some(ORIGIN), &all)
+            .await;
+        assert!(status.is_client_error(), "{fields:?}: {status} {body}");
+        assert_eq!(w.snapshot(), before, "{fields:?}");
+    }
+    let first_text = first.to_string();
+    let (status, headers, body) = w
+        .post_form(
+            "/agents/bob/rollback",
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("deploy", &first_text)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers[header::LOCATION], "/agents/bob");
+    let after = w.hive.deploys(&bob).await.unwrap();
+    assert_eq!(after.len(), deploys.len() + 1);
+    assert_eq!(after.last().unwrap().kind, "rollback");
+    assert_eq!(after.last().unwrap().commit, deploys.last().unwrap().commit);
+}
+
 /// Waits until `check` holds (the watcher and the log follower act on their own tasks).
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
