@@ -246,7 +246,18 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         // A phone 390 px wide: the pages fit its width (tables and diffs scroll or wrap inside
         // their own boxes), and the first Tab reaches the skip link.
         c.emulate_phone(390, 844).await.unwrap();
-        for (page, name) in [("/".to_owned(), "phone-hive"), (format!("/approvals/{bob}"), "phone-approval"), ("/agents/manager".to_owned(), "phone-agent")] {
+        let phone_pages = [
+            ("/".to_owned(), "phone-hive"),
+            (format!("/approvals/{bob}"), "phone-approval"),
+            ("/agents/manager".to_owned(), "phone-agent"),
+            ("/approvals".to_owned(), "phone-approvals"),
+            ("/questions".to_owned(), "phone-questions"),
+            ("/inbox".to_owned(), "phone-inbox"),
+            ("/messages".to_owned(), "phone-messages"),
+            ("/tombstones".to_owned(), "phone-tombstones"),
+            ("/audit".to_owned(), "phone-audit"),
+        ];
+        for (page, name) in phone_pages {
             c.goto(&format!("{base}{page}")).await.unwrap();
             until_js(&c, "document.readyState === 'complete'", "the page loaded").await;
             // A page wider than the screen scrolls sideways, and a phone zooms out to show it

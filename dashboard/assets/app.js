@@ -115,6 +115,9 @@
     for (const [title, series] of plots) {
       const fig = document.createElement("figure");
       fig.className = "chart";
+      // A screen reader hears what the chart is; the figures are in the badges above.
+      fig.setAttribute("role", "img");
+      fig.setAttribute("aria-label", title + ", " + s.at.length + " turns");
       box.append(fig);
       // Each chart as wide as its grid cell.
       const width = Math.max(260, fig.clientWidth || 600);
