@@ -143,6 +143,11 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         cli_ok(state, &["spawn", "dave"]);
         until_js(&c, &format!("document.querySelector('tr[data-agent=\"dave\"]') && {STILL_MARKED}"), "dave shown live").await;
         screenshot(&c, "hive-live").await;
+        // Each row's buttons post the table's one form (its CSRF token): the hive answers the
+        // action itself (this hive runs no agents), the guard refuses nothing.
+        assert_eq!(js(&c, "return document.querySelector('button[formaction=\"/agents/dave/stop\"]').form.id;").await, json!("agent-actions"));
+        c.click(&c.find("button[formaction=\"/agents/dave/stop\"]").await.unwrap()).await.unwrap();
+        until_js(&c, "location.pathname === '/agents/dave/stop' && document.body.textContent.includes('this hive runs no agents')", "the hive's own answer to stop").await;
 
         // A question with options: pick one and answer.
         let asked = mcp_ok(&manager, "ask_operator", json!({"question": "Deploy <b>now</b>?", "options": ["yes", "later"]})).await;
