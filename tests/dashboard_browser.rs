@@ -143,6 +143,11 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         cli_ok(state, &["spawn", "dave"]);
         until_js(&c, &format!("document.querySelector('tr[data-agent=\"dave\"]') && {STILL_MARKED}"), "dave shown live").await;
         screenshot(&c, "hive-live").await;
+        // Each row's buttons post the table's one form (its CSRF token): the hive answers the
+        // action itself (this hive runs no agents), the guard refuses nothing.
+        assert_eq!(js(&c, "return document.querySelector('button[formaction=\"/agents/dave/stop\"]').form.id;").await, json!("agent-actions"));
+        c.click(&c.find("button[formaction=\"/agents/dave/stop\"]").await.unwrap()).await.unwrap();
+        until_js(&c, "location.pathname === '/agents/dave/stop' && document.body.textContent.includes('this hive runs no agents')", "the hive's own answer to stop").await;
 
         // A question with options: pick one and answer.
         let asked = mcp_ok(&manager, "ask_operator", json!({"question": "Deploy <b>now</b>?", "options": ["yes", "later"]})).await;
@@ -193,6 +198,26 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         assert!(drawn.as_u64().unwrap() > 200, "the chart drew {drawn} pixels");
         screenshot(&c, "agent").await;
 
+        // The log tail follows: a line written to the agent's log shows without a reload.
+        until_js(&c, "document.getElementById('live').textContent === 'live'", "live").await;
+        mark(&c).await;
+        let log = state.join("logs/manager.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut file, b"a log line <i>written</i> after the page loaded\n").unwrap();
+        until_js(&c, &format!("document.getElementById('log').textContent.includes('a log line <i>written</i> after the page loaded') && {STILL_MARKED}"), "the log line followed").await;
+        assert_eq!(js(&c, "return document.querySelectorAll('#log i').length;").await, json!(0));
+
+        // The manager has no login: the panel names the command and stores a pasted API key; the
+        // watcher's logged_in then changes the page without a reload.
+        assert_eq!(c.text(&c.find("#login-command").await.unwrap()).await.unwrap(), "hive login manager");
+        screenshot(&c, "agent-login-panel").await;
+        c.send_keys(&c.find("#api-key").await.unwrap(), "sk-ant-api03-browser-test-key").await.unwrap();
+        c.click(&c.find("#store-api-key").await.unwrap()).await.unwrap();
+        until_js(&c, "location.pathname === '/agents/manager' && document.getElementById('live').textContent === 'live'", "back on the agent page").await;
+        until_js(&c, "document.getElementById('login-state').textContent === 'logged in' && !document.getElementById('login-panel')", "logged in").await;
+        assert_eq!(std::fs::read_to_string(state.join("secrets/manager/api-key")).unwrap(), "sk-ant-api03-browser-test-key\n");
+
         // Kept state and audit render.
         c.goto(&format!("{base}/audit")).await.unwrap();
         until_js(&c, "document.querySelector('.ok')", "the audit chain whole").await;
@@ -222,6 +247,34 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
             .unwrap();
         assert_eq!(status, json!(403));
         assert_eq!(message_rows(state), before, "a POST without the CSRF token sent nothing");
+
+        // A phone 390 px wide: the pages fit its width (tables and diffs scroll or wrap inside
+        // their own boxes), and the first Tab reaches the skip link.
+        c.emulate_phone(390, 844).await.unwrap();
+        let phone_pages = [
+            ("/".to_owned(), "phone-hive"),
+            (format!("/approvals/{bob}"), "phone-approval"),
+            ("/agents/manager".to_owned(), "phone-agent"),
+            ("/approvals".to_owned(), "phone-approvals"),
+            ("/questions".to_owned(), "phone-questions"),
+            ("/inbox".to_owned(), "phone-inbox"),
+            ("/messages".to_owned(), "phone-messages"),
+            ("/tombstones".to_owned(), "phone-tombstones"),
+            ("/audit".to_owned(), "phone-audit"),
+        ];
+        for (page, name) in phone_pages {
+            c.goto(&format!("{base}{page}")).await.unwrap();
+            until_js(&c, "document.readyState === 'complete'", "the page loaded").await;
+            // A page wider than the screen scrolls sideways, and a phone zooms out to show it
+            // (the layout viewport, innerWidth, grows past 390).
+            let widths = js(&c, "return [Math.max(document.documentElement.scrollWidth, document.body.scrollWidth), window.innerWidth];").await;
+            assert_eq!(widths, json!([390, 390]), "{page}: [the page's scroll width, innerWidth] on a 390 px phone");
+            screenshot(&c, name).await;
+        }
+        c.goto(&format!("{base}/approvals/{bob}")).await.unwrap();
+        until_js(&c, "document.getElementById('diff')", "the approval page").await;
+        c.press_key("\u{E004}").await.unwrap();
+        until_js(&c, "document.activeElement && document.activeElement.classList.contains('skip')", "Tab reaches the skip link first").await;
 
         c.close().await.unwrap();
     });

@@ -2,6 +2,7 @@
 //! the API and MCP layers call [`hive::Hive`], which calls the services (mailbox, registry), which
 //! call the [`store`]. HTTP is the `dashboard` crate's, except [`gateway`], the agents' model route.
 
+pub mod api_key;
 pub mod approvals;
 pub mod audit;
 pub mod build;

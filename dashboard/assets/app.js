@@ -6,7 +6,7 @@
   const live = document.getElementById("live");
   const say = (text) => { if (live) live.textContent = text; };
   const EVENTS = ["message_sent", "message_delivered", "turn_events", "turn_state",
-    "approval_requested", "approval_resolved", "deploy", "agent_created", "agent_removed", "lagged"];
+    "approval_requested", "approval_resolved", "deploy", "agent_created", "agent_removed", "helper", "lagged"];
 
   let timer = null;
   async function refresh() {
@@ -60,6 +60,26 @@
     }
   }
 
+  // The agent page's log follows its own stream (`log` events: the last lines first, then what
+  // is appended); after each (re)connect the first event replaces what is shown.
+  const log = document.getElementById("log");
+  if (log && log.dataset.follow && window.EventSource) {
+    let fresh = true;
+    const logs = new EventSource(log.dataset.follow);
+    logs.onopen = () => { fresh = true; };
+    logs.addEventListener("log", (e) => {
+      let text;
+      try { text = JSON.parse(e.data).text; } catch (err) { return; }
+      if (typeof text !== "string") return;
+      const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+      let shown = fresh ? text : log.textContent + text;
+      fresh = false;
+      if (shown.length > 200000) shown = shown.slice(shown.indexOf("\n", shown.length - 200000) + 1);
+      log.textContent = shown;
+      if (atEnd) log.scrollTop = log.scrollHeight;
+    });
+  }
+
   function countdown() {
     const now = Date.now();
     for (const t of document.querySelectorAll("time.ttl[data-expires]")) {
@@ -95,6 +115,9 @@
     for (const [title, series] of plots) {
       const fig = document.createElement("figure");
       fig.className = "chart";
+      // A screen reader hears what the chart is; the figures are in the badges above.
+      fig.setAttribute("role", "img");
+      fig.setAttribute("aria-label", title + ", " + s.at.length + " turns");
       box.append(fig);
       // Each chart as wide as its grid cell.
       const width = Math.max(260, fig.clientWidth || 600);

@@ -245,7 +245,13 @@ async fn without_a_session_pages_redirect_and_the_api_answers_401() {
         assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
         assert_eq!(headers[header::LOCATION], "/login", "{page}");
     }
-    for api in ["/api/v1/status", "/api/v1/agents", "/events"] {
+    for api in [
+        "/api/v1/status",
+        "/api/v1/agents",
+        "/api/v1/agents/manager/logs?follow=1",
+        "/api/v1/no/such/route",
+        "/events",
+    ] {
         let (status, _, body) = w.get(api, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{api}");
         assert!(body.contains("\"unauthorized\""), "{body}");
@@ -494,6 +500,32 @@ async fn every_page_renders_with_security_headers_and_no_inline_script() {
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        // Every form control a person fills in has a label, and the page scales on a phone.
+        if page != "/login" {
+            assert!(
+                body.contains("<meta name=\"viewport\" content=\"width=device-width"),
+                "{page}"
+            );
+            assert!(body.contains("<a class=\"skip\" href=\"#main\">"), "{page}");
+        }
+        for tag in ["<input", "<textarea", "<select"] {
+            for (at, _) in body.match_indices(tag) {
+                let head = &body[at..at + body[at..].find('>').unwrap()];
+                if head.contains("type=\"hidden\"") {
+                    continue;
+                }
+                let wrapped = body[..at].ends_with("<label>");
+                let labelled = head
+                    .split("id=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .is_some_and(|id| body.contains(&format!("<label for=\"{id}\"")));
+                assert!(
+                    wrapped || labelled,
+                    "{page}: a control without a label: {head}"
+                );
+            }
+        }
         // The only <script> elements load a file or hold JSON data.
         for tag in body.split("<script").skip(1) {
             let head = &tag[..tag.find('>').unwrap()];
@@ -610,6 +642,316 @@ async fn the_operator_answers_a_question_and_denies_with_a_note() {
     let a = w.hive.approval(approval).await.unwrap();
     assert_eq!(a.status.to_string(), "denied");
     assert_eq!(a.note.as_deref(), Some("not now"));
+}
+
+/// A pending approval stays listed however many approvals were resolved after it (the page
+/// once partitioned only the newest 500 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_approval_is_listed_behind_many_resolved_ones() {
+    let w = web().await;
+    let s = w.login().await;
+    let pending = w.pending_spawn("bob", "{ ... }: { }\n").await;
+    // 600 resolved approvals after it, written straight into the table (a history that the
+    // real path would take minutes of git to make).
+    let db = rusqlite::Connection::open(w.hive.state_dir().db()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+         INSERT INTO approvals (kind, agent, requester, commit_sha, description, diff, status,
+                                created_at, resolved_at)
+         SELECT 'apply', 'manager', 'manager', printf('%040d', i), 'old change', '', 'deployed',
+                i, i FROM n",
+    )
+    .unwrap();
+    let (status, _, page) = w.get("/approvals", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = between(&page, "<div id=\"pending\"", "</div>");
+    assert!(
+        listed.contains(&format!("href=\"/approvals/{pending}\"")),
+        "{listed}"
+    );
+    let history = between(&page, "<div id=\"history\"", "</div>");
+    assert_eq!(
+        history.matches("<tr><td>").count(),
+        200,
+        "the newest 200 resolved"
+    );
+}
+
+/// The agent page shows the applied agent.nix and its deploy history, each deploy with a
+/// rollback button; a rollback through it records a rollback deploy, and one to a deploy that is
+/// not this agent's changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_lists_deploys_and_rolls_back() {
+    let w = web().await;
+    let s = w.login().await;
+    let approval = w
+        .pending_spawn("bob", "{ ... }: { hyperhive.model = \"m1\"; }\n")
+        .await;
+    w.hive.approve(approval).await.unwrap();
+    let bob = AgentName::parse("bob").unwrap();
+    let deploys = w.hive.deploys(&bob).await.unwrap();
+    let first = deploys.last().unwrap().id;
+    let (status, _, page) = w.get("/agents/bob", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("hyperhive.model = &#34;m1&#34;"), "{page}");
+    let history = between(&page, "<div id=\"deploys\"", "</table>");
+    assert!(
+        history.contains(&format!(
+            "<input type=\"hidden\" name=\"deploy\" value=\"{first}\">"
+        )) && history.contains("action=\"/agents/bob/rollback\""),
+        "{history}"
+    );
+    assert!(history.contains(&format!("aria-label=\"Roll back to deploy {first}\"")));
+
+    // A deploy of another agent (the manager's), or none at all: refused, nothing changed.
+    let before = w.snapshot();
+    for fields in [vec![("deploy", "999999")], vec![]] {
+        let mut all = fields.clone();
+        all.push(("csrf", &s.csrf));
+        let (status, _, body) = w
+            .post_form("/agents/bob/rollback", Some(&s), Some(ORIGIN), &all)
+            .await;
+        assert!(status.is_client_error(), "{fields:?}: {status} {body}");
+        assert_eq!(w.snapshot(), before, "{fields:?}");
+    }
+    let first_text = first.to_string();
+    let (status, headers, body) = w
+        .post_form(
+            "/agents/bob/rollback",
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("deploy", &first_text)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers[header::LOCATION], "/agents/bob");
+    let after = w.hive.deploys(&bob).await.unwrap();
+    assert_eq!(after.len(), deploys.len() + 1);
+    assert_eq!(after.last().unwrap().kind, "rollback");
+    assert_eq!(after.last().unwrap().commit, deploys.last().unwrap().commit);
+}
+
+/// Waits until `check` holds (the watcher and the log follower act on their own tasks).
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The files under `secrets/` (path, mode, content): "no key was stored".
+fn secrets_snapshot(w: &Web) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let root = w.hive.state_dir().root().join("secrets");
+    let mut out = vec![];
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = if meta.is_file() {
+                std::fs::read(&path).unwrap()
+            } else {
+                stack.push(path.clone());
+                vec![]
+            };
+            out.push(format!(
+                "{} {:o} {:?}",
+                path.strip_prefix(&root).unwrap().display(),
+                meta.permissions().mode(),
+                content
+            ));
+        }
+    }
+    out.sort();
+    out.join("\n")
+}
+
+/// The agent page's login panel: the exact `hive login NAME` command, and a form that stores an
+/// API key as `hive login NAME --api-key-file F` does; the watcher then reports the agent logged
+/// in. A bad key (empty, NUL, a newline, spaces, huge) is refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_panel_stores_a_good_api_key_and_refuses_bad_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = web().await;
+    let mut parts = broker::components::Components::default();
+    parts
+        .start("watcher", |scope| w.hive.run_watcher(scope))
+        .unwrap();
+    let manager = AgentName::manager();
+    until("the watcher's first look", || {
+        w.hive.agent_axes(&manager).logged_in == Some(false)
+    })
+    .await;
+    let s = w.login().await;
+    let (status, _, page) = w.get("/agents/manager", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"login-panel\""), "{page}");
+    assert!(
+        page.contains("<pre class=\"code\" id=\"login-command\">hive login manager</pre>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("action=\"/agents/manager/api-key\""),
+        "{page}"
+    );
+    assert!(page.contains("<label for=\"api-key\">"), "{page}");
+
+    let key_path = w.hive.state_dir().agent_api_key(&manager);
+    let before = (w.snapshot(), secrets_snapshot(&w));
+    let huge = "k".repeat(5000);
+    for bad in [
+        "",
+        "   ",
+        "sk-ant\0key",
+        "sk-ant-key\nsecond-line",
+        "two words",
+        &huge,
+    ] {
+        let (status, _, body) = w
+            .post_form(
+                "/agents/manager/api-key",
+                Some(&s),
+                Some(ORIGIN),
+                &[("csrf", &s.csrf), ("api_key", bad)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+        assert!(
+            body.contains("not an API key") || body.contains("longer than 4096 bytes"),
+            "{body}"
+        );
+        assert!(
+            bad.trim().is_empty() || !body.contains(bad),
+            "the key echoed: {body}"
+        );
+        assert_eq!((w.snapshot(), secrets_snapshot(&w)), before, "{bad:?}");
+    }
+    // A good key without the CSRF token, or from another origin: refused, nothing stored.
+    let good = "sk-ant-api03-Good_Key-0123456789";
+    for (origin, csrf) in [
+        (ORIGIN, "0".repeat(64)),
+        ("http://evil.example", s.csrf.clone()),
+    ] {
+        let (status, _, _) = w
+            .post_form(
+                "/agents/manager/api-key",
+                Some(&s),
+                Some(origin),
+                &[("csrf", &csrf), ("api_key", good)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!((w.snapshot(), secrets_snapshot(&w)), before);
+    }
+    assert!(!key_path.exists());
+    // An unknown agent: refused, nothing stored.
+    let (status, _, _) = w
+        .post_form(
+            "/agents/nobody/api-key",
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("api_key", good)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!((w.snapshot(), secrets_snapshot(&w)), before);
+
+    // The good key, with surrounding whitespace as a paste brings it: stored trimmed, 0600.
+    let (status, headers, body) = w
+        .post_form(
+            "/agents/manager/api-key",
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("api_key", &format!("  {good}\n"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers[header::LOCATION], "/agents/manager");
+    assert_eq!(
+        std::fs::read_to_string(&key_path).unwrap(),
+        format!("{good}\n")
+    );
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    until("the watcher reports logged_in", || {
+        w.hive.agent_axes(&manager).logged_in == Some(true)
+    })
+    .await;
+    let (_, _, page) = w.get("/agents/manager", Some(&s)).await;
+    assert!(!page.contains("id=\"login-panel\""), "{page}");
+    assert!(page.contains(">logged in</span>"), "{page}");
+    assert!(!page.contains(good), "the key is never shown");
+    parts.stop(std::time::Duration::from_secs(5)).await;
+}
+
+/// The agent page's log follows: the page names its stream, and that stream (through the
+/// dashboard's session) brings the last lines, then each line appended, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_log_follows_appended_lines() {
+    use std::io::Write;
+    let w = web().await;
+    let s = w.login().await;
+    let manager = AgentName::manager();
+    let log_path = w.hive.state_dir().agent_log(&manager);
+    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
+    std::fs::write(&log_path, "first line <b>\n").unwrap();
+    let (_, _, page) = w.get("/agents/manager", Some(&s)).await;
+    let follow = between(&page, "id=\"log\"", ">");
+    let url = between(follow, "data-follow=\"", "\"").replace("&#38;", "&");
+    assert_eq!(url, "/api/v1/agents/manager/logs?follow=1&lines=100");
+    assert!(page.contains("first line &#60;b&#62;"), "{page}");
+
+    let res = w
+        .app
+        .clone()
+        .oneshot(
+            Request::get(&url)
+                .header(header::HOST, HOST)
+                .header(header::COOKIE, format!("hive_session={}", s.cookie))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    if res.status() != StatusCode::OK {
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        panic!("{}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = res.into_body();
+    let mut seen = String::new();
+    let mut next_until = async |seen: &mut String, text: &str| {
+        while !seen.contains(text) {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no {text:?} within 10 s; saw {seen}"))
+                .expect("the stream goes on")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    next_until(&mut seen, "first line <b>\\n").await;
+    assert!(seen.starts_with("event: log\n"), "{seen}");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    f.write_all(b"appended later\n").unwrap();
+    next_until(&mut seen, "appended later\\n").await;
+    assert_eq!(seen.matches("first line").count(), 1, "{seen}");
+    // Without a session the stream is refused.
+    let (status, _, _) = w.get(&url, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[test]

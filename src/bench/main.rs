@@ -14,6 +14,7 @@
 mod admin;
 mod containers;
 mod daemon;
+mod dashboard;
 mod growth;
 mod inproc;
 mod limits;
@@ -55,7 +56,7 @@ struct Args {
     /// Run only these rows (row 1, the limits, always runs): 2, 3, 4 (or one of its rows, e.g.
     /// 4-full-64), 5, 6, 7 (or 7-1, 7-16), 8 (growth with history and agents: `--only 8`), 9
     /// (agents in containers: root, nix and systemd-nspawn), 10 (the watcher: nix), 11 (agents act: the harness,
-    /// the claude CLI, the model route; nix needed), baseline
+    /// the claude CLI, the model route; nix needed), 12 (the dashboard), baseline
     #[arg(long, value_delimiter = ',', value_name = "ROWS")]
     only: Vec<String>,
     /// Where the MCP clients of rows 6 and 7 run: in a second hive-bench process, or on a second
@@ -542,6 +543,15 @@ async fn measure(args: &Args, plan: &Plan, limits: &Limits) -> anyhow::Result<Ve
         );
         rows.extend(turn_rows(args).await);
     }
+    if args.wants("12") {
+        progress(&format!(
+            "row 12: the dashboard: / and /approvals with {} agents and {} approvals, SSE fan-out to {}, page weight",
+            dashboard::AGENTS,
+            dashboard::APPROVALS,
+            dashboard::SSE_CLIENTS
+        ));
+        rows.extend(dashboard_rows(args).await);
+    }
     // Measured in the order that shares work; shown in the order of §19's table (stable: 6 before
     // 6b, 4-normal before 4-full).
     rows.sort_by_key(|r| {
@@ -781,6 +791,71 @@ async fn turn_rows(args: &Args) -> Vec<Row> {
             "p50_us": us(g.p50()), "p99_us": us(g.p99()),
             "direct_p50_us": us(t.p50()), "direct_p99_us": us(t.p99()),
         })),
+    ]
+}
+
+/// Row 12: the dashboard, served in process over TCP.
+async fn dashboard_rows(args: &Args) -> Vec<Row> {
+    let (pages, events) = if args.quick { (50, 50) } else { (300, 200) };
+    let f = match dashboard::measure(pages, events).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("hive-bench: row 12 skipped: {e:#}");
+            return vec![Row::new("12", "the dashboard", format!("not measured: {e:#}")).skipped()];
+        }
+    };
+    let page = |id: &str, path: &str, s: &Samples| {
+        Row::new(
+            id,
+            format!(
+                "server time of `{path}` with {} agents and {} approvals (kept-alive connection, whole body)",
+                dashboard::AGENTS,
+                dashboard::APPROVALS
+            ),
+            format!(
+                "p50 {} · p99 {} (n={})",
+                fmt_dur(s.p50()),
+                fmt_dur(s.p99()),
+                s.len()
+            ),
+        )
+        .target("p50 < 5 ms", s.p50() < Duration::from_millis(5))
+        .values(json!({"p50_us": us(s.p50()), "p99_us": us(s.p99())}))
+    };
+    let weight = f.html_bytes + f.asset_bytes;
+    vec![
+        page("12a", "/", &f.hive_page),
+        page("12b", "/approvals", &f.approvals_page),
+        Row::new(
+            "12c",
+            format!(
+                "SSE fan-out: an operator send committed → all {} `/events` clients read its event",
+                dashboard::SSE_CLIENTS
+            ),
+            format!(
+                "p50 {} · p99 {} (n={})",
+                fmt_dur(f.fan_out.p50()),
+                fmt_dur(f.fan_out.p99()),
+                f.fan_out.len()
+            ),
+        )
+        .target("p99 < 50 ms", f.fan_out.p99() < Duration::from_millis(50))
+        .values(json!({"p50_us": us(f.fan_out.p50()), "p99_us": us(f.fan_out.p99())})),
+        Row::new(
+            "12d",
+            format!(
+                "page weight of `/` with {} agents: HTML + the JS and CSS it loads (uncompressed)",
+                dashboard::AGENTS
+            ),
+            format!(
+                "{:.1} kB (HTML {:.1} kB · assets {:.1} kB)",
+                weight as f64 / 1000.0,
+                f.html_bytes as f64 / 1000.0,
+                f.asset_bytes as f64 / 1000.0
+            ),
+        )
+        .target("< 100 kB", weight < 100_000)
+        .values(json!({"html_bytes": f.html_bytes, "asset_bytes": f.asset_bytes})),
     ]
 }
 

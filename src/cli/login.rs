@@ -4,19 +4,16 @@
 //! out of the agent's reach). The daemon's watcher sees either and tells the manager `logged_in`.
 //! There is no MCP tool for this: only the operator logs an agent in.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use broker::api_key;
 use broker::names::AgentName;
 use broker::paths::{self, StateDir};
 
 use super::client::{AdminClient, encode};
-
-/// The largest API key accepted, in bytes.
-const MAX_KEY_BYTES: usize = 4096;
 
 #[derive(clap::Args)]
 pub struct LoginArgs {
@@ -41,7 +38,7 @@ pub fn run(state: &StateDir, args: LoginArgs) -> anyhow::Result<ExitCode> {
     let root = state.root();
     if let Some(file) = &args.api_key_file {
         let key = read_key(file)?;
-        store_key(root, &state.secrets_dir(&agent), &key)?;
+        api_key::store(state, &agent, &key)?;
         outln!("{agent}: API key stored; the manager is told it is logged in");
         return Ok(ExitCode::SUCCESS);
     }
@@ -69,54 +66,15 @@ pub fn run(state: &StateDir, args: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The key in `file`: one line of printable ASCII without spaces, at most [`MAX_KEY_BYTES`].
+/// The key in `file`, validated as the dashboard's login panel validates it
+/// ([`broker::api_key::validate`]).
 fn read_key(file: &Path) -> anyhow::Result<String> {
     let mut bytes = Vec::new();
     std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_KEY_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .and_then(|f| {
+            f.take(api_key::MAX_KEY_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
         .with_context(|| format!("cannot read {}", file.display()))?;
-    if bytes.len() > MAX_KEY_BYTES {
-        bail!(
-            "{}: longer than {MAX_KEY_BYTES} bytes; is it an API key?",
-            file.display()
-        );
-    }
-    let text = String::from_utf8(bytes)
-        .ok()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-        .with_context(|| {
-            format!(
-                "{}: not an API key (one line of printable characters without spaces)",
-                file.display()
-            )
-        })?;
-    Ok(text)
-}
-
-/// Writes `key` to `<secrets>/api-key` (0600) through a temporary file and a rename, so a reader
-/// never sees half a key; nothing on the way may be a symlink.
-fn store_key(root: &Path, secrets: &Path, key: &str) -> anyhow::Result<()> {
-    let secrets = paths::checked_within(root, secrets)?;
-    paths::make_dir(&secrets, 0o700)?;
-    let target = secrets.join("api-key");
-    let temp = secrets.join(".api-key.tmp");
-    let _ = std::fs::remove_file(&temp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc_nofollow())
-        .open(&temp)
-        .with_context(|| format!("cannot create {}", temp.display()))?;
-    file.write_all(format!("{key}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temp.display()))?;
-    std::fs::rename(&temp, &target)
-        .with_context(|| format!("cannot write {}", target.display()))?;
-    Ok(())
-}
-
-fn libc_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+    api_key::validate(&bytes).with_context(|| file.display().to_string())
 }

@@ -146,6 +146,22 @@ impl Browser {
             .map(drop)
     }
 
+    /// Lays pages out as a phone `width` × `height` CSS pixels (Chrome's device emulation over
+    /// CDP: a real window cannot be made that narrow); it holds for the rest of the session.
+    pub async fn emulate_phone(&self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(
+                json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
+                    "width": width, "height": height, "deviceScaleFactor": 1, "mobile": true,
+                }}),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn refresh(&self) -> anyhow::Result<()> {
         self.cmd("POST", "/refresh", Some(json!({})))
             .await
@@ -199,6 +215,21 @@ impl Browser {
             "POST",
             &format!("/element/{}/value", e.0),
             Some(json!({ "text": text })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Presses and releases one key on whatever has the focus (`\u{E004}` is Tab).
+    pub async fn press_key(&self, key: &str) -> anyhow::Result<()> {
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(
+                json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                    {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key},
+                ]}]}),
+            ),
         )
         .await
         .map(drop)

@@ -43,6 +43,11 @@ pub struct ApiState {
 
 /// The `/api/v1` router.
 pub fn router(state: ApiState) -> Router {
+    routes(state).fallback(not_found)
+}
+
+/// The `/api/v1` routes without a fallback (the dashboard merges them into its own router).
+pub(crate) fn routes(state: ApiState) -> Router {
     // A body may be escaped JSON (up to 6 bytes per byte) plus the other fields.
     let body_limit = state.hive.max_body_bytes() * 6 + 64 * 1024;
     Router::new()
@@ -76,7 +81,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/tombstones/{id}/purge", post(config::purge))
         .route("/api/v1/audit", get(config::audit))
         .route("/api/v1/audit/verify", get(config::verify_audit))
-        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyDeadlineLayer::new(BODY_DEADLINE))
         .with_state(state)

@@ -16,7 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use broker::Hive;
 use tokio_util::sync::CancellationToken;
 
@@ -63,11 +63,15 @@ impl WebState {
 
 /// The whole dashboard: pages, login, assets, `/events` and `/api/v1`.
 pub fn router(state: WebState) -> Router {
-    let api = crate::api::router(state.api());
+    // Merged, not mounted with `route_service("/api/v1/{*rest}")`: a mounted router's handlers
+    // would see the outer `rest` parameter beside their own and refuse every `{name}` path.
+    let api = crate::api::routes(state.api())
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     let guarded = pages::routes()
         .route("/events", get(events))
         .route("/logout", post(login::logout))
-        .route_service("/api/v1/{*rest}", api)
+        // Any other `/api/v1` path: 401 without a session, else a JSON 404.
+        .route("/api/v1/{*rest}", any(api_not_found))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route("/login", get(login::page).post(login::submit))
@@ -75,8 +79,13 @@ pub fn router(state: WebState) -> Router {
         .route("/assets/{name}", get(assets::serve))
         .merge(guarded)
         .fallback(pages::not_found)
-        .layer(middleware::from_fn(security_headers))
         .with_state(state)
+        .merge(api)
+        .layer(middleware::from_fn(security_headers))
+}
+
+async fn api_not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route").into_response()
 }
 
 /// Whether a path answers JSON (401 without a session) rather than HTML (a redirect to login).

@@ -43,6 +43,7 @@ pub(super) fn routes() -> Router<WebState> {
         .route("/send", post(send))
         .route("/messages", get(messages))
         .route("/agents/{name}", get(agent))
+        .route("/agents/{name}/api-key", post(store_api_key))
         .route("/agents/{name}/{action}", post(agent_action))
         .route("/tombstones", get(tombstones))
         .route("/tombstones/{id}/{action}", post(tombstone_action))
@@ -155,6 +156,17 @@ struct AgentRow {
     turn_state: &'static str,
     /// The isolation the kernel reports, in a few words.
     isolation: String,
+    /// The watcher's axes: `yes`, `no` or `—` (not known).
+    logged_in: &'static str,
+    up_to_date: &'static str,
+}
+
+fn axis(known: Option<bool>) -> &'static str {
+    match known {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "—",
+    }
 }
 
 fn isolation_summary(i: &broker::runtime::Isolation) -> String {
@@ -204,7 +216,10 @@ async fn hive(State(s): State<WebState>, Extension(session): Extension<SessionIn
             continue;
         };
         let isolation = isolation_of(&s, &record.name, &run).await;
+        let axes = s.hive.agent_axes(&record.name);
         agents.push(AgentRow {
+            logged_in: axis(axes.logged_in),
+            up_to_date: axis(axes.up_to_date),
             name: record.name.to_string(),
             kind: serde_json::to_value(record.kind)
                 .ok()
@@ -268,11 +283,22 @@ async fn approvals(
     State(s): State<WebState>,
     Extension(session): Extension<SessionInfo>,
 ) -> PageResult {
-    let all = s.hive.approvals(None, None).await?;
-    let (pending, mut history): (Vec<_>, Vec<_>) = all
+    // Every pending approval however many were resolved after it; then the newest of the rest.
+    let pending = s
+        .hive
+        .approvals(Some("pending".into()), None)
+        .await?
         .into_iter()
         .map(ApprovalRow::from)
-        .partition(|r| r.a.status == ApprovalStatus::Pending);
+        .collect();
+    let mut history: Vec<ApprovalRow> = s
+        .hive
+        .approvals(None, None)
+        .await?
+        .into_iter()
+        .filter(|a| a.status != ApprovalStatus::Pending)
+        .map(ApprovalRow::from)
+        .collect();
     history.reverse();
     history.truncate(PAGE_ROWS);
     render(&ApprovalsPage {
@@ -593,6 +619,10 @@ struct AgentPage {
     series_json: String,
     turns: usize,
     cost: String,
+    /// The watcher's logged_in axis (`None`: not looked at yet).
+    logged_in: Option<bool>,
+    /// Show the login panel: the watcher or the harness says the model has no login.
+    needs_login: bool,
 }
 
 async fn agent(
@@ -633,6 +663,9 @@ async fn agent(
         .map(MessageView::from)
         .collect();
     let series = turn_series(&s, &name).await?;
+    let logged_in = s.hive.agent_axes(&name).logged_in;
+    let needs_login =
+        logged_in == Some(false) || run.turn_state.map(|t| t.as_str()) == Some("needs_login");
     let cost: f64 = series.cost_usd.iter().flatten().sum();
     // Numbers only; `<` is escaped anyway so nothing can close the JSON block.
     let series_json = serde_json::to_string(&series)
@@ -655,7 +688,28 @@ async fn agent(
         turns: series.at.len(),
         cost: format!("{cost:.4}"),
         series_json,
+        logged_in,
+        needs_login,
     })
+}
+
+#[derive(Deserialize)]
+struct ApiKeyForm {
+    #[serde(default)]
+    api_key: String,
+}
+
+/// `POST /agents/{name}/api-key`: the login panel stores an API key for the agent exactly as
+/// `hive login NAME --api-key-file F` does (the broker validates and writes it; a refused key
+/// writes nothing). The key is never echoed back.
+async fn store_api_key(
+    State(s): State<WebState>,
+    Path(raw): Path<String>,
+    Form(f): Form<ApiKeyForm>,
+) -> PageResult {
+    let name = agent_name(&raw)?;
+    s.hive.store_api_key(&name, f.api_key.as_bytes()).await?;
+    Ok(Redirect::to(&format!("/agents/{name}")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -73,6 +73,11 @@ impl Dashboard {
         self.addr
     }
 
+    /// Its sessions and login links (the benchmark logs in with a link minted here).
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
     /// The admin-socket routes of this dashboard (`POST /api/v1/dashboard/link`).
     pub fn admin_routes(&self) -> Router {
         link_routes(Some(LinkMinter {
