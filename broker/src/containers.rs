@@ -99,6 +99,9 @@ pub struct AgentRun {
     /// The claude driver's executable, or why it is missing (`claude not found …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// Paused by the operator (`hive pause`): no new turns.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// What a lifecycle action did.
@@ -325,6 +328,7 @@ impl Containers {
             exited: slot.exited,
             turn_state: slot.turn_state.filter(|_| slot.harness > 0),
             driver: self.driver(),
+            paused: false,
         }
     }
 
@@ -436,7 +440,14 @@ impl Hive {
     /// What one agent's container is doing.
     pub fn agent_run(&self, agent: &AgentName) -> Result<AgentRun> {
         self.registry.require(agent)?;
-        Ok(self.containers.run_of(agent))
+        Ok(self.run_of(agent))
+    }
+
+    /// What the container runs, and whether the agent is paused.
+    fn run_of(&self, agent: &AgentName) -> AgentRun {
+        let mut run = self.containers.run_of(agent);
+        run.paused = self.is_paused(agent);
+        run
     }
 
     /// The runtime agents run in (`None`: this hive runs none).
@@ -868,6 +879,56 @@ impl Hive {
         Ok(deploy)
     }
 
+    /// Pauses `agent`: no new turn starts (a running one ends as it would); its mail queues.
+    pub async fn pause_agent(&self, actor: Actor, agent: &AgentName) -> Result<Outcome> {
+        let record = self.registry.require(agent)?;
+        let changed = self
+            .pauses
+            .set(agent.as_str(), record.incarnation, true, actor.as_str())
+            .await?;
+        if !changed {
+            return Ok(self.outcome("already paused", agent, None));
+        }
+        // Shown at once while a harness is connected (it reports nothing while it waits).
+        if self.containers.run_of(agent).turn_state.is_some() {
+            self.containers
+                .set_turn_state(agent, proto::tools::TurnState::Paused);
+        }
+        self.bus.publish(crate::bus::Event::TurnState {
+            agent: agent.to_string(),
+            state: proto::tools::TurnState::Paused,
+        });
+        Ok(self.outcome("paused", agent, None))
+    }
+
+    /// Resumes a paused `agent`: its queued mail starts turns again.
+    pub async fn resume_agent(&self, actor: Actor, agent: &AgentName) -> Result<Outcome> {
+        let record = self.registry.require(agent)?;
+        let changed = self
+            .pauses
+            .set(agent.as_str(), record.incarnation, false, actor.as_str())
+            .await?;
+        if !changed {
+            return Ok(self.outcome("not paused", agent, None));
+        }
+        if self.containers.run_of(agent).turn_state == Some(proto::tools::TurnState::Paused) {
+            self.containers
+                .set_turn_state(agent, proto::tools::TurnState::Idle);
+            self.bus.publish(crate::bus::Event::TurnState {
+                agent: agent.to_string(),
+                state: proto::tools::TurnState::Idle,
+            });
+        }
+        Ok(self.outcome("resumed", agent, None))
+    }
+
+    /// Whether `agent` is paused.
+    pub fn is_paused(&self, agent: &AgentName) -> bool {
+        self.registry
+            .get(agent)
+            .is_some_and(|r| self.pauses.is_paused(r.incarnation))
+    }
+
     async fn audit_action(
         &self,
         actor: Actor,
@@ -885,7 +946,7 @@ impl Hive {
     fn outcome(&self, result: &str, agent: &AgentName, deploy: Option<Deploy>) -> Outcome {
         Outcome {
             result: result.to_owned(),
-            run: self.containers.run_of(agent),
+            run: self.run_of(agent),
             deploy,
         }
     }

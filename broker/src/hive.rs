@@ -43,6 +43,7 @@ pub struct Hive {
     pub(crate) repos: ConfigRepos,
     pub(crate) containers: Containers,
     pub(crate) watcher: crate::watcher::Watcher,
+    pub(crate) pauses: crate::pause::Pauses,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
     /// Agents found inconsistent at start (their repo could not be made to agree with the store):
@@ -114,6 +115,7 @@ impl Hive {
             bus.clone(),
         )
         .await?;
+        let pauses = crate::pause::Pauses::load(store.clone()).await?;
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -129,6 +131,7 @@ impl Hive {
             repos: ConfigRepos::new(paths.clone()),
             containers,
             watcher,
+            pauses,
             config_lock: tokio::sync::Mutex::new(()),
             faults: Mutex::default(),
             started: Instant::now(),

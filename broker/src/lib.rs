@@ -21,6 +21,7 @@ pub mod mailbox;
 pub mod mcp;
 pub mod names;
 pub mod paths;
+pub mod pause;
 mod proposed_repo;
 pub mod questions;
 pub mod registry;

@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_events_sent.sql"),
     include_str!("migrations/0011_turn_stats.sql"),
     include_str!("migrations/0012_deploy_builder.sql"),
+    include_str!("migrations/0013_paused.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

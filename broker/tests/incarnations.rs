@@ -356,6 +356,52 @@ async fn a_restore_cut_between_its_file_moves_and_its_commit_is_finished_at_the_
     hive.close();
 }
 
+/// A pause belongs to the incarnation: it outlives a daemon restart and a destroy + restore, a
+/// name spawned again starts unpaused, and pausing an unknown agent changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_outlives_a_restart_and_a_restore_but_not_a_new_incarnation() {
+    use broker::containers::Actor;
+    let f = fixture(&[]).await;
+    f.hive.spawn("x1", None).await.unwrap();
+    f.hive.spawn("x2", None).await.unwrap();
+    let audit = f.count("SELECT count(*) FROM audit");
+    let e = f
+        .hive
+        .pause_agent(Actor::Operator, &name("nobody"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unknown_agent", "{e}");
+    assert_eq!(f.count("SELECT count(*) FROM paused"), 0);
+    assert_eq!(f.count("SELECT count(*) FROM audit"), audit);
+    for agent in ["x1", "x2"] {
+        f.hive
+            .pause_agent(Actor::Operator, &name(agent))
+            .await
+            .unwrap();
+    }
+    f.hive.close();
+    f.shutdown.cancel();
+    let Fixture { dir, hive, .. } = f;
+    drop(hive);
+
+    let f = common::open(dir, Config::default()).await;
+    assert!(f.hive.is_paused(&name("x1")) && f.hive.is_paused(&name("x2")));
+    let t1 = f.hive.destroy(&name("x1"), false).await.unwrap();
+    f.hive.destroy(&name("x2"), false).await.unwrap();
+    f.hive.restore(t1.as_str()).await.unwrap();
+    f.hive.spawn("x2", None).await.unwrap();
+    assert!(
+        f.hive.is_paused(&name("x1")),
+        "the restored x1 lost its pause"
+    );
+    assert!(
+        !f.hive.is_paused(&name("x2")),
+        "the new x2 inherited a pause"
+    );
+    assert!(f.hive.agent_run(&name("x1")).unwrap().paused);
+    f.hive.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_belong_to_the_incarnation_they_were_asked_for() {
     use broker::approvals::SpawnRequest;

@@ -127,6 +127,7 @@ impl Web {
             "agents",
             "audit",
             "questions",
+            "paused",
         ] {
             let mut stmt = db
                 .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
@@ -730,6 +731,36 @@ async fn the_agent_page_lists_deploys_and_rolls_back() {
     assert_eq!(after.len(), deploys.len() + 1);
     assert_eq!(after.last().unwrap().kind, "rollback");
     assert_eq!(after.last().unwrap().commit, deploys.last().unwrap().commit);
+}
+
+#[tokio::test]
+async fn the_operator_pauses_and_resumes_an_agent_from_its_page() {
+    let w = web().await;
+    let s = w.login().await;
+    let manager = AgentName::manager();
+    let (_, _, page) = w.get("/agents/manager", Some(&s)).await;
+    assert!(page.contains("action=\"/agents/manager/pause\""), "{page}");
+    // Without the CSRF token: refused, nothing changed.
+    let before = w.snapshot();
+    let (status, _, _) = w
+        .post_form("/agents/manager/pause", Some(&s), Some(ORIGIN), &[])
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(w.snapshot(), before);
+    assert!(!w.hive.is_paused(&manager));
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        let (status, headers, body) = w
+            .post_form(
+                &format!("/agents/manager/{action}"),
+                Some(&s),
+                Some(ORIGIN),
+                &[("csrf", &s.csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        assert_eq!(headers[header::LOCATION], "/agents/manager");
+        assert_eq!(w.hive.is_paused(&manager), paused, "after {action}");
+    }
 }
 
 /// Waits until `check` holds (the watcher and the log follower act on their own tasks).

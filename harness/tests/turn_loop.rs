@@ -387,3 +387,73 @@ async fn a_model_that_never_stops_calling_tools_is_cut_at_the_bound() {
         "{events:?}"
     );
 }
+
+/// A paused agent takes no turn — the pause reaches the harness while it waits in `next_turn` —
+/// and its mail waits, queued; the resume starts the turn. Both are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_takes_no_turn_until_it_is_resumed() {
+    use broker::containers::Actor;
+    if !claude_ready() {
+        return;
+    }
+    let server = ModelServer::start(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "bob", "body": "after the pause"}),
+        ),
+        Reply::text("answered"),
+    ])
+    .await;
+    let hive = TestHive::open_with_model(&["alice", "bob"], &server.base_url()).await;
+    let mut bus = hive.hive.subscribe();
+    let _harness = Harness::start(&hive, &server, json!({}), DEFAULT_IDLE_SECONDS);
+    let state = || hive.hive.agent_run(&name("alice")).unwrap().turn_state;
+    until("the harness waits for a turn", || {
+        state() == Some(TurnState::Idle)
+    })
+    .await;
+
+    let paused = hive
+        .hive
+        .pause_agent(Actor::Operator, &name("alice"))
+        .await
+        .unwrap();
+    assert_eq!(paused.result, "paused");
+    assert!(paused.run.paused);
+    assert_eq!(state(), Some(TurnState::Paused));
+    let id = send(&hive, "bob", "alice", "wake up").await;
+    // A negative: for a while nothing is leased and the model is not asked.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let queued = db(&hive)
+        .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap();
+    assert_eq!(queued, "queued");
+    assert!(server.model_requests().is_empty());
+    assert_eq!(state(), Some(TurnState::Paused));
+    let again = hive
+        .hive
+        .pause_agent(Actor::Operator, &name("alice"))
+        .await
+        .unwrap();
+    assert_eq!(again.result, "already paused");
+
+    let resumed = hive
+        .hive
+        .resume_agent(Actor::Operator, &name("alice"))
+        .await
+        .unwrap();
+    assert_eq!(resumed.result, "resumed");
+    let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
+    assert_eq!(reply.body, "after the pause");
+    delivered(&mut bus, &[id]).await;
+    let actions: Vec<String> = db(&hive)
+        .prepare("SELECT action FROM audit WHERE action IN ('pause', 'resume') ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(actions, ["pause", "resume"]);
+}

@@ -69,6 +69,14 @@ pub fn stop(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
     action(state, args, "stop")
 }
 
+pub fn pause(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
+    action(state, args, "pause")
+}
+
+pub fn resume(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
+    action(state, args, "resume")
+}
+
 pub fn restart(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
     action(state, args, "restart")
 }

@@ -71,6 +71,10 @@ enum Command {
     Stop(agents::AgentArgs),
     /// Stop and start an agent's container on the same build
     Restart(agents::AgentArgs),
+    /// Pause an agent: no new turns (a running one finishes); its messages queue until `resume`
+    Pause(agents::AgentArgs),
+    /// Resume a paused agent: its queued messages start turns again
+    Resume(agents::AgentArgs),
     /// Rebuild and restart an agent whose applied config is not what runs
     Update(agents::AgentArgs),
     /// Print the last lines of an agent's container log
@@ -135,6 +139,8 @@ pub fn run() -> ExitCode {
         Command::Start(args) => agents::start(&state, args),
         Command::Stop(args) => agents::stop(&state, args),
         Command::Restart(args) => agents::restart(&state, args),
+        Command::Pause(args) => agents::pause(&state, args),
+        Command::Resume(args) => agents::resume(&state, args),
         Command::Update(args) => agents::update(&state, args),
         Command::Logs(args) => agents::logs(&state, args),
         Command::Stats(args) => stats::stats(&state, args),

@@ -70,6 +70,18 @@ fn yes_no(v: &serde_json::Value) -> String {
     }
 }
 
+/// The HARNESS column: `paused`, else what a connected harness does (`idle`, `thinking`, …),
+/// else `-`.
+fn harness_column(run: &serde_json::Value) -> String {
+    if run["paused"].as_bool() == Some(true) {
+        "paused".into()
+    } else if run["up"].as_bool() == Some(true) {
+        run["turn_state"].as_str().unwrap_or("up").to_owned()
+    } else {
+        "-".into()
+    }
+}
+
 pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
     print_listing(
         state,
@@ -92,11 +104,7 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
                 a["name"].as_str().unwrap_or("?").to_owned(),
                 a["kind"].as_str().unwrap_or("?").to_owned(),
                 a["run"]["state"].as_str().unwrap_or("?").to_owned(),
-                if a["run"]["up"].as_bool() == Some(true) {
-                    "up".into()
-                } else {
-                    "-".into()
-                },
+                harness_column(&a["run"]),
                 yes_no(&a["axes"]["logged_in"]),
                 if a["axes"]["crash_loop"].as_bool() == Some(true) {
                     "crash loop".into()

@@ -86,6 +86,36 @@ impl HiveMcp {
     }
 
     /// Waits for `fut` unless the request is cancelled or the peer hangs up first.
+    /// `next_turn`, except that nothing is leased while this agent is paused: the wait goes on
+    /// until it is resumed (or the wait ends), and a pause that comes mid-wait ends the take
+    /// (a lease it was committing is given back).
+    async fn next_turn_unless_paused(
+        &self,
+        wait: Duration,
+    ) -> crate::error::Result<Option<crate::mailbox::Turn>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pauses = self.hive.pauses.watch();
+        loop {
+            let Some(incarnation) = self.hive.agent(&self.me).map(|r| r.incarnation) else {
+                return Ok(None);
+            };
+            let paused = pauses.borrow_and_update().contains(&incarnation);
+            if paused {
+                tokio::select! {
+                    _ = pauses.changed() => continue,
+                    _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                }
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let take = self.hive.mailbox.next_turn(&self.me, remaining);
+            tokio::pin!(take);
+            tokio::select! {
+                got = &mut take => return got,
+                _ = pauses.wait_for(|set| set.contains(&incarnation)) => continue,
+            }
+        }
+    }
+
     async fn unless_gone<T>(
         &self,
         ct: &CancellationToken,
@@ -376,7 +406,7 @@ impl HiveMcp {
     ) -> ToolResult {
         let wait = harness_wait(args.wait_seconds)?;
         let Some(got) = self
-            .unless_gone(&ct, self.hive.mailbox.next_turn(&self.me, wait))
+            .unless_gone(&ct, self.next_turn_unless_paused(wait))
             .await
         else {
             return Err("cancelled".into());
@@ -537,12 +567,18 @@ impl HiveMcp {
         description = "Report what this agent's model is doing: idle, thinking, compacting, needs_login or paused. Shown in the agent's run state."
     )]
     async fn report_state(&self, Parameters(args): Parameters<ReportStateArgs>) -> ToolResult {
-        self.hive.containers.set_turn_state(&self.me, args.state);
+        // A paused agent's harness waits for nothing but its resume: its idle is `paused`.
+        let state = if args.state == TurnState::Idle && self.hive.is_paused(&self.me) {
+            TurnState::Paused
+        } else {
+            args.state
+        };
+        self.hive.containers.set_turn_state(&self.me, state);
         self.hive.bus.publish(crate::bus::Event::TurnState {
             agent: self.me.to_string(),
-            state: args.state,
+            state,
         });
-        to_json(&Reported { state: args.state })
+        to_json(&Reported { state })
     }
 }
 

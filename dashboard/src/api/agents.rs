@@ -109,6 +109,28 @@ pub(super) async fn stop(
     ))
 }
 
+pub(super) async fn pause(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(
+        s.hive
+            .pause_agent(Actor::Operator, &agent_name(&name)?)
+            .await?,
+    ))
+}
+
+pub(super) async fn resume(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(
+        s.hive
+            .resume_agent(Actor::Operator, &agent_name(&name)?)
+            .await?,
+    ))
+}
+
 pub(super) async fn restart(
     State(s): State<ApiState>,
     ApiPath(name): ApiPath<String>,

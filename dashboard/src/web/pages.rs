@@ -720,7 +720,7 @@ struct ActionForm {
     back: Option<String>,
 }
 
-/// `POST /agents/{name}/{start|stop|restart|update|destroy|rollback}`.
+/// `POST /agents/{name}/{start|stop|restart|update|pause|resume|destroy|rollback}`.
 async fn agent_action(
     State(s): State<WebState>,
     Path((raw, action)): Path<(String, String)>,
@@ -745,6 +745,12 @@ async fn agent_action(
         }
         "update" => {
             s.hive.update_agent(Actor::Operator, &name).await?;
+        }
+        "pause" => {
+            s.hive.pause_agent(Actor::Operator, &name).await?;
+        }
+        "resume" => {
+            s.hive.resume_agent(Actor::Operator, &name).await?;
         }
         "destroy" => {
             s.hive.destroy(&name, false).await?;
