@@ -372,6 +372,34 @@ impl Hive {
             .await
     }
 
+    /// The latest deploy of each approval whose id is in `first..=last` (the history pages
+    /// show how each approved change built), newest deploys first, at most `limit` read.
+    pub async fn deploys_of_approvals(
+        &self,
+        first: i64,
+        last: i64,
+        limit: usize,
+    ) -> Result<std::collections::HashMap<i64, Deploy>> {
+        self.store
+            .read(move |c| {
+                let mut latest = std::collections::HashMap::new();
+                let rows = c
+                    .prepare_cached(&format!(
+                        "SELECT {DEPLOY_COLUMNS} FROM deploys
+                         WHERE approval_id BETWEEN ?1 AND ?2 ORDER BY id DESC LIMIT ?3"
+                    ))?
+                    .query_map(params![first, last, limit as i64], deploy_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                for d in rows {
+                    if let Some(approval) = d.approval {
+                        latest.entry(approval).or_insert(d);
+                    }
+                }
+                Ok(latest)
+            })
+            .await
+    }
+
     /// One approval with its diff and its files. A pending one is diffed against the applied HEAD
     /// now; if that is not the base it was asked against, it is flagged stale.
     pub async fn approval(&self, id: i64) -> Result<Approval> {

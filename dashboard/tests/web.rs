@@ -763,6 +763,54 @@ async fn the_operator_pauses_and_resumes_an_agent_from_its_page() {
     }
 }
 
+#[tokio::test]
+async fn the_approvals_history_shows_each_build_and_the_tail_of_a_failed_one() {
+    let w = web().await;
+    let s = w.login().await;
+    let ok = w
+        .pending_spawn("bob", "{ ... }: { hyperhive.model = \"m1\"; }\n")
+        .await;
+    w.hive.approve(ok).await.unwrap();
+    let failed = w
+        .pending_spawn("carol", "{ ... }: { hyperhive.model = \"m1\"; }\n")
+        .await;
+    w.hive.approve(failed).await.unwrap();
+    // The build's own words, as a failed nix evaluation leaves them (and a script in them).
+    let message = (1..=10)
+        .map(|i| format!("build line {i}"))
+        .chain(["error: <script>alert(1)</script> at agent.nix:12:5".to_owned()])
+        .collect::<Vec<_>>()
+        .join("\n");
+    let db = rusqlite::Connection::open(w.hive.state_dir().db()).unwrap();
+    db.execute(
+        "UPDATE deploys SET status = 'failed', log_tail = ?1 WHERE approval_id = ?2",
+        rusqlite::params![message, failed],
+    )
+    .unwrap();
+    let (status, _, page) = w.get("/approvals", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    let history = between(&page, "<div id=\"history\"", "</table>");
+    let row = |id: i64| between(history, &format!("<a href=\"/approvals/{id}\">"), "</tr>");
+    let bob = w
+        .hive
+        .deploys(&AgentName::parse("bob").unwrap())
+        .await
+        .unwrap();
+    let built = bob.last().unwrap().status.to_string();
+    assert!(row(ok).contains(&format!(">{built}</span>")), "{}", row(ok));
+    assert!(!row(ok).contains("build-tail"), "{}", row(ok));
+    let tail = row(failed);
+    assert!(tail.contains(">failed</span>"), "{tail}");
+    assert!(
+        tail.contains("build line 8\nbuild line 9\nbuild line 10\nerror: &#60;script&#62;"),
+        "{tail}"
+    );
+    assert!(
+        !tail.contains("build line 7") && !tail.contains("<script>"),
+        "{tail}"
+    );
+}
+
 /// Waits until `check` holds (the watcher and the log follower act on their own tasks).
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

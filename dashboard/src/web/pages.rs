@@ -15,7 +15,7 @@ use broker::containers::{Actor, AgentRun};
 use broker::mailbox::{Message, MessageState};
 use broker::names::{AgentName, Recipient, Sender};
 use broker::questions::{Answer, Question};
-use broker::status::ApprovalStatus;
+use broker::status::{ApprovalStatus, DeployStatus};
 use serde::{Deserialize, Serialize};
 
 use super::WebState;
@@ -24,6 +24,8 @@ use crate::error::ApiError;
 
 /// How many rows a listing page shows.
 const PAGE_ROWS: usize = 200;
+/// How many lines of a failed build the approvals history shows.
+const BUILD_TAIL_LINES: usize = 4;
 /// How many log lines the agent page shows.
 const LOG_LINES: usize = 100;
 /// How many finished turns the agent page charts.
@@ -259,6 +261,10 @@ struct ApprovalRow {
     a: Approval,
     created: String,
     resolved: String,
+    /// How the approved change built (`deployed`, `failed`, `building` …), when it was built.
+    build: Option<String>,
+    /// The last lines of a failed build's message.
+    build_tail: Option<String>,
 }
 
 impl From<Approval> for ApprovalRow {
@@ -266,9 +272,17 @@ impl From<Approval> for ApprovalRow {
         Self {
             created: when(a.created_at),
             resolved: a.resolved_at.map(when).unwrap_or_default(),
+            build: None,
+            build_tail: None,
             a,
         }
     }
+}
+
+/// The last `BUILD_TAIL_LINES` lines of a build message.
+fn tail(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(BUILD_TAIL_LINES)..].join("\n")
 }
 
 #[derive(Template)]
@@ -301,6 +315,22 @@ async fn approvals(
         .collect();
     history.reverse();
     history.truncate(PAGE_ROWS);
+    if let (Some(newest), Some(oldest)) = (history.first(), history.last()) {
+        let builds = s
+            .hive
+            .deploys_of_approvals(oldest.a.id, newest.a.id, PAGE_ROWS * 4)
+            .await?;
+        for row in &mut history {
+            if let Some(d) = builds.get(&row.a.id) {
+                row.build = Some(d.status.to_string());
+                row.build_tail = d
+                    .message
+                    .as_deref()
+                    .filter(|_| d.status == DeployStatus::Failed)
+                    .map(tail);
+            }
+        }
+    }
     render(&ApprovalsPage {
         csrf: session.csrf,
         pending,
