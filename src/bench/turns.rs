@@ -102,6 +102,10 @@ async fn to_stdin(hive: &Path, samples: usize) -> anyhow::Result<(Samples, Memor
     let listener = tokio::net::UnixListener::bind(dir.path().join(STAND_IN_SOCKET))?;
     let me = std::env::current_exe()?;
     let d = Daemon::start_with_env(hive, &state, &[("HIVE_CLAUDE", me.as_os_str())])?;
+    // The manager would take turns on the watcher's events (`spawned` …) with a stand-in of its
+    // own, talking to the same socket: paused, it takes none.
+    let (code, v) = d.call("POST", "/api/v1/agents/manager/pause", "{}").await?;
+    ensure!(code < 300, "pausing the manager answered {code}: {v}");
     let (code, v) = d
         .call("POST", "/api/v1/agents", r#"{"name":"bench-t"}"#)
         .await?;
