@@ -42,32 +42,8 @@ async fn an_agent_in_the_process_runtime_answers_the_operator_through_claude() {
         Reply::text("answered"),
     ])
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _daemon) = alice_up_in_the_process_runtime(&claude, &server);
     let state = dir.path().join("hive");
-    let base_url = server.base_url();
-    let claude = claude.display().to_string();
-    // The model is reached the way it is in production: the harness talks to the agent's
-    // gateway.sock, which forwards to `[model] anthropic_base_url` (here the scripted server).
-    let config = format!(
-        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
-    );
-    let _daemon = Daemon::start_with_env(
-        &state,
-        &config,
-        &[
-            ("HIVE_CLAUDE", claude.as_str()),
-            ("CLAUDE_CODE_MAX_RETRIES", "0"),
-        ],
-    );
-    quiet_manager(&state);
-    cli_ok(&state, &["spawn", "alice"]);
-    let mut last = Value::Null;
-    let idle = eventually(LIMIT, || {
-        last = run_of(&state, "alice");
-        last["up"] == true && last["turn_state"] == "idle"
-    });
-    assert!(idle, "alice never came up idle: {last}");
-
     let id = send(&state, "alice", "say hello").await;
     let mut inbox = Value::Null;
     let mut got = false;
@@ -120,6 +96,39 @@ async fn an_agent_in_the_process_runtime_answers_the_operator_through_claude() {
         "no session file at {}",
         session.display()
     );
+}
+
+/// A daemon with the process runtime whose model is `server` (reached as in production: the
+/// harness talks to the agent's gateway.sock, which forwards to `[model] anthropic_base_url`), the
+/// manager stopped, and `alice` spawned and up, idle. The state dir is `hive` in the returned dir.
+fn alice_up_in_the_process_runtime(
+    claude: &Path,
+    server: &ModelServer,
+) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let base_url = server.base_url();
+    let claude = claude.display().to_string();
+    let config = format!(
+        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
+    );
+    let daemon = Daemon::start_with_env(
+        &state,
+        &config,
+        &[
+            ("HIVE_CLAUDE", claude.as_str()),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+        ],
+    );
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let mut last = Value::Null;
+    let idle = eventually(LIMIT, || {
+        last = run_of(&state, "alice");
+        last["up"] == true && last["turn_state"] == "idle"
+    });
+    assert!(idle, "alice never came up idle: {last}");
+    (dir, daemon)
 }
 
 /// Stops the manager once it is up: it would otherwise take turns on the watcher's events
@@ -381,32 +390,9 @@ fn an_agent_that_needs_a_login_answers_as_soon_as_the_credentials_appear() {
         ),
         Reply::text("answered"),
     ]));
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _daemon) = alice_up_in_the_process_runtime(&claude, &server);
     let state = dir.path().join("hive");
-    let base_url = server.base_url();
-    let claude = claude.display().to_string();
-    let config = format!(
-        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
-    );
-    let _daemon = Daemon::start_with_env(
-        &state,
-        &config,
-        &[
-            ("HIVE_CLAUDE", claude.as_str()),
-            ("CLAUDE_CODE_MAX_RETRIES", "0"),
-        ],
-    );
-    quiet_manager(&state);
-    cli_ok(&state, &["spawn", "alice"]);
     let mut last = Value::Null;
-    assert!(
-        eventually(LIMIT, || {
-            last = run_of(&state, "alice");
-            last["up"] == true && last["turn_state"] == "idle"
-        }),
-        "alice never came up idle: {last}"
-    );
-
     let id = rt.block_on(send(&state, "alice", "are you there?"));
     assert!(
         eventually(LIMIT, || {
