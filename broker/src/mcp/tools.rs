@@ -100,9 +100,13 @@ impl HiveMcp {
                 return Ok(None);
             };
             let paused = pauses.borrow_and_update().contains(&incarnation);
+            // A closed watch means the hive is going away: answer nothing.
             if paused {
                 tokio::select! {
-                    _ = pauses.changed() => continue,
+                    changed = pauses.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => return Ok(None),
+                    },
                     _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 }
             }
@@ -111,7 +115,10 @@ impl HiveMcp {
             tokio::pin!(take);
             tokio::select! {
                 got = &mut take => return got,
-                _ = pauses.wait_for(|set| set.contains(&incarnation)) => continue,
+                paused = pauses.wait_for(|set| set.contains(&incarnation)) => match paused {
+                    Ok(_) => continue,
+                    Err(_) => return Ok(None),
+                },
             }
         }
     }
