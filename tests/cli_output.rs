@@ -164,3 +164,110 @@ fn send_blocking(state: &std::path::Path, n: i32) {
     let out = cli(state, &["send", "manager", &format!("message {n}")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A stand-in admin socket under `state` that answers each request with the next of `answers`
+/// (HTTP 200, JSON), one connection each.
+fn canned_admin_socket(
+    state: &std::path::Path,
+    answers: Vec<String>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(state.join("run")).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(state.join("run/admin.sock")).unwrap();
+    std::thread::spawn(move || {
+        for body in answers {
+            let (mut conn, _) = listener.accept().unwrap();
+            // The CLI's GETs have no body: the request ends with its head.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the CLI hung up mid-request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+    })
+}
+
+/// The CLI reads the records it prints as their wire types: an answer whose field was renamed
+/// (another daemon version) is an error naming the field, not a `?` in a table that exits 0.
+#[test]
+fn an_answer_with_a_renamed_field_is_an_error_not_a_question_mark() {
+    let message = json!({"id": 1, "from": "manager", "to": "operator", "body": "hi",
+                         "sent_at": 1, "state": "queued", "redelivered": false});
+    let approval = json!({"id": 2, "kind": "apply", "agent": "bob", "requester": "manager",
+                          "commit": "abc", "description": "", "stat": "", "status": "pending",
+                          "created_at": 1});
+    let deploy = json!({"id": 3, "agent": "bob", "commit": "abc", "kind": "apply",
+                        "status": "applied", "created_at": 1});
+    let renamed = |v: &Value, from: &str, to: &str| {
+        let mut v = v.as_object().unwrap().clone();
+        let moved = v.remove(from).unwrap();
+        v.insert(to.to_owned(), moved);
+        Value::Object(v)
+    };
+    let cases: Vec<(&[&str], Value, &str)> = vec![
+        (
+            &["inbox"],
+            json!([renamed(&message, "from", "sender")]),
+            "from",
+        ),
+        (
+            &["messages"],
+            json!([renamed(&message, "body", "text")]),
+            "body",
+        ),
+        (
+            &["approvals"],
+            json!([renamed(&approval, "status", "state")]),
+            "status",
+        ),
+        (
+            &["show", "2"],
+            renamed(&approval, "commit", "sha"),
+            "commit",
+        ),
+        (
+            &["history", "bob"],
+            json!([renamed(&deploy, "kind", "type")]),
+            "kind",
+        ),
+    ];
+    for (args, answer, field) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let server = canned_admin_socket(state, vec![answer.to_string()]);
+        let out = cli(state, args);
+        server.join().unwrap();
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "hive {args:?} printed {:?}",
+            text(&out.stdout)
+        );
+        assert!(
+            err.contains("does not read as this `hive` expects") && err.contains(field),
+            "hive {args:?}: {err}"
+        );
+        // The same answers with the fields as the hive names them print.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let good = match args[0] {
+            "inbox" | "messages" => json!([message]),
+            "approvals" => json!([approval]),
+            "show" => approval.clone(),
+            _ => json!([deploy]),
+        };
+        let server = canned_admin_socket(state, vec![good.to_string()]);
+        let shown = cli_ok(state, args);
+        server.join().unwrap();
+        assert!(!shown.contains('?'), "hive {args:?}: {shown}");
+    }
+}

@@ -164,3 +164,160 @@ fn operator_spawn_from_a_file_and_rollback() {
     assert_eq!(history.as_array().unwrap().len(), 2);
     assert_eq!(history[1]["kind"], "rollback");
 }
+
+/// Reads an API answer as wire type `T` and writes it back: the same JSON must come out, so no
+/// field is missing from `T` (it would be dropped), none is of another type, and none is absent
+/// that `T` needs.
+fn reads_back_exactly<T: serde::de::DeserializeOwned + serde::Serialize>(
+    what: &str,
+    answer: &Value,
+) -> T {
+    let typed: T = serde_json::from_value(answer.clone())
+        .unwrap_or_else(|e| panic!("{what} does not read as its wire type: {e}\n{answer:#}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(
+        &back, answer,
+        "{what}: the wire type does not hold every field the API serves"
+    );
+    typed
+}
+
+/// Every record the admin API lists (messages, the operator's inbox, approvals, one approval,
+/// deploys) and the answers of approve, deny and rollback read strictly as the `proto` types the
+/// CLI prints from, on a hive with data in each: what the broker serves and what the CLI reads
+/// are one definition.
+#[test]
+fn every_listing_the_api_serves_reads_strictly_as_the_wire_types() {
+    use proto::{Approval, ApprovalStatus, Deploy, Message, MessageState};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let get = |path: &str| {
+        let (status, v) = rt.block_on(api(state, "GET", path, None));
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    };
+    let post = |path: &str, body: Value| {
+        let (status, v) = rt.block_on(api(state, "POST", path, Some(&body.to_string())));
+        assert!((200..300).contains(&status), "POST {path}: {v}");
+        v
+    };
+
+    // Messages: delivered, replied to, and queued for the operator.
+    let asked = rt.block_on(send(state, "manager", "how are you?"));
+    rt.block_on(mcp_ok(&manager, "recv", json!({"wait_seconds": 5})));
+    for (body, reply) in [("fine", Some(asked)), ("and one more", None)] {
+        rt.block_on(mcp_ok(
+            &manager,
+            "send",
+            json!({"to": "operator", "body": body, "in_reply_to": reply}),
+        ));
+    }
+    let history: Vec<Message> =
+        reads_back_exactly("/api/v1/messages", &get("/api/v1/messages?limit=50"));
+    assert!(
+        history
+            .iter()
+            .any(|m| m.state == MessageState::Delivered && m.delivered_at.is_some()),
+        "{history:?}"
+    );
+    assert!(history.iter().any(|m| m.in_reply_to == Some(asked)));
+    let inbox: Vec<Message> = reads_back_exactly("/api/v1/inbox", &get("/api/v1/inbox?limit=20"));
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    let taken = post("/api/v1/inbox/recv", json!({"wait_seconds": 0, "max": 32}));
+    let taken: Vec<Message> = reads_back_exactly("/api/v1/inbox/recv", &taken["messages"]);
+    assert_eq!(taken.len(), 2, "{taken:?}");
+
+    // Approvals: a spawn approved, a change approved, one left pending (and stale: the change
+    // before it moved the applied config), one denied with a note.
+    let draft = rt.block_on(mcp_ok(&manager, "request_spawn", json!({"name": "bob"})));
+    assert_eq!(draft["repo"], "/agents/bob/config");
+    let repo = state.join("agents/bob/config");
+    let commit = |model: &str| {
+        std::fs::write(
+            repo.join("agent.nix"),
+            format!("{{ ... }}: {{ hyperhive.model = \"{model}\"; }}\n"),
+        )
+        .unwrap();
+        git(&repo, &["commit", "-qam", model]);
+        git(&repo, &["rev-parse", "HEAD"])
+    };
+    let spawn_sha = commit("m0");
+    let request = |tool: &str, args: Value| {
+        rt.block_on(mcp_ok(&manager, tool, args))["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let spawn = request("request_spawn", json!({"name": "bob", "commit": spawn_sha}));
+    reads_back_exactly::<Approval>(
+        "approve",
+        &post(&format!("/api/v1/approvals/{spawn}/approve"), json!({})),
+    );
+    let apply = |model: &str| {
+        let sha = commit(model);
+        request(
+            "request_apply_commit",
+            json!({"agent": "bob", "commit": sha, "description": format!("model {model}")}),
+        )
+    };
+    let (first, stale, denied) = (apply("m1"), apply("m2"), apply("m3"));
+    post(&format!("/api/v1/approvals/{first}/approve"), json!({}));
+    let denial: Approval = reads_back_exactly(
+        "deny",
+        &post(
+            &format!("/api/v1/approvals/{denied}/deny"),
+            json!({"note": "not this one"}),
+        ),
+    );
+    assert_eq!(denial.id, denied);
+
+    let listed: Vec<Approval> = reads_back_exactly("/api/v1/approvals", &get("/api/v1/approvals"));
+    let statuses: Vec<ApprovalStatus> = listed.iter().map(|a| a.status).collect();
+    for s in [
+        ApprovalStatus::Approved,
+        ApprovalStatus::Pending,
+        ApprovalStatus::Denied,
+    ] {
+        assert!(statuses.contains(&s), "{statuses:?}");
+    }
+    for id in [spawn, first, stale, denied] {
+        let path = format!("/api/v1/approvals/{id}");
+        let one: Approval = reads_back_exactly(&path, &get(&path));
+        assert!(one.files.as_ref().is_some_and(|f| !f.is_empty()), "{one:?}");
+        assert!(one.diff.is_some(), "{one:?}");
+        if id == first || id == spawn {
+            assert!(one.deploy.is_some(), "{one:?}");
+        }
+        if id == stale {
+            assert!(one.stale && one.applied_head.is_some(), "{one:?}");
+        }
+        if id == denied {
+            assert_eq!(one.note.as_deref(), Some("not this one"));
+        }
+    }
+
+    // Deploys: the spawn's, the change's, and a rollback to the first.
+    let path = "/api/v1/agents/bob/deploys";
+    let deploys: Vec<Deploy> = reads_back_exactly(path, &get(path));
+    assert_eq!(deploys.len(), 2, "{deploys:?}");
+    reads_back_exactly::<Deploy>(
+        "rollback",
+        &post(
+            "/api/v1/agents/bob/rollback",
+            json!({"deploy": deploys[0].id}),
+        ),
+    );
+    let deploys: Vec<Deploy> = reads_back_exactly(path, &get(path));
+    assert_eq!(
+        deploys.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(),
+        ["spawn", "apply", "rollback"]
+    );
+    assert!(
+        deploys
+            .iter()
+            .all(|d| d.approval.is_some() || d.kind == "rollback")
+    );
+}

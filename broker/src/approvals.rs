@@ -18,68 +18,16 @@ use serde_json::json;
 
 use crate::audit;
 use crate::bus::Event;
-use crate::config_repo::ChangedFile;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
 use crate::lifecycle::NewAgent;
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
 use crate::registry::{AgentKind, AgentRecord};
-use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, transition};
+use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, Stored, transition};
 use crate::store::unix_millis;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Approval {
-    pub id: i64,
-    pub kind: String,
-    pub agent: String,
-    pub requester: String,
-    pub commit: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base: Option<String>,
-    pub description: String,
-    pub stat: String,
-    pub status: ApprovalStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    pub created_at: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<i64>,
-    /// The unified diff of every file (for a spawn, every file as added); only in
-    /// single-approval views. For a pending approval, taken against the applied HEAD now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-    /// Every file the commit changes, with modes, symlink targets and a binary flag; only in
-    /// single-approval views.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<Vec<ChangedFile>>,
-    /// The applied config moved since the request: `diff` is against `applied_head`, not
-    /// `base`, and approving is refused until the manager asks again.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stale: bool,
-    /// The applied HEAD when the view was taken, when it is not `base`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied_head: Option<String>,
-    /// The deploy the approval made (its build's status and, if it failed, nix's message);
-    /// only in single-approval views.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<Deploy>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Deploy {
-    pub id: i64,
-    pub agent: String,
-    pub commit: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval: Option<i64>,
-    pub kind: String,
-    pub status: DeployStatus,
-    pub created_at: i64,
-    /// Why it failed (a failed build: nix's message).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
+pub use proto::approval::{Approval, Deploy};
 
 /// What `request_spawn(name)` without a commit answers.
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +52,7 @@ fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         base: r.get(5)?,
         description: r.get(6)?,
         stat: r.get(7)?,
-        status: r.get(8)?,
+        status: r.get::<_, Stored<ApprovalStatus>>(8)?.0,
         note: r.get(9)?,
         created_at: r.get(10)?,
         resolved_at: r.get(11)?,
@@ -127,7 +75,7 @@ pub(crate) fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy>
         commit: r.get(2)?,
         approval: r.get(3)?,
         kind: r.get(4)?,
-        status: r.get(5)?,
+        status: r.get::<_, Stored<DeployStatus>>(5)?.0,
         created_at: r.get(6)?,
         message: r.get(7)?,
     })
@@ -161,7 +109,7 @@ pub(crate) fn insert_deploy(
         commit,
         approval,
         kind,
-        DeployStatus::Applied,
+        DeployStatus::Applied.as_str(),
         now
     ])?;
     Ok(Deploy {
@@ -365,7 +313,7 @@ impl Hive {
                          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR agent = ?2)
                          ORDER BY id DESC LIMIT 500"
                     ))?
-                    .query_map(params![status, agent], approval_from_row)?
+                    .query_map(params![status.map(Stored), agent], approval_from_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows.into_iter().rev().collect())
             })

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::collections::HashSet;
 
 use git2::{DiffOptions, ErrorCode, ObjectType, Oid, Repository, RepositoryInitOptions, Signature};
-use serde::Serialize;
 
 use crate::config::ApprovalsConfig;
 use crate::error::{Error, Result};
@@ -44,26 +43,7 @@ pub struct ProposedChange {
     pub files: Vec<ChangedFile>,
 }
 
-/// One file an approval changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ChangedFile {
-    /// The path, with control characters escaped.
-    pub path: String,
-    /// added, deleted, modified, renamed, typechange, ...
-    pub change: String,
-    /// Octal git modes (100644, 100755, 120000 symlink, 160000 submodule); absent when none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old_mode: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_mode: Option<String>,
-    /// Where a symlink in the commit points (escaped).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub symlink_target: Option<String>,
-    /// Holds NUL bytes or is not UTF-8: shown escaped in the diff, and flagged.
-    pub binary: bool,
-    /// Size of the new content in bytes (0 when deleted).
-    pub size: u64,
-}
+pub use proto::approval::ChangedFile;
 
 #[derive(Clone)]
 pub struct ConfigRepos {

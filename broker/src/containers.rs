@@ -36,7 +36,7 @@ use crate::lifecycle::off_runtime;
 use crate::names::AgentName;
 use crate::paths::{self, StateDir};
 use crate::runtime::{self, ContainerSpec, ContainerState, Isolation, Runtime};
-use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, transition};
+use crate::status::{ApprovalStatus, DeployStatus, transition};
 
 /// The most lines `logs` returns.
 pub const MAX_LOG_LINES: usize = proto::tools::MAX_LOG_LINES as usize;

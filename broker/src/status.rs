@@ -7,35 +7,14 @@ use std::fmt;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::store::unix_millis;
 
-/// `pending → approved → building → deployed | failed`, `pending → denied`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApprovalStatus {
-    Pending,
-    Approved,
-    Building,
-    Deployed,
-    Failed,
-    Denied,
-}
-
-/// `applied → building → deployed | failed` (today every deploy stays `applied`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeployStatus {
-    Applied,
-    Building,
-    Deployed,
-    Failed,
-}
+pub use proto::approval::{ApprovalStatus, DeployStatus};
 
 /// A status column with its allowed moves.
-pub trait Lifecycle: Copy + Eq + fmt::Display + ToSql + FromSql + 'static {
+pub trait Lifecycle: Copy + Eq + fmt::Display + 'static {
     /// The table the status lives in.
     const TABLE: &'static str;
     /// What a row is called in messages.
@@ -66,24 +45,10 @@ pub trait Lifecycle: Copy + Eq + fmt::Display + ToSql + FromSql + 'static {
 impl Lifecycle for ApprovalStatus {
     const TABLE: &'static str = "approvals";
     const WHAT: &'static str = "approval";
-    const ALL: &'static [Self] = &[
-        Self::Pending,
-        Self::Approved,
-        Self::Building,
-        Self::Deployed,
-        Self::Failed,
-        Self::Denied,
-    ];
+    const ALL: &'static [Self] = ApprovalStatus::ALL;
 
     fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Approved => "approved",
-            Self::Building => "building",
-            Self::Deployed => "deployed",
-            Self::Failed => "failed",
-            Self::Denied => "denied",
-        }
+        ApprovalStatus::as_str(self)
     }
 
     fn may_move(self, to: Self) -> bool {
@@ -102,15 +67,10 @@ impl Lifecycle for ApprovalStatus {
 impl Lifecycle for DeployStatus {
     const TABLE: &'static str = "deploys";
     const WHAT: &'static str = "deploy";
-    const ALL: &'static [Self] = &[Self::Applied, Self::Building, Self::Deployed, Self::Failed];
+    const ALL: &'static [Self] = DeployStatus::ALL;
 
     fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Building => "building",
-            Self::Deployed => "deployed",
-            Self::Failed => "failed",
-        }
+        DeployStatus::as_str(self)
     }
 
     fn may_move(self, to: Self) -> bool {
@@ -141,14 +101,14 @@ pub fn transition<S: Lifecycle>(c: &Connection, id: i64, from: S, to: S) -> Resu
                 "UPDATE {} SET status = ?1, {col} = ?4 WHERE id = ?2 AND status = ?3",
                 S::TABLE
             ),
-            params![to, id, from, unix_millis()],
+            params![Stored(to), id, Stored(from), unix_millis()],
         )?,
         None => c.execute(
             &format!(
                 "UPDATE {} SET status = ?1 WHERE id = ?2 AND status = ?3",
                 S::TABLE
             ),
-            params![to, id, from],
+            params![Stored(to), id, Stored(from)],
         )?,
     };
     if changed == 1 {
@@ -158,7 +118,7 @@ pub fn transition<S: Lifecycle>(c: &Connection, id: i64, from: S, to: S) -> Resu
         .query_row(
             &format!("SELECT status FROM {} WHERE id = ?1", S::TABLE),
             [id],
-            |r| r.get(0),
+            |r| r.get::<_, Stored<S>>(0).map(|s| s.0),
         )
         .optional()?;
     Err(match now {
@@ -172,38 +132,24 @@ pub fn transition<S: Lifecycle>(c: &Connection, id: i64, from: S, to: S) -> Resu
     })
 }
 
-macro_rules! sql_and_text {
-    ($t:ty) => {
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
+/// A status as sqlite stores it (its name): the wire types in `proto` cannot carry rusqlite's
+/// traits. An unknown stored status is an error, never a guess.
+pub struct Stored<S>(pub S);
 
-        impl ToSql for $t {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
-            }
-        }
-
-        impl FromSql for $t {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                let s = value.as_str()?;
-                <$t as Lifecycle>::parse(s).map_err(|e| FromSqlError::Other(e.into()))
-            }
-        }
-
-        /// So that `status == "pending"` reads as it did when statuses were strings.
-        impl PartialEq<&str> for $t {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-    };
+impl<S: Lifecycle> ToSql for Stored<S> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.as_str()))
+    }
 }
 
-sql_and_text!(ApprovalStatus);
-sql_and_text!(DeployStatus);
+impl<S: Lifecycle> FromSql for Stored<S> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        S::parse(s)
+            .map(Self)
+            .map_err(|e| FromSqlError::Other(e.into()))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,17 @@
 //! The wire types every side of hyperhive shares (DESIGN §2): the broker serves them, the CLI and
 //! the harness (inside a container) speak them. One definition of each tool's arguments and
-//! result, so a field renamed on one side is a compile error on the other.
+//! result, of the records the admin API lists (messages, approvals, deploys), so a field renamed
+//! on one side is a compile error on the other.
 //!
 //! Nothing here does I/O or knows about sqlite, git or sockets.
 
 pub mod agent_config;
+pub mod approval;
+pub mod message;
 pub mod tools;
 pub mod usage;
 
 pub use agent_config::AgentConfig;
+pub use approval::{Approval, ApprovalStatus, ChangedFile, Deploy, DeployStatus};
+pub use message::{Message, MessageState, Turn};
 pub use usage::Usage;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client::{AdminClient, encode};
@@ -50,7 +51,14 @@ fn print_outcome(name: &str, o: &Value) {
         output::field(&o["result"], "?"),
         output::field(&run["state"], "?"),
     );
-    output::deploy(&o["deploy"]);
+    match Option::<proto::Deploy>::deserialize(&o["deploy"]) {
+        Ok(Some(d)) => output::deploy(&d),
+        Ok(None) => {}
+        Err(e) => output::emit_err(&format!(
+            "hive: the deploy in the answer does not read as one ({e}); are the CLI and the \
+             daemon the same version?"
+        )),
+    }
 }
 
 fn action(state: &StateDir, args: AgentArgs, verb: &str) -> anyhow::Result<ExitCode> {

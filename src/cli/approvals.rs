@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use serde_json::{Value, json};
+use proto::{Approval, Deploy};
+use serde_json::json;
 
 use super::client::{AdminClient, encode};
-use super::{output, post_action, print_listing};
+use super::{output, post_action, post_action_of, print_listing_of, read_answer};
 
 #[derive(clap::Args)]
 pub struct ApprovalsArgs {
@@ -76,8 +77,8 @@ pub struct RollbackArgs {
     json: bool,
 }
 
-fn short(sha: &Value) -> String {
-    output::field(sha, "?").chars().take(12).collect()
+fn short(sha: &str) -> String {
+    output::one_line(sha).chars().take(12).collect()
 }
 
 pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
@@ -89,7 +90,7 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
         query.push(format!("agent={}", encode(a)));
     }
     let path = format!("/api/v1/approvals?{}", query.join("&"));
-    print_listing(
+    print_listing_of(
         state,
         &path,
         args.json,
@@ -103,106 +104,107 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
             "ASKED (UTC)",
             "DESCRIPTION",
         ],
-        |a| {
+        |a: &Approval| {
             vec![
-                a["id"].to_string(),
-                a["kind"].as_str().unwrap_or("?").to_owned(),
-                a["agent"].as_str().unwrap_or("?").to_owned(),
-                a["status"].as_str().unwrap_or("?").to_owned(),
-                short(&a["commit"]),
-                output::time(&a["created_at"]),
-                a["description"].as_str().unwrap_or("").replace('\n', " "),
+                a.id.to_string(),
+                a.kind.clone(),
+                a.agent.clone(),
+                a.status.to_string(),
+                short(&a.commit),
+                output::time_ms(a.created_at),
+                a.description.replace('\n', " "),
             ]
         },
     )
 }
 
-fn print_approval(a: &Value) {
+fn print_approval(a: &Approval) {
     outln!(
         "approval #{}: {} {} ({}), asked by {} at {}",
-        a["id"],
-        output::field(&a["kind"], "?"),
-        output::field(&a["agent"], "?"),
-        output::field(&a["status"], "?"),
-        output::field(&a["requester"], "?"),
-        output::time(&a["created_at"])
+        a.id,
+        output::one_line(&a.kind),
+        output::one_line(&a.agent),
+        a.status,
+        output::one_line(&a.requester),
+        output::time_ms(a.created_at)
     );
-    outln!("commit {}", output::field(&a["commit"], "?"));
-    if let Some(d) = a["description"].as_str().filter(|d| !d.is_empty()) {
-        outln!("\n{}\n", output::indented(d, "    "));
+    outln!("commit {}", output::one_line(&a.commit));
+    if !a.description.is_empty() {
+        outln!("\n{}\n", output::indented(&a.description, "    "));
     }
-    if let Some(note) = a["note"].as_str() {
+    if let Some(note) = &a.note {
         outln!("note: {}", output::one_line(note));
     }
-    outln!("{}", a["stat"].as_str().unwrap_or(""));
+    outln!("{}", a.stat);
 }
 
 pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
-    let a = super::client_runtime()?
-        .block_on(AdminClient::new(state).get(&format!("/api/v1/approvals/{}", args.id)))?;
+    let path = format!("/api/v1/approvals/{}", args.id);
+    let answer = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
     if args.json {
-        output::json(&a);
+        output::json(&answer);
         return Ok(ExitCode::SUCCESS);
     }
+    let a: Approval = read_answer(&path, &answer)?;
     print_approval(&a);
-    output::deploy(&a["deploy"]);
-    if a["stale"].as_bool() == Some(true) {
+    if let Some(d) = &a.deploy {
+        output::deploy(d);
+    }
+    if a.stale {
         outln!(
             "\nSTALE: asked against {} but the applied config is at {} now; the diff below is against today's config. Approving is refused: deny it and let the manager ask again.",
-            short(&a["base"]),
-            short(&a["applied_head"])
+            short(a.base.as_deref().unwrap_or("?")),
+            short(a.applied_head.as_deref().unwrap_or("?"))
         );
     }
-    if let Some(files) = a["files"].as_array() {
+    if let Some(files) = &a.files {
         outln!("\nfiles:");
         for f in files {
-            let modes = match (f["old_mode"].as_str(), f["new_mode"].as_str()) {
+            let modes = match (&f.old_mode, &f.new_mode) {
                 (Some(o), Some(n)) if o != n => format!(" mode {o} -> {n}"),
                 (None, Some(n)) => format!(" mode {n}"),
                 _ => String::new(),
             };
-            let target = f["symlink_target"]
-                .as_str()
+            let target = f
+                .symlink_target
+                .as_ref()
                 .map(|t| format!(" -> {t}"))
                 .unwrap_or_default();
-            let binary = if f["binary"].as_bool() == Some(true) {
+            let binary = if f.binary {
                 "  BINARY (shown escaped)"
             } else {
                 ""
             };
-            outln!(
-                "  {:<10} {}{target}{modes}{binary}",
-                f["change"].as_str().unwrap_or("?"),
-                f["path"].as_str().unwrap_or("?")
-            );
+            outln!("  {:<10} {}{target}{modes}{binary}", f.change, f.path);
         }
     }
     outln!();
-    out!("{}", a["diff"].as_str().unwrap_or(""));
+    out!("{}", a.diff.as_deref().unwrap_or(""));
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/approve", args.id);
-    post_action(state, &path, &json!({}), args.json, |a| {
+    post_action_of(state, &path, &json!({}), args.json, |a: &Approval| {
         outln!(
             "approved #{}: {} {} is now at {}",
-            a["id"],
-            output::field(&a["kind"], "?"),
-            output::field(&a["agent"], "?"),
-            short(&a["commit"])
+            a.id,
+            output::one_line(&a.kind),
+            output::one_line(&a.agent),
+            short(&a.commit)
         );
     })
 }
 
 pub fn deny(state: &StateDir, args: DenyArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/deny", args.id);
-    post_action(state, &path, &json!({"note": args.note}), args.json, |a| {
+    let body = json!({"note": args.note});
+    post_action_of(state, &path, &body, args.json, |a: &Approval| {
         outln!(
             "denied #{} ({} {})",
-            a["id"],
-            output::field(&a["kind"], "?"),
-            output::field(&a["agent"], "?")
+            a.id,
+            output::one_line(&a.kind),
+            output::one_line(&a.agent)
         );
     })
 }
@@ -223,23 +225,22 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
 
 pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/deploys", encode(&args.agent));
-    print_listing(
+    print_listing_of(
         state,
         &path,
         args.json,
         "no deploys",
         &["DEPLOY", "KIND", "STATUS", "COMMIT", "APPROVAL", "AT (UTC)"],
-        |d| {
+        |d: &Deploy| {
             vec![
-                d["id"].to_string(),
-                d["kind"].as_str().unwrap_or("?").to_owned(),
-                d["status"].as_str().unwrap_or("?").to_owned(),
-                short(&d["commit"]),
-                d["approval"]
-                    .as_i64()
+                d.id.to_string(),
+                d.kind.clone(),
+                d.status.to_string(),
+                short(&d.commit),
+                d.approval
                     .map(|a| format!("#{a}"))
                     .unwrap_or_else(|| "-".into()),
-                output::time(&d["created_at"]),
+                output::time_ms(d.created_at),
             ]
         },
     )
@@ -247,17 +248,17 @@ pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> 
 
 pub fn rollback(state: &StateDir, args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/rollback", encode(&args.agent));
-    post_action(
+    post_action_of(
         state,
         &path,
         &json!({"deploy": args.deploy}),
         args.json,
-        |d| {
+        |d: &Deploy| {
             outln!(
                 "{} is back at {} (deploy {})",
                 output::one_line(&args.agent),
-                short(&d["commit"]),
-                d["id"]
+                short(&d.commit),
+                d.id
             );
         },
     )

@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use proto::Message;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client::{AdminClient, encode};
-use super::output;
+use super::{output, read_answer};
 
 #[derive(clap::Args)]
 pub struct SendArgs {
@@ -77,41 +79,51 @@ pub fn send(state: &StateDir, args: SendArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_messages(list: &Value, as_json: bool) {
-    for m in list.as_array().into_iter().flatten() {
-        if as_json {
+/// What `/api/v1/inbox/recv` answers.
+#[derive(serde::Deserialize)]
+struct Received {
+    messages: Value,
+}
+
+/// Prints a list of messages the hive answered to `path`: each as a JSON line as it came, or
+/// read as a [`Message`] and shown as one line.
+fn print_messages(path: &str, list: &Value, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        for m in list.as_array().into_iter().flatten() {
             output::json_line(m);
-        } else {
-            outln!("{}", output::message_line(m));
         }
+        return Ok(());
     }
+    let messages: Vec<Message> = read_answer(path, list)?;
+    for m in &messages {
+        outln!("{}", output::message_line(m));
+    }
+    Ok(())
 }
 
 pub fn inbox(state: &StateDir, args: InboxArgs) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(state);
     super::client_runtime()?.block_on(async {
         if !args.follow {
-            let list = client
-                .get(&format!("/api/v1/inbox?limit={}", args.limit))
-                .await?;
+            let path = format!("/api/v1/inbox?limit={}", args.limit);
+            let list = client.get(&path).await?;
             if args.json {
                 output::json(&list);
-            } else if list.as_array().is_none_or(|l| l.is_empty()) {
+            } else if list.as_array().is_some_and(|l| l.is_empty()) {
                 outln!("the operator's inbox is empty");
             } else {
-                print_messages(&list, false);
+                print_messages(&path, &list, false)?;
             }
             return Ok(ExitCode::SUCCESS);
         }
         // Long-poll: each call waits until a message arrives (or 3 minutes pass), never polling.
+        let path = "/api/v1/inbox/recv";
         loop {
             let got = client
-                .post(
-                    "/api/v1/inbox/recv",
-                    &json!({"wait_seconds": 180, "max": 32}),
-                )
+                .post(path, &json!({"wait_seconds": 180, "max": 32}))
                 .await?;
-            print_messages(&got["messages"], args.json);
+            let got: Received = read_answer(path, &got)?;
+            print_messages(path, &got.messages, args.json)?;
         }
     })
 }
@@ -128,7 +140,7 @@ pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode
             if args.json {
                 output::json(&list);
             } else {
-                print_messages(&list, false);
+                print_messages(&query, &list, false)?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -139,7 +151,13 @@ pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode
                     return;
                 }
                 match name {
-                    "message_sent" => outln!("{}", output::message_line(&event["message"])),
+                    "message_sent" => match Message::deserialize(&event["message"]) {
+                        Ok(m) => outln!("{}", output::message_line(&m)),
+                        Err(e) => output::emit_err(&format!(
+                            "hive: a message_sent event that does not read as a message ({e}); \
+                             are the CLI and the daemon the same version?"
+                        )),
+                    },
                     "message_delivered" => outln!(
                         "        delivered to {}: {}",
                         output::field(&event["to"], "?"),

@@ -199,12 +199,26 @@ fn print_listing(
     header: &[&str],
     row: impl Fn(&serde_json::Value) -> Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    print_listing_of(state, path, json, empty, header, row)
+}
+
+/// [`print_listing`] of a list of wire type `T`: with `--json` the answer is printed as it came,
+/// else each item is read as a `T` first (see [`read_answer`]).
+fn print_listing_of<T: serde::de::DeserializeOwned>(
+    state: &broker::paths::StateDir,
+    path: &str,
+    json: bool,
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<ExitCode> {
     let list = client_runtime()?.block_on(client::AdminClient::new(state).get(path))?;
     if json {
         output::json(&list);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(row).collect();
+    let items: Vec<T> = read_answer(path, &list)?;
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
     if rows.is_empty() {
         outln!("{empty}");
     } else {
@@ -221,13 +235,40 @@ fn post_action(
     json: bool,
     human: impl FnOnce(&serde_json::Value),
 ) -> anyhow::Result<ExitCode> {
+    post_action_of(state, path, body, json, human)
+}
+
+/// [`post_action`] whose answer is wire type `T`: read as one (see [`read_answer`]) unless
+/// printed as JSON.
+fn post_action_of<T: serde::de::DeserializeOwned>(
+    state: &broker::paths::StateDir,
+    path: &str,
+    body: &serde_json::Value,
+    json: bool,
+    human: impl FnOnce(&T),
+) -> anyhow::Result<ExitCode> {
     let answer = client_runtime()?.block_on(client::AdminClient::new(state).post(path, body))?;
     if json {
         output::json(&answer);
     } else {
-        human(&answer);
+        human(&read_answer(path, &answer)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the hive's answer to `path` as its wire type (`proto`): a field missing or of another
+/// type is an error that says so, never a `?` on the screen. Fields this CLI does not know are
+/// ignored (a newer daemon may add some).
+fn read_answer<T: serde::de::DeserializeOwned>(
+    path: &str,
+    answer: &serde_json::Value,
+) -> anyhow::Result<T> {
+    T::deserialize(answer).map_err(|e| {
+        anyhow::anyhow!(
+            "the hive's answer to {path} does not read as this `hive` expects it ({e}); \
+             are the CLI and the daemon the same version?"
+        )
+    })
 }
 
 /// A tokio runtime for one client command.

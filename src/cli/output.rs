@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 
+use proto::{Deploy, Message};
 use serde_json::Value;
 
 /// `outln!` for the CLI: through [`emit`].
@@ -61,12 +62,9 @@ pub fn indented(text: &str, indent: &str) -> String {
 }
 
 /// Prints a deploy's id and status, and the message of a failed one (nix's), indented.
-pub fn deploy(deploy: &Value) {
-    if !deploy.is_object() {
-        return;
-    }
-    outln!("deploy {}: {}", deploy["id"], field(&deploy["status"], "?"));
-    if let Some(message) = deploy["message"].as_str() {
+pub fn deploy(deploy: &Deploy) {
+    outln!("deploy {}: {}", deploy.id, deploy.status);
+    if let Some(message) = &deploy.message {
         outln!("{}", indented(message, "  "));
     }
 }
@@ -94,12 +92,14 @@ fn write_or_exit(out: &mut impl Write, text: &str) {
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn time(ms: &Value) -> String {
-    match ms
-        .as_i64()
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-    {
-        Some(ts) => ts.strftime("%Y-%m-%d %H:%M:%S").to_string(),
-        None => "-".into(),
+    ms.as_i64().map(time_ms).unwrap_or_else(|| "-".into())
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC (`-` when out of range).
+pub fn time_ms(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => "-".into(),
     }
 }
 
@@ -139,21 +139,21 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// One line for a message: `#id  time  from → to  body` (the body on one line, newlines as ⏎).
-pub fn message_line(m: &Value) -> String {
-    let body = m["body"].as_str().unwrap_or_default().replace('\n', "⏎");
+pub fn message_line(m: &Message) -> String {
+    let body = m.body.replace('\n', "⏎");
     let mut flags = String::new();
-    if let Some(r) = m["in_reply_to"].as_i64() {
+    if let Some(r) = m.in_reply_to {
         flags.push_str(&format!(" (re #{r})"));
     }
-    if m["redelivered"].as_bool() == Some(true) {
+    if m.redelivered {
         flags.push_str(" (redelivered)");
     }
     format!(
         "#{:<6} {}  {} → {}{}  {}",
-        m["id"],
-        time(&m["sent_at"]),
-        field(&m["from"], "?"),
-        field(&m["to"], "?"),
+        m.id,
+        time_ms(m.sent_at),
+        one_line(&m.from),
+        one_line(&m.to),
         flags,
         one_line(&body)
     )

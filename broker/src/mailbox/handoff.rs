@@ -178,7 +178,7 @@ impl Waiters {
                     )?
                     .execute(params![turn, row.id])?;
                     row.state = MessageState::Leased;
-                    Handoff::Turn(Turn::of(turn, vec![row.clone()]))
+                    Handoff::Turn(super::turn_of(turn, vec![row.clone()]))
                 }
             };
             claims.push(Claim {

@@ -31,55 +31,22 @@ use crate::store::{Store, unix_millis};
 pub use commands::CANCEL_COMMAND;
 pub use proto::tools::{MAX_RECV, MAX_TURN_BYTES, MAX_TURN_MESSAGES, MAX_WAIT_SECONDS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageState {
-    Queued,
-    Leased,
-    Delivered,
-}
+pub use proto::message::{Message, MessageState, Turn};
 
-impl MessageState {
-    /// A stored state; anything else is refused (a row this hive does not understand must not be
-    /// taken for a queued one and delivered again).
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "queued" => Some(Self::Queued),
-            "leased" => Some(Self::Leased),
-            "delivered" => Some(Self::Delivered),
-            _ => None,
-        }
-    }
-}
+/// A message state as sqlite stores it (its name): the wire type cannot carry rusqlite's traits.
+/// An unknown stored state is refused (a row this hive does not understand must not be taken for
+/// a queued one and delivered again).
+pub(crate) struct StoredState(pub MessageState);
 
-impl rusqlite::types::FromSql for MessageState {
+impl rusqlite::types::FromSql for StoredState {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         let raw = value.as_str()?;
-        Self::parse(raw).ok_or_else(|| {
+        MessageState::parse(raw).map(Self).ok_or_else(|| {
             rusqlite::types::FromSqlError::Other(
                 format!("unknown stored message state '{raw}'; run a newer hyperhive").into(),
             )
         })
     }
-}
-
-/// One stored message.
-#[derive(Debug, Clone, Serialize)]
-pub struct Message {
-    pub id: i64,
-    pub from: String,
-    pub to: String,
-    pub body: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_reply_to: Option<i64>,
-    /// Unix milliseconds.
-    pub sent_at: i64,
-    pub state: MessageState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered_at: Option<i64>,
-    /// True when an earlier take of this message was abandoned: its turn never finished, or its
-    /// receiver left before the take reached it.
-    pub redelivered: bool,
 }
 
 /// The queued rows of inbox `?1` that its live incarnation may take: mail a destroyed
@@ -106,7 +73,7 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         body: r.get(3)?,
         in_reply_to: r.get(4)?,
         sent_at: r.get(5)?,
-        state: r.get(6)?,
+        state: r.get::<_, StoredState>(6)?.0,
         delivered_at: r.get(7)?,
         redelivered: r.get(8)?,
     })
@@ -140,25 +107,12 @@ impl RecvLimits {
     }
 }
 
-/// The messages leased to a harness turn: every queued message of the agent at the lease, oldest
-/// first, up to [`MAX_TURN_MESSAGES`] and [`MAX_TURN_BYTES`] of bodies (always at least one).
-#[derive(Debug, Clone, Serialize)]
-pub struct Turn {
-    pub turn: i64,
-    /// The first (oldest) of `messages`: the one `turns.message_id` names. Kept on the wire for
-    /// callers that read one message.
-    pub message: Message,
-    pub messages: Vec<Message>,
-}
-
-impl Turn {
-    /// A turn of the given messages, oldest first (at least one).
-    pub(crate) fn of(turn: i64, messages: Vec<Message>) -> Self {
-        Self {
-            turn,
-            message: messages[0].clone(),
-            messages,
-        }
+/// A turn of the given messages, oldest first (at least one).
+pub(crate) fn turn_of(turn: i64, messages: Vec<Message>) -> Turn {
+    Turn {
+        turn,
+        message: messages[0].clone(),
+        messages,
     }
 }
 
@@ -741,7 +695,7 @@ pub fn stored_counts(c: &Connection, inbox: Option<&str>) -> Result<MessageCount
     };
     while let Some(row) = rows.next()? {
         let n = row.get::<_, i64>(1)?.max(0) as u64;
-        match row.get::<_, MessageState>(0)? {
+        match row.get::<_, StoredState>(0)?.0 {
             MessageState::Queued => counts.queued = n,
             MessageState::Leased => counts.leased = n,
             MessageState::Delivered => counts.delivered = n,
@@ -930,7 +884,7 @@ fn lease_queued(c: &Connection, agent: &str) -> Result<Option<Turn>> {
         lease.execute(params![turn, m.id])?;
         m.state = MessageState::Leased;
     }
-    Ok(Some(Turn::of(turn, messages)))
+    Ok(Some(turn_of(turn, messages)))
 }
 
 fn release(c: &Connection, agent: Option<&str>) -> Result<usize> {
