@@ -24,14 +24,20 @@ fn run_of(state: &Path, agent: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Whether what an agent's image needs is here (nix-build, busybox; systemd-nspawn with
+/// `nspawn`): a missing one fails the test unless skipping was allowed by hand.
+fn images_ready(nspawn: bool) -> bool {
+    tools::require("nix-build", tools::nix_build()).is_some()
+        && tools::require("busybox", tools::busybox()).is_some()
+        && (!nspawn || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_some())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_in_the_process_runtime_answers_the_operator_through_claude() {
     let Some(claude) = tools::require("claude", tools::claude_bin()) else {
         return;
     };
-    if tools::require("nix-build", tools::nix_build()).is_none()
-        || tools::require("busybox", tools::busybox()).is_none()
-    {
+    if !images_ready(false) {
         return;
     }
     let server = ModelServer::start(vec![
@@ -224,10 +230,7 @@ fn an_agent_in_an_nspawn_container_answers_through_claude_and_resumes_after_idle
     let Some(claude) = tools::require("claude", tools::claude_bin()) else {
         return;
     };
-    if tools::require("nix-build", tools::nix_build()).is_none()
-        || tools::require("busybox", tools::busybox()).is_none()
-        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
-    {
+    if !images_ready(true) {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -377,9 +380,7 @@ fn an_agent_that_needs_a_login_answers_as_soon_as_the_credentials_appear() {
     let Some(claude) = tools::require("claude", tools::claude_bin()) else {
         return;
     };
-    if tools::require("nix-build", tools::nix_build()).is_none()
-        || tools::require("busybox", tools::busybox()).is_none()
-    {
+    if !images_ready(false) {
         return;
     }
     let server = rt.block_on(ModelServer::start(vec![
@@ -461,10 +462,7 @@ fn an_agent_that_needs_a_login_answers_as_soon_as_the_credentials_appear() {
 #[test]
 fn an_agent_with_the_openai_driver_answers_from_an_nspawn_container() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    if tools::require("nix-build", tools::nix_build()).is_none()
-        || tools::require("busybox", tools::busybox()).is_none()
-        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
-    {
+    if !images_ready(true) {
         return;
     }
     let server = ModelServer::start_blocking(vec![
