@@ -549,3 +549,284 @@ fn an_agent_with_the_openai_driver_answers_from_an_nspawn_container() {
             .is_file()
     );
 }
+
+/// The key stays on the host: an agent in an nspawn container whose operator stored an API key
+/// for it (`hive login --api-key-file`) completes a turn; the provider saw exactly that key on
+/// every request; no process of the container holds it in its environment or command line, and
+/// no file under the agent's state or home does.
+#[test]
+fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_container() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+    {
+        return;
+    }
+    const KEY: &str = "sk-ant-api03-gate-test-Kq7Zr2Vw9Xy4";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "keyed hello"}),
+        ),
+        Reply::text("answered"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let config = format!(
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{}\"\n",
+        server.base_url()
+    );
+    let claude_path = claude.display().to_string();
+    let _daemon = Daemon::start_with_env(&state, &config, &[("HIVE_CLAUDE", &claude_path)]);
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    cli_ok(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(&key_file).unwrap();
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}\n{}",
+        log_of(&state, "alice")
+    );
+    let id = rt.block_on(send(&state, "alice", "say hello"));
+    wait_for_answer(&rt, &state, "alice", "keyed hello");
+    assert_eq!(
+        finished_turn(&state, id).0,
+        "ok",
+        "{}",
+        log_of(&state, "alice")
+    );
+    let keys: Vec<Option<String>> = server
+        .model_requests()
+        .iter()
+        .map(|r| r.api_key().map(str::to_owned))
+        .collect();
+    assert!(keys.len() >= 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.as_deref() == Some(KEY)), "{keys:?}");
+
+    // The container's processes (its uid range) while claude is still warm.
+    let uid_base: u32 = open_db(&state)
+        .query_row(
+            "SELECT uid_base FROM incarnations WHERE name = 'alice' AND state = 'live'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let proc_dir = entry.path();
+        let Ok(status) = std::fs::read_to_string(proc_dir.join("status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if !uid.is_some_and(|u| (uid_base..uid_base + 65536).contains(&u)) {
+            continue;
+        }
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+        let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        for (what, bytes) in [("cmdline", &cmdline), ("environ", &environ)] {
+            assert!(
+                !contains(bytes, KEY.as_bytes()),
+                "the key is in the {what} of {shown}"
+            );
+        }
+        seen.push(shown);
+    }
+    assert!(
+        seen.iter().any(|c| c.contains("hive-agent")) && seen.iter().any(|c| c.contains("claude")),
+        "the container's harness and claude were not found: {seen:?}"
+    );
+    for root in [
+        state.join("agents/alice/state"),
+        state.join("secrets/alice/home"),
+    ] {
+        let files = files_under(&root);
+        assert!(!files.is_empty(), "nothing under {}", root.display());
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !contains(&bytes, KEY.as_bytes()),
+                "the key is in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every regular file under `root`, symlinks not followed.
+fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// Secrets never in what the broker writes: with an agent's own key stored, a provider error
+/// that quotes the key, a refused key file and an ordinary turn leave the key nowhere — not in
+/// the daemon's log (at `info`), not in any file under the state dir (the db and its WAL, the
+/// agent's log, its state and home) but the stored key file itself.
+#[test]
+fn a_key_quoted_by_the_provider_or_refused_is_in_no_log_event_or_file() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+    {
+        return;
+    }
+    // Nothing about it looks like a key: only knowing it masks it.
+    const KEY: &str = "opaque0secret1value2Zq9";
+    const REFUSED: &str = "refused3secret4value5Wx8";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![
+        Reply::api_error(
+            403,
+            "permission_error",
+            &format!("the key {KEY} may not use this model"),
+        ),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "after the error"}),
+        ),
+        Reply::text("answered"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let stderr = dir.path().join("daemon.stderr");
+    let config = format!(
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{}\"\n",
+        server.base_url()
+    );
+    let claude_path = claude.display().to_string();
+    let daemon = Daemon::start_logging_to(
+        &state,
+        &config,
+        &[
+            ("HIVE_CLAUDE", &claude_path),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+            ("RUST_LOG", "info"),
+        ],
+        Some(&stderr),
+    );
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{REFUSED} and more\n")).unwrap();
+    let refused = cli(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    let said = format!("{}{}", text(&refused.stdout), text(&refused.stderr));
+    assert!(said.contains("not an API key"), "{said}");
+    assert!(!said.contains(REFUSED), "{said}");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    cli_ok(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}\n{}",
+        log_of(&state, "alice")
+    );
+    let first = rt.block_on(send(&state, "alice", "try the model"));
+    let (outcome, _) = finished_turn(&state, first);
+    assert_ne!(outcome, "ok", "{}", log_of(&state, "alice"));
+    let second = rt.block_on(send(&state, "alice", "again"));
+    wait_for_answer(&rt, &state, "alice", "after the error");
+    assert_eq!(finished_turn(&state, second).0, "ok");
+    // The first turn's events say what the provider said, masked.
+    let events: String = open_db(&state)
+        .query_row(
+            "SELECT group_concat(e.data, ' ') FROM turn_events e JOIN turns t ON e.turn = t.id \
+             WHERE t.message_id = ?1",
+            [first],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        events.contains("may not use this model") && events.contains("[redacted]"),
+        "{events}"
+    );
+    drop(daemon);
+    let log = std::fs::read(&stderr).unwrap();
+    assert!(
+        String::from_utf8_lossy(&log).contains("model request"),
+        "the daemon logged no model request at info"
+    );
+    let stored = state.join("secrets/alice/api-key");
+    let mut written = files_under(&state);
+    written.retain(|f| *f != stored);
+    written.push(stderr.clone());
+    assert!(written.len() > 10, "{written:?}");
+    for file in written {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in [KEY, REFUSED] {
+            assert!(
+                !contains(&bytes, secret.as_bytes()),
+                "{secret} is in {}",
+                file.display()
+            );
+        }
+    }
+    let requests = server.model_requests();
+    assert!(
+        requests.iter().all(|r| r.api_key() == Some(KEY)),
+        "the provider did not see the agent's key"
+    );
+}

@@ -24,6 +24,7 @@ pub mod paths;
 pub mod pause;
 mod proposed_repo;
 pub mod questions;
+pub mod redact;
 pub mod registry;
 pub mod reminders;
 pub mod runtime;
