@@ -621,28 +621,10 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
     assert!(keys.len() >= 2, "{keys:?}");
     assert!(keys.iter().all(|k| k.as_deref() == Some(KEY)), "{keys:?}");
 
-    // The container's processes (its uid range) while claude is still warm.
-    let uid_base: u32 = open_db(&state)
-        .query_row(
-            "SELECT uid_base FROM incarnations WHERE name = 'alice' AND state = 'live'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    // The container's processes while claude is still warm.
     let mut seen = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let proc_dir = entry.path();
-        let Ok(status) = std::fs::read_to_string(proc_dir.join("status")) else {
-            continue;
-        };
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|u| u.parse::<u32>().ok());
-        if !uid.is_some_and(|u| (uid_base..uid_base + 65536).contains(&u)) {
-            continue;
-        }
+    for pid in container_pids(&state) {
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
         let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
         let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
         let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
@@ -829,4 +811,215 @@ fn a_key_quoted_by_the_provider_or_refused_is_in_no_log_event_or_file() {
         requests.iter().all(|r| r.api_key() == Some(KEY)),
         "the provider did not see the agent's key"
     );
+}
+
+/// The egress allow-list from inside a container (its own network namespace, only `lo`): the
+/// relay in `hive-agent` passes CONNECT to the gateway, which lets through exactly the approved
+/// `hyperhive.egress` pairs. A pair merely proposed is still refused; once approved, an allowed
+/// loopback upstream listed literally answers; an unlisted port, the metadata address and a name
+/// resolving to loopback get 403. Each denial is one audit row and one line in the agent's log.
+#[test]
+fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+        || tools::require("curl", tools::which("curl")).is_none()
+        || tools::require("nsenter", tools::which("nsenter")).is_none()
+    {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The upstream: a one-answer HTTP server on the host's loopback.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in upstream.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let config = "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n";
+    let claude_path = claude.display().to_string();
+    let _daemon = Daemon::start_with_env(&state, config, &[("HIVE_CLAUDE", &claude_path)]);
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let allowed = format!("127.0.0.1:{port}");
+    let unlisted = format!("127.0.0.1:{}", port.wrapping_add(1).max(1));
+    let by_name = format!("localhost:{port}");
+    let metadata = "169.254.169.254:80".to_owned();
+
+    let inside = wait_for_relay(&state, 1);
+    let (code, said) = connect_inside(inside, &allowed);
+    assert_eq!(code, "403", "before any egress list: {said}");
+
+    // The manager proposes the list; until the operator approves, nothing changes.
+    let repo = state.join("agents/alice/config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    let changed = nix.replace(
+        "allowedRecipients = [ ];",
+        &format!("allowedRecipients = [ ];\n    egress = [ \"{allowed}\" \"{by_name}\" ];"),
+    );
+    assert_ne!(changed, nix, "the template changed: adjust this test");
+    std::fs::write(repo.join("agent.nix"), changed).unwrap();
+    git(&repo, &["commit", "-qam", "egress for the test"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "alice", "commit": sha, "description": "egress"}),
+    ));
+    let approval = queued["id"].as_i64().unwrap().to_string();
+    assert_eq!(
+        connect_inside(inside, &allowed).0,
+        "403",
+        "while only proposed"
+    );
+    cli_ok(&state, &["approve", &approval]);
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = serde_json::from_str(&cli_ok(&state, &["show", &approval, "--json"])).unwrap();
+            last["status"] == "deployed" || last["status"] == "failed"
+        }),
+        "{last}"
+    );
+    assert_eq!(last["status"], "deployed", "{last}");
+    let inside = wait_for_relay(&state, 2);
+
+    let (code, body) = connect_inside(inside, &allowed);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "upstream"));
+    for refused in [&unlisted, &metadata, &by_name] {
+        let (code, said) = connect_inside(inside, refused);
+        assert_eq!(code, "403", "{refused}: {said}");
+    }
+    // Each denial audited once, and one line in alice's log.
+    let db = open_db(&state);
+    let mut q = db
+        .prepare("SELECT json_extract(detail, '$.target'), json_extract(detail, '$.reason') FROM audit WHERE action = 'egress_denied' AND agent = 'alice' ORDER BY id")
+        .unwrap();
+    let denied: Vec<(String, String)> = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let targets: Vec<&str> = denied.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        targets,
+        [&allowed, &allowed, &unlisted, &metadata, &by_name].map(String::as_str),
+        "{denied:?}"
+    );
+    assert!(denied[4].1.contains("listed literally"), "{denied:?}");
+    let log = std::fs::read_to_string(state.join("logs/alice.log")).unwrap();
+    for target in [&unlisted, &metadata, &by_name] {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(&format!("egress to {target} denied")))
+            .count();
+        assert_eq!(lines, 1, "{target}:\n{log}");
+    }
+}
+
+/// The pid of alice's harness (for its network namespace) and its relay's port, once the
+/// `started`-th harness (counted from 1) logged its relay.
+fn wait_for_relay(state: &Path, started: usize) -> (u32, u16) {
+    let mut found = None;
+    let ok = eventually(LIMIT, || {
+        let log = log_of(state, "alice");
+        let relays: Vec<u16> = log
+            .lines()
+            .filter_map(|l| l.split("egress relay on 127.0.0.1:").nth(1))
+            .filter_map(|p| p.trim().parse::<u16>().ok())
+            .collect();
+        found = (relays.len() == started)
+            .then(|| harness_pid(state))
+            .flatten()
+            .zip(relays.last().copied());
+        found.is_some()
+    });
+    assert!(ok, "no relay in alice's log:\n{}", log_of(state, "alice"));
+    found.unwrap()
+}
+
+fn harness_pid(state: &Path) -> Option<u32> {
+    container_pids(state).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hive-agent\0serve"))
+    })
+}
+
+/// The processes of alice's container in this hive (other tests' hives run their own alices in
+/// the same uid range): every descendant of the nspawn whose command line binds this state
+/// dir's socket directory of alice.
+fn container_pids(state: &Path) -> Vec<u32> {
+    let bound = state.join("run/agents/alice").display().to_string();
+    let roots: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("systemd-nspawn") && c.contains(&bound)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut todo = roots;
+    while let Some(pid) = todo.pop() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// curl in the container's network namespace, through its relay, to `target`: the HTTP code of
+/// the CONNECT's answer (or of the tunnelled request when it was let through) and the body.
+fn connect_inside((pid, relay): (u32, u16), target: &str) -> (String, String) {
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "--",
+            "curl",
+            "-sS",
+            "-p",
+            "--max-time",
+            "10",
+        ])
+        .args(["-x", &format!("http://127.0.0.1:{relay}")])
+        .args(["-w", "\n%{http_connect} %{http_code}"])
+        .arg(format!("http://{target}/"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let (body, codes) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut codes = codes.split_whitespace();
+    let (connect, http) = (codes.next().unwrap_or(""), codes.next().unwrap_or(""));
+    if connect == "200" {
+        (http.to_owned(), body.to_owned())
+    } else {
+        (connect.to_owned(), format!("{body}{}", text(&out.stderr)))
+    }
 }

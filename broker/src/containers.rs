@@ -650,6 +650,8 @@ impl Hive {
                 .then(|| self.paths.root().join("agents")),
             log_file: self.paths.agent_log(agent),
         };
+        // The gateway's CONNECT follows the list of the image that runs (an approved commit's).
+        self.egress.set(agent, &image.config.egress);
         let root = self.paths.root().to_path_buf();
         let pid = off_runtime(move || {
             // The runtime creates the bound dirs; they must not lead out of the state dir.

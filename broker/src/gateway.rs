@@ -300,30 +300,47 @@ async fn accept_loop(
             tracing::warn!(%agent, "too many gateway connections; closing one");
             continue;
         };
-        let (hive, agent, token) = (hive.clone(), agent.clone(), token.clone());
+        let (hive, agent, token, tunnels) =
+            (hive.clone(), agent.clone(), token.clone(), scope.clone());
         scope.spawn(async move {
             let _slot = slot;
-            serve_connection(hive, agent, stream, token).await;
+            serve_connection(hive, agent, stream, token, tunnels).await;
         });
     }
 }
 
-/// One agent connection: HTTP/1.1 with keep-alive, each request forwarded; on stop, the request
-/// in flight finishes and the connection closes.
+/// One agent connection: HTTP/1.1 with keep-alive, each request forwarded (a CONNECT becomes an
+/// egress tunnel on `tunnels`); on stop, the request in flight finishes and the connection
+/// closes.
 async fn serve_connection(
     hive: Arc<Hive>,
     agent: AgentName,
     stream: tokio::net::UnixStream,
     token: CancellationToken,
+    tunnels: Scope,
 ) {
-    let service = hyper::service::service_fn(move |req| {
-        let (hive, agent) = (hive.clone(), agent.clone());
-        async move { Ok::<_, Infallible>(forward(&hive, &agent, req).await) }
+    let stop = token.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (hive, agent, token, tunnels) =
+            (hive.clone(), agent.clone(), token.clone(), tunnels.clone());
+        async move {
+            if req.method() == hyper::Method::CONNECT {
+                let resp = crate::egress::connect(&hive, &agent, req, &token, &tunnels).await;
+                let (parts, body) = resp.into_parts();
+                return Ok::<_, Infallible>(Response::from_parts(
+                    parts,
+                    Logged { body, log: None },
+                ));
+            }
+            Ok::<_, Infallible>(forward(&hive, &agent, req).await)
+        }
     });
+    let token = stop;
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -12,6 +12,7 @@ pub mod config;
 pub mod config_repo;
 pub mod containers;
 pub mod due;
+pub mod egress;
 pub mod error;
 pub mod gateway;
 pub mod hive;
