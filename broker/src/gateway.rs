@@ -9,8 +9,10 @@
 //!
 //! This module owns the listener, the peer check (the MCP sockets' own), the header rewrite and the
 //! streaming in both directions: bodies pass through frame by frame, so server-sent events reach the
-//! agent as the provider sends them. It must never buffer a whole body, log a request's content or
-//! headers, or forward a path other than the Anthropic Messages and OpenAI chat-completions ones.
+//! agent as the provider sends them; only a provider's error answer is read whole (bounded) to be
+//! masked (`redact`). A CONNECT is handed to `egress`. It must never buffer a success body, log a
+//! request's content or headers, or forward a path other than the Anthropic Messages and OpenAI
+//! chat-completions ones.
 
 use std::convert::Infallible;
 use std::path::Path;
