@@ -623,6 +623,7 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
 
     // The container's processes while claude is still warm.
     let mut seen = Vec::new();
+    let mut proxied = false;
     for pid in container_pids(&state) {
         let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
         let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
@@ -634,8 +635,11 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
                 "the key is in the {what} of {shown}"
             );
         }
+        // claude (and the commands it runs) get the egress relay as their proxy.
+        proxied |= shown.contains("claude") && contains(&environ, b"HTTPS_PROXY=http://127.0.0.1:");
         seen.push(shown);
     }
+    assert!(proxied, "claude has no HTTPS_PROXY: {seen:?}");
     assert!(
         seen.iter().any(|c| c.contains("hive-agent")) && seen.iter().any(|c| c.contains("claude")),
         "the container's harness and claude were not found: {seen:?}"

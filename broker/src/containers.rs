@@ -683,6 +683,7 @@ impl Hive {
         let (name, timeout) = (agent.clone(), self.containers.stop_timeout);
         off_runtime(move || runtime.stop(&name, timeout)).await?;
         self.containers.update_slot(agent, |s| s.running = None);
+        self.egress.set(agent, &[]);
         Ok(())
     }
 
