@@ -533,3 +533,481 @@ fn an_agent_with_the_openai_driver_answers_from_an_nspawn_container() {
             .is_file()
     );
 }
+
+/// The key stays on the host: an agent in an nspawn container whose operator stored an API key
+/// for it (`hive login --api-key-file`) completes a turn; the provider saw exactly that key on
+/// every request; no process of the container holds it in its environment or command line, and
+/// no file under the agent's state or home does.
+#[test]
+fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_container() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+    {
+        return;
+    }
+    const KEY: &str = "sk-ant-api03-gate-test-Kq7Zr2Vw9Xy4";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "keyed hello"}),
+        ),
+        Reply::text("answered"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let config = format!(
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{}\"\n",
+        server.base_url()
+    );
+    let claude_path = claude.display().to_string();
+    let _daemon = Daemon::start_with_env(&state, &config, &[("HIVE_CLAUDE", &claude_path)]);
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    cli_ok(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(&key_file).unwrap();
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}\n{}",
+        log_of(&state, "alice")
+    );
+    let id = rt.block_on(send(&state, "alice", "say hello"));
+    wait_for_answer(&rt, &state, "alice", "keyed hello");
+    assert_eq!(
+        finished_turn(&state, id).0,
+        "ok",
+        "{}",
+        log_of(&state, "alice")
+    );
+    let keys: Vec<Option<String>> = server
+        .model_requests()
+        .iter()
+        .map(|r| r.api_key().map(str::to_owned))
+        .collect();
+    assert!(keys.len() >= 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.as_deref() == Some(KEY)), "{keys:?}");
+
+    // The container's processes while claude is still warm.
+    let mut seen = Vec::new();
+    let mut proxied = false;
+    for pid in container_pids(&state) {
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+        let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        for (what, bytes) in [("cmdline", &cmdline), ("environ", &environ)] {
+            assert!(
+                !contains(bytes, KEY.as_bytes()),
+                "the key is in the {what} of {shown}"
+            );
+        }
+        // claude (and the commands it runs) get the egress relay as their proxy.
+        proxied |= shown.contains("claude") && contains(&environ, b"HTTPS_PROXY=http://127.0.0.1:");
+        seen.push(shown);
+    }
+    assert!(proxied, "claude has no HTTPS_PROXY: {seen:?}");
+    assert!(
+        seen.iter().any(|c| c.contains("hive-agent")) && seen.iter().any(|c| c.contains("claude")),
+        "the container's harness and claude were not found: {seen:?}"
+    );
+    for root in [
+        state.join("agents/alice/state"),
+        state.join("secrets/alice/home"),
+    ] {
+        let files = files_under(&root);
+        assert!(!files.is_empty(), "nothing under {}", root.display());
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !contains(&bytes, KEY.as_bytes()),
+                "the key is in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every regular file under `root`, symlinks not followed.
+fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// Secrets never in what the broker writes: with an agent's own key stored, a provider error
+/// that quotes the key, a refused key file and an ordinary turn leave the key nowhere — not in
+/// the daemon's log (at `info`), not in any file under the state dir (the db and its WAL, the
+/// agent's log, its state and home) but the stored key file itself.
+#[test]
+fn a_key_quoted_by_the_provider_or_refused_is_in_no_log_event_or_file() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+    {
+        return;
+    }
+    // Nothing about it looks like a key: only knowing it masks it.
+    const KEY: &str = "opaque0secret1value2Zq9";
+    const REFUSED: &str = "refused3secret4value5Wx8";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![
+        Reply::api_error(
+            403,
+            "permission_error",
+            &format!("the key {KEY} may not use this model"),
+        ),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "after the error"}),
+        ),
+        Reply::text("answered"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let stderr = dir.path().join("daemon.stderr");
+    let config = format!(
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{}\"\n",
+        server.base_url()
+    );
+    let claude_path = claude.display().to_string();
+    let daemon = Daemon::start_logging_to(
+        &state,
+        &config,
+        &[
+            ("HIVE_CLAUDE", &claude_path),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+            ("RUST_LOG", "info"),
+        ],
+        Some(&stderr),
+    );
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{REFUSED} and more\n")).unwrap();
+    let refused = cli(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    let said = format!("{}{}", text(&refused.stdout), text(&refused.stderr));
+    assert!(said.contains("not an API key"), "{said}");
+    assert!(!said.contains(REFUSED), "{said}");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    cli_ok(
+        &state,
+        &[
+            "login",
+            "alice",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice never came up idle: {last}\n{}",
+        log_of(&state, "alice")
+    );
+    let first = rt.block_on(send(&state, "alice", "try the model"));
+    let (outcome, _) = finished_turn(&state, first);
+    assert_ne!(outcome, "ok", "{}", log_of(&state, "alice"));
+    let second = rt.block_on(send(&state, "alice", "again"));
+    wait_for_answer(&rt, &state, "alice", "after the error");
+    assert_eq!(finished_turn(&state, second).0, "ok");
+    // The first turn's events say what the provider said, masked.
+    let events: String = open_db(&state)
+        .query_row(
+            "SELECT group_concat(e.data, ' ') FROM turn_events e JOIN turns t ON e.turn = t.id \
+             WHERE t.message_id = ?1",
+            [first],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        events.contains("may not use this model") && events.contains("[redacted]"),
+        "{events}"
+    );
+    drop(daemon);
+    let log = std::fs::read(&stderr).unwrap();
+    assert!(
+        String::from_utf8_lossy(&log).contains("model request"),
+        "the daemon logged no model request at info"
+    );
+    let stored = state.join("secrets/alice/api-key");
+    let mut written = files_under(&state);
+    written.retain(|f| *f != stored);
+    written.push(stderr.clone());
+    assert!(written.len() > 10, "{written:?}");
+    for file in written {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in [KEY, REFUSED] {
+            assert!(
+                !contains(&bytes, secret.as_bytes()),
+                "{secret} is in {}",
+                file.display()
+            );
+        }
+    }
+    let requests = server.model_requests();
+    assert!(
+        requests.iter().all(|r| r.api_key() == Some(KEY)),
+        "the provider did not see the agent's key"
+    );
+}
+
+/// The egress allow-list from inside a container (its own network namespace, only `lo`): the
+/// relay in `hive-agent` passes CONNECT to the gateway, which lets through exactly the approved
+/// `hyperhive.egress` pairs. A pair merely proposed is still refused; once approved, an allowed
+/// loopback upstream listed literally answers; an unlisted port, the metadata address and a name
+/// resolving to loopback get 403. Each denial is one audit row and one line in the agent's log.
+#[test]
+fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if tools::require("nix-build", tools::nix_build()).is_none()
+        || tools::require("busybox", tools::busybox()).is_none()
+        || tools::require("systemd-nspawn", tools::systemd_nspawn()).is_none()
+        || tools::require("curl", tools::which("curl")).is_none()
+        || tools::require("nsenter", tools::which("nsenter")).is_none()
+    {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The upstream: a one-answer HTTP server on the host's loopback.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in upstream.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hive");
+    let config = "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n";
+    let claude_path = claude.display().to_string();
+    let _daemon = Daemon::start_with_env(&state, config, &[("HIVE_CLAUDE", &claude_path)]);
+    quiet_manager(&state);
+    cli_ok(&state, &["spawn", "alice"]);
+    let allowed = format!("127.0.0.1:{port}");
+    let unlisted = format!("127.0.0.1:{}", port.wrapping_add(1).max(1));
+    let by_name = format!("localhost:{port}");
+    let metadata = "169.254.169.254:80".to_owned();
+
+    let inside = wait_for_relay(&state, 1);
+    let (code, said) = connect_inside(inside, &allowed);
+    assert_eq!(code, "403", "before any egress list: {said}");
+
+    // The manager proposes the list; until the operator approves, nothing changes.
+    let repo = state.join("agents/alice/config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    let changed = nix.replace(
+        "allowedRecipients = [ ];",
+        &format!("allowedRecipients = [ ];\n    egress = [ \"{allowed}\" \"{by_name}\" ];"),
+    );
+    assert_ne!(changed, nix, "the template changed: adjust this test");
+    std::fs::write(repo.join("agent.nix"), changed).unwrap();
+    git(&repo, &["commit", "-qam", "egress for the test"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let manager = mcp_connect(&rt, &state, "manager", "mcp.sock");
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "alice", "commit": sha, "description": "egress"}),
+    ));
+    let approval = queued["id"].as_i64().unwrap().to_string();
+    assert_eq!(
+        connect_inside(inside, &allowed).0,
+        "403",
+        "while only proposed"
+    );
+    cli_ok(&state, &["approve", &approval]);
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = serde_json::from_str(&cli_ok(&state, &["show", &approval, "--json"])).unwrap();
+            last["status"] == "deployed" || last["status"] == "failed"
+        }),
+        "{last}"
+    );
+    assert_eq!(last["status"], "deployed", "{last}");
+    let inside = wait_for_relay(&state, 2);
+
+    let (code, body) = connect_inside(inside, &allowed);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "upstream"));
+    for refused in [&unlisted, &metadata, &by_name] {
+        let (code, said) = connect_inside(inside, refused);
+        assert_eq!(code, "403", "{refused}: {said}");
+    }
+    // Each denial audited once, and one line in alice's log.
+    let db = open_db(&state);
+    let mut q = db
+        .prepare("SELECT json_extract(detail, '$.target'), json_extract(detail, '$.reason') FROM audit WHERE action = 'egress_denied' AND agent = 'alice' ORDER BY id")
+        .unwrap();
+    let denied: Vec<(String, String)> = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let targets: Vec<&str> = denied.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        targets,
+        [&allowed, &allowed, &unlisted, &metadata, &by_name].map(String::as_str),
+        "{denied:?}"
+    );
+    assert!(denied[4].1.contains("listed literally"), "{denied:?}");
+    let log = std::fs::read_to_string(state.join("logs/alice.log")).unwrap();
+    for target in [&unlisted, &metadata, &by_name] {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(&format!("egress to {target} denied")))
+            .count();
+        assert_eq!(lines, 1, "{target}:\n{log}");
+    }
+}
+
+/// The pid of alice's harness (for its network namespace) and its relay's port, once the
+/// `started`-th harness (counted from 1) logged its relay.
+fn wait_for_relay(state: &Path, started: usize) -> (u32, u16) {
+    let mut found = None;
+    let ok = eventually(LIMIT, || {
+        let log = log_of(state, "alice");
+        let relays: Vec<u16> = log
+            .lines()
+            .filter_map(|l| l.split("egress relay on 127.0.0.1:").nth(1))
+            .filter_map(|p| p.trim().parse::<u16>().ok())
+            .collect();
+        found = (relays.len() == started)
+            .then(|| harness_pid(state))
+            .flatten()
+            .zip(relays.last().copied());
+        found.is_some()
+    });
+    assert!(ok, "no relay in alice's log:\n{}", log_of(state, "alice"));
+    found.unwrap()
+}
+
+fn harness_pid(state: &Path) -> Option<u32> {
+    container_pids(state).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hive-agent\0serve"))
+    })
+}
+
+/// The processes of alice's container in this hive (other tests' hives run their own alices in
+/// the same uid range): every descendant of the nspawn whose command line binds this state
+/// dir's socket directory of alice.
+fn container_pids(state: &Path) -> Vec<u32> {
+    let bound = state.join("run/agents/alice").display().to_string();
+    let roots: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("systemd-nspawn") && c.contains(&bound)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut todo = roots;
+    while let Some(pid) = todo.pop() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// curl in the container's network namespace, through its relay, to `target`: the HTTP code of
+/// the CONNECT's answer (or of the tunnelled request when it was let through) and the body.
+fn connect_inside((pid, relay): (u32, u16), target: &str) -> (String, String) {
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "--",
+            "curl",
+            "-sS",
+            "-p",
+            "--max-time",
+            "10",
+        ])
+        .args(["-x", &format!("http://127.0.0.1:{relay}")])
+        .args(["-w", "\n%{http_connect} %{http_code}"])
+        .arg(format!("http://{target}/"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let (body, codes) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut codes = codes.split_whitespace();
+    let (connect, http) = (codes.next().unwrap_or(""), codes.next().unwrap_or(""));
+    if connect == "200" {
+        (http.to_owned(), body.to_owned())
+    } else {
+        (connect.to_owned(), format!("{body}{}", text(&out.stderr)))
+    }
+}

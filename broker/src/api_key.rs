@@ -4,7 +4,7 @@
 //! symlink). The watcher sees the file appear and reports `logged_in`.
 //!
 //! Never: store anything that failed validation, touch a path outside the state dir, or log a
-//! key.
+//! key (a stored key is remembered by `redact`, so that every later log line masks it).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -68,6 +68,7 @@ impl Hive {
     pub async fn store_api_key(&self, agent: &AgentName, key: &[u8]) -> Result<()> {
         self.registry.require(agent)?;
         let key = validate(key)?;
+        crate::redact::remember(&key);
         let (paths, agent) = (self.paths.clone(), agent.clone());
         off_runtime(move || store(&paths, &agent, &key)).await
     }

@@ -650,6 +650,8 @@ impl Hive {
                 .then(|| self.paths.root().join("agents")),
             log_file: self.paths.agent_log(agent),
         };
+        // The gateway's CONNECT follows the list of the image that runs (an approved commit's).
+        self.egress.set(agent, &image.config.egress);
         let root = self.paths.root().to_path_buf();
         let pid = off_runtime(move || {
             // The runtime creates the bound dirs; they must not lead out of the state dir.
@@ -681,6 +683,7 @@ impl Hive {
         let (name, timeout) = (agent.clone(), self.containers.stop_timeout);
         off_runtime(move || runtime.stop(&name, timeout)).await?;
         self.containers.update_slot(agent, |s| s.running = None);
+        self.egress.set(agent, &[]);
         Ok(())
     }
 

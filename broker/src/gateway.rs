@@ -2,13 +2,17 @@
 //! server that forwards the agent's model requests to `[model] anthropic_base_url` (the Anthropic
 //! Messages paths) or `[model] openai_base_url` (`/v1/chat/completions`, for the openai driver). Inside a
 //! container the claude CLI reaches it with `ANTHROPIC_UNIX_SOCKET=/run/hive/gateway.sock` and
-//! `ANTHROPIC_BASE_URL=http://model-gateway` (FACTS D), so an agent needs no network and, with
-//! `[model] api_key_file`, never sees the API key.
+//! `ANTHROPIC_BASE_URL=http://model-gateway` (FACTS D), so an agent needs no network and never
+//! sees an API key: the gateway adds the agent's own key (`secrets/<name>/api-key`, stored by
+//! `hive login --api-key-file` or the dashboard) to its Anthropic requests, else `[model]
+//! api_key_file`'s, replacing whatever credential the agent sent.
 //!
 //! This module owns the listener, the peer check (the MCP sockets' own), the header rewrite and the
 //! streaming in both directions: bodies pass through frame by frame, so server-sent events reach the
-//! agent as the provider sends them. It must never buffer a whole body, log a request's content or
-//! headers, or forward a path other than the Anthropic Messages and OpenAI chat-completions ones.
+//! agent as the provider sends them; only a provider's error answer is read whole (bounded) to be
+//! masked (`redact`). A CONNECT is handed to `egress`. It must never buffer a success body, log a
+//! request's content or headers, or forward a path other than the Anthropic Messages and OpenAI
+//! chat-completions ones.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -43,6 +47,8 @@ pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 /// The paths forwarded to `anthropic_base_url`.
 pub const FORWARDED_PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
+/// The largest error answer of a provider read (to be masked) before it reaches the agent.
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 /// The path forwarded to `openai_base_url`; anything else is answered 404.
 pub const OPENAI_PATH: &str = "/v1/chat/completions";
 
@@ -190,6 +196,7 @@ fn read_api_key(path: &Path, field: &'static str) -> Result<HeaderValue> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("cannot read {field} {}", path.display()), e))?;
     let key = text.trim();
+    crate::redact::remember(key);
     if key.is_empty() {
         return Err(Error::invalid(
             field,
@@ -207,6 +214,44 @@ fn read_api_key(path: &Path, field: &'static str) -> Result<HeaderValue> {
     })?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// The key in `secrets/<agent>/api-key` when there is one (`None` when the file is absent);
+/// an error (never holding the key) when it is there but a symlink, not a plain file, or not a
+/// valid key.
+fn read_agent_key(
+    root: &Path,
+    file: &Path,
+) -> std::result::Result<Option<HeaderValue>, &'static str> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(dir) = file.parent() else {
+        return Err("no secrets directory");
+    };
+    crate::paths::checked_within(root, dir)
+        .map_err(|_| "a symlink is in the way of its directory")?;
+    let mut opened = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return Err("the file cannot be opened (a symlink?)"),
+    };
+    if !opened.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("not a plain file");
+    }
+    let mut bytes = Vec::new();
+    (&mut opened)
+        .take(crate::api_key::MAX_KEY_BYTES as u64 + 64)
+        .read_to_end(&mut bytes)
+        .map_err(|_| "the file cannot be read")?;
+    let key = crate::api_key::validate(&bytes).map_err(|_| "not an API key")?;
+    crate::redact::remember(&key);
+    let mut value = HeaderValue::from_str(&key).map_err(|_| "not an API key")?;
+    value.set_sensitive(true);
+    Ok(Some(value))
 }
 
 /// Opens `dir/gateway.sock` for `agent` and serves it on `scope` until `token` is cancelled.
@@ -257,30 +302,47 @@ async fn accept_loop(
             tracing::warn!(%agent, "too many gateway connections; closing one");
             continue;
         };
-        let (hive, agent, token) = (hive.clone(), agent.clone(), token.clone());
+        let (hive, agent, token, tunnels) =
+            (hive.clone(), agent.clone(), token.clone(), scope.clone());
         scope.spawn(async move {
             let _slot = slot;
-            serve_connection(hive, agent, stream, token).await;
+            serve_connection(hive, agent, stream, token, tunnels).await;
         });
     }
 }
 
-/// One agent connection: HTTP/1.1 with keep-alive, each request forwarded; on stop, the request
-/// in flight finishes and the connection closes.
+/// One agent connection: HTTP/1.1 with keep-alive, each request forwarded (a CONNECT becomes an
+/// egress tunnel on `tunnels`); on stop, the request in flight finishes and the connection
+/// closes.
 async fn serve_connection(
     hive: Arc<Hive>,
     agent: AgentName,
     stream: tokio::net::UnixStream,
     token: CancellationToken,
+    tunnels: Scope,
 ) {
-    let service = hyper::service::service_fn(move |req| {
-        let (hive, agent) = (hive.clone(), agent.clone());
-        async move { Ok::<_, Infallible>(forward(&hive.gateway, &agent, req).await) }
+    let stop = token.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (hive, agent, token, tunnels) =
+            (hive.clone(), agent.clone(), token.clone(), tunnels.clone());
+        async move {
+            if req.method() == hyper::Method::CONNECT {
+                let resp = crate::egress::connect(&hive, &agent, req, &token, &tunnels).await;
+                let (parts, body) = resp.into_parts();
+                return Ok::<_, Infallible>(Response::from_parts(
+                    parts,
+                    Logged { body, log: None },
+                ));
+            }
+            Ok::<_, Infallible>(forward(&hive, &agent, req).await)
+        }
     });
+    let token = stop;
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -292,7 +354,7 @@ async fn serve_connection(
 }
 
 /// Forwards one request and logs one line when its answer has been sent (or dropped).
-async fn forward(gateway: &Gateway, agent: &AgentName, req: Request<Incoming>) -> Response<Logged> {
+async fn forward(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Response<Logged> {
     let log = RequestLog {
         agent: agent.clone(),
         method: req.method().to_string(),
@@ -300,7 +362,7 @@ async fn forward(gateway: &Gateway, agent: &AgentName, req: Request<Incoming>) -
         status: 0,
         started: Instant::now(),
     };
-    let resp = route(gateway, req).await;
+    let resp = route(hive, agent, req).await;
     let (parts, body) = resp.into_parts();
     let log = RequestLog {
         status: parts.status.as_u16(),
@@ -315,9 +377,35 @@ async fn forward(gateway: &Gateway, agent: &AgentName, req: Request<Incoming>) -
     )
 }
 
-async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Response<GatewayBody> {
+    let gateway = &hive.gateway;
     let path = req.uri().path();
+    let mut agent_key = None;
     let provider = if FORWARDED_PATHS.contains(&path) {
+        // The agent's own key, when the operator stored one, wins over the hive's.
+        let file = hive.paths.agent_api_key(agent);
+        let root = hive.paths.root().to_owned();
+        match tokio::task::spawn_blocking(move || read_agent_key(&root, &file)).await {
+            Ok(Ok(key)) => agent_key = key,
+            Ok(Err(why)) => {
+                tracing::warn!(%agent, "the agent's stored API key is unusable: {why}");
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    &format!(
+                        "the API key stored for this agent is unusable ({why}): the operator \
+                         stores it again with `hive login {agent} --api-key-file FILE`"
+                    ),
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "the hive's model gateway failed to read the agent's API key",
+                );
+            }
+        }
         &gateway.anthropic
     } else if path == OPENAI_PATH {
         match &gateway.openai {
@@ -367,14 +455,26 @@ async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    if let Some((name, key)) = &provider.api_key {
+    // Error answers are masked before the agent sees them (a provider may echo the key), which
+    // needs them uncompressed.
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    let key = agent_key
+        .map(|key| (HeaderName::from_static("x-api-key"), key))
+        .or_else(|| provider.api_key.clone());
+    if let Some((name, key)) = key {
         // The hive's key replaces whatever credential the agent sent.
         parts.headers.remove(header::AUTHORIZATION);
         parts.headers.remove("x-api-key");
-        parts.headers.insert(name.clone(), key.clone());
+        parts.headers.insert(name, key);
     }
     let upstream = Request::from_parts(parts, Limited::new(body, MAX_REQUEST_BYTES));
     match gateway.client.request(upstream).await {
+        Ok(resp) if resp.status().is_client_error() || resp.status().is_server_error() => {
+            masked_error(resp).await
+        }
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -384,13 +484,44 @@ async fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
             "api_error",
-            &format!(
+            &crate::redact::mask(&format!(
                 "the hive's model gateway cannot reach {}: {}",
                 provider.base_url,
                 error_chain(&e)
-            ),
+            )),
         ),
     }
+}
+
+/// The provider's error answer, read whole (they are small; a larger one is replaced by the
+/// gateway's own 502) and masked: a provider may quote the key it refused, and the agent must
+/// not learn it that way.
+async fn masked_error(resp: Response<Incoming>) -> Response<GatewayBody> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, MAX_ERROR_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                &format!(
+                    "the provider answered {} with a body the gateway could not read whole \
+                     (larger than {MAX_ERROR_BYTES} bytes, or cut)",
+                    parts.status
+                ),
+            );
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let body = match crate::redact::mask(&text) {
+        std::borrow::Cow::Borrowed(_) => bytes,
+        std::borrow::Cow::Owned(masked) => Bytes::from(masked),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    Response::from_parts(parts, Either::Right(Full::new(body)))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and those the

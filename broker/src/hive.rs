@@ -40,6 +40,8 @@ pub struct Hive {
     questions: Questions,
     pub(crate) mcp: McpSockets,
     pub(crate) gateway: crate::gateway::Gateway,
+    /// Each running agent's egress allow-list (its deployed image's).
+    pub(crate) egress: crate::egress::EgressLists,
     pub(crate) repos: ConfigRepos,
     pub(crate) containers: Containers,
     pub(crate) watcher: crate::watcher::Watcher,
@@ -128,6 +130,7 @@ impl Hive {
             questions,
             mcp: McpSockets::default(),
             gateway,
+            egress: Default::default(),
             repos: ConfigRepos::new(paths.clone()),
             containers,
             watcher,

@@ -279,6 +279,15 @@ impl Claude {
             if std::env::var_os("ANTHROPIC_API_KEY").is_none() {
                 cmd.env("ANTHROPIC_API_KEY", "hive-gateway");
             }
+            // The agent's tools reach its egress list through the relay (CONNECT only); the
+            // model route itself stays on the socket.
+            if let Some(proxy) = crate::relay::proxy_url() {
+                for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+                    cmd.env(var, &proxy);
+                }
+                cmd.env("NO_PROXY", "model-gateway")
+                    .env("no_proxy", "model-gateway");
+            }
         } else if let Some(url) = std::env::var_os("ANTHROPIC_BASE_URL") {
             cmd.env("ANTHROPIC_BASE_URL", url);
         }

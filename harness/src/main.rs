@@ -7,6 +7,7 @@ mod driver;
 mod notes;
 mod openai;
 mod prompt;
+mod relay;
 mod serve;
 mod turn;
 

@@ -67,6 +67,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             socket.display()
         )
     })?;
+    let gateway = socket_dir.join("gateway.sock");
+    if gateway.exists() {
+        match crate::relay::start(gateway).await {
+            Ok(address) => eprintln!("hive-agent: egress relay on {address}"),
+            Err(e) => eprintln!("hive-agent: no egress relay ({e}); CONNECT goes nowhere"),
+        }
+    }
     let server = client
         .peer_info()
         .and_then(|i| i.server_info.clone())

@@ -46,6 +46,16 @@ impl Daemon {
     }
 
     pub fn start_with_env(state: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_logging_to(state, config, env, None)
+    }
+
+    /// As `start_with_env`, with the daemon's stderr written to `stderr` when given.
+    pub fn start_logging_to(
+        state: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&Path>,
+    ) -> Self {
         std::fs::create_dir_all(state).unwrap();
         let config = if config.contains("[runtime]") {
             config.to_owned()
@@ -72,7 +82,10 @@ impl Daemon {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .unwrap();
         let daemon = Self {

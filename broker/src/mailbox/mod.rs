@@ -523,6 +523,19 @@ impl Mailbox {
                 ),
             ));
         }
+        // A provider's error quoting a key must not be kept or shown (DESIGN §16).
+        let events: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|e| {
+                let text = e.to_string();
+                match crate::redact::mask(&text) {
+                    std::borrow::Cow::Borrowed(_) => e,
+                    std::borrow::Cow::Owned(masked) => {
+                        serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked))
+                    }
+                }
+            })
+            .collect();
         let key = agent.to_string();
         let events = Arc::new(events);
         let stored = events.clone();
