@@ -273,20 +273,30 @@ impl Claude {
         }
         let gateway = self.opts.socket_dir.join("gateway.sock");
         if gateway.exists() {
-            // FACTS D: no relay; the gateway adds the credentials.
-            cmd.env("ANTHROPIC_UNIX_SOCKET", &gateway)
-                .env("ANTHROPIC_BASE_URL", "http://model-gateway");
+            let proxy = crate::relay::proxy_url();
+            // FACTS D: claude speaks HTTP over the socket itself; the gateway adds the
+            // credentials. `HIVE_MODEL_ROUTE=relay` is the fallback for a CLI that stops
+            // honouring ANTHROPIC_UNIX_SOCKET: the model is reached through the loopback relay.
+            match (std::env::var("HIVE_MODEL_ROUTE").as_deref(), &proxy) {
+                (Ok("relay"), Some(relay)) => {
+                    cmd.env("ANTHROPIC_BASE_URL", relay);
+                }
+                _ => {
+                    cmd.env("ANTHROPIC_UNIX_SOCKET", &gateway)
+                        .env("ANTHROPIC_BASE_URL", "http://model-gateway");
+                }
+            }
             if std::env::var_os("ANTHROPIC_API_KEY").is_none() {
                 cmd.env("ANTHROPIC_API_KEY", "hive-gateway");
             }
             // The agent's tools reach its egress list through the relay (CONNECT only); the
-            // model route itself stays on the socket.
-            if let Some(proxy) = crate::relay::proxy_url() {
+            // model route itself never goes through the proxy.
+            if let Some(proxy) = &proxy {
                 for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
-                    cmd.env(var, &proxy);
+                    cmd.env(var, proxy);
                 }
-                cmd.env("NO_PROXY", "model-gateway")
-                    .env("no_proxy", "model-gateway");
+                cmd.env("NO_PROXY", "model-gateway,127.0.0.1")
+                    .env("no_proxy", "model-gateway,127.0.0.1");
             }
         } else if let Some(url) = std::env::var_os("ANTHROPIC_BASE_URL") {
             cmd.env("ANTHROPIC_BASE_URL", url);

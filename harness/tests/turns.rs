@@ -832,3 +832,51 @@ async fn notes_past_their_bound_are_rewritten_in_a_separate_session() {
     assert_ne!(session_of(&server, 1), session_of(&server, 0));
     assert_eq!(harness.claude_starts().len(), 1, "{}", harness.log());
 }
+
+/// The fallback model route: with `HIVE_MODEL_ROUTE=relay` claude reaches the model through the
+/// harness's loopback relay to gateway.sock instead of `ANTHROPIC_UNIX_SOCKET` (should a claude
+/// release stop honouring the variable, the nspawn turn tests fail and this route still works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_route_reaches_the_model_without_the_unix_socket_variable() {
+    if tools::require("claude", tools::claude_bin()).is_none() {
+        return;
+    }
+    let server = ModelServer::start(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "bob", "body": "via the relay"}),
+        ),
+        Reply::text("answered"),
+    ])
+    .await;
+    let hive = TestHive::open_with_model(&["alice", "bob"], &server.base_url()).await;
+    let harness = Harness::start_with_env(
+        &hive,
+        &server,
+        json!({}),
+        600,
+        &[("HIVE_MODEL_ROUTE", "relay")],
+    );
+    send(&hive, "bob", "alice", "answer through the relay").await;
+    let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
+    assert_eq!(reply.body, "via the relay");
+    let pid = harness.claude_pid().expect("claude runs");
+    let env = environ(pid);
+    assert!(
+        !env.iter().any(|v| v.starts_with("ANTHROPIC_UNIX_SOCKET=")),
+        "{env:?}"
+    );
+    let base = env
+        .iter()
+        .find_map(|v| v.strip_prefix("ANTHROPIC_BASE_URL="))
+        .unwrap_or_else(|| panic!("{env:?}"));
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    assert!(
+        env.iter().any(|v| v == "NO_PROXY=model-gateway,127.0.0.1"),
+        "{env:?}"
+    );
+    until("the turn's second model call", || {
+        server.model_requests().len() >= 2
+    })
+    .await;
+}

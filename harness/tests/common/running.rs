@@ -134,7 +134,16 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 }
 
 pub fn argv(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
+    nul_separated(&format!("/proc/{pid}/cmdline"))
+}
+
+/// The environment of process `pid`, `NAME=value` each.
+pub fn environ(pid: u32) -> Vec<String> {
+    nul_separated(&format!("/proc/{pid}/environ"))
+}
+
+fn nul_separated(path: &str) -> Vec<String> {
+    std::fs::read(path)
         .unwrap_or_default()
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
