@@ -45,6 +45,24 @@ pub fn overgrown(path: &Path, max_bytes: u64) -> Option<(u64, String)> {
     Some((meta.len(), text))
 }
 
+/// The notes as they are (empty when there are none), at most [`MAX_REWRITE_INPUT`] of them; a
+/// symlink is not followed.
+pub fn read(path: &Path) -> std::io::Result<String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(std::io::Error::other("notes.md is not a plain file"));
+        }
+        Ok(_) => {}
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_REWRITE_INPUT)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Replaces the notes with `text` through a temporary file in the same directory (never half a
 /// file; a symlink at the path is replaced, not followed).
 pub fn replace(path: &Path, text: &str) -> std::io::Result<()> {

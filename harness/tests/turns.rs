@@ -880,3 +880,63 @@ async fn the_relay_route_reaches_the_model_without_the_unix_socket_variable() {
     })
     .await;
 }
+
+/// The openai driver's model keeps `notes.md` through the harness's own `notes_write` /
+/// `notes_read` functions (its system prompt names the file), and `/compact` replaces the
+/// conversation with its summary, written by a one-shot call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_driver_keeps_notes_and_compacts_to_a_summary() {
+    let server = ModelServer::start(vec![
+        Reply::tool_use("notes_write", json!({"text": "- bob likes green tea"})),
+        Reply::tool_use("notes_read", json!({})),
+        Reply::text("noted"),
+        Reply::text("bob told alice he likes green tea; nothing is open"),
+        Reply::text("after the summary"),
+    ])
+    .await;
+    let hive = TestHive::open_with_model(&["alice", "bob"], &server.base_url()).await;
+    let mut bus = hive.hive.subscribe();
+    let harness = Harness::start(&hive, &server, json!({"driver": "openai"}), 600);
+    let first = send(&hive, "bob", "alice", "I like green tea").await;
+    delivered(&hive, &mut bus, first).await;
+    assert_eq!(
+        std::fs::read_to_string(harness.state.join("notes.md")).unwrap(),
+        "- bob likes green tea\n"
+    );
+    let requests = server.model_requests();
+    let tools = requests[0].tool_names();
+    assert!(
+        tools.contains(&"notes_write".to_owned()) && tools.contains(&"notes_read".to_owned()),
+        "{tools:?}"
+    );
+    assert!(
+        requests[0].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("notes.md"),
+        "{}",
+        requests[0].body
+    );
+    let results = requests[2].tool_results();
+    assert!(
+        results.iter().any(|r| r.text == "- bob likes green tea\n"),
+        "{results:?}"
+    );
+
+    let compact = send(&hive, "operator", "alice", "/compact").await;
+    delivered(&hive, &mut bus, compact).await;
+    let summary_call = &server.model_requests()[3];
+    assert!(summary_call.tool_names().is_empty());
+    assert!(
+        summary_call.body["messages"]
+            .to_string()
+            .contains("I like green tea"),
+        "{}",
+        summary_call.body
+    );
+    let next = send(&hive, "bob", "alice", "what do I like?").await;
+    delivered(&hive, &mut bus, next).await;
+    let after = server.model_requests()[4].body["messages"].to_string();
+    assert!(after.contains("nothing is open"), "{after}");
+    assert!(!after.contains("I like green tea"), "{after}");
+}
