@@ -66,6 +66,10 @@ enum Command {
         /// Model calls per turn of the openai driver before its tool loop is cut
         #[arg(long, default_value_t = 32, env = "HIVE_OPENAI_MAX_ROUNDS")]
         openai_max_rounds: u32,
+        /// The openai driver's model's context window in tokens, for the notes checkpoint (the
+        /// claude CLI reports its own); unset: no checkpoint under the openai driver
+        #[arg(long, env = "HIVE_CONTEXT_WINDOW")]
+        context_window: Option<u64>,
         /// How full the context (percent) may get before the model is asked for a notes
         /// checkpoint and the session is compacted; 0 never
         #[arg(long, default_value_t = 75, env = "HIVE_NOTES_CHECKPOINT_PERCENT",
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             max_turns,
             claude_mode,
             openai_max_rounds,
+            context_window,
             notes_checkpoint_percent,
             notes_max_bytes,
         } => runtime.block_on(serve::run(serve::Settings {
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
             max_turns,
             claude_per_turn: claude_mode == ClaudeMode::PerTurn,
             openai_max_rounds: openai_max_rounds.max(1),
+            openai_context_window: context_window.filter(|w| *w > 0),
             notes: notes::NotesLimits {
                 checkpoint_percent: notes_checkpoint_percent,
                 max_bytes: notes_max_bytes,

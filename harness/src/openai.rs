@@ -51,6 +51,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Model calls per turn before the tool loop is cut.
     pub max_rounds: u32,
+    /// The model's context window in tokens, when known (for the notes checkpoint).
+    pub context_window: Option<u64>,
 }
 
 /// One connected MCP server and the tools it offers.
@@ -272,6 +274,7 @@ impl OpenAi {
             ..Usage::default()
         };
         let mut rounds = 0u32;
+        let mut context_used = None;
         let outcome = loop {
             if rounds == self.opts.max_rounds {
                 break Some(format!(
@@ -297,6 +300,11 @@ impl OpenAi {
             let u = &answer["usage"];
             add(&mut usage.input_tokens, u["prompt_tokens"].as_u64());
             add(&mut usage.output_tokens, u["completion_tokens"].as_u64());
+            // The last call's prompt and answer are what the next call reads.
+            context_used = u["prompt_tokens"]
+                .as_u64()
+                .map(|p| p + u["completion_tokens"].as_u64().unwrap_or(0))
+                .or(context_used);
             let message = answer["choices"][0]["message"].clone();
             if !message.is_object() {
                 break Some(format!("the endpoint answered without a message: {answer}"));
@@ -342,7 +350,9 @@ impl OpenAi {
             // The only error outcome is the cut tool loop: the turn loop calls it `tool_loop_cut`.
             terminal_reason: outcome.is_some().then(|| "max_turns".to_owned()),
             error: outcome,
-            context: None,
+            context: context_used
+                .zip(self.opts.context_window)
+                .map(|(used, window)| crate::claude::ContextFill { used, window }),
         })
     }
 

@@ -42,6 +42,8 @@ pub struct Settings {
     pub claude_per_turn: bool,
     /// Model calls per turn of the openai driver.
     pub openai_max_rounds: u32,
+    /// The openai driver's context window in tokens, when known.
+    pub openai_context_window: Option<u64>,
     /// When the notes are checkpointed and rewritten.
     pub notes: crate::notes::NotesLimits,
 }
@@ -105,6 +107,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     socket_dir: socket_dir.to_owned(),
                     state_dir: settings.state_dir.clone(),
                     max_rounds: settings.openai_max_rounds,
+                    context_window: settings.openai_context_window,
                 },
                 config.clone(),
             ))),

@@ -940,3 +940,47 @@ async fn the_openai_driver_keeps_notes_and_compacts_to_a_summary() {
     assert!(after.contains("nothing is open"), "{after}");
     assert!(!after.contains("I like green tea"), "{after}");
 }
+
+/// Under the openai driver with its context window given (here tiny, so that any turn fills it),
+/// the notes checkpoint comes too: the model writes its notes, then the conversation is compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_driver_checkpoints_its_notes_near_the_context_window() {
+    let server = ModelServer::start(vec![
+        Reply::text("done"),
+        Reply::tool_use("notes_write", json!({"text": "- the report is due friday"})),
+        Reply::text("notes updated"),
+        Reply::text("the report is due friday"),
+    ])
+    .await;
+    let hive = TestHive::open_with_model(&["alice", "bob"], &server.base_url()).await;
+    let mut bus = hive.hive.subscribe();
+    let harness = Harness::start_with_env(
+        &hive,
+        &server,
+        json!({"driver": "openai"}),
+        600,
+        &[("HIVE_CONTEXT_WINDOW", "100")],
+    );
+    let id = send(&hive, "bob", "alice", "the report is due friday").await;
+    delivered(&hive, &mut bus, id).await;
+    let turns = turns_of(&hive, id);
+    let k = kinds(&turns[0].events);
+    let at = |kind: &str| {
+        k.iter()
+            .position(|e| e == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {k:?}\n{}", harness.log()))
+    };
+    assert!(
+        at("harness/notes_checkpoint") < at("harness/compacting"),
+        "{k:?}"
+    );
+    assert!(
+        at("harness/compacting") < at("system/compact_boundary"),
+        "{k:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(harness.state.join("notes.md")).unwrap(),
+        "- the report is due friday\n"
+    );
+    assert_eq!(server.remaining(), 0);
+}
