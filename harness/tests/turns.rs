@@ -89,6 +89,25 @@ fn kinds(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The turn's events hold a notes checkpoint, then the harness's compaction, then the model's
+/// compact boundary, in that order.
+fn checkpoint_then_compaction(events: &[Value], harness: &Harness) {
+    let k = kinds(events);
+    let at = |kind: &str| {
+        k.iter()
+            .position(|e| e == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {k:?}\n{}", harness.log()))
+    };
+    assert!(
+        at("harness/notes_checkpoint") < at("harness/compacting"),
+        "{k:?}"
+    );
+    assert!(
+        at("harness/compacting") < at("system/compact_boundary"),
+        "{k:?}"
+    );
+}
+
 fn session_of(server: &ModelServer, request: usize) -> String {
     server.model_requests()[request]
         .header("x-claude-code-session-id")
@@ -748,20 +767,7 @@ async fn near_the_context_limit_a_notes_checkpoint_comes_before_the_compaction()
     delivered(&hive, &mut bus, id).await;
     let turns = turns_of(&hive, id);
     assert_eq!(turns[0].outcome.as_deref(), Some("ok"), "{turns:?}");
-    let k = kinds(&turns[0].events);
-    let at = |kind: &str| {
-        k.iter()
-            .position(|e| e == kind)
-            .unwrap_or_else(|| panic!("no {kind} in {k:?}\n{}", harness.log()))
-    };
-    assert!(
-        at("harness/notes_checkpoint") < at("harness/compacting"),
-        "{k:?}"
-    );
-    assert!(
-        at("harness/compacting") < at("system/compact_boundary"),
-        "{k:?}"
-    );
+    checkpoint_then_compaction(&turns[0].events, &harness);
     let checkpoint = server.model_requests()[2].last_user_text().unwrap();
     assert!(
         checkpoint.contains("% full") && checkpoint.contains(&notes.display().to_string()),
@@ -964,20 +970,7 @@ async fn the_openai_driver_checkpoints_its_notes_near_the_context_window() {
     let id = send(&hive, "bob", "alice", "the report is due friday").await;
     delivered(&hive, &mut bus, id).await;
     let turns = turns_of(&hive, id);
-    let k = kinds(&turns[0].events);
-    let at = |kind: &str| {
-        k.iter()
-            .position(|e| e == kind)
-            .unwrap_or_else(|| panic!("no {kind} in {k:?}\n{}", harness.log()))
-    };
-    assert!(
-        at("harness/notes_checkpoint") < at("harness/compacting"),
-        "{k:?}"
-    );
-    assert!(
-        at("harness/compacting") < at("system/compact_boundary"),
-        "{k:?}"
-    );
+    checkpoint_then_compaction(&turns[0].events, &harness);
     assert_eq!(
         std::fs::read_to_string(harness.state.join("notes.md")).unwrap(),
         "- the report is due friday\n"
