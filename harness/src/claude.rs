@@ -66,6 +66,19 @@ pub struct Answered {
     pub context: Option<ContextFill>,
 }
 
+impl Answered {
+    /// A step done without a model call (nothing used, nothing to report).
+    pub fn quietly_ok() -> Self {
+        Self {
+            ok: true,
+            usage: Usage::default(),
+            error: None,
+            terminal_reason: None,
+            context: None,
+        }
+    }
+}
+
 /// The tokens the conversation takes against the model's context window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextFill {

@@ -412,13 +412,7 @@ impl OpenAi {
             .filter(|m| m["role"] != "system")
             .collect();
         if history.is_empty() {
-            return Ok(Answered {
-                ok: true,
-                usage: Usage::default(),
-                error: None,
-                terminal_reason: None,
-                context: None,
-            });
+            return Ok(Answered::quietly_ok());
         }
         let mut transcript = serde_json::to_string(&history).unwrap_or_default();
         if transcript.len() > MAX_RESPONSE_BYTES / 4 {
@@ -440,13 +434,7 @@ impl OpenAi {
                 self.conversation_file().display()
             );
         }
-        Ok(Answered {
-            ok: true,
-            usage: Usage::default(),
-            error: None,
-            terminal_reason: None,
-            context: None,
-        })
+        Ok(Answered::quietly_ok())
     }
 
     /// A separate one-shot call beside the conversation (e.g. the notes rewrite): `system` and

@@ -347,12 +347,7 @@ impl TurnCtx<'_> {
                 "compacting",
                 format!("{why}; compacting the session and trying once more"),
             );
-            report(self.peer, TurnState::Compacting).await;
-            let compacted = matches!(
-                self.model.turn("/compact", self.events).await,
-                Ok(Answered { ok: true, .. })
-            );
-            report(self.peer, TurnState::Thinking).await;
+            let compacted = matches!(self.compact().await, Ok(Answered { ok: true, .. }));
             if compacted {
                 attempt = self.model.turn(&prompt, self.events).await;
             }
@@ -466,12 +461,11 @@ impl TurnCtx<'_> {
                 "compacting",
                 "compacting the session after the notes checkpoint",
             );
-            match self.model.turn("/compact", self.events).await {
+            match self.compact().await {
                 Ok(answered) => tally.add(answered.ok, answered.usage),
                 Err(f) => self.note("error", format!("the compaction failed: {f:?}")),
             }
             tally.context = None;
-            report(self.peer, TurnState::Thinking).await;
         }
         let Some((size, old)) = notes::overgrown(&path, self.notes.max_bytes) else {
             return;
@@ -506,6 +500,14 @@ impl TurnCtx<'_> {
         }
     }
 
+    /// Compacts the session (`/compact`), reported as `compacting` while it runs.
+    async fn compact(&mut self) -> Result<Answered, Failure> {
+        report(self.peer, TurnState::Compacting).await;
+        let compacted = self.model.turn("/compact", self.events).await;
+        report(self.peer, TurnState::Thinking).await;
+        compacted
+    }
+
     /// The operator's `/cancel` (message `cancel`) stopped the model mid-turn: the process is
     /// killed (its session is kept and resumed at the next message).
     async fn cancelled(&mut self, cancel: i64) -> Part {
@@ -527,32 +529,25 @@ impl TurnCtx<'_> {
                 self.model.start_fresh().await;
                 "new session: the next message starts a fresh conversation".to_owned()
             }
-            Command::Compact => {
-                report(self.peer, TurnState::Compacting).await;
-                let answer = match self.model.turn("/compact", self.events).await {
-                    Ok(answered) => {
-                        tally.add(answered.ok, answered.usage);
-                        match answered.error {
-                            None => "compacted the session".to_owned(),
-                            Some(e) => format!("compaction failed: {e}"),
-                        }
+            Command::Compact => match self.compact().await {
+                Ok(answered) => {
+                    tally.add(answered.ok, answered.usage);
+                    match answered.error {
+                        None => "compacted the session".to_owned(),
+                        Some(e) => format!("compaction failed: {e}"),
                     }
-                    Err(
-                        Failure::PromptTooLong(why)
-                        | Failure::Died(why)
-                        | Failure::CannotResume(why),
-                    ) => {
-                        tally.errors = true;
-                        format!("compaction failed: {why}")
-                    }
-                    Err(Failure::NeedsLogin(why)) => {
-                        tally.errors = true;
-                        format!("compaction failed, the model needs a login: {why}")
-                    }
-                };
-                report(self.peer, TurnState::Thinking).await;
-                answer
-            }
+                }
+                Err(
+                    Failure::PromptTooLong(why) | Failure::Died(why) | Failure::CannotResume(why),
+                ) => {
+                    tally.errors = true;
+                    format!("compaction failed: {why}")
+                }
+                Err(Failure::NeedsLogin(why)) => {
+                    tally.errors = true;
+                    format!("compaction failed, the model needs a login: {why}")
+                }
+            },
             Command::Cancel => "nothing to cancel: no turn was running".to_owned(),
             Command::Unknown(word) => format!("unknown command {word}; {}", commands::KNOWN),
         };
