@@ -22,8 +22,15 @@ pub fn hive_for_other_uids() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.path().join("hive");
-    std::fs::copy(HIVE, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Copied by a child process: a write descriptor open in this (multi-threaded) test process
+    // would be inherited by any child another test forks meanwhile, and exec of the copy would
+    // fail with ETXTBSY until that child execs.
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755", HIVE])
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install {HIVE}: {status}");
     (dir, copy)
 }
 
