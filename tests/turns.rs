@@ -619,6 +619,10 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
                 "the key is in the {what} of {shown}"
             );
         }
+        assert!(
+            !memory_holds(pid, KEY.as_bytes()),
+            "the key is in the memory of {shown}"
+        );
         // claude (and the commands it runs) get the egress relay as their proxy.
         proxied |= shown.contains("claude") && contains(&environ, b"HTTPS_PROXY=http://127.0.0.1:");
         seen.push(shown);
@@ -643,10 +647,187 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
             );
         }
     }
+
+    // The hive's own report says the same, checked (not assumed): no key inside, network none.
+    let shown: Value =
+        serde_json::from_str(&cli_ok(&state, &["agent", "alice", "--json"])).unwrap();
+    let c = &shown["confinement"];
+    assert_eq!(c["network"], "none", "{shown}");
+    assert_eq!(c["key_inside"], false, "{shown}");
+    assert!(c["files_searched"].as_u64().unwrap() > 0, "{shown}");
+    assert!(c["tokens_today"].as_u64().unwrap() > 0, "{shown}");
+    // A key planted where the container can write is found, and named.
+    let planted = state.join("secrets/alice/home/planted.txt");
+    std::fs::write(&planted, format!("export KEY={KEY}\n")).unwrap();
+    let shown: Value =
+        serde_json::from_str(&cli_ok(&state, &["agent", "alice", "--json"])).unwrap();
+    let c = &shown["confinement"];
+    assert_eq!(c["key_inside"], true, "{shown}");
+    assert!(
+        c["key_found_in"].to_string().contains("planted.txt"),
+        "{shown}"
+    );
+    assert!(
+        !shown.to_string().contains(KEY),
+        "the report never holds the key"
+    );
+    let text = cli_ok(&state, &["agent", "alice"]);
+    assert!(text.contains("key inside:      YES"), "{text}");
+    std::fs::remove_file(&planted).unwrap();
+}
+
+/// alice's approved agent.nix gives her a daily budget far below one model call: the call that
+/// spends it goes through and tells the manager `budget_exhausted` once; every later call is
+/// refused by the gateway (429, with a body saying why) without reaching the provider. Each call
+/// is stored with its usage, and `hive agent` shows the tokens against the budget.
+#[test]
+fn a_spent_budget_refuses_the_next_model_calls_and_tells_the_manager_once() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if !images_ready(false) {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "operator", "body": "within budget"}),
+        ),
+        Reply::text("never reached"),
+        Reply::text("never reached either"),
+    ]);
+    let (dir, _daemon) = alice_up_in_the_process_runtime(&claude, &server);
+    let state = dir.path().join("hive");
+    change_agent_nix(
+        &rt,
+        &state,
+        "alice",
+        "allowedRecipients = [ ];",
+        "allowedRecipients = [ ];\n    budget.tokensPerDay = 50;",
+    );
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = run_of(&state, "alice");
+            last["up"] == true && last["turn_state"] == "idle"
+        }),
+        "alice did not come back: {last}"
+    );
+    let first = rt.block_on(send(&state, "alice", "say something"));
+    wait_for_answer(&rt, &state, "alice", "within budget");
+    let (outcome, _) = finished_turn(&state, first);
+    assert_ne!(
+        outcome, "ok",
+        "the call after the spent budget failed the turn"
+    );
+    assert_eq!(
+        server.model_requests().len(),
+        1,
+        "only the first call reached the provider"
+    );
+    let second = rt.block_on(send(&state, "alice", "and again"));
+    finished_turn(&state, second);
+    assert_eq!(
+        server.model_requests().len(),
+        1,
+        "{}",
+        log_of(&state, "alice")
+    );
+
+    let db = open_db(&state);
+    let told: Vec<String> = db
+        .prepare(
+            "SELECT body FROM messages WHERE recipient = 'manager' AND sender = 'system'
+             AND body LIKE '%budget_exhausted%'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    let event: Value = serde_json::from_str(&told[0]).unwrap();
+    assert_eq!(event["agent"], "alice");
+    assert_eq!(event["tokens_per_day"], 50);
+    let (calls, tokens): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), sum(input_tokens + output_tokens) FROM model_calls
+             WHERE agent = 'alice' AND status = 200",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(calls, 1);
+    assert!(tokens >= 50, "{tokens}");
+    // What claude saw of the refusal: the gateway's reason, in the turn's events.
+    let events: String = db
+        .query_row(
+            "SELECT group_concat(e.data, ' ') FROM turn_events e JOIN turns t ON e.turn = t.id
+             WHERE t.message_id = ?1",
+            [second],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(events.contains("daily token budget is spent"), "{events}");
+    let shown: Value =
+        serde_json::from_str(&cli_ok(&state, &["agent", "alice", "--json"])).unwrap();
+    assert_eq!(shown["confinement"]["tokens_per_day"], 50, "{shown}");
+    assert!(
+        shown["confinement"]["tokens_today"].as_u64().unwrap() >= 50,
+        "{shown}"
+    );
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether a readable mapping of `pid`'s memory holds `needle` (read through `/proc/PID/mem`).
+fn memory_holds(pid: u32, needle: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        // Chunks overlap by the needle's length, so one cut in two is still found.
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(buf.len());
+            let Ok(n) = mem.read_at(&mut buf[..len], at) else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            if contains(&buf[..n], needle) {
+                return true;
+            }
+            if at + n as u64 >= end {
+                break;
+            }
+            at += (n.saturating_sub(needle.len())).max(1) as u64;
+        }
+    }
+    false
 }
 
 /// Every regular file under `root`, symlinks not followed.

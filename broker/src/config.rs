@@ -78,6 +78,11 @@ pub struct ModelConfig {
     pub api_key_file: Option<std::path::PathBuf>,
     /// The same for `openai_base_url`, sent as `authorization: Bearer KEY`.
     pub openai_api_key_file: Option<std::path::PathBuf>,
+    /// The circuit breaker of each upstream opens after this many failures in a row (no
+    /// connection, a timeout, a 5xx answer); while open, model calls are answered 503 at once.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before letting one call through to try the upstream again.
+    pub breaker_cooldown_secs: u64,
 }
 
 impl Default for ModelConfig {
@@ -87,6 +92,8 @@ impl Default for ModelConfig {
             openai_base_url: None,
             api_key_file: None,
             openai_api_key_file: None,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
         }
     }
 }
@@ -391,6 +398,15 @@ impl Config {
             ));
         }
         check_base_url("anthropic_base_url", &self.model.anthropic_base_url)?;
+        if self.model.breaker_failures == 0 {
+            return Err("model.breaker_failures = 0: must be at least 1".into());
+        }
+        if self.model.breaker_cooldown_secs == 0 || self.model.breaker_cooldown_secs > 86_400 {
+            return Err(format!(
+                "model.breaker_cooldown_secs = {}: must be between 1 and 86400",
+                self.model.breaker_cooldown_secs
+            ));
+        }
         if let Some(url) = &self.model.openai_base_url {
             check_base_url("openai_base_url", url)?;
         }

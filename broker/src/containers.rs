@@ -200,7 +200,7 @@ impl Containers {
         self.runtime.as_ref().map(|r| r.kind())
     }
 
-    fn runtime(&self) -> Result<&Arc<dyn Runtime>> {
+    pub(crate) fn runtime(&self) -> Result<&Arc<dyn Runtime>> {
         self.runtime.as_ref().ok_or_else(|| {
             Error::Unavailable(
                 "this hive runs no agents ([runtime] kind = \"none\" in hive.toml)".into(),
@@ -208,7 +208,7 @@ impl Containers {
         })
     }
 
-    fn builder(&self) -> Result<Arc<Builder>> {
+    pub(crate) fn builder(&self) -> Result<Arc<Builder>> {
         self.builder
             .clone()
             .map_err(|why| Error::Unavailable(format!("agents cannot be built here: {why}")))
@@ -650,8 +650,15 @@ impl Hive {
                 .then(|| self.paths.root().join("agents")),
             log_file: self.paths.agent_log(agent),
         };
-        // The gateway's CONNECT follows the list of the image that runs (an approved commit's).
+        // The gateway's CONNECT and budget follow the image that runs (an approved commit's).
         self.egress.set(agent, &image.config.egress);
+        let used = crate::model_calls::used_today(&self.store, agent).await?;
+        self.budgets
+            .set(agent, image.config.budget.tokens_per_day, used);
+        if image.config.network == proto::agent_config::Network::Host {
+            tracing::warn!(%agent, "network = \"host\": the container shares the host's network; \
+                its egress is not confined to hyperhive.egress");
+        }
         let root = self.paths.root().to_path_buf();
         let pid = off_runtime(move || {
             // The runtime creates the bound dirs; they must not lead out of the state dir.

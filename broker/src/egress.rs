@@ -35,10 +35,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest target kept in a log line or an audit row (an agent chooses it).
 const MAX_TARGET_SHOWN: usize = 300;
 
-/// Each running agent's allowed `host:port` pairs, as its deployed image lists them.
+/// Each running agent's allowed `host:port` pairs, as its deployed image lists them, and how many
+/// CONNECTs each had refused since the daemon started.
 #[derive(Default)]
 pub struct EgressLists {
     lists: RwLock<HashMap<String, Arc<Vec<String>>>>,
+    denials: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl EgressLists {
@@ -49,6 +51,17 @@ impl EgressLists {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(agent.to_string(), Arc::new(list));
+    }
+
+    /// CONNECTs of `agent` refused since the daemon started.
+    pub fn denied(&self, agent: &AgentName) -> u64 {
+        let denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        denials.get(agent.as_str()).copied().unwrap_or(0)
+    }
+
+    fn count_denial(&self, agent: &AgentName) {
+        let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        *denials.entry(agent.to_string()).or_default() += 1;
     }
 
     fn get(&self, agent: &AgentName) -> Arc<Vec<String>> {
@@ -230,6 +243,7 @@ async fn deny(
 ) -> Response<GatewayBody> {
     let target = shown(target);
     let reason = shown(reason);
+    hive.egress.count_denial(agent);
     tracing::warn!(%agent, target, reason, "egress denied");
     let (actor, detail) = (
         agent.to_string(),

@@ -33,10 +33,12 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{Admit, Breaker, Transition};
 use crate::components::Scope;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::hive::Hive;
+use crate::model_calls::{Call, UsageScanner};
 use crate::names::AgentName;
 
 /// The socket's file name in the agent's run directory.
@@ -58,6 +60,8 @@ pub type GatewayBody = Either<Incoming, Full<Bytes>>;
 
 /// One provider the gateway forwards to.
 struct Upstream {
+    /// `anthropic` or `openai`, as stored with each call.
+    name: &'static str,
     /// The base URL as configured, for messages.
     base_url: String,
     /// Scheme and authority of the base URL.
@@ -67,6 +71,7 @@ struct Upstream {
     /// The hive's key for it, and the header that carries it (`x-api-key` for Anthropic,
     /// `authorization: Bearer` for OpenAI).
     api_key: Option<(HeaderName, HeaderValue)>,
+    breaker: Breaker,
 }
 
 impl Upstream {
@@ -76,6 +81,7 @@ impl Upstream {
         key: Option<&Path>,
         key_field: &'static str,
         bearer: bool,
+        config: &ModelConfig,
     ) -> Result<Self> {
         let base_url = base_url.trim_end_matches('/').to_owned();
         let uri: Uri = base_url
@@ -94,29 +100,45 @@ impl Upstream {
                 prefix = stripped.to_owned();
             }
         }
+        let name = if bearer { "openai" } else { "anthropic" };
         let api_key = key
             .map(|path| read_api_key(path, key_field))
             .transpose()?
-            .map(|key| -> Result<(HeaderName, HeaderValue)> {
-                if !bearer {
-                    return Ok((HeaderName::from_static("x-api-key"), key));
-                }
-                let mut value =
-                    HeaderValue::from_bytes(&[b"Bearer ".as_slice(), key.as_bytes()].concat())
-                        .map_err(|_| {
-                            Error::invalid(key_field, "the key cannot be sent as a header")
-                        })?;
-                value.set_sensitive(true);
-                Ok((header::AUTHORIZATION, value))
+            .map(|key| {
+                key_header(name, key)
+                    .ok_or_else(|| Error::invalid(key_field, "the key cannot be sent as a header"))
             })
             .transpose()?;
         Ok(Self {
+            name,
             base_url,
             origin,
             prefix,
             api_key,
+            breaker: Breaker::new(
+                config.breaker_failures,
+                Duration::from_secs(config.breaker_cooldown_secs),
+            ),
         })
     }
+}
+
+impl Upstream {
+    /// `key` as this upstream takes it; `None` when it cannot be a header.
+    fn key_header(&self, key: HeaderValue) -> Option<(HeaderName, HeaderValue)> {
+        key_header(self.name, key)
+    }
+}
+
+/// `x-api-key: KEY` for Anthropic, `authorization: Bearer KEY` for OpenAI-compatible upstreams.
+fn key_header(upstream: &str, key: HeaderValue) -> Option<(HeaderName, HeaderValue)> {
+    if upstream != "openai" {
+        return Some((HeaderName::from_static("x-api-key"), key));
+    }
+    let mut value =
+        HeaderValue::from_bytes(&[b"Bearer ".as_slice(), key.as_bytes()].concat()).ok()?;
+    value.set_sensitive(true);
+    Some((header::AUTHORIZATION, value))
 }
 
 /// The forwarding side, built once at start from `[model]`.
@@ -137,6 +159,7 @@ impl Gateway {
             config.api_key_file.as_deref(),
             "model.api_key_file",
             false,
+            config,
         )?;
         let openai = config
             .openai_base_url
@@ -148,6 +171,7 @@ impl Gateway {
                     config.openai_api_key_file.as_deref(),
                     "model.openai_api_key_file",
                     true,
+                    config,
                 )
             })
             .transpose()?;
@@ -219,7 +243,7 @@ fn read_api_key(path: &Path, field: &'static str) -> Result<HeaderValue> {
 /// The key in `secrets/<agent>/api-key` when there is one (`None` when the file is absent);
 /// an error (never holding the key) when it is there but a symlink, not a plain file, or not a
 /// valid key.
-fn read_agent_key(
+pub(crate) fn read_agent_key(
     root: &Path,
     file: &Path,
 ) -> std::result::Result<Option<HeaderValue>, &'static str> {
@@ -331,7 +355,11 @@ async fn serve_connection(
                 let (parts, body) = resp.into_parts();
                 return Ok::<_, Infallible>(Response::from_parts(
                     parts,
-                    Logged { body, log: None },
+                    Logged {
+                        body,
+                        log: None,
+                        meter: None,
+                    },
                 ));
             }
             Ok::<_, Infallible>(forward(&hive, &agent, req).await)
@@ -353,8 +381,9 @@ async fn serve_connection(
     }
 }
 
-/// Forwards one request and logs one line when its answer has been sent (or dropped).
-async fn forward(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Response<Logged> {
+/// Forwards one request and logs one line when its answer has been sent (or dropped); a call
+/// that reached the upstream is also stored with its usage (`model_calls`).
+async fn forward(hive: &Arc<Hive>, agent: &AgentName, req: Request<Incoming>) -> Response<Logged> {
     let log = RequestLog {
         agent: agent.clone(),
         method: req.method().to_string(),
@@ -362,56 +391,48 @@ async fn forward(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Resp
         status: 0,
         started: Instant::now(),
     };
-    let resp = route(hive, agent, req).await;
+    let (resp, upstream) = route(hive, agent, req).await;
     let (parts, body) = resp.into_parts();
     let log = RequestLog {
         status: parts.status.as_u16(),
         ..log
     };
+    let meter = upstream.map(|upstream| Meter {
+        hive: hive.clone(),
+        upstream,
+        scanner: UsageScanner::new(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        ),
+    });
     Response::from_parts(
         parts,
         Logged {
             body,
             log: Some(log),
+            meter,
         },
     )
 }
 
-async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Response<GatewayBody> {
+/// The answer, and the upstream's name when the request reached it.
+async fn route(
+    hive: &Arc<Hive>,
+    agent: &AgentName,
+    req: Request<Incoming>,
+) -> (Response<GatewayBody>, Option<&'static str>) {
     let gateway = &hive.gateway;
     let path = req.uri().path();
-    let mut agent_key = None;
     let provider = if FORWARDED_PATHS.contains(&path) {
-        // The agent's own key, when the operator stored one, wins over the hive's.
-        let file = hive.paths.agent_api_key(agent);
-        let root = hive.paths.root().to_owned();
-        match tokio::task::spawn_blocking(move || read_agent_key(&root, &file)).await {
-            Ok(Ok(key)) => agent_key = key,
-            Ok(Err(why)) => {
-                tracing::warn!(%agent, "the agent's stored API key is unusable: {why}");
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    &format!(
-                        "the API key stored for this agent is unusable ({why}): the operator \
-                         stores it again with `hive login {agent} --api-key-file FILE`"
-                    ),
-                );
-            }
-            Err(_) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "the hive's model gateway failed to read the agent's API key",
-                );
-            }
-        }
         &gateway.anthropic
     } else if path == OPENAI_PATH {
         match &gateway.openai {
             Some(openai) => openai,
             None => {
-                return error(
+                return refused(
                     StatusCode::NOT_FOUND,
                     "not_found_error",
                     "the hive has no OpenAI-compatible provider: set [model] openai_base_url in \
@@ -420,7 +441,7 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
             }
         }
     } else {
-        return error(
+        return refused(
             StatusCode::NOT_FOUND,
             "not_found_error",
             &format!(
@@ -429,13 +450,67 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
             ),
         );
     };
+    // The agent's own key, when the operator stored one, wins over the hive's.
+    let file = hive.paths.agent_api_key(agent);
+    let root = hive.paths.root().to_owned();
+    let agent_key = match tokio::task::spawn_blocking(move || read_agent_key(&root, &file)).await {
+        Ok(Ok(key)) => key,
+        Ok(Err(why)) => {
+            tracing::warn!(%agent, "the agent's stored API key is unusable: {why}");
+            return refused(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                &format!(
+                    "the API key stored for this agent is unusable ({why}): the operator \
+                     stores it again with `hive login {agent} --api-key-file FILE`"
+                ),
+            );
+        }
+        Err(_) => {
+            return refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "the hive's model gateway failed to read the agent's API key",
+            );
+        }
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
-        return too_large();
+        return (too_large(), None);
+    }
+    if let Some(spent) = hive.budgets.exhausted(agent) {
+        tracing::warn!(%agent, used = spent.used_today, limit = spent.tokens_per_day,
+            "model call refused: the daily token budget is spent");
+        let mut resp = refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            &spent.message(),
+        )
+        .0;
+        // Retrying cannot help before the day ends.
+        resp.headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+        return (resp, None);
+    }
+    if let Admit::Refuse(retry_in) = provider.breaker.admit() {
+        let secs = retry_in.as_secs().max(1);
+        let mut resp = refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
+            &format!(
+                "the hive's model gateway stopped calling {} after {} failures in a row; it \
+                 tries again in {secs} s",
+                provider.base_url, hive.config.model.breaker_failures
+            ),
+        )
+        .0;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return (resp, None);
     }
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{}{path}?{q}", provider.prefix),
@@ -445,7 +520,9 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
     let mut uri = provider.origin.clone().into_parts();
     uri.path_and_query = path_and_query.parse().ok();
     let Ok(uri) = Uri::from_parts(uri) else {
-        return error(
+        // Admitted above: a half-open probe must not stay taken.
+        provider.breaker.succeeded();
+        return refused(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "the request's path and query do not make a URL",
@@ -461,9 +538,12 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    let key = agent_key
-        .map(|key| (HeaderName::from_static("x-api-key"), key))
-        .or_else(|| provider.api_key.clone());
+    let key = match agent_key {
+        Some(key) => provider
+            .key_header(key)
+            .or_else(|| provider.api_key.clone()),
+        None => provider.api_key.clone(),
+    };
     if let Some((name, key)) = key {
         // The hive's key replaces whatever credential the agent sent.
         parts.headers.remove(header::AUTHORIZATION);
@@ -471,7 +551,20 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
         parts.headers.insert(name, key);
     }
     let upstream = Request::from_parts(parts, Limited::new(body, MAX_REQUEST_BYTES));
-    match gateway.client.request(upstream).await {
+    let answered = gateway.client.request(upstream).await;
+    let down = match &answered {
+        Ok(resp) => resp.status().is_server_error(),
+        Err(e) => !caused_by_limit(e),
+    };
+    let transition = if down {
+        provider.breaker.failed()
+    } else {
+        provider.breaker.succeeded()
+    };
+    if let Some(transition) = transition {
+        breaker_moved(hive, agent, provider, transition);
+    }
+    let resp = match answered {
         Ok(resp) if resp.status().is_client_error() || resp.status().is_server_error() => {
             masked_error(resp).await
         }
@@ -480,7 +573,7 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) if caused_by_limit(&e) => too_large(),
+        Err(e) if caused_by_limit(&e) => return (too_large(), None),
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
             "api_error",
@@ -490,6 +583,89 @@ async fn route(hive: &Hive, agent: &AgentName, req: Request<Incoming>) -> Respon
                 error_chain(&e)
             )),
         ),
+    };
+    (resp, Some(provider.name))
+}
+
+/// The gateway's own answer to a request it did not forward.
+fn refused(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+) -> (Response<GatewayBody>, Option<&'static str>) {
+    (error(status, kind, message), None)
+}
+
+/// Logs an upstream's breaker opening or closing and tells the manager (a helper event).
+fn breaker_moved(hive: &Arc<Hive>, agent: &AgentName, provider: &Upstream, moved: Transition) {
+    let (event, details) = match moved {
+        Transition::Opened(failures) => {
+            tracing::warn!(
+                upstream = provider.name,
+                failures,
+                "model upstream unreachable: its breaker opened"
+            );
+            (
+                "model_unreachable",
+                serde_json::json!({
+                    "upstream": provider.base_url,
+                    "failures": failures,
+                    "retry_in_seconds": hive.config.model.breaker_cooldown_secs,
+                }),
+            )
+        }
+        Transition::Closed => {
+            tracing::info!(
+                upstream = provider.name,
+                "model upstream answers again: its breaker closed"
+            );
+            (
+                "model_reachable",
+                serde_json::json!({"upstream": provider.base_url}),
+            )
+        }
+    };
+    let (hive, agent) = (hive.clone(), agent.clone());
+    tokio::spawn(async move {
+        let told = hive
+            .tell_manager_of(&agent, "model_upstream", event.to_owned(), event, details)
+            .await;
+        if let Err(e) = told {
+            tracing::warn!(%agent, event, error = %e, "cannot tell the manager");
+        }
+    });
+}
+
+/// Stores one forwarded call and counts its tokens against `agent`'s budget; the call that
+/// spends the last of it tells the manager `budget_exhausted`.
+async fn record_call(hive: Arc<Hive>, agent: AgentName, call: Call) {
+    let tokens = call.usage.tokens();
+    if let Err(e) = crate::model_calls::insert(&hive.store, &agent, call).await {
+        tracing::warn!(%agent, error = %e, "cannot store a model call");
+    }
+    let Some(spent) = hive.budgets.spend(&agent, tokens) else {
+        return;
+    };
+    tracing::warn!(%agent, used = spent.used_today, limit = spent.tokens_per_day,
+        "the agent's daily token budget is spent");
+    let day = crate::store::unix_millis().div_euclid(24 * 60 * 60 * 1000);
+    let details = serde_json::json!({
+        "tokens_per_day": spent.tokens_per_day,
+        "used_today": spent.used_today,
+        "how": "its model calls are refused until 00:00 UTC, or until a raised \
+                hyperhive.budget.tokensPerDay is approved",
+    });
+    let told = hive
+        .tell_manager_of(
+            &agent,
+            "budget",
+            format!("exhausted:{day}"),
+            "budget_exhausted",
+            details,
+        )
+        .await;
+    if let Err(e) = told {
+        tracing::warn!(%agent, error = %e, "cannot tell the manager of a spent budget");
     }
 }
 
@@ -609,15 +785,36 @@ struct RequestLog {
     started: Instant,
 }
 
+/// Reads a forwarded answer's usage as it passes, for `model_calls` and the budget.
+struct Meter {
+    hive: Arc<Hive>,
+    upstream: &'static str,
+    scanner: UsageScanner,
+}
+
 /// A response body that logs its request's line when it is done with (sent to its end, or
-/// dropped because the agent went away), so the duration covers the whole stream.
+/// dropped because the agent went away), so the duration covers the whole stream; a forwarded
+/// call's usage is stored then too.
 pub struct Logged {
     body: GatewayBody,
     log: Option<RequestLog>,
+    meter: Option<Meter>,
 }
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        if let (Some(meter), Some(log)) = (self.meter.take(), self.log.as_ref()) {
+            let call = Call {
+                upstream: meter.upstream,
+                status: log.status,
+                ms: log.started.elapsed().as_millis() as u64,
+                usage: meter.scanner.finish(),
+            };
+            let (hive, agent) = (meter.hive, log.agent.clone());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(record_call(hive, agent, call));
+            }
+        }
         if let Some(log) = self.log.take() {
             tracing::info!(
                 agent = %log.agent,
@@ -639,12 +836,19 @@ impl Body for Logged {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.body {
+        let this = &mut *self;
+        let polled = match &mut this.body {
             Either::Left(body) => Pin::new(body).poll_frame(cx),
             Either::Right(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never: Infallible| match never {}),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(meter)) = (&polled, this.meter.as_mut())
+            && let Some(data) = frame.data_ref()
+        {
+            meter.scanner.feed(data);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -42,6 +42,8 @@ pub struct Hive {
     pub(crate) gateway: crate::gateway::Gateway,
     /// Each running agent's egress allow-list (its deployed image's).
     pub(crate) egress: crate::egress::EgressLists,
+    /// Each agent's tokens today against its deployed image's daily budget.
+    pub(crate) budgets: crate::model_calls::Budgets,
     pub(crate) repos: ConfigRepos,
     pub(crate) containers: Containers,
     pub(crate) watcher: crate::watcher::Watcher,
@@ -131,6 +133,7 @@ impl Hive {
             mcp: McpSockets::default(),
             gateway,
             egress: Default::default(),
+            budgets: Default::default(),
             repos: ConfigRepos::new(paths.clone()),
             containers,
             watcher,

@@ -50,6 +50,15 @@ pub fn mask(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether `bytes` hold a secret the broker has read (patterns are not looked for: a search of
+/// files and environments for the keys themselves).
+pub fn holds_a_known_secret(bytes: &[u8]) -> bool {
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    known
+        .iter()
+        .any(|secret| memchr::memmem::find(bytes, secret.as_bytes()).is_some())
+}
+
 /// Bytes a token (a key, a bearer token) is made of.
 fn token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')

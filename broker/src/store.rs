@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_turn_stats.sql"),
     include_str!("migrations/0012_deploy_builder.sql"),
     include_str!("migrations/0013_paused.sql"),
+    include_str!("migrations/0014_model_calls.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

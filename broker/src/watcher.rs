@@ -463,6 +463,37 @@ impl Hive {
         Ok(())
     }
 
+    /// Tells the manager `event` about `agent` (a helper event, and on the bus), recorded under
+    /// the agent's `axis` with `state`; each call tells (the caller decides when it is news).
+    pub(crate) async fn tell_manager_of(
+        &self,
+        agent: &AgentName,
+        axis: &'static str,
+        state: String,
+        event: &'static str,
+        details: Value,
+    ) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        let tell = Tell {
+            event,
+            details,
+            to_agent: None,
+        };
+        self.watcher
+            .record(
+                agent.as_str(),
+                record.incarnation,
+                axis,
+                state,
+                Some(tell),
+                true,
+            )
+            .await
+            .map(drop)
+    }
+
     /// Each agent's axes as the watcher last saw them.
     pub fn agent_axes(&self, agent: &AgentName) -> Axes {
         let run = self.containers.run_of(agent);

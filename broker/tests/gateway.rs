@@ -522,3 +522,265 @@ async fn the_claude_cli_completes_a_turn_through_the_gateway_socket() {
         );
     }
 }
+
+/// The agent's own stored key goes to the OpenAI-compatible route too, as its bearer token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_stored_key_is_the_bearer_token_of_the_openai_route() {
+    let anthropic = ModelServer::start(vec![]).await;
+    let openai = ModelServer::start(vec![Reply::text("from openai")]).await;
+    let mut config = Config::default();
+    config.model.anthropic_base_url = anthropic.base_url();
+    config.model.openai_base_url = Some(openai.base_url());
+    let f = common::open(tempfile::tempdir().unwrap(), config).await;
+    f.hive
+        .add_agent(name("alice"), AgentKind::Agent)
+        .await
+        .unwrap();
+    f.hive
+        .store_api_key(&name("alice"), b"sk-alice-openai-key-0123\n")
+        .await
+        .unwrap();
+    let mut conn = connect(&socket(&f)).await;
+    let body = Bytes::from(
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    let req = post("/v1/chat/completions").header("authorization", "Bearer sk-agent");
+    let resp = send(&mut conn, req, body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        openai.requests()[0].header("authorization"),
+        Some("Bearer sk-alice-openai-key-0123")
+    );
+}
+
+/// The rows of `model_calls`: (agent, upstream, model, status, input, output).
+type CallRow = (String, String, Option<String>, i64, i64, i64);
+
+fn model_calls(f: &Fixture) -> Vec<CallRow> {
+    let db = common::open_db(&f.hive);
+    let mut q = db
+        .prepare(
+            "SELECT agent, upstream, model, status, input_tokens, output_tokens FROM model_calls
+             ORDER BY id",
+        )
+        .unwrap();
+    q.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// Waits (bounded) until `model_calls` holds `n` rows: each is written once its answer ended.
+async fn wait_for_calls(f: &Fixture, n: usize) -> Vec<CallRow> {
+    let mut rows = Vec::new();
+    for _ in 0..500 {
+        rows = model_calls(f);
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} model calls stored, expected {n}: {rows:?}", rows.len());
+}
+
+/// Each forwarded call is stored with the usage its answer reported: streamed and whole, both
+/// providers, an error answer with none; a request the gateway answers itself is not a call.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_forwarded_call_is_stored_with_the_usage_its_answer_reported() {
+    let anthropic = ModelServer::start(vec![
+        Reply::text("a streamed answer of some length"),
+        Reply::text("whole"),
+        Reply::invalid_api_key(),
+    ])
+    .await;
+    let openai = ModelServer::start(vec![Reply::text("from openai")]).await;
+    let mut config = Config::default();
+    config.model.anthropic_base_url = anthropic.base_url();
+    config.model.openai_base_url = Some(openai.base_url());
+    let f = common::open(tempfile::tempdir().unwrap(), config).await;
+    f.hive
+        .add_agent(name("alice"), AgentKind::Agent)
+        .await
+        .unwrap();
+    let mut conn = connect(&socket(&f)).await;
+    let streamed = text(send(&mut conn, post("/v1/messages"), messages_body(true)).await).await;
+    let whole = text(send(&mut conn, post("/v1/messages"), messages_body(false)).await).await;
+    let refused = send(&mut conn, post("/v1/messages"), messages_body(false)).await;
+    assert_eq!(refused.status(), 401);
+    text(refused).await;
+    let body = Bytes::from(
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    let chat = text(send(&mut conn, post("/v1/chat/completions"), body).await).await;
+    let not_a_call = send(&mut conn, post("/v1/models"), messages_body(false)).await;
+    assert_eq!(not_a_call.status(), 404);
+
+    let rows = wait_for_calls(&f, 4).await;
+    // What each answer itself said its usage was.
+    let said = |answer: &str, input: &str, output: &str| -> (i64, i64) {
+        let numbers = |key: &str| -> i64 {
+            let at = answer
+                .rfind(&format!("\"{key}\":"))
+                .unwrap_or_else(|| panic!("{answer}"));
+            answer[at + key.len() + 3..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap()
+        };
+        (numbers(input), numbers(output))
+    };
+    let (si, so) = said(&streamed, "input_tokens", "output_tokens");
+    let (wi, wo) = said(&whole, "input_tokens", "output_tokens");
+    let (ci, co) = said(&chat, "prompt_tokens", "completion_tokens");
+    assert!(
+        si > 0 && so > 1 && wi > 0 && ci > 0,
+        "{streamed}\n{whole}\n{chat}"
+    );
+    let model = Some("claude-test".to_owned());
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "alice".into(),
+                "anthropic".into(),
+                model.clone(),
+                200,
+                si,
+                so
+            ),
+            ("alice".into(), "anthropic".into(), model, 200, wi, wo),
+            ("alice".into(), "anthropic".into(), None, 401, 0, 0),
+            (
+                "alice".into(),
+                "openai".into(),
+                Some("gpt-test".into()),
+                200,
+                ci,
+                co
+            ),
+        ]
+    );
+    // Nothing more is written later (the 404 was no call).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(model_calls(&f).len(), 4);
+}
+
+/// The helper events in the manager's inbox, as (event, body) pairs.
+fn helper_events(f: &Fixture) -> Vec<(String, Value)> {
+    let db = common::open_db(&f.hive);
+    let mut q = db
+        .prepare("SELECT body FROM messages WHERE recipient = 'manager' AND sender = 'system' ORDER BY id")
+        .unwrap();
+    q.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|b| serde_json::from_str::<Value>(&b.unwrap()).unwrap())
+        .map(|v| (v["event"].as_str().unwrap_or_default().to_owned(), v))
+        .filter(|(e, _)| e.starts_with("model_"))
+        .collect()
+}
+
+/// After `breaker_failures` upstream failures in a row the breaker opens: the next call is
+/// answered 503 at once with a readable reason and never reaches the upstream, and the manager
+/// is told `model_unreachable` once; after the cool-down one call goes through, its success
+/// closes the breaker and the manager is told `model_reachable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_breaker_opens_after_n_upstream_failures_and_closes_after_its_cooldown() {
+    let server = ModelServer::start(vec![
+        Reply::overloaded(),
+        Reply::api_error(500, "api_error", "internal"),
+        Reply::overloaded(),
+        Reply::text("back"),
+    ])
+    .await;
+    let mut config = Config::default();
+    config.model.anthropic_base_url = server.base_url();
+    config.model.breaker_failures = 3;
+    config.model.breaker_cooldown_secs = 1;
+    let f = common::open(tempfile::tempdir().unwrap(), config).await;
+    f.hive
+        .add_agent(name("alice"), AgentKind::Agent)
+        .await
+        .unwrap();
+    let mut conn = connect(&socket(&f)).await;
+    for expected in [529, 500, 529] {
+        let resp = send(&mut conn, post("/v1/messages"), messages_body(false)).await;
+        assert_eq!(resp.status(), expected);
+        text(resp).await;
+    }
+    let opened = std::time::Instant::now();
+    let resp = send(&mut conn, post("/v1/messages"), messages_body(false)).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = json_error(resp).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("after 3 failures in a row") && message.contains(&server.base_url()),
+        "{message}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "refused without calling the upstream"
+    );
+
+    let mut events = Vec::new();
+    for _ in 0..500 {
+        events = helper_events(&f);
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "model_unreachable");
+    assert_eq!(events[0].1["failures"], 3);
+    assert_eq!(events[0].1["agent"], "alice");
+
+    // Refused until the cool-down has passed; then the probe goes through and closes it.
+    let mut status = 503;
+    for _ in 0..300 {
+        let resp = send(&mut conn, post("/v1/messages"), messages_body(false)).await;
+        status = resp.status().as_u16();
+        text(resp).await;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    assert!(
+        opened.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        opened.elapsed()
+    );
+    assert_eq!(server.requests().len(), 4);
+    for _ in 0..500 {
+        events = helper_events(&f);
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["model_unreachable", "model_reachable"]);
+}
+
+/// A breaker setting of 0 is refused with the key named.
+#[test]
+fn breaker_settings_of_zero_are_refused() {
+    let err = Config::from_toml("[model]\nbreaker_failures = 0\n").unwrap_err();
+    assert!(err.contains("model.breaker_failures"), "{err}");
+    let err = Config::from_toml("[model]\nbreaker_cooldown_secs = 0\n").unwrap_err();
+    assert!(err.contains("model.breaker_cooldown_secs"), "{err}");
+}

@@ -14,11 +14,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error answer; its message is masked (`broker::redact`): an error may quote a key.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match broker::redact::mask(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
         Self {
             status,
             code,
-            message: message.into(),
+            message,
         }
     }
 
@@ -58,7 +64,8 @@ impl From<broker::Error> for ApiError {
             | E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if e.is_internal() {
-            tracing::error!(error = %e, "internal error answering an API request");
+            tracing::error!(error = %broker::redact::mask(&e.to_string()),
+                "internal error answering an API request");
             return Self::new(status, e.code(), "internal error");
         }
         Self::new(status, e.code(), e.to_string())
@@ -93,5 +100,23 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_answer_never_carries_a_key() {
+        broker::redact::remember("sk-dash-error-test-key-0123456789");
+        let e = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the file held sk-dash-error-test-key-0123456789 and x-api-key: abcdefgh12345678",
+        );
+        assert!(!e.message.contains("sk-dash-error"), "{}", e.message);
+        assert!(!e.message.contains("abcdefgh12345678"), "{}", e.message);
+        assert!(e.message.contains(broker::redact::MASK), "{}", e.message);
     }
 }

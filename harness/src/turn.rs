@@ -42,9 +42,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const BUSY_RETRIES: u32 = 2;
 const BUSY_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Whether a turn's error is the provider being busy: rate limited (429) or overloaded (529).
+/// Whether a turn's error is the provider being busy: rate limited (429) or overloaded (529) —
+/// not the hive's refusal for a spent daily budget, which no retry today can help.
 fn provider_busy(error: &str) -> bool {
-    error.contains("API Error") && (error.contains("429") || error.contains("529"))
+    error.contains("API Error")
+        && (error.contains("429") || error.contains("529"))
+        && !error.contains(proto::BUDGET_SPENT)
 }
 
 /// Calls a harness tool; a tool error is an error naming the tool.

@@ -15,3 +15,7 @@ pub use agent_config::AgentConfig;
 pub use approval::{Approval, ApprovalStatus, ChangedFile, Deploy, DeployStatus};
 pub use message::{Message, MessageState, Turn};
 pub use usage::Usage;
+
+/// Words the model gateway's 429 for a spent daily token budget always holds: the harness does
+/// not retry a turn that failed on it (no retry helps before the day ends).
+pub const BUDGET_SPENT: &str = "daily token budget is spent";

@@ -8,6 +8,8 @@
 //! - 11c: `hive-agent`'s idle RSS (from 11a) and the warm claude process's RSS (from 11b).
 //! - 11d: the model route's added latency: the first byte of a streamed answer through the agent's
 //!   `gateway.sock` against a direct connection to the same upstream.
+//! - 11e: the model route's streamed throughput: a 32 MiB answer of small SSE events (each scanned
+//!   by the gateway for usage) through `gateway.sock` against the same answer direct.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -35,6 +37,32 @@ pub struct Figures {
     pub claude_warm: Memory,
     pub gateway_first_byte: Samples,
     pub direct_first_byte: Samples,
+    /// 11e: MiB/s of each bulk answer, through the gateway and direct.
+    pub gateway_mib_s: Vec<f64>,
+    pub direct_mib_s: Vec<f64>,
+}
+
+/// The size of 11e's bulk answer.
+const BULK_BYTES: usize = 32 * 1024 * 1024;
+
+/// 11e's answer: text deltas of 64 characters as the provider streams them, then the usage.
+fn bulk_body() -> Bytes {
+    static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| {
+        let delta = format!(
+            "event: content_block_delta\ndata: {}\n\n",
+            json!({"type":"content_block_delta","index":0,
+                   "delta":{"type":"text_delta","text":"x".repeat(64)}})
+        );
+        let mut body = String::with_capacity(BULK_BYTES + 1024);
+        body.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-bench\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n");
+        while body.len() < BULK_BYTES {
+            body.push_str(&delta);
+        }
+        body.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":500000}}\n\n");
+        Bytes::from(body)
+    })
+    .clone()
 }
 
 /// The file the stand-in claude looks for, walking up from its working directory.
@@ -181,7 +209,16 @@ async fn upstream() -> anyhow::Result<SocketAddr> {
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let post = req.method() == hyper::Method::POST;
+    let bulk = req.uri().query() == Some("bulk");
     let _ = req.into_body().collect().await;
+    if post && bulk {
+        let mut r = Response::new(Full::new(bulk_body()));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        return Ok(r);
+    }
     if !post {
         let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
         *r.status_mut() = hyper::StatusCode::NOT_FOUND;
@@ -372,8 +409,41 @@ where
     Ok(sender)
 }
 
-/// 11d: alternating requests through the gateway and direct, on one kept-alive connection each.
-async fn gateway(hive: &Path, samples: usize) -> anyhow::Result<(Samples, Samples)> {
+/// One bulk answer read to its end: MiB/s.
+async fn bulk(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+) -> anyhow::Result<f64> {
+    let body = r#"{"model":"claude-bench","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"bulk"}]}"#;
+    let request = Request::post("/v1/messages?bulk")
+        .header("host", "model")
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", "bench")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))?;
+    sender.ready().await?;
+    let t0 = Instant::now();
+    let response = sender.send_request(request).await?;
+    ensure!(
+        response.status().is_success(),
+        "the model answered {}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    let mut bytes = 0usize;
+    while let Some(frame) = body.frame().await.transpose()? {
+        bytes += frame.data_ref().map_or(0, |d| d.len());
+    }
+    ensure!(bytes >= BULK_BYTES, "only {bytes} bytes arrived");
+    Ok(bytes as f64 / (1024.0 * 1024.0) / t0.elapsed().as_secs_f64())
+}
+
+/// 11d and 11e: alternating requests through the gateway and direct, on one kept-alive
+/// connection each.
+async fn gateway(
+    hive: &Path,
+    samples: usize,
+    bulks: usize,
+) -> anyhow::Result<(Samples, Samples, Vec<f64>, Vec<f64>)> {
     let model = upstream().await?;
     let dir = tempfile::tempdir()?;
     std::fs::write(
@@ -404,17 +474,26 @@ async fn gateway(hive: &Path, samples: usize) -> anyhow::Result<(Samples, Sample
         g.push(first_byte(&mut via).await?);
         t.push(first_byte(&mut direct).await?);
     }
+    let (mut gb, mut tb) = (Vec::with_capacity(bulks), Vec::with_capacity(bulks));
+    for _ in 0..bulks {
+        gb.push(bulk(&mut via).await?);
+        tb.push(bulk(&mut direct).await?);
+    }
     drop(via);
     d.stop()?;
-    Ok((Samples::new(g), Samples::new(t)))
+    Ok((Samples::new(g), Samples::new(t), gb, tb))
 }
 
 pub async fn measure(hive: &Path, quick: bool) -> anyhow::Result<Figures> {
     let (to_stdin, harness) = to_stdin(hive, if quick { 50 } else { 300 }).await?;
     let (warm_turn, per_turn, claude_warm) =
         warm_and_per_turn(if quick { 5 } else { 20 }, if quick { 2 } else { 5 }).await?;
-    let (gateway_first_byte, direct_first_byte) =
-        gateway(hive, if quick { 300 } else { 2000 }).await?;
+    let (gateway_first_byte, direct_first_byte, gateway_mib_s, direct_mib_s) = gateway(
+        hive,
+        if quick { 300 } else { 2000 },
+        if quick { 2 } else { 5 },
+    )
+    .await?;
     Ok(Figures {
         to_stdin,
         warm_turn,
@@ -423,5 +502,7 @@ pub async fn measure(hive: &Path, quick: bool) -> anyhow::Result<Figures> {
         claude_warm,
         gateway_first_byte,
         direct_first_byte,
+        gateway_mib_s,
+        direct_mib_s,
     })
 }

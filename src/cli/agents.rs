@@ -191,6 +191,42 @@ pub fn show_agent(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode>
     } else if let Some(why) = a["isolation_error"].as_str() {
         outln!("isolation:   {}", output::one_line(why));
     }
+    let c = &a["confinement"];
+    if c.is_object() {
+        outln!("confinement:");
+        outln!("  network:         {}", output::field(&c["network"], "?"));
+        let egress: Vec<&str> = c["egress"]
+            .as_array()
+            .map(|e| e.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        outln!(
+            "  egress:          {}",
+            output::one_line(&if egress.is_empty() {
+                "none".to_owned()
+            } else {
+                egress.join(", ")
+            })
+        );
+        outln!("  egress denied:   {}", c["egress_denied"]);
+        match c["tokens_per_day"].as_u64() {
+            Some(limit) => outln!("  tokens today:    {} of {limit}", c["tokens_today"]),
+            None => outln!("  tokens today:    {} (no budget)", c["tokens_today"]),
+        }
+        let key = match c["key_inside"].as_bool() {
+            Some(false) => format!(
+                "no (searched {} files and the environments)",
+                c["files_searched"]
+            ),
+            Some(true) => "YES".to_owned(),
+            None => "not checked".to_owned(),
+        };
+        outln!("  key inside:      {key}");
+        for w in c["warnings"].as_array().into_iter().flatten() {
+            if let Some(w) = w.as_str() {
+                outln!("  WARNING:         {}", output::one_line(w));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

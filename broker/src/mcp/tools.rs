@@ -42,13 +42,14 @@ pub struct HiveMcp {
 
 type ToolResult = Result<String, String>;
 
-/// A broker error as the text a model reads.
+/// A broker error as the text a model reads (secrets masked: an error may quote what it read).
 fn explain(e: crate::Error) -> String {
     if e.is_internal() {
-        tracing::error!(error = %e, "internal error in an MCP tool");
+        let shown = e.to_string();
+        tracing::error!(error = %crate::redact::mask(&shown), "internal error in an MCP tool");
         return "internal error in the hive; the operator can find the details in its log".into();
     }
-    e.to_string()
+    crate::redact::mask(&e.to_string()).into_owned()
 }
 
 fn to_json(v: &impl serde::Serialize) -> ToolResult {

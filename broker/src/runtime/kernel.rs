@@ -56,6 +56,36 @@ pub fn payload_among(pids: &[u32]) -> Option<u32> {
         .find(|&p| ns_pid(p).is_some_and(|(inner, depth)| inner == 2 && depth >= 2))
 }
 
+/// `pid` and every process under it (through `/proc/<pid>/task/*/children`).
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut next = 0;
+    while next < all.len() && all.len() < 100_000 {
+        let p = all[next];
+        next += 1;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    all
+}
+
+/// `/proc/<pid>/environ`, as the kernel gives it (NUL-separated).
+pub fn environ(pid: u32) -> Result<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| Error::io(format!("cannot read /proc/{pid}/environ"), e))
+}
+
 fn read(pid: u32, file: &str) -> Result<String> {
     fs::read_to_string(format!("/proc/{pid}/{file}"))
         .map_err(|e| Error::io(format!("cannot read /proc/{pid}/{file}"), e))

@@ -133,6 +133,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn exits(&self) -> tokio::sync::broadcast::Receiver<ContainerExit>;
     /// The claude CLI the agents get, or why there is none (shown by `hive status`).
     fn claude(&self) -> &ClaudeCli;
+    /// The host pids of the running container's processes (none when it does not run).
+    fn pids(&self, agent: &AgentName) -> Vec<u32>;
 }
 
 /// The claude CLI found at daemon start ([`find_claude`]): the real file (symlinks resolved, so

@@ -259,6 +259,10 @@ impl Runtime for NspawnRuntime {
         run_with_timeout(command, timeout)
     }
 
+    fn pids(&self, agent: &AgentName) -> Vec<u32> {
+        self.cgroups.agent(agent).pids()
+    }
+
     fn isolation(&self, agent: &AgentName) -> Result<Isolation> {
         let payload = self.payload(agent)?;
         let limits = self.cgroups.agent(agent).limits();

@@ -137,6 +137,14 @@ impl Runtime for ProcessRuntime {
         run_with_timeout(command, timeout)
     }
 
+    /// The harness and every process under it.
+    fn pids(&self, agent: &AgentName) -> Vec<u32> {
+        match self.children.status(agent) {
+            ContainerState::Running { pid } => super::kernel::with_descendants(pid),
+            _ => Vec::new(),
+        }
+    }
+
     fn isolation(&self, agent: &AgentName) -> Result<Isolation> {
         let ContainerState::Running { .. } = self.children.status(agent) else {
             return Err(Error::Runtime(format!("agent '{agent}' is not running")));

@@ -56,6 +56,9 @@ pub(super) struct AgentDetail {
     /// Why the isolation could not be read (e.g. the agent is not running).
     #[serde(skip_serializing_if = "Option::is_none")]
     isolation_error: Option<String>,
+    /// Network mode, egress list and denials, tokens against the budget, the key search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confinement: Option<broker::confinement::Confinement>,
 }
 
 pub(super) async fn show(
@@ -78,12 +81,17 @@ pub(super) async fn show(
     } else {
         (None, Some("not running".to_owned()))
     };
+    let confinement = match run.pid {
+        Some(_) => s.hive.agent_confinement(&agent).await.ok(),
+        None => None,
+    };
     Ok(Json(AgentDetail {
         record,
         run,
         runtime: s.hive.runtime_kind(),
         isolation,
         isolation_error,
+        confinement,
     }))
 }
 

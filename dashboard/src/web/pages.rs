@@ -191,6 +191,27 @@ fn isolation_summary(i: &broker::runtime::Isolation) -> String {
     parts.join("; ")
 }
 
+fn confinement_summary(c: &broker::confinement::Confinement) -> String {
+    let egress = if c.egress.is_empty() {
+        "no egress".to_owned()
+    } else {
+        format!("egress {}", c.egress.join(", "))
+    };
+    let budget = match c.tokens_per_day {
+        Some(limit) => format!("{} of {limit} tokens today", c.tokens_today),
+        None => format!("{} tokens today (no budget)", c.tokens_today),
+    };
+    let key = match c.key_inside {
+        Some(false) => "no key inside",
+        Some(true) => "A KEY IS INSIDE",
+        None => "key inside: not checked",
+    };
+    format!(
+        "network {}; {egress}; {} denied; {budget}; {key}",
+        c.network, c.egress_denied
+    )
+}
+
 async fn isolation_of(s: &WebState, name: &AgentName, run: &AgentRun) -> String {
     if run.pid.is_none() {
         return "not running".into();
@@ -641,6 +662,9 @@ struct AgentPage {
     run: AgentRun,
     turn_state: &'static str,
     isolation: String,
+    /// The confinement summary, and its warnings (`network = "host"`, a key found inside).
+    confinement: String,
+    confinement_warnings: Vec<String>,
     agent_nix: Option<String>,
     deploys: Vec<DeployRow>,
     log: String,
@@ -666,6 +690,14 @@ async fn agent(
     })?;
     let run = s.hive.agent_run(&name)?;
     let isolation = isolation_of(&s, &name, &run).await;
+    let (confinement, confinement_warnings) = if run.pid.is_none() {
+        ("not running".to_owned(), Vec::new())
+    } else {
+        match s.hive.agent_confinement(&name).await {
+            Ok(c) => (confinement_summary(&c), c.warnings),
+            Err(_) => ("unknown".to_owned(), Vec::new()),
+        }
+    };
     let agent_nix = s.hive.applied_agent_nix(&name).await?;
     let deploys: Vec<DeployRow> = s
         .hive
@@ -711,6 +743,8 @@ async fn agent(
         turn_state: run.turn_state.map(|t| t.as_str()).unwrap_or("—"),
         run,
         isolation,
+        confinement,
+        confinement_warnings,
         agent_nix,
         deploys,
         log,
