@@ -21,6 +21,12 @@ let
       cp ${unchecked} $out
     '';
 
+  # Only the static busybox binary (the images need it), without its applet links, which would
+  # shadow coreutils & co. on the daemon's PATH.
+  busyboxOnly = pkgs.runCommand "busybox-static" { } ''
+    install -D -m 0755 ${pkgs.pkgsStatic.busybox}/bin/busybox $out/bin/busybox
+  '';
+
   effectivePort = hiveToml.dashboard.port;
   dashboardOn = hiveToml.dashboard.enabled or true;
 
@@ -144,7 +150,7 @@ in
       path = [
         config.nix.package
         config.systemd.package
-        pkgs.pkgsStatic.busybox
+        busyboxOnly
         pkgs.git
       ];
       environment = {

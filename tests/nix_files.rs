@@ -44,7 +44,14 @@ fn nix_files(dir: &Path, found: &mut Vec<PathBuf>) {
 /// `nix-instantiate --eval --strict --json` of an expression; the value, or nix's message.
 fn eval_json(nix: &Path, expr: &str) -> Result<Value, String> {
     let out = Command::new(nix)
-        .args(["--eval", "--strict", "--json", "--option", "substituters", ""])
+        .args([
+            "--eval",
+            "--strict",
+            "--json",
+            "--option",
+            "substituters",
+            "",
+        ])
         .args(["-E", expr])
         .output()
         .unwrap();
@@ -72,10 +79,17 @@ fn every_nix_file_parses() {
         "nix/package.nix",
         "nix/tests/vm.nix",
     ] {
-        assert!(files.contains(&root().join(expected)), "{expected} not found");
+        assert!(
+            files.contains(&root().join(expected)),
+            "{expected} not found"
+        );
     }
     for file in &files {
-        let out = Command::new(&nix).arg("--parse").arg(file).output().unwrap();
+        let out = Command::new(&nix)
+            .arg("--parse")
+            .arg(file)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}: {}",
@@ -92,7 +106,11 @@ fn a_nix_syntax_error_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.nix");
     std::fs::write(&bad, "{ a = ; }").unwrap();
-    let out = Command::new(&nix).arg("--parse").arg(&bad).output().unwrap();
+    let out = Command::new(&nix)
+        .arg("--parse")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("syntax error"), "{out:?}");
 }
@@ -118,7 +136,10 @@ fn flake_lock_holds_the_pinned_nixpkgs() {
         serde_json::from_str(&std::fs::read_to_string(root().join("flake.lock")).unwrap()).unwrap();
     assert_eq!(lock["version"], 7);
     assert_eq!(lock["root"], "root");
-    assert_eq!(lock["nodes"]["root"], json!({"inputs": {"nixpkgs": "nixpkgs"}}));
+    assert_eq!(
+        lock["nodes"]["root"],
+        json!({"inputs": {"nixpkgs": "nixpkgs"}})
+    );
     assert_eq!(lock["nodes"]["nixpkgs"], pinned_nixpkgs());
     assert_eq!(
         lock["nodes"].as_object().unwrap().len(),
@@ -142,7 +163,9 @@ fn flake_copy() -> tempfile::TempDir {
 
 #[test]
 fn the_flake_s_offline_outputs_evaluate_with_the_pinned_lock() {
-    let Some(nix) = tools::require("nix", tools::which("nix")) else { return };
+    let Some(nix) = tools::require("nix", tools::which("nix")) else {
+        return;
+    };
     let flake = flake_copy();
     let x = ["--extra-experimental-features", "nix-command flakes"];
     let run = |args: &[&str]| {
@@ -160,9 +183,23 @@ fn the_flake_s_offline_outputs_evaluate_with_the_pinned_lock() {
     ]);
     assert_eq!(meta["locks"]["nodes"]["nixpkgs"], pinned_nixpkgs());
     let names = "builtins.attrNames";
-    let modules = run(&["eval", "--offline", "--json", &at("nixosModules"), "--apply", names]);
+    let modules = run(&[
+        "eval",
+        "--offline",
+        "--json",
+        &at("nixosModules"),
+        "--apply",
+        names,
+    ]);
     assert_eq!(modules, json!(["agent", "default"]));
-    let overlays = run(&["eval", "--offline", "--json", &at("overlays"), "--apply", names]);
+    let overlays = run(&[
+        "eval",
+        "--offline",
+        "--json",
+        &at("overlays"),
+        "--apply",
+        names,
+    ]);
     assert_eq!(overlays, json!(["default"]));
     let checks = run(&[
         "eval",
@@ -173,7 +210,11 @@ fn the_flake_s_offline_outputs_evaluate_with_the_pinned_lock() {
         "builtins.mapAttrs (_: builtins.attrNames)",
     ]);
     for system in ["x86_64-linux", "aarch64-linux"] {
-        assert_eq!(checks[system], json!(["module", "package", "vm"]), "{checks}");
+        assert_eq!(
+            checks[system],
+            json!(["module", "package", "vm"]),
+            "{checks}"
+        );
     }
 }
 
@@ -195,7 +236,10 @@ fn the_agent_module_s_options_evaluate_through_the_minimal_builder() {
         let json = agent_json(&nix, &root().join(template)).unwrap();
         let config: proto::AgentConfig = serde_json::from_value(json.clone())
             .unwrap_or_else(|e| panic!("{template}: {e}: {json}"));
-        assert_eq!(config.resources.memory_mb, 2048, "{template}: defaults applied");
+        assert_eq!(
+            config.resources.memory_mb, 2048,
+            "{template}: defaults applied"
+        );
         assert!(!config.prompt.is_empty(), "{template}: prompt.md read");
     }
 
@@ -219,7 +263,10 @@ fn the_agent_module_s_options_evaluate_through_the_minimal_builder() {
     assert_eq!(config.resources.cpu_weight, 200);
     assert_eq!(config.egress, ["example.org:443"]);
     assert_eq!(json["budget"]["tokensPerDay"], 1000);
-    assert_eq!(json["extraMcpServers"]["fs"]["allowedTools"], json!(["read"]));
+    assert_eq!(
+        json["extraMcpServers"]["fs"]["allowedTools"],
+        json!(["read"])
+    );
 
     // A wrong type is refused with the option's name.
     std::fs::write(
@@ -293,10 +340,7 @@ fn the_module_s_hive_toml_with_its_documented_example_passes_check_config() {
     let parsed = broker::config::Config::from_toml(&toml).unwrap();
     assert_eq!(parsed.dashboard.address.to_string(), "0.0.0.0");
     assert_eq!(parsed.dashboard.port, 7200);
-    assert_eq!(
-        parsed.runtime.kind,
-        Some(broker::config::RuntimeKind::Off)
-    );
+    assert_eq!(parsed.runtime.kind, Some(broker::config::RuntimeKind::Off));
     assert!(parsed.watcher.auto_update);
     assert_eq!(parsed.store.synchronous, broker::config::Synchronous::Full);
     assert_eq!(parsed.watcher.reconcile_seconds, 60, "the example's key");
@@ -311,7 +355,11 @@ fn a_bad_setting_fails_check_config_with_its_key() {
         ("{ mailbox.max_body_bytes = 0; }", "mailbox.max_body_bytes"),
         ("{ manager.model = \"x\"; }", "manager"),
     ] {
-        let toml = hive_toml(&nix, &format!("{{ {DEFAULT_OPTIONS} settings = {settings}; }}")).unwrap();
+        let toml = hive_toml(
+            &nix,
+            &format!("{{ {DEFAULT_OPTIONS} settings = {settings}; }}"),
+        )
+        .unwrap();
         let out = check_config(&toml);
         assert!(!out.status.success(), "{settings} was accepted");
         let err = text(&out.stderr);

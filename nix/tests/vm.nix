@@ -12,7 +12,6 @@
       memorySize = 2048;
       diskSize = 4096;
     };
-    nix.settings.experimental-features = [ "nix-command" ];
     services.hyperhive = {
       enable = true;
       runtime = "nspawn";
