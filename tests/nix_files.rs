@@ -366,3 +366,38 @@ fn a_bad_setting_fails_check_config_with_its_key() {
         assert!(err.contains(key), "{settings}: {err}");
     }
 }
+
+#[test]
+fn the_service_units_run_hive_serve_as_scripts_serve_does() {
+    // The daemon's own default state dir as root; both units must use it.
+    let default_root = "/var/lib/hyperhive";
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(
+            broker::paths::StateDir::default_root(),
+            Path::new(default_root)
+        );
+    }
+    let contrib = std::fs::read_to_string(root().join("contrib/hyperhive.service")).unwrap();
+    let lines: Vec<&str> = contrib.lines().map(str::trim).collect();
+    for expected in [
+        "Type=notify".to_owned(),
+        "WatchdogSec=30".to_owned(),
+        format!("ExecStart=/usr/local/bin/hive serve --state-dir {default_root}"),
+        "StateDirectory=hyperhive".to_owned(),
+        "RuntimeDirectory=hyperhive".to_owned(),
+    ] {
+        assert!(
+            lines.contains(&expected.as_str()),
+            "contrib unit lacks {expected}"
+        );
+    }
+    let module = std::fs::read_to_string(root().join("nixos-module/default.nix")).unwrap();
+    for expected in [
+        format!("default = \"{default_root}\";"),
+        "Type = \"notify\";".to_owned(),
+        "WatchdogSec = 30;".to_owned(),
+        "bin/hive serve --state-dir ${cfg.stateDir} --config ${configFile}".to_owned(),
+    ] {
+        assert!(module.contains(&expected), "module lacks {expected}");
+    }
+}
