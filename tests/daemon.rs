@@ -152,9 +152,22 @@ async fn try_send(state: &std::path::Path, req: &str) -> Option<i64> {
 #[test]
 fn systemd_gets_ready_and_watchdog_pings() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_env(dir.path(), "", &[("WATCHDOG_USEC", "200000")]);
-    let next = daemon.next_notification().expect("no watchdog ping");
-    assert!(next.lines().any(|l| l == "WATCHDOG=1"), "{next:?}");
+    let mut daemon = Daemon::start_with_env(dir.path(), "", &[("WATCHDOG_USEC", "200000")]);
+    // Pings keep coming (at half the interval), not just one.
+    for _ in 0..2 {
+        let next = daemon.next_notification().expect("no watchdog ping");
+        assert!(next.lines().any(|l| l == "WATCHDOG=1"), "{next:?}");
+    }
+    // SIGTERM: systemd is told the daemon is stopping before it exits.
+    assert!(daemon.sigterm().success());
+    let mut seen = vec![];
+    while let Some(next) = daemon.next_notification() {
+        if next.lines().any(|l| l == "STOPPING=1") {
+            return;
+        }
+        seen.push(next);
+    }
+    panic!("no STOPPING=1 after SIGTERM; got {seen:?}");
 }
 
 #[test]

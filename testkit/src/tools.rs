@@ -132,7 +132,7 @@ pub fn install_hint(name: &str) -> &'static str {
         "python mcp" => "scripts/setup (creates .tools/venv with the pinned PyPI mcp)",
         "node" | "npm" => "apt-get install nodejs npm (or scripts/setup)",
         "hive-agent" => "cargo build --workspace (scripts/test builds it first)",
-        "nix-build" => "apt-get install nix-bin (or scripts/setup)",
+        "nix-build" | "nix-instantiate" | "nix" => "apt-get install nix-bin (or scripts/setup)",
         "systemd-nspawn" => {
             "apt-get install systemd-container (or scripts/setup); the tests that start containers run as root"
         }
