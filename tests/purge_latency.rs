@@ -1,6 +1,7 @@
 //! A purge of a big tombstone does its file work off the async workers: MCP calls keep answering
-//! while it runs. A latency bound, so this runs alone in its own test binary (other daemon tests
-//! running in parallel threads would load the same two cores).
+//! while it runs. Judged against the purge's own duration (file work on the one async worker held
+//! every call for all of it: 411 ms of a 420 ms purge), not against a fixed time, so that a loaded
+//! machine slows both alike; still alone in its own test binary.
 
 mod common;
 
@@ -37,6 +38,7 @@ fn a_purge_of_a_big_tombstone_does_not_hold_up_mcp_calls() {
         };
         whoami().await; // warm
         let path = format!("/api/v1/tombstones/{tomb}/purge");
+        let started = Instant::now();
         let purge = tokio::spawn({
             let state = state.to_owned();
             async move { api(&state, "POST", &path, Some("{}")).await }
@@ -47,14 +49,16 @@ fn a_purge_of_a_big_tombstone_does_not_hold_up_mcp_calls() {
             worst = worst.max(whoami().await);
             calls += 1;
         }
+        let took = started.elapsed();
         let (status, body) = purge.await.unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(calls > 5, "only {calls} calls while the purge ran");
-        worst
+        (worst, took)
     });
+    let (worst, took) = worst;
     assert!(!state.join("tombstones").join(&tomb).exists());
     assert!(
-        worst < Duration::from_millis(50),
-        "a whoami took {worst:?} while the purge ran"
+        worst * 4 < took,
+        "a whoami took {worst:?} while the purge ran for {took:?}"
     );
 }

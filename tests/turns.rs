@@ -650,7 +650,7 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
 
     // The hive's own report says the same, checked (not assumed): no key inside, network none.
     let shown: Value =
-        serde_json::from_str(&cli_ok(&state, &["agent", "alice", "--json"])).unwrap();
+        serde_json::from_str(&cli_ok(&state, &["show-agent", "alice", "--json"])).unwrap();
     let c = &shown["confinement"];
     assert_eq!(c["network"], "none", "{shown}");
     assert_eq!(c["key_inside"], false, "{shown}");
@@ -660,7 +660,7 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
     let planted = state.join("secrets/alice/home/planted.txt");
     std::fs::write(&planted, format!("export KEY={KEY}\n")).unwrap();
     let shown: Value =
-        serde_json::from_str(&cli_ok(&state, &["agent", "alice", "--json"])).unwrap();
+        serde_json::from_str(&cli_ok(&state, &["show-agent", "alice", "--json"])).unwrap();
     let c = &shown["confinement"];
     assert_eq!(c["key_inside"], true, "{shown}");
     assert!(
@@ -671,7 +671,7 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
         !shown.to_string().contains(KEY),
         "the report never holds the key"
     );
-    let text = cli_ok(&state, &["agent", "alice"]);
+    let text = cli_ok(&state, &["show-agent", "alice"]);
     assert!(text.contains("key inside:      YES"), "{text}");
     std::fs::remove_file(&planted).unwrap();
 }
@@ -771,7 +771,7 @@ fn a_spent_budget_refuses_the_next_model_calls_and_tells_the_manager_once() {
         .unwrap();
     assert!(events.contains("daily token budget is spent"), "{events}");
     let shown: Value =
-        serde_json::from_str(&cli_ok(&state, &["agent", "alice", "--json"])).unwrap();
+        serde_json::from_str(&cli_ok(&state, &["show-agent", "alice", "--json"])).unwrap();
     assert_eq!(shown["confinement"]["tokens_per_day"], 50, "{shown}");
     assert!(
         shown["confinement"]["tokens_today"].as_u64().unwrap() >= 50,
@@ -818,7 +818,7 @@ fn memory_holds(pid: u32, needle: &[u8]) -> bool {
             if n == 0 {
                 break;
             }
-            if contains(&buf[..n], needle) {
+            if memchr::memmem::find(&buf[..n], needle).is_some() {
                 return true;
             }
             if at + n as u64 >= end {

@@ -1,4 +1,4 @@
-//! What confines a running agent beyond the kernel's isolation (DESIGN §16), for `hive agent NAME`,
+//! What confines a running agent beyond the kernel's isolation (DESIGN §16), for `hive show-agent NAME`,
 //! the API and the dashboard: the network mode and egress list of the image that runs, the egress
 //! denials since the daemon started, the tokens spent today against the budget, and whether any
 //! key the hive holds is inside the container — checked, never assumed: the environment of each of

@@ -63,7 +63,8 @@ enum Command {
     Status(status::StatusArgs),
     /// List the agents and what their containers do
     Agents(status::AgentsArgs),
-    /// Show one agent: its container, and its isolation as the kernel reports it
+    /// Show one agent: its container, its isolation as the kernel reports it, and its confinement
+    /// (network, egress, tokens against the budget, whether a key is inside)
     ShowAgent(agents::AgentArgs),
     /// Start an agent's container on its last good build (building it if there is none)
     Start(agents::AgentArgs),
