@@ -1017,7 +1017,8 @@ fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
     });
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("hive");
-    let config = "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n";
+    let config =
+        "[runtime]\nkind = \"nspawn\"\nstop_timeout_seconds = 5\n\n[dashboard]\nport = 0\n";
     let claude_path = claude.display().to_string();
     let _daemon = Daemon::start_with_env(&state, config, &[("HIVE_CLAUDE", &claude_path)]);
     quiet_manager(&state);
@@ -1026,6 +1027,11 @@ fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
     let unlisted = format!("127.0.0.1:{}", port.wrapping_add(1).max(1));
     let by_name = format!("localhost:{port}");
     let metadata = "169.254.169.254:80".to_owned();
+    // The daemon's own dashboard, on the host's loopback.
+    let dashboard = std::fs::read_to_string(state.join("run/dashboard.addr"))
+        .unwrap()
+        .trim()
+        .to_owned();
 
     let inside = wait_for_relay(&state, 1);
     let (code, said) = connect_inside(inside, &allowed);
@@ -1068,7 +1074,7 @@ fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
 
     let (code, body) = connect_inside(inside, &allowed);
     assert_eq!((code.as_str(), body.as_str()), ("200", "upstream"));
-    for refused in [&unlisted, &metadata, &by_name] {
+    for refused in [&unlisted, &dashboard, &metadata, &by_name] {
         let (code, said) = connect_inside(inside, refused);
         assert_eq!(code, "403", "{refused}: {said}");
     }
@@ -1085,18 +1091,29 @@ fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
     let targets: Vec<&str> = denied.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         targets,
-        [&allowed, &allowed, &unlisted, &metadata, &by_name].map(String::as_str),
+        [
+            &allowed, &allowed, &unlisted, &dashboard, &metadata, &by_name
+        ]
+        .map(String::as_str),
         "{denied:?}"
     );
-    assert!(denied[4].1.contains("listed literally"), "{denied:?}");
+    assert!(denied[5].1.contains("listed literally"), "{denied:?}");
     let log = std::fs::read_to_string(state.join("logs/alice.log")).unwrap();
-    for target in [&unlisted, &metadata, &by_name] {
+    for target in [&unlisted, &dashboard, &metadata, &by_name] {
         let lines = log
             .lines()
             .filter(|l| l.contains(&format!("egress to {target} denied")))
             .count();
         assert_eq!(lines, 1, "{target}:\n{log}");
     }
+    // The agent's report counts every denial since the daemon started: the two before the
+    // approval and the four after.
+    let shown: Value =
+        serde_json::from_str(&cli_ok(&state, &["show-agent", "alice", "--json"])).unwrap();
+    let c = &shown["confinement"];
+    assert_eq!(c["egress_denied"], 6, "{shown}");
+    assert_eq!(c["network"], "none", "{shown}");
+    assert_eq!(c["egress"], json!([allowed, by_name]), "{shown}");
 }
 
 /// The pid of alice's harness (for its network namespace) and its relay's port, once the
