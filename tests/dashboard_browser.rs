@@ -62,6 +62,23 @@ fn message_rows(state: &Path) -> i64 {
         .unwrap()
 }
 
+/// One streamed `POST /v1/messages` on a gateway socket, read to its end.
+async fn model_call(socket: &Path) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"model":"claude-test","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: model-gateway\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 #[test]
 fn the_operator_uses_the_dashboard_in_a_real_browser() {
     let Some(chromium) = testkit::tools::require("chromium", testkit::tools::chromium()) else {
@@ -74,7 +91,18 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
     };
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let _daemon = Daemon::start(state, "[dashboard]\nport = 0\n");
+    // The model behind the gateway, for the model-call chart.
+    let model = testkit::model_server::ModelServer::start_blocking(vec![
+        testkit::model_server::Reply::text("one answer"),
+        testkit::model_server::Reply::text("and a longer second answer"),
+    ]);
+    let _daemon = Daemon::start(
+        state,
+        &format!(
+            "[dashboard]\nport = 0\n\n[model]\nanthropic_base_url = \"{}\"\n",
+            model.base_url()
+        ),
+    );
     let addr = std::fs::read_to_string(state.join("run/dashboard.addr")).unwrap();
     let base = format!("http://{}", addr.trim());
     let link: Value = serde_json::from_str(&cli_ok(state, &["dashboard", "--json"])).unwrap();
@@ -193,7 +221,13 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         }
         until_js(&c, "[...document.querySelectorAll('#turn-stream li')].some(e => e.textContent.includes('thinking about turn 2'))", "the turn stream live").await;
         c.refresh().await.unwrap();
+        // Two model calls through the manager's gateway: charted with their usage.
+        for _ in 0..2 {
+            model_call(&state.join("run/agents/manager/gateway.sock")).await;
+        }
+        c.refresh().await.unwrap();
         until_js(&c, "document.querySelectorAll('#charts canvas').length >= 4", "the charts").await;
+        until_js(&c, "document.querySelectorAll('#call-charts canvas').length === 1 && document.querySelector('#call-charts figure').getAttribute('aria-label').endsWith('2 model calls')", "the model-call chart").await;
         let drawn = js(&c, "const cv = document.querySelector('#charts canvas'); const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;").await;
         assert!(drawn.as_u64().unwrap() > 200, "the chart drew {drawn} pixels");
         screenshot(&c, "agent").await;

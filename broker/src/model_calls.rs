@@ -326,6 +326,64 @@ pub async fn insert(store: &Store, agent: &AgentName, call: Call) -> Result<()> 
         .await
 }
 
+/// One stored call, as the API and the dashboard's chart show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub id: i64,
+    /// Unix ms when its answer ended.
+    pub at: i64,
+    pub upstream: String,
+    pub model: Option<String>,
+    pub status: u16,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub ms: u64,
+}
+
+/// `agent`'s newest `limit` calls, oldest first.
+pub async fn recent(store: &Store, agent: &AgentName, limit: usize) -> Result<Vec<CallRecord>> {
+    let name = agent.to_string();
+    let limit = limit.min(10_000) as i64;
+    store
+        .read(move |c| {
+            let mut q = c.prepare_cached(
+                "SELECT id, at, upstream, model, status, input_tokens, output_tokens,
+                        cache_read_tokens, cache_creation_tokens, ms
+                 FROM model_calls WHERE agent = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let n = |v: i64| v.max(0) as u64;
+            let mut rows = q
+                .query_map(params![name, limit], |r| {
+                    Ok(CallRecord {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        upstream: r.get(2)?,
+                        model: r.get(3)?,
+                        status: r.get::<_, i64>(4)?.clamp(0, 999) as u16,
+                        input_tokens: n(r.get(5)?),
+                        output_tokens: n(r.get(6)?),
+                        cache_read_tokens: n(r.get(7)?),
+                        cache_creation_tokens: n(r.get(8)?),
+                        ms: n(r.get(9)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+        .await
+}
+
+impl crate::hive::Hive {
+    /// `agent`'s newest `limit` model calls (at most 10 000), oldest first.
+    pub async fn model_calls(&self, agent: &AgentName, limit: usize) -> Result<Vec<CallRecord>> {
+        self.registry.require(agent)?;
+        recent(&self.store, agent, limit).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

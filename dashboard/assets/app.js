@@ -99,25 +99,20 @@
     }
   });
 
-  function charts() {
-    const data = document.getElementById("series");
-    const box = document.getElementById("charts");
+  // Draws `plots` from the JSON block `dataId` into `boxId`; `what` names the points.
+  function draw(dataId, boxId, what, plotsOf) {
+    const data = document.getElementById(dataId);
+    const box = document.getElementById(boxId);
     if (!data || !box || !window.uPlot) return;
     let s;
     try { s = JSON.parse(data.textContent); } catch (e) { return; }
     if (!s.at || s.at.length === 0) return;
-    const plots = [
-      ["Tokens per turn", [["input", s.input_tokens, "#2f6fdb"], ["output", s.output_tokens, "#d9822b"]]],
-      ["Cost per turn (USD)", [["cost", s.cost_usd, "#3a9d5d"]]],
-      ["Turn duration (s)", [["duration", s.duration_s, "#8e44ad"]]],
-      ["Turns", [["turns", s.turns, "#c0392b"]]],
-    ];
-    for (const [title, series] of plots) {
+    for (const [title, series] of plotsOf(s)) {
       const fig = document.createElement("figure");
       fig.className = "chart";
       // A screen reader hears what the chart is; the figures are in the badges above.
       fig.setAttribute("role", "img");
-      fig.setAttribute("aria-label", title + ", " + s.at.length + " turns");
+      fig.setAttribute("aria-label", title + ", " + s.at.length + " " + what);
       box.append(fig);
       // Each chart as wide as its grid cell.
       const width = Math.max(260, fig.clientWidth || 600);
@@ -126,6 +121,17 @@
         series: [{}].concat(series.map(([label, _v, stroke]) => ({ label, stroke, width: 2, points: { show: true } }))),
       }, [s.at].concat(series.map(([_l, v]) => v)), fig);
     }
+  }
+  function charts() {
+    draw("series", "charts", "turns", (s) => [
+      ["Tokens per turn", [["input", s.input_tokens, "#2f6fdb"], ["output", s.output_tokens, "#d9822b"]]],
+      ["Cost per turn (USD)", [["cost", s.cost_usd, "#3a9d5d"]]],
+      ["Turn duration (s)", [["duration", s.duration_s, "#8e44ad"]]],
+      ["Turns", [["turns", s.turns, "#c0392b"]]],
+    ]);
+    draw("calls", "call-charts", "model calls", (s) => [
+      ["Tokens per model call", [["input", s.input_tokens, "#2f6fdb"], ["cache read", s.cache_read_tokens, "#7f8c8d"], ["output", s.output_tokens, "#d9822b"]]],
+    ]);
   }
   if (document.readyState === "complete") charts(); else window.addEventListener("load", charts);
 })();

@@ -223,6 +223,24 @@ pub(super) async fn stats(
     Ok(Json(s.hive.agent_stats(&agent, q.since.as_deref()).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallsQuery {
+    /// How many of the newest calls (default 200, at most 10 000).
+    limit: Option<usize>,
+}
+
+/// The agent's newest model calls through its gateway, with their usage.
+pub(super) async fn model_calls(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CallsQuery>,
+) -> Result<Json<Vec<broker::model_calls::CallRecord>>, ApiError> {
+    let agent = agent_name(&name)?;
+    let limit = q.limit.unwrap_or(200);
+    Ok(Json(s.hive.model_calls(&agent, limit).await?))
+}
+
 pub(super) async fn gc(State(s): State<ApiState>) -> Result<Json<GcReport>, ApiError> {
     Ok(Json(s.hive.gc(Actor::Operator).await?))
 }

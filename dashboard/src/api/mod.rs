@@ -62,6 +62,10 @@ pub(crate) fn routes(state: ApiState) -> Router {
         .route("/api/v1/agents/{name}/update", post(agents::update))
         .route("/api/v1/agents/{name}/logs", get(agents::logs))
         .route("/api/v1/agents/{name}/stats", get(agents::stats))
+        .route(
+            "/api/v1/agents/{name}/model-calls",
+            get(agents::model_calls),
+        )
         .route("/api/v1/gc", post(agents::gc))
         .route(
             "/api/v1/messages",

@@ -671,6 +671,8 @@ struct AgentPage {
     messages: Vec<MessageView>,
     /// The series as JSON, put in a non-executable `application/json` block for the chart script.
     series_json: String,
+    /// The newest model calls through the gateway (at, input, output, cache read), the same way.
+    calls_json: String,
     turns: usize,
     cost: String,
     /// The watcher's logged_in axis (`None`: not looked at yet).
@@ -733,6 +735,14 @@ async fn agent(
     let series_json = serde_json::to_string(&series)
         .unwrap_or_else(|_| "{}".into())
         .replace('<', "\\u003c");
+    let calls = s.hive.model_calls(&name, CHART_TURNS).await?;
+    let calls_json = serde_json::json!({
+        "at": calls.iter().map(|c| c.at as f64 / 1000.0).collect::<Vec<_>>(),
+        "input_tokens": calls.iter().map(|c| c.input_tokens + c.cache_creation_tokens).collect::<Vec<_>>(),
+        "cache_read_tokens": calls.iter().map(|c| c.cache_read_tokens).collect::<Vec<_>>(),
+        "output_tokens": calls.iter().map(|c| c.output_tokens).collect::<Vec<_>>(),
+    })
+    .to_string();
     render(&AgentPage {
         csrf: session.csrf,
         name: name.to_string(),
@@ -752,6 +762,7 @@ async fn agent(
         turns: series.at.len(),
         cost: format!("{cost:.4}"),
         series_json,
+        calls_json,
         logged_in,
         needs_login,
     })
