@@ -53,6 +53,13 @@ pub enum Event {
     AgentCreated { agent: AgentRecord },
     /// An agent was destroyed; rows of `incarnation` are no longer anyone's.
     AgentRemoved { agent: String, incarnation: i64 },
+    /// An agent asked the operator a question (`ask_operator`); its message is in the operator's
+    /// inbox too.
+    QuestionAsked {
+        id: i64,
+        asker: String,
+        question: String,
+    },
     /// The watcher told the manager a helper event (docs/events.md); `body` is the message's JSON.
     Helper {
         agent: String,
@@ -75,6 +82,7 @@ impl Event {
             Self::Deploy { .. } => "deploy",
             Self::AgentCreated { .. } => "agent_created",
             Self::AgentRemoved { .. } => "agent_removed",
+            Self::QuestionAsked { .. } => "question_asked",
             Self::Helper { .. } => "helper",
         }
     }
@@ -94,6 +102,7 @@ impl Event {
             Self::Deploy { deploy } => deploy.agent == who,
             Self::AgentCreated { agent } => agent.name.as_str() == who,
             Self::AgentRemoved { agent, .. } => agent == who,
+            Self::QuestionAsked { asker, .. } => asker == who || who == "operator",
             Self::Helper { agent, .. } => agent == who || who == "manager",
         }
     }

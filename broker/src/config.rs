@@ -17,6 +17,43 @@ pub struct Config {
     pub model: ModelConfig,
     pub watcher: WatcherConfig,
     pub dashboard: DashboardConfig,
+    pub notify: NotifyConfig,
+}
+
+/// `[notify]`: alerts sent when a human is needed (a pending approval, a question to the
+/// operator, a crash loop, a spent budget, a login needed), and for nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Where to POST them: an ntfy topic URL (`https://ntfy.sh/my-hive`) or a webhook. Unset: no
+    /// alerts.
+    pub url: Option<String>,
+    /// `ntfy` (the text as the body; `Title`, `Click`, `Tags` headers) or `webhook` (one JSON
+    /// object: `title`, `items`, `link`).
+    pub format: NotifyFormat,
+    /// Alerts within this many seconds of the first go out as one notification.
+    pub batch_seconds: u64,
+    /// The dashboard's address as the operator's browser reaches it, for the login links in
+    /// alerts (e.g. `https://hive.example.org`). Unset: the dashboard's own listening address.
+    pub dashboard_url: Option<String>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            format: NotifyFormat::Ntfy,
+            batch_seconds: 10,
+            dashboard_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Ntfy,
+    Webhook,
 }
 
 /// `[watcher]`: the helper events and restarts (DESIGN §9).
@@ -100,7 +137,13 @@ impl Default for ModelConfig {
 
 /// Checks a `[model]` base URL: absolute, `http` or `https`, a host, no query or fragment.
 fn check_base_url(key: &str, url: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("model.{key} = {url:?}: {why}"));
+    check_url(&format!("model.{key}"), url)
+}
+
+/// Checks a URL setting (`key` is its full name): absolute, `http` or `https`, a host, no query
+/// or fragment.
+fn check_url(key: &str, url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{key} = {url:?}: {why}"));
     if url.contains(['?', '#']) {
         return bad("must not have a query or fragment");
     }
@@ -398,6 +441,18 @@ impl Config {
             ));
         }
         check_base_url("anthropic_base_url", &self.model.anthropic_base_url)?;
+        if let Some(url) = &self.notify.url {
+            check_url("notify.url", url)?;
+        }
+        if let Some(url) = &self.notify.dashboard_url {
+            check_url("notify.dashboard_url", url)?;
+        }
+        if self.notify.batch_seconds > 3600 {
+            return Err(format!(
+                "notify.batch_seconds = {}: must be at most 3600",
+                self.notify.batch_seconds
+            ));
+        }
         if self.model.breaker_failures == 0 {
             return Err("model.breaker_failures = 0: must be at least 1".into());
         }

@@ -106,6 +106,7 @@ impl Hive {
         let questions = Questions::new(
             store.clone(),
             mailbox.clone(),
+            bus.clone(),
             due.clone(),
             config.mailbox.max_open_questions_per_agent,
         );

@@ -24,6 +24,7 @@ pub mod mailbox;
 pub mod mcp;
 pub mod model_calls;
 pub mod names;
+pub mod notify;
 pub mod paths;
 pub mod pause;
 mod proposed_repo;

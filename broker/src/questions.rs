@@ -63,16 +63,24 @@ fn question_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Question> {
 pub struct Questions {
     store: Store,
     mailbox: Mailbox,
+    bus: crate::bus::Bus,
     due: DueJobs,
     /// Open questions one agent may have (`mailbox.max_open_questions_per_agent`).
     max_open: u64,
 }
 
 impl Questions {
-    pub(crate) fn new(store: Store, mailbox: Mailbox, due: DueJobs, max_open: u64) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        mailbox: Mailbox,
+        bus: crate::bus::Bus,
+        due: DueJobs,
+        max_open: u64,
+    ) -> Self {
         Self {
             store,
             mailbox,
+            bus,
             due,
             max_open,
         }
@@ -178,6 +186,11 @@ impl Questions {
             })
             .await?;
         self.mailbox.announce(vec![message]);
+        self.bus.publish(crate::bus::Event::QuestionAsked {
+            id: question.id,
+            asker: question.asker.clone(),
+            question: question.question.clone(),
+        });
         self.due.reschedule();
         Ok(question)
     }

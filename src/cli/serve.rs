@@ -70,6 +70,9 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
         None => link_routes(None),
     };
     let dashboard_addr = dashboard.as_ref().map(|d| d.addr().to_string());
+    let alert_links = dashboard
+        .as_ref()
+        .map(|d| d.alert_links(hive.config().notify.dashboard_url.as_deref()));
     // Started in order, stopped in reverse: the dashboard and the admin API stop accepting
     // first, then MCP drains, then the due jobs end; the store closes last.
     let mut parts = hive.start()?;
@@ -88,6 +91,7 @@ async fn serve(state: StateDir, config: Config) -> anyhow::Result<()> {
             anyhow::Ok(())
         })?;
     }
+    parts.start("notify", |s| hive.run_notifier(s, alert_links))?;
     parts.start("watchdog", |s| {
         spawn_watchdog(s);
         anyhow::Ok(())

@@ -22,6 +22,10 @@ pub const LINK_TTL: Duration = Duration::from_secs(10 * 60);
 pub const MAX_SESSIONS: usize = 64;
 /// The most one-time links outstanding at once.
 pub const MAX_LINKS: usize = 64;
+/// How long an alert's link to its item stays usable (once).
+pub const ALERT_LINK_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The most unused alert links kept (the oldest go first).
+pub const MAX_ALERT_LINKS: usize = 1024;
 /// Failed logins allowed per [`FAILURE_WINDOW`]; past that every login is refused until the
 /// window moves on (a right token too: guessing must not be able to race the limit).
 pub const MAX_FAILURES: usize = 5;
@@ -113,6 +117,8 @@ pub struct Auth {
     token: [u8; 32],
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     links: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Alerts' one-time links: a dashboard path each (they open it; they do not log in).
+    alert_links: Mutex<HashMap<[u8; 32], (Instant, String)>>,
     failures: Mutex<VecDeque<Instant>>,
 }
 
@@ -122,6 +128,7 @@ impl Auth {
             token: digest(operator_token),
             sessions: Mutex::default(),
             links: Mutex::default(),
+            alert_links: Mutex::default(),
             failures: Mutex::default(),
         }
     }
@@ -160,6 +167,33 @@ impl Auth {
         }
         links.insert(digest(&secret), now + LINK_TTL);
         secret
+    }
+
+    /// Mints the secret of an alert's one-time link to `path` (a dashboard page). It only opens
+    /// the page: without a session the operator logs in first, so a link read by others (an
+    /// alert topic may be public) gives them nothing.
+    pub fn new_alert_link(&self, path: &str) -> String {
+        let secret = random_token();
+        let now = Instant::now();
+        let mut links = self.alert_links.lock().expect("alert links");
+        links.retain(|_, (expires, _)| *expires > now);
+        if links.len() >= MAX_ALERT_LINKS
+            && let Some(oldest) = links.iter().min_by_key(|(_, (e, _))| *e).map(|(k, _)| *k)
+        {
+            links.remove(&oldest);
+        }
+        links.insert(digest(&secret), (now + ALERT_LINK_TTL, path.to_owned()));
+        secret
+    }
+
+    /// Uses up an alert's link: its path when it was valid, else `None`.
+    pub fn use_alert_link(&self, secret: &str) -> Option<String> {
+        let (expires, path) = self
+            .alert_links
+            .lock()
+            .expect("alert links")
+            .remove(&digest(secret))?;
+        (expires > Instant::now()).then_some(path)
     }
 
     /// Uses up a one-time link: a session cookie value when it was valid, else `None`.

@@ -14,11 +14,33 @@ use super::{WebState, pages, same_origin};
 struct LoginPage<'a> {
     csrf: &'a str,
     error: Option<&'a str>,
+    /// Where to go once logged in.
+    next: &'a str,
 }
 
 #[derive(Template)]
 #[template(path = "logged_in.html")]
-struct LoggedIn;
+struct LoggedIn {
+    /// The dashboard page to go on to (a checked local path).
+    next: String,
+}
+
+/// `next` when it is a plain local path of the dashboard (`/approvals/12`), else `/`: a login
+/// link must not send the browser anywhere else.
+pub fn local_path(next: &str) -> String {
+    let plain = next.starts_with('/')
+        && !next.starts_with("//")
+        && next.len() <= 200
+        && next
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !next.split('/').any(|seg| seg == "..");
+    if plain {
+        next.to_owned()
+    } else {
+        "/".to_owned()
+    }
+}
 
 /// Where a page without a session goes.
 pub(super) fn to_login() -> Response {
@@ -26,8 +48,18 @@ pub(super) fn to_login() -> Response {
 }
 
 fn login_page(status: StatusCode, error: Option<&str>) -> Response {
+    login_page_to(status, error, "/")
+}
+
+/// The login page, going on to `next` (a local path) once logged in.
+fn login_page_to(status: StatusCode, error: Option<&str>, next: &str) -> Response {
     let csrf = auth::random_token();
-    let page = LoginPage { csrf: &csrf, error };
+    let next = local_path(next);
+    let page = LoginPage {
+        csrf: &csrf,
+        error,
+        next: &next,
+    };
     let Ok(html) = page.render() else {
         return pages::error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
@@ -42,8 +74,12 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Response {
         .into_response()
 }
 
-fn logged_in(cookie: &str) -> Response {
-    let html = LoggedIn.render().unwrap_or_default();
+fn logged_in(cookie: &str, next: &str) -> Response {
+    let html = LoggedIn {
+        next: local_path(next),
+    }
+    .render()
+    .unwrap_or_default();
     // Two Set-Cookie headers: appended, not the second replacing the first.
     (
         AppendHeaders([
@@ -75,6 +111,8 @@ pub(super) struct LoginForm {
     csrf: String,
     #[serde(default)]
     token: String,
+    #[serde(default)]
+    next: String,
 }
 
 /// `POST /login`: the operator token from the form. The form's CSRF token must match its cookie
@@ -95,7 +133,7 @@ pub(super) async fn submit(
         );
     }
     match s.auth.login(&form.token) {
-        Ok(cookie) => logged_in(&cookie),
+        Ok(cookie) => logged_in(&cookie, &form.next),
         Err(LoginRefused::WrongToken) => {
             tracing::warn!("a dashboard login with a wrong token");
             login_page(
@@ -114,6 +152,9 @@ pub(super) async fn submit(
 pub(super) struct LinkQuery {
     #[serde(default)]
     t: String,
+    /// Where to go once logged in (an alert's item); a local path, else `/`.
+    #[serde(default)]
+    next: String,
 }
 
 /// `GET /login/link?t=…`: a one-time link from `hive dashboard`. The answer is a page that moves
@@ -121,12 +162,37 @@ pub(super) struct LinkQuery {
 /// SameSite=Strict cookie would not be sent on its first request.
 pub(super) async fn link(State(s): State<WebState>, Query(q): Query<LinkQuery>) -> Response {
     match s.auth.use_link(&q.t) {
-        Some(cookie) => logged_in(&cookie),
+        Some(cookie) => logged_in(&cookie, &q.next),
         None => login_page(
             StatusCode::UNAUTHORIZED,
             Some("This login link was used already or has expired; run `hive dashboard` again."),
         ),
     }
+}
+
+#[derive(Deserialize)]
+pub(super) struct AlertQuery {
+    #[serde(default)]
+    t: String,
+}
+
+/// `GET /go?t=…`: an alert's one-time link. It opens the alert's page: at once with a session,
+/// else through the login page, which goes on to it.
+pub(super) async fn alert_link(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Query(q): Query<AlertQuery>,
+) -> Response {
+    let Some(path) = s.auth.use_alert_link(&q.t) else {
+        return pages::error_page(
+            StatusCode::NOT_FOUND,
+            "This alert's link was used already or has expired; what it pointed to is in the dashboard.",
+        );
+    };
+    if auth::cookie(&headers, SESSION_COOKIE).is_some_and(|c| s.auth.session(c).is_some()) {
+        return Redirect::to(&local_path(&path)).into_response();
+    }
+    login_page_to(StatusCode::OK, None, &path)
 }
 
 pub(super) async fn logout(State(s): State<WebState>, headers: HeaderMap) -> Response {

@@ -76,6 +76,7 @@ pub fn router(state: WebState) -> Router {
     Router::new()
         .route("/login", get(login::page).post(login::submit))
         .route("/login/link", get(login::link))
+        .route("/go", get(login::alert_link))
         .route("/assets/{name}", get(assets::serve))
         .merge(guarded)
         .fallback(pages::not_found)

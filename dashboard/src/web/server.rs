@@ -78,6 +78,20 @@ impl Dashboard {
         &self.auth
     }
 
+    /// Mints the one-time links of alerts (`[notify]`): each opens the alert's page (after a
+    /// login when the browser has no session), at `base` (`[notify] dashboard_url`) or at this
+    /// dashboard's own address.
+    pub fn alert_links(&self, base: Option<&str>) -> broker::notify::LinkMinter {
+        let auth = self.auth.clone();
+        let base = base
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| base_url(self.addr));
+        std::sync::Arc::new(move |path: &str| {
+            let secret = auth.new_alert_link(&super::login::local_path(path));
+            Some(format!("{base}/go?t={secret}"))
+        })
+    }
+
     /// The admin-socket routes of this dashboard (`POST /api/v1/dashboard/link`).
     pub fn admin_routes(&self) -> Router {
         link_routes(Some(LinkMinter {
