@@ -105,7 +105,7 @@ impl UsageScanner {
         }
     }
 
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
         if !self.sse {
             if self.buf.len() + bytes.len() <= MAX_JSON_SCANNED {
                 self.buf.extend_from_slice(bytes);
@@ -114,36 +114,29 @@ impl UsageScanner {
             }
             return;
         }
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+        let mut rest = bytes;
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            let line = &rest[..end];
             if !self.skipping {
-                self.buf.extend_from_slice(&bytes[..end]);
-                self.scan_line();
+                if self.buf.is_empty() {
+                    // A whole line in this chunk: scanned where it lies, not copied.
+                    scan_line(&mut self.usage, line);
+                } else {
+                    self.buf.extend_from_slice(line);
+                    scan_line(&mut self.usage, &self.buf);
+                }
             }
             self.buf.clear();
             self.skipping = false;
-            bytes = &bytes[end + 1..];
+            rest = &rest[end + 1..];
         }
         if !self.skipping {
-            if self.buf.len() + bytes.len() > MAX_LINE_SCANNED {
+            if self.buf.len() + rest.len() > MAX_LINE_SCANNED {
                 self.buf.clear();
                 self.skipping = true;
             } else {
-                self.buf.extend_from_slice(bytes);
+                self.buf.extend_from_slice(rest);
             }
-        }
-    }
-
-    fn scan_line(&mut self) {
-        let Some(data) = self.buf.strip_prefix(b"data:") else {
-            return;
-        };
-        // Only the events that can carry usage are parsed (not each text delta).
-        let wanted = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
-        if !(wanted(b"\"usage\"") || wanted(b"\"model\"")) {
-            return;
-        }
-        if let Ok(object) = serde_json::from_slice::<Value>(data.trim_ascii()) {
-            self.usage.merge(&object);
         }
     }
 
@@ -151,7 +144,7 @@ impl UsageScanner {
     pub fn finish(mut self) -> Usage {
         if self.sse {
             if !self.skipping && !self.buf.is_empty() {
-                self.scan_line();
+                scan_line(&mut self.usage, &self.buf);
             }
         } else if !self.skipping
             && let Ok(object) = serde_json::from_slice::<Value>(&self.buf)
@@ -159,6 +152,22 @@ impl UsageScanner {
             self.usage.merge(&object);
         }
         self.usage
+    }
+}
+
+/// Takes the usage of one SSE line: only `data:` lines that mention `"usage"` are parsed (an
+/// OpenAI chunk with usage names its model too; Anthropic's `message_start` has both).
+fn scan_line(usage: &mut Usage, line: &[u8]) {
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    if USAGE.find(data).is_none() {
+        return;
+    }
+    if let Ok(object) = serde_json::from_slice::<Value>(data.trim_ascii()) {
+        usage.merge(&object);
     }
 }
 
