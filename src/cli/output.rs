@@ -75,6 +75,23 @@ pub fn emit(text: &str) {
     write_or_exit(&mut std::io::stdout().lock(), &screen_safe(text));
 }
 
+/// Writes `text` like [`emit`], in red when standard output is a terminal (a warning the operator
+/// must not miss); plain into pipes and files.
+pub fn emit_red(text: &str) {
+    use std::io::IsTerminal as _;
+    let safe = screen_safe(text);
+    if std::io::stdout().is_terminal() {
+        let body = safe.strip_suffix('\n').unwrap_or(&safe);
+        let end = if safe.ends_with('\n') { "\n" } else { "" };
+        write_or_exit(
+            &mut std::io::stdout().lock(),
+            &format!("\x1b[1;31m{body}\x1b[0m{end}"),
+        );
+    } else {
+        write_or_exit(&mut std::io::stdout().lock(), &safe);
+    }
+}
+
 /// Writes an error line to standard error, screen-safe (errors quote what was sent).
 pub fn emit_err(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", screen_safe(text));
