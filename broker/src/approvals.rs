@@ -28,7 +28,7 @@ pub use crate::review::Confirm;
 use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, Stored, transition};
 use crate::store::unix_millis;
 
-pub use proto::approval::{Approval, Deploy};
+pub use proto::approval::{Approval, Check, CheckStatus, Deploy, RiskFlag, RiskKind};
 
 /// What `request_spawn(name)` without a commit answers.
 #[derive(Debug, Clone, Serialize)]

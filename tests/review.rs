@@ -1,0 +1,243 @@
+//! Config requests reviewed before the operator decides, through the real daemon: the check build
+//! of the requested commit with the real builder (nix), the risk flags read from the evaluated
+//! config, and the confirmations `approve` asks for. The manager asks over its real MCP socket;
+//! the operator answers with the `hive` CLI and the admin API.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use testkit::tools;
+
+/// How long a check build may take on a slow machine.
+const CHECK_LIMIT: Duration = Duration::from_secs(180);
+
+/// A hive with a builder (the process runtime: nothing here needs a container).
+const PROCESS: &str = "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n";
+
+/// The real parts, or `None` (skip) when a person allowed it.
+fn real_builder() -> Option<()> {
+    tools::require("nix-build", tools::nix_build())?;
+    tools::require("busybox", tools::busybox())?;
+    let beside = Path::new(HIVE).with_file_name("hive-agent");
+    tools::require("hive-agent", beside.is_file().then_some(beside)).map(|_| ())
+}
+
+/// The manager drafts `name`, replaces its agent.nix's `allowedRecipients` line with `with`,
+/// commits, and asks to spawn it; returns the approval id.
+fn request_spawn_with(
+    rt: &tokio::runtime::Runtime,
+    state: &Path,
+    manager: &McpClient,
+    name: &str,
+    with: &str,
+) -> i64 {
+    rt.block_on(mcp_ok(manager, "request_spawn", json!({"name": name})));
+    let repo = state.join("agents").join(name).join("config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    let changed = nix.replace("allowedRecipients = [ ];", with);
+    assert_ne!(changed, nix, "the template changed: adjust this test");
+    std::fs::write(repo.join("agent.nix"), changed).unwrap();
+    git(&repo, &["commit", "-qam", "the change under review"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let queued = rt.block_on(mcp_ok(
+        manager,
+        "request_spawn",
+        json!({"name": name, "commit": sha}),
+    ));
+    queued["id"].as_i64().unwrap()
+}
+
+/// The approval as `hive show --json` gives it once its check finished.
+fn checked(state: &Path, id: i64) -> Value {
+    let mut shown = Value::Null;
+    let done = eventually(CHECK_LIMIT, || {
+        shown = serde_json::from_str(&cli_ok(state, &["show", &id.to_string(), "--json"])).unwrap();
+        shown["check"]["status"] != "checking"
+    });
+    assert!(done, "the check did not finish: {shown}");
+    shown
+}
+
+/// What a refused approve must leave as it was: the decision tables and the applied repo's refs.
+fn snapshot(state: &Path, agent: &str) -> (String, String) {
+    let db = open_db(state);
+    let rows: String = db
+        .query_row(
+            "SELECT (SELECT group_concat(id||':'||status||':'||coalesce(resolved_at, ''), ',') FROM approvals)
+             ||'|'||(SELECT count(*) FROM deploys)||'|'||(SELECT count(*) FROM audit)
+             ||'|'||(SELECT count(*) FROM agents)||'|'||(SELECT count(*) FROM messages)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let refs = git(
+        &state.join("applied").join(agent),
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    );
+    (rows, refs)
+}
+
+#[test]
+fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
+    if real_builder().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, PROCESS);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let id = request_spawn_with(
+        &rt,
+        state,
+        &manager,
+        "bob",
+        "allowedRecipients = [ ];\n    network = \"host\";\n    egress = [ \"api.example.com:443\" ];",
+    );
+
+    // Built before anyone decided: ok with its closure size, the flags from the evaluated config.
+    let shown = checked(state, id);
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(shown["check"]["status"], "ok", "{shown}");
+    assert!(shown["check"]["closure_bytes"].as_u64().unwrap() > 0, "{shown}");
+    let risk = shown["risk"].as_array().unwrap();
+    assert_eq!(risk[0]["flag"], "network_host", "{shown}");
+    assert_eq!(risk[0]["widening"], true);
+    assert_eq!(risk[1]["flag"], "egress_added", "{shown}");
+    assert_eq!(risk[1]["details"], json!(["api.example.com:443"]));
+    assert_eq!(risk[1]["widening"], true);
+    assert!(
+        std::fs::symlink_metadata(state.join(format!("build/bob/check-{id}/result"))).is_ok(),
+        "the check's gcroot keeps its image"
+    );
+
+    // `hive show`: the flags first, then the build, then the approval.
+    let human = cli_ok(state, &["show", &id.to_string()]);
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines[0], "risk: network_host (widens isolation)", "{human}");
+    assert_eq!(
+        lines[1], "risk: egress_added (widens isolation): api.example.com:443",
+        "{human}"
+    );
+    let build = lines.iter().position(|l| l.starts_with("build: ok (closure "));
+    let header = lines.iter().position(|l| l.starts_with("approval #"));
+    assert!(build.is_some() && build < header, "{human}");
+    assert!(human.contains("--yes-widen"), "{human}");
+    let listed = cli_ok(state, &["approvals", "--status", "pending"]);
+    assert!(listed.contains("RISK"), "{listed}");
+    assert!(listed.contains("!network_host,!egress_added"), "{listed}");
+
+    // Without the second confirmation: refused, with a stable code, nothing changed.
+    let before = snapshot(state, "bob");
+    let out = cli(state, &["approve", &id.to_string()]);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("widens the isolation") && said.contains("--yes-widen"),
+        "{said}"
+    );
+    let (status, body) = rt.block_on(api(
+        state,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        Some(r#"{"override_failed_build": true}"#),
+    ));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "widens_isolation", "{body}");
+    assert_eq!(snapshot(state, "bob"), before);
+    assert!(cli_ok(state, &["agents"]).lines().all(|l| !l.starts_with("bob")));
+
+    // Confirmed: approved, and the check's build dir goes.
+    let approved = cli_ok(state, &["approve", &id.to_string(), "--yes-widen"]);
+    assert!(approved.contains(&format!("approved #{id}")), "{approved}");
+    assert!(eventually(Duration::from_secs(10), || {
+        !state.join(format!("build/bob/check-{id}")).exists()
+    }));
+}
+
+#[test]
+fn a_broken_agent_nix_shows_build_failed_before_anyone_approves() {
+    if real_builder().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, PROCESS);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let id = request_spawn_with(
+        &rt,
+        state,
+        &manager,
+        "carol",
+        "allowedRecipients = [ ];\n    resources = { memoryMB = \"lots\"; };",
+    );
+
+    let shown = checked(state, id);
+    assert_eq!(shown["status"], "pending", "nobody approved: {shown}");
+    assert_eq!(shown["check"]["status"], "failed", "{shown}");
+    let message = shown["check"]["message"].as_str().unwrap();
+    assert!(message.contains("memoryMB"), "{message}");
+    assert!(!message.contains(&state.display().to_string()), "{message}");
+    let human = cli_ok(state, &["show", &id.to_string()]);
+    assert!(human.contains("build: failed\n"), "{human}");
+    assert!(human.contains("memoryMB"), "{human}");
+    let listed = cli_ok(state, &["approvals"]);
+    assert!(listed.contains("BUILD-FAILED"), "{listed}");
+
+    // Approving needs the explicit override; without it nothing changes.
+    let before = snapshot(state, "carol");
+    let out = cli(state, &["approve", &id.to_string()]);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(said.contains("--override-failed-build"), "{said}");
+    let (status, body) = rt.block_on(api(
+        state,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        Some(r#"{"yes_widen": true}"#),
+    ));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "build_check_failed", "{body}");
+    assert_eq!(snapshot(state, "carol"), before);
+    let approved = cli_ok(
+        state,
+        &["approve", &id.to_string(), "--override-failed-build"],
+    );
+    assert!(approved.contains(&format!("approved #{id}")), "{approved}");
+}
+
+#[test]
+fn a_hive_without_a_builder_says_not_checked_and_approves_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let id = request_spawn_with(
+        &rt,
+        state,
+        &manager,
+        "dave",
+        "allowedRecipients = [ ];\n    network = \"host\";",
+    );
+    let shown: Value =
+        serde_json::from_str(&cli_ok(state, &["show", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(shown["check"]["status"], "unavailable", "{shown}");
+    assert!(
+        shown["check"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("runs no agents"),
+        "{shown}"
+    );
+    assert!(shown.get("risk").is_none(), "{shown}");
+    let human = cli_ok(state, &["show", &id.to_string()]);
+    assert!(human.contains("build: not checked ("), "{human}");
+    let approved = cli_ok(state, &["approve", &id.to_string()]);
+    assert!(approved.contains(&format!("approved #{id}")), "{approved}");
+}
