@@ -103,7 +103,10 @@ fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
     let shown = checked(state, id);
     assert_eq!(shown["status"], "pending", "{shown}");
     assert_eq!(shown["check"]["status"], "ok", "{shown}");
-    assert!(shown["check"]["closure_bytes"].as_u64().unwrap() > 0, "{shown}");
+    assert!(
+        shown["check"]["closure_bytes"].as_u64().unwrap() > 0,
+        "{shown}"
+    );
     let risk = shown["risk"].as_array().unwrap();
     assert_eq!(risk[0]["flag"], "network_host", "{shown}");
     assert_eq!(risk[0]["widening"], true);
@@ -123,7 +126,9 @@ fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
         lines[1], "risk: egress_added (widens isolation): api.example.com:443",
         "{human}"
     );
-    let build = lines.iter().position(|l| l.starts_with("build: ok (closure "));
+    let build = lines
+        .iter()
+        .position(|l| l.starts_with("build: ok (closure "));
     let header = lines.iter().position(|l| l.starts_with("approval #"));
     assert!(build.is_some() && build < header, "{human}");
     assert!(human.contains("--yes-widen"), "{human}");
@@ -149,7 +154,11 @@ fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "widens_isolation", "{body}");
     assert_eq!(snapshot(state, "bob"), before);
-    assert!(cli_ok(state, &["agents"]).lines().all(|l| !l.starts_with("bob")));
+    assert!(
+        cli_ok(state, &["agents"])
+            .lines()
+            .all(|l| !l.starts_with("bob"))
+    );
 
     // Confirmed: approved, and the check's build dir goes.
     let approved = cli_ok(state, &["approve", &id.to_string(), "--yes-widen"]);

@@ -226,7 +226,7 @@ impl Hive {
     }
 
     /// Starts the hive's own components in order — the due jobs, the upkeep, the containers, the
-    /// MCP sockets, the watcher —
+    /// review (check builds of config requests), the MCP sockets, the watcher —
     /// and returns them; the caller adds its own (the admin API) and stops them all in reverse.
     pub fn start(self: &Arc<Self>) -> Result<Components> {
         let mut parts = Components::default();

@@ -303,7 +303,9 @@ impl Hive {
                 serde_json::to_string(&config).ok(),
                 serde_json::to_string(&risk).ok(),
             ),
-            Err(Error::BuildFailed(message)) => (CheckStatus::Failed, Some(message), None, None, None),
+            Err(Error::BuildFailed(message)) => {
+                (CheckStatus::Failed, Some(message), None, None, None)
+            }
             Err(e) => (
                 CheckStatus::Unavailable,
                 Some(format!("the check could not run: {e}")),
@@ -319,11 +321,21 @@ impl Hive {
                     "UPDATE approval_checks SET status = ?1, message = ?2, closure_bytes = ?3,
                          config = ?4, risk = ?5, finished_at = ?6
                      WHERE approval_id = ?7 AND status = 'checking'",
-                    params![status.as_str(), message, closure, config, risk, finished, id],
+                    params![
+                        status.as_str(),
+                        message,
+                        closure,
+                        config,
+                        risk,
+                        finished,
+                        id
+                    ],
                 )?;
-                Ok(c.query_row("SELECT status FROM approvals WHERE id = ?1", [id], |r| {
-                    r.get::<_, String>(0)
-                })?)
+                Ok(
+                    c.query_row("SELECT status FROM approvals WHERE id = ?1", [id], |r| {
+                        r.get::<_, String>(0)
+                    })?,
+                )
             })
             .await;
         self.checks.finished.send_modify(|n| *n += 1);
@@ -512,7 +524,10 @@ mod tests {
         assert_eq!(flags[5].details, ["tokensPerDay 1000 → unlimited"]);
         assert_eq!(flags[6].details, ["anyone"]);
         let widening: Vec<bool> = flags.iter().map(|f| f.widening).collect();
-        assert_eq!(widening, [true, true, true, true, false, false, true, false]);
+        assert_eq!(
+            widening,
+            [true, true, true, true, false, false, true, false]
+        );
     }
 
     #[test]
@@ -543,7 +558,10 @@ mod tests {
         }))
         .unwrap();
         refuse_unconfirmed(&a, Confirm::default()).unwrap();
-        a.risk = Some(vec![RiskFlag::new(RiskKind::EgressAdded, vec!["x:1".into()])]);
+        a.risk = Some(vec![RiskFlag::new(
+            RiskKind::EgressAdded,
+            vec!["x:1".into()],
+        )]);
         let e = refuse_unconfirmed(&a, Confirm::default()).unwrap_err();
         assert_eq!(e.code(), "widens_isolation");
         assert!(e.to_string().contains("egress_added"), "{e}");

@@ -13,7 +13,8 @@ pub mod usage;
 
 pub use agent_config::AgentConfig;
 pub use approval::{
-    Approval, ApprovalStatus, ChangedFile, Check, CheckStatus, Deploy, DeployStatus, RiskFlag, RiskKind,
+    Approval, ApprovalStatus, ChangedFile, Check, CheckStatus, Deploy, DeployStatus, RiskFlag,
+    RiskKind,
 };
 pub use message::{Message, MessageState, Turn};
 pub use usage::Usage;

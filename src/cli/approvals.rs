@@ -194,10 +194,7 @@ fn print_review(a: &Approval) {
                     )
                 };
                 if f.widening {
-                    output::emit_red(&format!(
-                        "risk: {} (widens isolation){details}\n",
-                        f.flag
-                    ));
+                    output::emit_red(&format!("risk: {} (widens isolation){details}\n", f.flag));
                 } else {
                     outln!("risk: {}{details}", f.flag);
                 }
