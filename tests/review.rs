@@ -250,3 +250,70 @@ fn a_hive_without_a_builder_says_not_checked_and_approves_as_before() {
     let approved = cli_ok(state, &["approve", &id.to_string()]);
     assert!(approved.contains(&format!("approved #{id}")), "{approved}");
 }
+
+#[test]
+fn an_apply_is_compared_with_the_running_image_and_a_cut_check_runs_again_at_start() {
+    if real_builder().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut daemon = Daemon::start(state, PROCESS);
+    cli_ok(state, &["spawn", "alice"]);
+    assert!(
+        eventually(CHECK_LIMIT, || cli_ok(state, &["history", "alice"])
+            .contains("deployed")),
+        "{}",
+        cli_ok(state, &["history", "alice"])
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let repo = state.join("agents/alice/config");
+    let nix = std::fs::read_to_string(repo.join("agent.nix")).unwrap();
+    std::fs::write(
+        repo.join("agent.nix"),
+        nix.replace(
+            "allowedRecipients = [ ];",
+            "allowedRecipients = [ ];\n    egress = [ \"api.example.com:443\" ];",
+        ),
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "egress"]);
+    let sha = git(&repo, &["rev-parse", "HEAD"]);
+    let queued = rt.block_on(mcp_ok(
+        &manager,
+        "request_apply_commit",
+        json!({"agent": "alice", "commit": sha, "description": "reach the API"}),
+    ));
+    let id = queued["id"].as_i64().unwrap();
+    // Against the running image (same prompt), not the defaults: only the egress is new.
+    let flags = |shown: &Value| -> Vec<String> {
+        shown["risk"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no risk: {shown}"))
+            .iter()
+            .map(|f| f["flag"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let shown = checked(state, id);
+    assert_eq!(shown["check"]["status"], "ok", "{shown}");
+    assert_eq!(flags(&shown), ["egress_added"], "{shown}");
+    drop(manager);
+
+    // A check a stop cut (left `checking`) is built again at the next start.
+    assert!(daemon.sigterm().success());
+    drop(daemon);
+    open_db(state)
+        .execute(
+            "UPDATE approval_checks SET status = 'checking', risk = NULL, config = NULL,
+                 closure_bytes = NULL, finished_at = NULL WHERE approval_id = ?1",
+            [id],
+        )
+        .unwrap();
+    let _daemon = Daemon::start(state, PROCESS);
+    let shown = checked(state, id);
+    assert_eq!(shown["check"]["status"], "ok", "{shown}");
+    assert_eq!(flags(&shown), ["egress_added"], "{shown}");
+    let approved = cli_ok(state, &["approve", &id.to_string(), "--yes-widen"]);
+    assert!(approved.contains(&format!("approved #{id}")), "{approved}");
+}
