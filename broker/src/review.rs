@@ -36,6 +36,9 @@ pub struct Checks {
     finished: tokio::sync::watch::Sender<u64>,
 }
 
+/// A request to check: (approval id, agent, pinned commit, kind, base).
+type Request = (i64, String, String, String, Option<String>);
+
 /// What a new request's check row starts as.
 pub(crate) enum Plan {
     /// The hive is not serving (a tool or test opened it): no row; the next start checks it.
@@ -215,7 +218,7 @@ impl Hive {
         *self.checks.scope.lock().expect("checks") = Some(scope.clone());
         let hive = self.clone();
         scope.spawn(async move {
-            let due: Result<Vec<(i64, String, String, String, Option<String>)>> = hive
+            let due: Result<Vec<Request>> = hive
                 .store
                 .read(|c| {
                     Ok(c.prepare(
