@@ -34,6 +34,9 @@ const WAIT_MARGIN: Duration = Duration::from_secs(30);
 pub struct Checks {
     scope: Mutex<Option<Scope>>,
     finished: tokio::sync::watch::Sender<u64>,
+    /// One check build at a time: a manager asking many times queues them instead of running
+    /// that many nix builds at once.
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 /// A request to check: (approval id, agent, pinned commit, kind, base).
@@ -367,6 +370,7 @@ impl Hive {
             agent.clone(),
             self.paths.applied_repo(agent),
         );
+        let turn = self.checks.one_at_a_time.lock().await;
         let (image, closure) = off_runtime(move || {
             let image = b.build_check(&name, id, &repo, &sha)?;
             let closure = b
@@ -376,6 +380,7 @@ impl Hive {
             Ok((image, closure))
         })
         .await?;
+        drop(turn);
         let base = if kind == "spawn" {
             AgentConfig::default()
         } else {
