@@ -51,6 +51,30 @@ fn request_spawn_with(
     queued["id"].as_i64().unwrap()
 }
 
+/// Follows the admin API's event stream for `agent`; each SSE line arrives on the channel.
+fn follow_events(state: &Path, agent: &str) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(state.join("run/admin.sock")).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/messages?follow=1&agent={agent} HTTP/1.1\r\nhost: hive\r\naccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The stream is open once the answer's status line came.
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.contains("200"), "{first}");
+    rx
+}
+
 /// The approval as `hive show --json` gives it once its check finished.
 fn checked(state: &Path, id: i64) -> Value {
     let mut shown = Value::Null;
@@ -91,6 +115,7 @@ fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
     let _daemon = Daemon::start(state, PROCESS);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let events = follow_events(state, "bob");
     let id = request_spawn_with(
         &rt,
         state,
@@ -116,6 +141,19 @@ fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
     assert!(
         std::fs::symlink_metadata(state.join(format!("build/bob/check-{id}/result"))).is_ok(),
         "the check's gcroot keeps its image"
+    );
+    // Watchers (the dashboard's live pages) are told the check finished.
+    let told = loop {
+        let line = events
+            .recv_timeout(CHECK_LIMIT)
+            .expect("no approval_checked event");
+        if line == "event: approval_checked" {
+            break events.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+    };
+    assert!(
+        told.contains("\"egress_added\"") && told.contains("\"status\":\"ok\""),
+        "{told}"
     );
 
     // `hive show`: the flags first, then the build, then the approval.

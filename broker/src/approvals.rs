@@ -96,7 +96,7 @@ pub(crate) fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy>
     })
 }
 
-fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
+pub(crate) fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
     c.prepare_cached(&format!(
         "SELECT {} FROM {APPROVALS_WITH_CHECKS} WHERE ap.id = ?1",
         approval_columns()

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::{AgentConfig, Approval, Check, CheckStatus, RiskFlag, RiskKind};
+use proto::{AgentConfig, Approval, ApprovalStatus, Check, CheckStatus, RiskFlag, RiskKind};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::components::Scope;
@@ -339,18 +339,26 @@ impl Hive {
                         id
                     ],
                 )?;
-                Ok(
-                    c.query_row("SELECT status FROM approvals WHERE id = ?1", [id], |r| {
-                        r.get::<_, String>(0)
-                    })?,
-                )
+                crate::approvals::get_approval(c, id)
             })
             .await;
         self.checks.finished.send_modify(|n| *n += 1);
         match stored {
             // Decided while it built: nobody needs its build dir any more.
-            Ok(status) if status != "pending" => self.remove_check(&agent, id).await,
-            Ok(_) => {}
+            Ok(approval) if approval.status != ApprovalStatus::Pending => {
+                self.remove_check(&agent, id).await
+            }
+            Ok(approval) => {
+                if let Some(check) = approval.check {
+                    self.bus.publish(crate::bus::Event::ApprovalChecked {
+                        id,
+                        agent: approval.agent,
+                        requester: approval.requester,
+                        check: Arc::new(check),
+                        risk: approval.risk.map(Arc::new),
+                    });
+                }
+            }
             Err(e) => tracing::warn!(id, error = %e, "cannot store a check's result"),
         }
     }
