@@ -170,7 +170,30 @@ fn egress_and_host_network_show_first_and_need_the_second_confirmation() {
     let header = lines.iter().position(|l| l.starts_with("approval #"));
     assert!(build.is_some() && build < header, "{human}");
     assert!(human.contains("--yes-widen"), "{human}");
+    assert!(!human.contains('\u{1b}'), "plain into a pipe: {human:?}");
+    // On a terminal (a pty from `script`), the widening flags and the row are red.
+    let on_tty = |args: &str| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{HIVE} {args}"), "/dev/null"])
+            .env("HIVE_STATE_DIR", state)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let shown_tty = on_tty(&format!("show {id}"));
+    assert!(
+        shown_tty.contains("\u{1b}[1;31mrisk: network_host (widens isolation)\u{1b}[0m"),
+        "{shown_tty:?}"
+    );
+    assert!(
+        on_tty("approvals").contains("\u{1b}[1;31m1 "),
+        "the widening request's row is red"
+    );
     let listed = cli_ok(state, &["approvals", "--status", "pending"]);
+    assert!(!listed.contains('\u{1b}'), "{listed:?}");
     assert!(listed.contains("RISK"), "{listed}");
     assert!(listed.contains("!network_host,!egress_added"), "{listed}");
 

@@ -107,22 +107,19 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
         query.push(format!("agent={}", encode(a)));
     }
     let path = format!("/api/v1/approvals?{}", query.join("&"));
-    print_listing_of(
-        state,
-        &path,
-        args.json,
-        "no approvals",
-        &[
-            "ID",
-            "RISK",
-            "KIND",
-            "AGENT",
-            "STATUS",
-            "COMMIT",
-            "ASKED (UTC)",
-            "DESCRIPTION",
-        ],
-        |a: &Approval| {
+    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items: Vec<Approval> = read_answer(&path, &list)?;
+    if items.is_empty() {
+        outln!("no approvals");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|a| {
             vec![
                 a.id.to_string(),
                 risk_cell(a),
@@ -133,8 +130,34 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
                 output::time_ms(a.created_at),
                 a.description.replace('\n', " "),
             ]
-        },
-    )
+        })
+        .collect();
+    // A pending change that widens isolation or failed its check: red on a terminal.
+    let marked: Vec<bool> = items
+        .iter()
+        .map(|a| {
+            a.status == proto::ApprovalStatus::Pending
+                && (a.widens_isolation()
+                    || a.check
+                        .as_ref()
+                        .is_some_and(|c| c.status == CheckStatus::Failed))
+        })
+        .collect();
+    output::table_marked(
+        &[
+            "ID",
+            "RISK",
+            "KIND",
+            "AGENT",
+            "STATUS",
+            "COMMIT",
+            "ASKED (UTC)",
+            "DESCRIPTION",
+        ],
+        &rows,
+        &marked,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The RISK column: the flags (`!` before one that widens isolation), then the check's state
