@@ -37,6 +37,9 @@ pub struct Checks {
     /// One check build at a time: a manager asking many times queues them instead of running
     /// that many nix builds at once.
     one_at_a_time: tokio::sync::Mutex<()>,
+    /// The start's look for requests to check again is done (until then `approve` waits: a
+    /// request it would restart has no `checking` row yet).
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 /// A request to check: (approval id, agent, pinned commit, kind, base).
@@ -255,6 +258,10 @@ impl Hive {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the requests to check"),
             }
+            hive.checks
+                .resumed
+                .store(true, std::sync::atomic::Ordering::Release);
+            hive.checks.finished.send_modify(|n| *n += 1);
         });
         Ok(())
     }
@@ -458,7 +465,11 @@ impl Hive {
                     .optional()?)
                 })
                 .await?;
-            if status.as_deref() != Some("checking") {
+            let resumed = self
+                .checks
+                .resumed
+                .load(std::sync::atomic::Ordering::Acquire);
+            if resumed && status.as_deref() != Some("checking") {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, finished.changed())
