@@ -321,9 +321,13 @@ impl Hive {
             Err(Error::BuildFailed(message)) => {
                 (CheckStatus::Failed, Some(message), None, None, None)
             }
+            // No builder here: approvals work as before.
+            Err(Error::Unavailable(why)) => (CheckStatus::Unavailable, Some(why), None, None, None),
+            // Anything else fails closed: nobody knows what this config would do, so approving
+            // it needs the override like a failed build.
             Err(e) => (
-                CheckStatus::Unavailable,
-                Some(format!("the check could not run: {e}")),
+                CheckStatus::Failed,
+                Some(format!("the check could not finish: {e}")),
                 None,
                 None,
                 None,
