@@ -213,7 +213,8 @@ fn a_broken_agent_nix_fails_with_nix_s_message_and_the_old_container_keeps_runni
         json!({"agent": "alice", "commit": sha, "description": "more memory"}),
     ));
     let id = queued["id"].as_i64().unwrap().to_string();
-    cli_ok(&state, &["approve", &id]);
+    // Its check build failed already: approving it anyway needs the override.
+    cli_ok(&state, &["approve", &id, "--override-failed-build"]);
     let mut shown = Value::Null;
     assert!(
         eventually(DEPLOY_LIMIT, || {

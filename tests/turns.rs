@@ -1060,7 +1060,8 @@ fn connect_from_a_container_reaches_only_its_approved_egress_pairs() {
         "403",
         "while only proposed"
     );
-    cli_ok(&state, &["approve", &approval]);
+    // Adding egress widens isolation: it needs the second confirmation.
+    cli_ok(&state, &["approve", &approval, "--yes-widen"]);
     let mut last = Value::Null;
     assert!(
         eventually(LIMIT, || {

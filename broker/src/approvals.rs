@@ -24,10 +24,11 @@ use crate::lifecycle::NewAgent;
 use crate::mailbox::{Message, insert_messages};
 use crate::names::AgentName;
 use crate::registry::{AgentKind, AgentRecord};
+pub use crate::review::Confirm;
 use crate::status::{ApprovalStatus, DeployStatus, Lifecycle, Stored, transition};
 use crate::store::unix_millis;
 
-pub use proto::approval::{Approval, Deploy};
+pub use proto::approval::{Approval, Check, CheckStatus, Deploy, RiskFlag, RiskKind};
 
 /// What `request_spawn(name)` without a commit answers.
 #[derive(Debug, Clone, Serialize)]
@@ -39,10 +40,22 @@ pub struct Draft {
     pub next: String,
 }
 
-const APPROVAL_COLUMNS: &str = "id, kind, agent, requester, commit_sha, base_sha, description, stat, \
-                                status, note, created_at, resolved_at";
+/// The columns [`approval_from_row`] reads, in order: the approval's (`ap`), then its check's
+/// (`ch`, from [`APPROVALS_WITH_CHECKS`]).
+fn approval_columns() -> String {
+    format!(
+        "ap.id, ap.kind, ap.agent, ap.requester, ap.commit_sha, ap.base_sha, ap.description, \
+         ap.stat, ap.status, ap.note, ap.created_at, ap.resolved_at, {}",
+        crate::review::CHECK_COLUMNS
+    )
+}
+
+/// Approvals with their check rows (if any).
+const APPROVALS_WITH_CHECKS: &str =
+    "approvals ap LEFT JOIN approval_checks ch ON ch.approval_id = ap.id";
 
 fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
+    let (check, risk) = crate::review::check_from_row(r, 12)?;
     Ok(Approval {
         id: r.get(0)?,
         kind: r.get(1)?,
@@ -61,6 +74,8 @@ fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         stale: false,
         applied_head: None,
         deploy: None,
+        risk,
+        check,
     })
 }
 
@@ -81,9 +96,10 @@ pub(crate) fn deploy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deploy>
     })
 }
 
-fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
+pub(crate) fn get_approval(c: &Connection, id: i64) -> Result<Approval> {
     c.prepare_cached(&format!(
-        "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1"
+        "SELECT {} FROM {APPROVALS_WITH_CHECKS} WHERE ap.id = ?1",
+        approval_columns()
     ))?
     .query_row([id], approval_from_row)
     .optional()?
@@ -161,7 +177,7 @@ impl Hive {
     /// The manager's `request_spawn`: without a commit, creates the draft repo from the default
     /// template (or shows the existing draft); with one, queues a Spawn approval for it.
     pub async fn request_spawn(
-        &self,
+        self: &Arc<Self>,
         requester: &AgentName,
         name: &str,
         commit: Option<&str>,
@@ -203,7 +219,7 @@ impl Hive {
     /// The manager's `request_apply_commit`: pins the commit and queues an Apply approval with its
     /// diff against the applied HEAD.
     pub async fn request_apply(
-        &self,
+        self: &Arc<Self>,
         requester: &AgentName,
         agent: &str,
         commit: &str,
@@ -225,7 +241,7 @@ impl Hive {
     /// Pins `commit` as `proposal/<id>` and stores the pending approval with its diff. The caller
     /// holds the config lock, so the id read here is the id inserted.
     async fn queue_approval(
-        &self,
+        self: &Arc<Self>,
         requester: &AgentName,
         agent: &AgentName,
         commit: &str,
@@ -255,7 +271,14 @@ impl Hive {
             })
             .await?;
         let sha = change.commit.clone();
-        let (requester, agent, kind) = (requester.to_string(), agent.to_string(), kind.to_owned());
+        let plan = self.check_plan();
+        let checking = matches!(plan, crate::review::Plan::Check);
+        let (requester, name, agent, kind) = (
+            requester.to_string(),
+            agent.clone(),
+            agent.to_string(),
+            kind.to_owned(),
+        );
         let approval = self
             .store
             .write(move |c| {
@@ -284,12 +307,22 @@ impl Hive {
                     Some(&agent),
                     json!({"approval": id, "commit": sha}),
                 )?;
+                crate::review::insert_check(c, id, &plan)?;
                 let mut a = get_approval(c, id)?;
                 a.diff = Some(change.diff);
                 a.files = Some(change.files);
                 Ok(a)
             })
             .await?;
+        if checking {
+            self.start_check(
+                id,
+                name,
+                approval.commit.clone(),
+                approval.kind.clone(),
+                approval.base.clone(),
+            );
+        }
         let mut summary = approval.clone();
         summary.diff = None;
         self.bus.publish(Event::ApprovalRequested {
@@ -309,9 +342,10 @@ impl Hive {
             .read(move |c| {
                 let rows = c
                     .prepare_cached(&format!(
-                        "SELECT {APPROVAL_COLUMNS} FROM approvals
-                         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR agent = ?2)
-                         ORDER BY id DESC LIMIT 500"
+                        "SELECT {} FROM {APPROVALS_WITH_CHECKS}
+                         WHERE (?1 IS NULL OR ap.status = ?1) AND (?2 IS NULL OR ap.agent = ?2)
+                         ORDER BY ap.id DESC LIMIT 500",
+                        approval_columns()
                     ))?
                     .query_map(params![status.map(Stored), agent], approval_from_row)?
                     .collect::<Result<Vec<_>, _>>()?;
@@ -427,9 +461,17 @@ impl Hive {
         )))
     }
 
-    /// The operator approves: the applied repo moves to the pinned commit (tagged
-    /// `approved/<id>`), a spawn creates the agent, and the requester is told.
+    /// The operator approves with no confirmation: see [`Hive::approve_with`].
     pub async fn approve(self: &Arc<Self>, id: i64) -> Result<Approval> {
+        self.approve_with(id, Confirm::default()).await
+    }
+
+    /// The operator approves: the applied repo moves to the pinned commit (tagged
+    /// `approved/<id>`), a spawn creates the agent, and the requester is told. Waits for a
+    /// running check build first; a change that widens isolation needs `yes_widen`, one whose
+    /// check failed `override_failed_build` (else nothing changes).
+    pub async fn approve_with(self: &Arc<Self>, id: i64, confirm: Confirm) -> Result<Approval> {
+        self.wait_check(id).await?;
         let _config = self.config_lock.lock().await;
         self.refuse_stale(id).await?;
         let pending = self.store.read(move |c| get_approval(c, id)).await?;
@@ -439,6 +481,7 @@ impl Hive {
                 pending.status
             )));
         }
+        crate::review::refuse_unconfirmed(&pending, confirm)?;
         let name = AgentName::parse(&pending.agent)?;
         // The pinned commit must still be in the applied repo: a destroy since the request took
         // that repo (and the pin) into a tombstone.
@@ -487,6 +530,7 @@ impl Hive {
             self.publish_resolved(&approval);
             let deploy_id = deploy.id;
             self.bus.publish(Event::Deploy { deploy });
+            self.remove_check(&created.record.name, id).await;
             created.applied?;
             self.deploy_in_background(created.record.name.clone(), deploy_id);
             return Ok(approval);
@@ -517,6 +561,7 @@ impl Hive {
         self.bus.publish(Event::Deploy {
             deploy: deploy.clone(),
         });
+        self.remove_check(&name, id).await;
         self.move_applied(&name, deploy.commit, vec![format!("approved/{id}")])
             .await?;
         self.deploy_in_background(name, deploy.id);
@@ -554,6 +599,7 @@ impl Hive {
         self.mailbox.announce(vec![message]);
         self.publish_resolved(&approval);
         let name = AgentName::parse(&approval.agent)?;
+        self.remove_check(&name, id).await;
         let (tag, commit) = (format!("denied/{id}"), approval.commit.clone());
         if let Err(e) = self.git(move |repos| repos.tag(&name, &tag, &commit)).await {
             tracing::warn!(id, error = %e, "cannot tag a denied approval; retried at the next start");

@@ -9,7 +9,8 @@
 //!
 //! Owns `build/<name>/`: `nix/` (the builder's Nix code, embedded in this binary, and the busybox
 //! it puts in images), `src-<deploy id>/` (the exported tree) and `result-<deploy id>` (the
-//! gcroot). Never writes outside it except through nix into the store, and never garbage-collects
+//! gcroot), and `check-<approval id>/` (the same for the check build of a request, removed once
+//! it is decided). Never writes outside it except through nix into the store, and never garbage-collects
 //! the store as a whole (the host's store is not the hive's): `collect` deletes only the images of
 //! this agent's dropped deploys.
 //!
@@ -207,6 +208,85 @@ impl Builder {
         applied_repo: &Path,
         sha: &str,
     ) -> Result<Image> {
+        self.build_as(
+            agent,
+            &format!("src-{deploy_id}"),
+            &format!("result-{deploy_id}"),
+            applied_repo,
+            sha,
+        )
+    }
+
+    /// The check build of a requested commit (approval `approval_id`), before anyone decides:
+    /// the same build as a deploy's (so the deploy after approval is a cache hit), into its own
+    /// `build/<name>/check-<id>/` (`src/` and the gcroot `result`), never a deploy's paths.
+    pub fn build_check(
+        &self,
+        agent: &AgentName,
+        approval_id: i64,
+        applied_repo: &Path,
+        sha: &str,
+    ) -> Result<Image> {
+        let check = format!("check-{approval_id}");
+        let dir = self.agent_dir(agent)?;
+        make_dir(&dir, 0o700)?;
+        make_dir(&dir.join(&check), 0o700)?;
+        self.build_as(
+            agent,
+            &format!("{check}/src"),
+            &format!("{check}/result"),
+            applied_repo,
+            sha,
+        )
+    }
+
+    /// Removes what the check build of approval `approval_id` left (its tree and gcroot).
+    pub fn remove_check(&self, agent: &AgentName, approval_id: i64) -> Result<()> {
+        remove_entry(&self.agent_dir(agent)?.join(format!("check-{approval_id}")))
+    }
+
+    /// The size in bytes of everything `path` needs in the store (its closure).
+    pub fn closure_size(&self, path: &Path) -> Result<u64> {
+        let query = |args: &[&std::ffi::OsStr]| -> Result<String> {
+            let out = Command::new(&self.nix_store)
+                .arg("--query")
+                .args(args)
+                .env_remove("NIX_PATH")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| Error::io("cannot run nix-store --query", e))?;
+            if !out.status.success() {
+                return Err(Error::Internal(format!(
+                    "nix-store --query: {}",
+                    cap(String::from_utf8_lossy(&out.stderr).trim())
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let requisites = query(&["--requisites".as_ref(), path.as_os_str()])?;
+        let paths: Vec<&std::ffi::OsStr> = requisites.lines().map(|l| l.trim().as_ref()).collect();
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--size".as_ref()];
+        args.extend(paths);
+        query(&args)?
+            .lines()
+            .map(|l| {
+                l.trim()
+                    .parse::<u64>()
+                    .map_err(|_| Error::Internal(format!("nix-store --query --size said {l:?}")))
+            })
+            .sum()
+    }
+
+    /// Builds commit `sha` with its tree at `build/<name>/<src_name>` and its gcroot at
+    /// `build/<name>/<root_name>`.
+    fn build_as(
+        &self,
+        agent: &AgentName,
+        src_name: &str,
+        root_name: &str,
+        applied_repo: &Path,
+        sha: &str,
+    ) -> Result<Image> {
         let agent_dir = self.agent_dir(agent)?;
         make_dir(&agent_dir, 0o700)?;
         // Restricted evaluation compares symlink-free paths: nix gets the canonical ones.
@@ -215,7 +295,7 @@ impl Builder {
         let nix_dir = dir.join("nix");
         self.write_nix_code(&nix_dir)?;
 
-        let src = dir.join(format!("src-{deploy_id}"));
+        let src = dir.join(src_name);
         remove_entry(&src)?; // what an interrupted try of this deploy left
         crate::config_repo::export_tree(applied_repo, sha, &src).map_err(|e| match e {
             Error::UnsafePath(_) | Error::InvalidArgument { .. } => {
@@ -224,7 +304,7 @@ impl Builder {
             other => other,
         })?;
 
-        let gcroot = dir.join(format!("result-{deploy_id}"));
+        let gcroot = dir.join(root_name);
         let mut cmd = Command::new(&self.nix_build);
         cmd.arg(nix_dir.join("minimal.nix"))
             .args(["--argstr", "name", agent.as_str()])
@@ -269,7 +349,7 @@ impl Builder {
                 )));
             }
         }
-        let gcroot = agent_dir.join(format!("result-{deploy_id}"));
+        let gcroot = agent_dir.join(root_name);
         read_image(&gcroot)?.ok_or_else(|| {
             Error::Internal(format!(
                 "nix-build succeeded but left no image at {}",

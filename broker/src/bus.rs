@@ -46,6 +46,15 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
+    /// The check build of a pending approval finished (`review`): its status, risk flags.
+    ApprovalChecked {
+        id: i64,
+        agent: String,
+        requester: String,
+        check: Arc<proto::Check>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        risk: Option<Arc<Vec<proto::RiskFlag>>>,
+    },
     /// An applied HEAD moved (spawn, approved apply, rollback), or a deploy changed status.
     Deploy { deploy: Deploy },
     /// An agent came into being: spawned, approved, or restored (a restore brings back its old
@@ -79,6 +88,7 @@ impl Event {
             Self::TurnState { .. } => "turn_state",
             Self::ApprovalRequested { .. } => "approval_requested",
             Self::ApprovalResolved { .. } => "approval_resolved",
+            Self::ApprovalChecked { .. } => "approval_checked",
             Self::Deploy { .. } => "deploy",
             Self::AgentCreated { .. } => "agent_created",
             Self::AgentRemoved { .. } => "agent_removed",
@@ -97,6 +107,9 @@ impl Event {
                 approval.agent == who || approval.requester == who
             }
             Self::ApprovalResolved {
+                agent, requester, ..
+            } => agent == who || requester == who,
+            Self::ApprovalChecked {
                 agent, requester, ..
             } => agent == who || requester == who,
             Self::Deploy { deploy } => deploy.agent == who,

@@ -42,6 +42,12 @@ pub enum Error {
     Stale(String),
     #[error("refused to touch {0}")]
     UnsafePath(String),
+    /// Approving a change that widens an agent's isolation without the second confirmation.
+    #[error("{0}")]
+    WidensIsolation(String),
+    /// Approving a change whose check build failed without the explicit override.
+    #[error("{0}")]
+    CheckFailed(String),
     /// What was asked needs a part this hive does not have (no runtime, no nix).
     #[error("{0}")]
     Unavailable(String),
@@ -98,6 +104,8 @@ impl Error {
             Self::UnsafePath(_) => "unsafe_path",
             Self::TooLarge(_) => "too_large",
             Self::Stale(_) => "stale",
+            Self::WidensIsolation(_) => "widens_isolation",
+            Self::CheckFailed(_) => "build_check_failed",
             Self::ShuttingDown => "shutting_down",
             Self::Unavailable(_) => "unavailable",
             Self::Runtime(_) => "runtime",

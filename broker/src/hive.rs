@@ -48,6 +48,8 @@ pub struct Hive {
     pub(crate) containers: Containers,
     pub(crate) watcher: crate::watcher::Watcher,
     pub(crate) pauses: crate::pause::Pauses,
+    /// The check builds of config requests (`review`).
+    pub(crate) checks: crate::review::Checks,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
     /// Agents found inconsistent at start (their repo could not be made to agree with the store):
@@ -139,6 +141,7 @@ impl Hive {
             containers,
             watcher,
             pauses,
+            checks: Default::default(),
             config_lock: tokio::sync::Mutex::new(()),
             faults: Mutex::default(),
             started: Instant::now(),
@@ -224,7 +227,7 @@ impl Hive {
     }
 
     /// Starts the hive's own components in order — the due jobs, the upkeep, the containers, the
-    /// MCP sockets, the watcher —
+    /// review (check builds of config requests), the MCP sockets, the watcher —
     /// and returns them; the caller adds its own (the admin API) and stops them all in reverse.
     pub fn start(self: &Arc<Self>) -> Result<Components> {
         let mut parts = Components::default();
@@ -239,6 +242,8 @@ impl Hive {
         // Before MCP, so that it stops after MCP drained: stop accepting → drain MCP → stop
         // containers. Its task starts agents once MCP listens (the harness retries its connect).
         parts.start("containers", |s| self.run_containers(s))?;
+        // Before MCP, so that every request that arrives is checked.
+        parts.start("review", |s| self.run_review(s))?;
         parts.start("mcp", |s| self.serve_mcp(s))?;
         // Last, so that it stops first: the harnesses' ends while MCP drains and the containers
         // stop are no crashes to act on.

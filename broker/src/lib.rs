@@ -32,6 +32,7 @@ pub mod questions;
 pub mod redact;
 pub mod registry;
 pub mod reminders;
+pub mod review;
 pub mod runtime;
 pub mod stats;
 pub mod status;

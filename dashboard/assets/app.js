@@ -6,7 +6,7 @@
   const live = document.getElementById("live");
   const say = (text) => { if (live) live.textContent = text; };
   const EVENTS = ["message_sent", "message_delivered", "turn_events", "turn_state",
-    "approval_requested", "approval_resolved", "deploy", "agent_created", "agent_removed", "helper", "lagged"];
+    "approval_requested", "approval_resolved", "approval_checked", "deploy", "agent_created", "agent_removed", "helper", "lagged"];
 
   let timer = null;
   async function refresh() {

@@ -48,7 +48,11 @@ impl From<broker::Error> for ApiError {
             E::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::UnknownAgent { .. } | E::NotFound { .. } => StatusCode::NOT_FOUND,
             E::NotAllowed { .. } => StatusCode::FORBIDDEN,
-            E::Conflict(_) | E::UnsafePath(_) | E::Stale(_) => StatusCode::CONFLICT,
+            E::Conflict(_)
+            | E::UnsafePath(_)
+            | E::Stale(_)
+            | E::WidensIsolation(_)
+            | E::CheckFailed(_) => StatusCode::CONFLICT,
             E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             E::ShuttingDown | E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::BuildFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,

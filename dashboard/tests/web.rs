@@ -1051,3 +1051,78 @@ fn the_operator_token_is_made_0600_and_a_wider_one_is_refused() {
     let err = dashboard::web::auth::load_or_create_token(&path).unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+/// A change whose check found it widening isolation, and whose check build failed, shows its
+/// flags first in the list and on its page, and its approve form asks for both confirmations;
+/// the server checks them, whatever the browser sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widening_change_with_a_failed_build_needs_both_confirmations() {
+    let w = web().await;
+    let s = w.login().await;
+    let approval = w.pending_spawn("bob", "{ ... }: { }\n").await;
+    // The check's result, as the review component stores it (this hive builds nothing).
+    let db = rusqlite::Connection::open(w.hive.state_dir().db()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute(
+        "INSERT INTO approval_checks (approval_id, status, message, risk, started_at, finished_at)
+         VALUES (?1, 'failed', 'error: <b>bad</b> at agent.nix:3', ?2, 1, 2)",
+        rusqlite::params![
+            approval,
+            r#"[{"flag":"egress_added","widening":true,"details":["<i>x</i>:443"]}]"#
+        ],
+    )
+    .unwrap();
+    let (status, _, page) = w.get("/approvals", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = between(&page, "<div id=\"pending\"", "</div>");
+    assert!(
+        listed.contains("risk-widening") && listed.contains("egress_added"),
+        "{listed}"
+    );
+    assert!(listed.contains("check-failed"), "{listed}");
+    let (_, _, detail) = w.get(&format!("/approvals/{approval}"), Some(&s)).await;
+    let risk = detail.find("id=\"risk\"").expect("the flags");
+    assert!(
+        risk < detail.find("class=\"facts\"").unwrap(),
+        "flags first"
+    );
+    assert!(!detail.contains("<i>x"), "escaped details: {detail}");
+    assert!(!detail.contains("<b>bad"), "escaped message");
+    assert!(
+        detail.contains("x&#60;/i&#62;:443") || detail.contains("x&lt;/i&gt;:443"),
+        "{detail}"
+    );
+    assert!(detail.contains("name=\"yes_widen\""), "{detail}");
+    assert!(
+        detail.contains("name=\"override_failed_build\""),
+        "{detail}"
+    );
+
+    let approve = format!("/approvals/{approval}/approve");
+    let before = w.snapshot();
+    for fields in [
+        &[][..],
+        &[("yes_widen", "1")][..],
+        &[("override_failed_build", "1")][..],
+    ] {
+        let (status, _, _) = w
+            .post_form(
+                &approve,
+                Some(&s),
+                Some(ORIGIN),
+                &with_csrf(fields, &s.csrf),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{fields:?}");
+        assert_eq!(w.snapshot(), before, "{fields:?}");
+    }
+    let both = [("yes_widen", "1"), ("override_failed_build", "1")];
+    let (status, _, _) = w
+        .post_form(&approve, Some(&s), Some(ORIGIN), &with_csrf(&both, &s.csrf))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        w.hive.approval(approval).await.unwrap().status.to_string(),
+        "approved"
+    );
+}

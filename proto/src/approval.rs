@@ -84,6 +84,8 @@ macro_rules! text {
 
 text!(ApprovalStatus);
 text!(DeployStatus);
+text!(CheckStatus);
+text!(RiskKind);
 
 /// One approval: a request to spawn an agent or to apply a commit to its config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +129,138 @@ pub struct Approval {
     /// only in single-approval views.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Deploy>,
+    /// What the change widens or raises, computed from the evaluated config of its check build
+    /// against what runs; absent until the check built it (or when it could not be checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<Vec<RiskFlag>>,
+    /// The check build of the requested commit (made before anyone decides); absent when none
+    /// was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+}
+
+impl Approval {
+    /// True when one of its risk flags widens the agent's isolation: approving it needs an
+    /// explicit second confirmation.
+    pub fn widens_isolation(&self) -> bool {
+        self.risk
+            .as_deref()
+            .is_some_and(|flags| flags.iter().any(|f| f.widening))
+    }
+}
+
+/// One way a change widens or raises what an agent may do, read from its evaluated config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskKind {
+    /// `network = "host"` now, not before.
+    NetworkHost,
+    /// New `egress` host:port pairs.
+    EgressAdded,
+    /// New (or redefined) `extraMcpServers`.
+    McpServerAdded,
+    /// New `allowedCommands`.
+    CommandsWidened,
+    /// One of `resources.memoryMB` / `pids` / `cpuWeight` up.
+    ResourcesRaised,
+    /// `budget.tokensPerDay` up or removed.
+    BudgetRaised,
+    /// `allowedRecipients` lets it message more agents.
+    RecipientsWidened,
+    /// The system prompt changed.
+    PromptChanged,
+}
+
+impl RiskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NetworkHost => "network_host",
+            Self::EgressAdded => "egress_added",
+            Self::McpServerAdded => "mcp_server_added",
+            Self::CommandsWidened => "commands_widened",
+            Self::ResourcesRaised => "resources_raised",
+            Self::BudgetRaised => "budget_raised",
+            Self::RecipientsWidened => "recipients_widened",
+            Self::PromptChanged => "prompt_changed",
+        }
+    }
+
+    /// Widens isolation (reach outside the container, new tools or commands, more recipients):
+    /// approving needs the second confirmation.
+    pub fn widens_isolation(self) -> bool {
+        matches!(
+            self,
+            Self::NetworkHost
+                | Self::EgressAdded
+                | Self::McpServerAdded
+                | Self::CommandsWidened
+                | Self::RecipientsWidened
+        )
+    }
+}
+
+/// One risk flag with what it is about (the hosts added, `memoryMB 2048 → 4096`, …; written by
+/// the agent's manager, so escape before printing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskFlag {
+    pub flag: RiskKind,
+    /// [`RiskKind::widens_isolation`], so clients need not know the list.
+    pub widening: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+impl RiskFlag {
+    pub fn new(flag: RiskKind, details: Vec<String>) -> Self {
+        Self {
+            flag,
+            widening: flag.widens_isolation(),
+            details,
+        }
+    }
+}
+
+/// `checking → ok | failed`, or `unavailable` when this hive cannot build (no nix, no runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Checking,
+    Ok,
+    Failed,
+    Unavailable,
+}
+
+impl CheckStatus {
+    pub const ALL: &'static [Self] = &[Self::Checking, Self::Ok, Self::Failed, Self::Unavailable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checking => "checking",
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
+/// The check build of a requested commit: built as a deploy would be, nothing started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub status: CheckStatus,
+    /// nix's message (failed) or why it was not checked (unavailable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The image's closure size in bytes (ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure_bytes: Option<u64>,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
 }
 
 /// One file an approval changes.

@@ -12,7 +12,10 @@ pub mod tools;
 pub mod usage;
 
 pub use agent_config::AgentConfig;
-pub use approval::{Approval, ApprovalStatus, ChangedFile, Deploy, DeployStatus};
+pub use approval::{
+    Approval, ApprovalStatus, ChangedFile, Check, CheckStatus, Deploy, DeployStatus, RiskFlag,
+    RiskKind,
+};
 pub use message::{Message, MessageState, Turn};
 pub use usage::Usage;
 

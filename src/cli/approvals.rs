@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use proto::{Approval, Deploy};
+use proto::{Approval, CheckStatus, Deploy};
 use serde_json::json;
 
 use super::client::{AdminClient, encode};
@@ -28,6 +28,23 @@ pub struct ApprovalsArgs {
 pub struct IdArgs {
     /// The approval's id (see `hive approvals`)
     id: i64,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ApproveArgs {
+    /// The approval's id (see `hive approvals`)
+    id: i64,
+    /// Confirm a change that widens the agent's isolation (host network, egress, MCP servers,
+    /// commands, recipients): read `hive show ID` first
+    #[arg(long)]
+    yes_widen: bool,
+    /// Approve although its check build failed (the deploy will fail the same way unless the
+    /// cause was outside the config)
+    #[arg(long)]
+    override_failed_build: bool,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -90,23 +107,22 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
         query.push(format!("agent={}", encode(a)));
     }
     let path = format!("/api/v1/approvals?{}", query.join("&"));
-    print_listing_of(
-        state,
-        &path,
-        args.json,
-        "no approvals",
-        &[
-            "ID",
-            "KIND",
-            "AGENT",
-            "STATUS",
-            "COMMIT",
-            "ASKED (UTC)",
-            "DESCRIPTION",
-        ],
-        |a: &Approval| {
+    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
+    if args.json {
+        output::json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items: Vec<Approval> = read_answer(&path, &list)?;
+    if items.is_empty() {
+        outln!("no approvals");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|a| {
             vec![
                 a.id.to_string(),
+                risk_cell(a),
                 a.kind.clone(),
                 a.agent.clone(),
                 a.status.to_string(),
@@ -114,8 +130,128 @@ pub fn approvals(state: &StateDir, args: ApprovalsArgs) -> anyhow::Result<ExitCo
                 output::time_ms(a.created_at),
                 a.description.replace('\n', " "),
             ]
+        })
+        .collect();
+    // A pending change that widens isolation or failed its check: red on a terminal.
+    let marked: Vec<bool> = items
+        .iter()
+        .map(|a| {
+            a.status == proto::ApprovalStatus::Pending
+                && (a.widens_isolation()
+                    || a.check
+                        .as_ref()
+                        .is_some_and(|c| c.status == CheckStatus::Failed))
+        })
+        .collect();
+    output::table_marked(
+        &[
+            "ID",
+            "RISK",
+            "KIND",
+            "AGENT",
+            "STATUS",
+            "COMMIT",
+            "ASKED (UTC)",
+            "DESCRIPTION",
+        ],
+        &rows,
+        &marked,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The RISK column: the flags (`!` before one that widens isolation), then the check's state
+/// when it is not a plain ok.
+fn risk_cell(a: &Approval) -> String {
+    let mut parts: Vec<String> = a
+        .risk
+        .iter()
+        .flatten()
+        .map(|f| format!("{}{}", if f.widening { "!" } else { "" }, f.flag))
+        .collect();
+    match a.check.as_ref().map(|c| c.status) {
+        Some(CheckStatus::Failed) => parts.push("BUILD-FAILED".into()),
+        Some(CheckStatus::Checking) => parts.push("checking".into()),
+        _ => {}
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// A size in bytes as people read it: `12.3 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut size = n as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{size:.1} {}", UNITS[unit])
+    }
+}
+
+/// The risk flags (widening ones in red on a terminal) and the check build, before anything
+/// else of the approval.
+fn print_review(a: &Approval) {
+    match &a.risk {
+        Some(flags) if flags.is_empty() => outln!("risk: none"),
+        Some(flags) => {
+            for f in flags {
+                let details = if f.details.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        f.details
+                            .iter()
+                            .map(|d| output::one_line(d).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                if f.widening {
+                    output::emit_red(&format!("risk: {} (widens isolation){details}\n", f.flag));
+                } else {
+                    outln!("risk: {}{details}", f.flag);
+                }
+            }
+        }
+        None => outln!("risk: not known (no evaluated config)"),
+    }
+    match &a.check {
+        Some(c) => match c.status {
+            CheckStatus::Ok => match c.closure_bytes {
+                Some(n) => outln!("build: ok (closure {})", human_bytes(n)),
+                None => outln!("build: ok"),
+            },
+            CheckStatus::Failed => {
+                output::emit_red("build: failed\n");
+                if let Some(message) = &c.message {
+                    outln!("{}", output::indented(message, "  "));
+                }
+            }
+            CheckStatus::Checking => outln!("build: checking"),
+            CheckStatus::Unavailable => outln!(
+                "build: not checked ({})",
+                output::one_line(c.message.as_deref().unwrap_or("no reason given"))
+            ),
         },
-    )
+        None => outln!("build: not checked (no check was started)"),
+    }
+    if a.status == proto::ApprovalStatus::Pending && a.widens_isolation() {
+        outln!(
+            "approving needs the second confirmation: hive approve {} --yes-widen",
+            a.id
+        );
+    }
+    outln!();
 }
 
 fn print_approval(a: &Approval) {
@@ -146,6 +282,7 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let a: Approval = read_answer(&path, &answer)?;
+    print_review(&a);
     print_approval(&a);
     if let Some(d) = &a.deploy {
         output::deploy(d);
@@ -183,9 +320,13 @@ pub fn show(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn approve(state: &StateDir, args: IdArgs) -> anyhow::Result<ExitCode> {
+pub fn approve(state: &StateDir, args: ApproveArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/approvals/{}/approve", args.id);
-    post_action_of(state, &path, &json!({}), args.json, |a: &Approval| {
+    let body = json!({
+        "yes_widen": args.yes_widen,
+        "override_failed_build": args.override_failed_build,
+    });
+    post_action_of(state, &path, &body, args.json, |a: &Approval| {
         outln!(
             "approved #{}: {} {} is now at {}",
             a.id,

@@ -101,7 +101,7 @@ enum Command {
     /// Show one approval with its diff
     Show(approvals::IdArgs),
     /// Approve: the agent's applied config moves to the pinned commit
-    Approve(approvals::IdArgs),
+    Approve(approvals::ApproveArgs),
     /// Deny, with a note the manager reads
     Deny(approvals::DenyArgs),
     /// Create an agent directly (audited; no approval)

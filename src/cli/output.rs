@@ -75,6 +75,23 @@ pub fn emit(text: &str) {
     write_or_exit(&mut std::io::stdout().lock(), &screen_safe(text));
 }
 
+/// Writes `text` like [`emit`], in red when standard output is a terminal (a warning the operator
+/// must not miss); plain into pipes and files.
+pub fn emit_red(text: &str) {
+    use std::io::IsTerminal as _;
+    let safe = screen_safe(text);
+    if std::io::stdout().is_terminal() {
+        let body = safe.strip_suffix('\n').unwrap_or(&safe);
+        let end = if safe.ends_with('\n') { "\n" } else { "" };
+        write_or_exit(
+            &mut std::io::stdout().lock(),
+            &format!("\x1b[1;31m{body}\x1b[0m{end}"),
+        );
+    } else {
+        write_or_exit(&mut std::io::stdout().lock(), &safe);
+    }
+}
+
 /// Writes an error line to standard error, screen-safe (errors quote what was sent).
 pub fn emit_err(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", screen_safe(text));
@@ -111,6 +128,11 @@ pub fn field<'a>(value: &'a Value, default: &'a str) -> Cow<'a, str> {
 /// Prints rows as left-aligned columns under a header; the last column is not padded. Cells are
 /// made one-line first, so a cell cannot add a row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    table_marked(header, rows, &[]);
+}
+
+/// [`table`], with the rows whose `marked` entry is true in red on a terminal ([`emit_red`]).
+pub fn table_marked(header: &[&str], rows: &[Vec<String>], marked: &[bool]) {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|row| row.iter().map(|c| one_line(c).into_owned()).collect())
@@ -121,7 +143,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
+    let line = |cells: &mut dyn Iterator<Item = &str>, red: bool| {
         let mut out = String::new();
         for (i, cell) in cells.enumerate() {
             if i + 1 < widths.len() {
@@ -130,11 +152,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(cell);
             }
         }
-        outln!("{}", out.trim_end());
+        if red {
+            emit_red(&format!("{}\n", out.trim_end()));
+        } else {
+            outln!("{}", out.trim_end());
+        }
     };
-    line(&mut header.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
+    line(&mut header.iter().copied(), false);
+    for (i, row) in rows.iter().enumerate() {
+        line(
+            &mut row.iter().map(String::as_str),
+            marked.get(i).copied().unwrap_or(false),
+        );
     }
 }
 

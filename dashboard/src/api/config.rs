@@ -46,11 +46,40 @@ pub(super) async fn approval(
     Ok(Json(s.hive.approval(id).await?))
 }
 
+/// The approve body: the second confirmation of a change that widens isolation and the override
+/// of a failed check build. An empty body confirms nothing.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApproveRequest {
+    #[serde(default)]
+    yes_widen: bool,
+    #[serde(default)]
+    override_failed_build: bool,
+}
+
 pub(super) async fn approve(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<i64>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Approval>, ApiError> {
-    Ok(Json(s.hive.approve(id).await?))
+    let req: ApproveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproveRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!(
+                    "the approve body is {{\"yes_widen\": bool, \"override_failed_build\": bool}}: {e}"
+                ),
+            )
+        })?
+    };
+    let confirm = broker::approvals::Confirm {
+        yes_widen: req.yes_widen,
+        override_failed_build: req.override_failed_build,
+    };
+    Ok(Json(s.hive.approve_with(id, confirm).await?))
 }
 
 #[derive(Deserialize)]

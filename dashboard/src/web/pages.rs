@@ -278,8 +278,23 @@ async fn spawn(State(s): State<WebState>, Form(f): Form<SpawnForm>) -> PageResul
     Ok(Redirect::to(&format!("/agents/{}", record.name)).into_response())
 }
 
+/// One risk flag as shown: its name, its CSS class (`risk-widening` or `risk-raised`), details.
+struct RiskView {
+    flag: &'static str,
+    class: &'static str,
+    details: String,
+}
+
 struct ApprovalRow {
     a: Approval,
+    /// The risk flags, widening ones first.
+    risk: Vec<RiskView>,
+    widens: bool,
+    /// The check build: `ok (closure 12.3 MiB)`, `failed`, `checking`, `not checked (why)`.
+    check: String,
+    /// `check-ok`, `check-failed`, `check-checking`, `check-none`.
+    check_class: &'static str,
+    check_failed: bool,
     created: String,
     resolved: String,
     /// How the approved change built (`deployed`, `failed`, `building` …), when it was built.
@@ -290,7 +305,52 @@ struct ApprovalRow {
 
 impl From<Approval> for ApprovalRow {
     fn from(a: Approval) -> Self {
+        use broker::approvals::CheckStatus;
+        let mut risk: Vec<RiskView> = a
+            .risk
+            .iter()
+            .flatten()
+            .map(|f| RiskView {
+                flag: f.flag.as_str(),
+                class: if f.widening {
+                    "risk-widening"
+                } else {
+                    "risk-raised"
+                },
+                details: f.details.join(", "),
+            })
+            .collect();
+        risk.sort_by_key(|r| r.class != "risk-widening");
+        let (check, check_class) = match &a.check {
+            Some(c) => match c.status {
+                CheckStatus::Ok => (
+                    match c.closure_bytes {
+                        Some(n) => format!("ok (closure {:.1} MiB)", n as f64 / (1024.0 * 1024.0)),
+                        None => "ok".to_owned(),
+                    },
+                    "check-ok",
+                ),
+                CheckStatus::Failed => ("failed".to_owned(), "check-failed"),
+                CheckStatus::Checking => ("checking".to_owned(), "check-checking"),
+                CheckStatus::Unavailable => (
+                    format!(
+                        "not checked ({})",
+                        c.message.as_deref().unwrap_or("no reason given")
+                    ),
+                    "check-none",
+                ),
+            },
+            None => ("not checked".to_owned(), "check-none"),
+        };
         Self {
+            widens: a.widens_isolation(),
+            check_failed: a
+                .check
+                .as_ref()
+                .is_some_and(|c| c.status == CheckStatus::Failed),
+            risk,
+            check,
+            check_class,
             created: when(a.created_at),
             resolved: a.resolved_at.map(when).unwrap_or_default(),
             build: None,
@@ -411,8 +471,26 @@ async fn approval(
     })
 }
 
-async fn approve(State(s): State<WebState>, Path(id): Path<i64>) -> PageResult {
-    s.hive.approve(id).await?;
+/// The approve form: the "widens isolation" and "override a failed build" checkboxes (checked
+/// again by the broker, whatever the browser did).
+#[derive(Deserialize)]
+struct ApproveForm {
+    #[serde(default)]
+    yes_widen: Option<String>,
+    #[serde(default)]
+    override_failed_build: Option<String>,
+}
+
+async fn approve(
+    State(s): State<WebState>,
+    Path(id): Path<i64>,
+    Form(f): Form<ApproveForm>,
+) -> PageResult {
+    let confirm = broker::approvals::Confirm {
+        yes_widen: f.yes_widen.is_some(),
+        override_failed_build: f.override_failed_build.is_some(),
+    };
+    s.hive.approve_with(id, confirm).await?;
     Ok(Redirect::to(&format!("/approvals/{id}")).into_response())
 }
 
