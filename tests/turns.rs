@@ -111,12 +111,17 @@ fn alice_up_in_the_process_runtime(
     claude: &Path,
     server: &ModelServer,
 ) -> (tempfile::TempDir, Daemon) {
+    alice_up_with(claude, server, "")
+}
+
+/// [`alice_up_in_the_process_runtime`] with more of hive.toml (`extra`, whole sections).
+fn alice_up_with(claude: &Path, server: &ModelServer, extra: &str) -> (tempfile::TempDir, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("hive");
     let base_url = server.base_url();
     let claude = claude.display().to_string();
     let config = format!(
-        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n"
+        "[runtime]\nkind = \"process\"\nstop_timeout_seconds = 5\n\n[model]\nanthropic_base_url = \"{base_url}\"\n\n{extra}"
     );
     let daemon = Daemon::start_with_env(
         &state,
@@ -1209,4 +1214,109 @@ fn connect_inside((pid, relay): (u32, u16), target: &str) -> (String, String) {
     } else {
         (connect.to_owned(), format!("{body}{}", text(&out.stderr)))
     }
+}
+
+/// The `hive-agent serve` processes running for `agent` (found through their command lines).
+fn harnesses_of(state: &Path, agent: &str) -> Vec<u32> {
+    let run_dir = state.join("run/agents").join(agent);
+    let needle = format!("{}", run_dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains("hive-agent serve") && cmdline.contains(&needle)
+        })
+        .collect()
+}
+
+/// A model that hangs mid-turn: the agent turns `stuck` once the turn has been quiet for
+/// `stuck_after_seconds`, the manager is told once, and the operator's restart leaves exactly one
+/// harness, which takes the message again and finishes it.
+#[test]
+fn a_turn_that_hangs_makes_the_agent_stuck_once_and_a_restart_leaves_one_harness() {
+    let Some(claude) = tools::require("claude", tools::claude_bin()) else {
+        return;
+    };
+    if !images_ready(false) {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = ModelServer::start_blocking(vec![Reply::Hang]);
+    let (dir, _daemon) = alice_up_with(
+        &claude,
+        &server,
+        "[watcher]\nreconcile_seconds = 1\nstuck_after_seconds = 2\n",
+    );
+    let state = dir.path().join("hive");
+    let liveness = |agent: &str| -> Value {
+        let agents: Vec<Value> =
+            serde_json::from_str(&cli_ok(&state, &["agents", "--json"])).unwrap();
+        agents
+            .into_iter()
+            .find(|a| a["name"] == agent)
+            .map(|a| a["liveness"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(liveness("alice"), "idle");
+    let id = rt.block_on(send(&state, "alice", "work on this"));
+    let mut last = Value::Null;
+    assert!(
+        eventually(LIMIT, || {
+            last = liveness("alice");
+            last == "stuck"
+        }),
+        "alice never became stuck: {last}"
+    );
+    assert_eq!(server.model_requests().len(), 1, "the hanging call");
+    let db = open_db(&state);
+    let stuck_events = || -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM messages WHERE recipient = 'manager' AND sender = 'system'
+             AND json_extract(body, '$.event') = 'stuck' AND json_extract(body, '$.agent') = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(eventually(LIMIT, || stuck_events() == 1));
+    let text = cli_ok(&state, &["agents"]);
+    assert!(
+        text.contains("LIVENESS") && text.contains("stuck"),
+        "{text}"
+    );
+    let before = harnesses_of(&state, "alice");
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // The restart: the old harness is stopped first; the message comes back and is answered.
+    server.push([Reply::text("done at last")]);
+    cli_ok(&state, &["restart", "alice"]);
+    let mut now = Vec::new();
+    assert!(eventually(LIMIT, || {
+        now = harnesses_of(&state, "alice");
+        now.len() == 1 && now != before
+    }));
+    let answered = || -> bool {
+        db.query_row(
+            "SELECT count(*) FROM turns WHERE message_id = ?1 AND outcome = 'ok'",
+            [id],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    };
+    assert!(
+        eventually(LIMIT, answered),
+        "the message was not answered after the restart:\n{}",
+        log_of(&state, "alice")
+    );
+    assert!(
+        eventually(LIMIT, || liveness("alice") == "idle"),
+        "{}",
+        liveness("alice")
+    );
+    assert_eq!(harnesses_of(&state, "alice").len(), 1);
+    assert_eq!(stuck_events(), 1, "told once");
 }

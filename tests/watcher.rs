@@ -440,9 +440,15 @@ fn an_applied_commit_not_built_tells_needs_update_once_and_update_tells_rebuilt(
         json!({"agent": "alice", "commit": sha, "description": "a change"}),
     ));
     std::fs::remove_file(&harness).unwrap();
+    // The request's check build may have run before the harness went, or failed after: either
+    // way the operator approves it.
     cli_ok(
         &state,
-        &["approve", &queued["id"].as_i64().unwrap().to_string()],
+        &[
+            "approve",
+            &queued["id"].as_i64().unwrap().to_string(),
+            "--override-failed-build",
+        ],
     );
     let stale = wait_told(&state, "needs_update", "alice", 1);
     assert_eq!(
@@ -626,7 +632,8 @@ fn with_auto_update_a_stale_agent_is_rebuilt_without_needs_update_and_told_itsel
 }
 
 /// The manager asks to apply a change to `agent`'s agent.nix (a comment) and the operator
-/// approves it; returns the commit.
+/// approves it (overriding a failed check build: callers take the harness away to make the
+/// deploy fail); returns the commit.
 fn approve_a_change(rt: &tokio::runtime::Runtime, state: &Path, agent: &str) -> String {
     let manager = mcp_connect(rt, state, "manager", "mcp.sock");
     let repo = state.join("agents").join(agent).join("config");
@@ -641,7 +648,11 @@ fn approve_a_change(rt: &tokio::runtime::Runtime, state: &Path, agent: &str) -> 
     ));
     cli_ok(
         state,
-        &["approve", &queued["id"].as_i64().unwrap().to_string()],
+        &[
+            "approve",
+            &queued["id"].as_i64().unwrap().to_string(),
+            "--override-failed-build",
+        ],
     );
     sha
 }

@@ -66,6 +66,9 @@ pub struct WatcherConfig {
     /// Rebuild an agent whose running deploy is not its applied HEAD by itself (default false:
     /// the manager gets `needs_update` and calls `update`).
     pub auto_update: bool,
+    /// A turn with no event for this long, or a queue not moving this long while the harness is
+    /// connected, makes the agent `stuck` (told to the manager once). Default 600.
+    pub stuck_after_seconds: u64,
 }
 
 impl Default for WatcherConfig {
@@ -73,6 +76,7 @@ impl Default for WatcherConfig {
         Self {
             reconcile_seconds: 30,
             auto_update: false,
+            stuck_after_seconds: 600,
         }
     }
 }
@@ -412,6 +416,9 @@ impl Config {
         }
         if self.watcher.reconcile_seconds == 0 {
             return Err("watcher.reconcile_seconds = 0: must be at least 1".into());
+        }
+        if self.watcher.stuck_after_seconds == 0 {
+            return Err("watcher.stuck_after_seconds = 0: must be at least 1".into());
         }
         if self.mailbox.retention_days == 0 {
             return Err("mailbox.retention_days = 0: must be at least 1".into());

@@ -19,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod hive;
 pub mod lifecycle;
+pub mod liveness;
 pub mod lock;
 pub mod mailbox;
 pub mod mcp;

@@ -63,6 +63,8 @@ const LOGGED_IN: &str = "logged_in";
 const UP_TO_DATE: &str = "up_to_date";
 const DEPLOY: &str = "deploy";
 const EXISTS: &str = "exists";
+/// The liveness axis: `ok` or `stuck` (told once per episode).
+const LIVENESS: &str = "liveness";
 
 /// The helper event told when an agent's login appears (the harness's `wait_login` waits for it).
 pub(crate) const LOGGED_IN_EVENT: &str = "logged_in";
@@ -124,6 +126,12 @@ pub struct Watcher {
     recorded: Mutex<HashMap<(i64, &'static str), String>>,
     /// `[watcher] auto_update` rebuilds one agent at a time.
     auto_updates: tokio::sync::Semaphore,
+    /// When each agent's harness last reported anything (a state, turn events), from the bus.
+    activity: Mutex<HashMap<String, Instant>>,
+    /// `[watcher] stuck_after_seconds`.
+    stuck_after: Duration,
+    /// When this watcher started: the quiet time of an agent not heard from since.
+    opened: Instant,
 }
 
 impl Watcher {
@@ -163,7 +171,33 @@ impl Watcher {
             looping: Mutex::new(looping),
             recorded: Mutex::default(),
             auto_updates: tokio::sync::Semaphore::new(1),
+            activity: Mutex::default(),
+            stuck_after: Duration::from_secs(config.watcher.stuck_after_seconds.max(1)),
+            opened: Instant::now(),
         })
+    }
+
+    /// How long `agent`'s harness has said nothing (since this daemon started, at most).
+    pub(crate) fn quiet_for(&self, agent: &AgentName) -> Option<Duration> {
+        let activity = self.activity.lock().expect("activity");
+        Some(
+            activity
+                .get(agent.as_str())
+                .copied()
+                .unwrap_or(self.opened)
+                .elapsed(),
+        )
+    }
+
+    pub(crate) fn stuck_after(&self) -> Duration {
+        self.stuck_after
+    }
+
+    fn heard_from(&self, agent: &str) {
+        self.activity
+            .lock()
+            .expect("activity")
+            .insert(agent.to_owned(), Instant::now());
     }
 
     /// The containers component recorded that `exit.agent`'s container ended on its own.
@@ -516,7 +550,46 @@ impl Hive {
         for agent in self.registry.names() {
             creds.ensure_agent(&self.paths, &agent);
             self.check_agent(&agent, tasks).await;
+            if let Err(e) = self.check_liveness(&agent).await {
+                tracing::warn!(%agent, error = %e, "cannot judge the agent's liveness");
+            }
         }
+    }
+
+    /// Tells the manager `stuck` when `agent` became stuck (once per episode: the axis goes back
+    /// to `ok` when it moves again).
+    async fn check_liveness(&self, agent: &AgentName) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        let liveness = self.agent_liveness(agent).await?;
+        let stuck = liveness == crate::liveness::Liveness::Stuck;
+        let tell = stuck.then(|| {
+            let run = self.containers.run_of(agent);
+            Tell {
+                event: "stuck",
+                details: json!({
+                    "turn_state": run.turn_state.map(|t| t.as_str()),
+                    "quiet_seconds": self.watcher.quiet_for(agent).map(|q| q.as_secs()),
+                    "how": format!(
+                        "`restart` {agent}: its harness is stopped before a new one starts"
+                    ),
+                }),
+                to_agent: None,
+            }
+        });
+        let state = if stuck { "stuck" } else { "ok" };
+        self.watcher
+            .record(
+                agent.as_str(),
+                record.incarnation,
+                LIVENESS,
+                state.into(),
+                tell,
+                false,
+            )
+            .await
+            .map(drop)
     }
 
     /// Recomputes `agent`'s logged_in and up_to_date axes.
@@ -897,6 +970,10 @@ impl Hive {
                     )
                     .await
                     .map(drop)
+            }
+            Event::TurnEvents { agent, .. } | Event::TurnState { agent, .. } => {
+                self.watcher.heard_from(&agent);
+                Ok(())
             }
             _ => Ok(()),
         };

@@ -93,6 +93,7 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
             "KIND",
             "STATE",
             "HARNESS",
+            "LIVENESS",
             "LOGGED IN",
             "UP TO DATE",
             "CREATED (UTC)",
@@ -105,6 +106,7 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
                 a["kind"].as_str().unwrap_or("?").to_owned(),
                 a["run"]["state"].as_str().unwrap_or("?").to_owned(),
                 harness_column(&a["run"]),
+                a["liveness"].as_str().unwrap_or("-").to_owned(),
                 yes_no(&a["axes"]["logged_in"]),
                 if a["axes"]["crash_loop"].as_bool() == Some(true) {
                     "crash loop".into()

@@ -25,21 +25,28 @@ pub(super) struct AgentView {
     record: AgentRecord,
     run: AgentRun,
     axes: broker::watcher::Axes,
+    /// `working`, `waiting_on_human`, `idle`, `stuck` or `dead`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    liveness: Option<broker::liveness::Liveness>,
 }
 
 pub(super) async fn list(State(s): State<ApiState>) -> Json<Vec<AgentView>> {
-    Json(
-        s.hive
-            .agents()
-            .into_iter()
-            // An agent removed between the two reads is left out.
-            .filter_map(|record| {
-                let run = s.hive.agent_run(&record.name).ok()?;
-                let axes = s.hive.agent_axes(&record.name);
-                Some(AgentView { record, run, axes })
-            })
-            .collect(),
-    )
+    let mut views = Vec::new();
+    for record in s.hive.agents() {
+        // An agent removed between the reads is left out.
+        let Ok(run) = s.hive.agent_run(&record.name) else {
+            continue;
+        };
+        let axes = s.hive.agent_axes(&record.name);
+        let liveness = s.hive.agent_liveness(&record.name).await.ok();
+        views.push(AgentView {
+            record,
+            run,
+            axes,
+            liveness,
+        });
+    }
+    Json(views)
 }
 
 /// One agent in full: its record, its container, and (when it runs) its isolation as the
