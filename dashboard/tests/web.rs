@@ -279,6 +279,36 @@ async fn without_a_session_pages_redirect_and_the_api_answers_401() {
     assert_eq!(w.snapshot(), before);
 }
 
+/// The hive page shows each agent's liveness (the manager here has no harness: `dead`), and an
+/// alert's link opens its page once, through the login page when there is no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hive_page_shows_liveness_and_an_alert_link_opens_its_page_once() {
+    let w = web().await;
+    let s = w.login().await;
+    let (status, _, page) = w.get("/", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<th scope=\"col\">Liveness</th>"), "{page}");
+    assert!(
+        page.contains(r#"<span class="liveness liveness-dead">dead</span>"#),
+        "{page}"
+    );
+    // With a session: straight to the page.
+    let t = w.auth.new_alert_link("/approvals/7");
+    let (status, headers, _) = w.get(&format!("/go?t={t}"), Some(&s)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/approvals/7");
+    let (status, _, _) = w.get(&format!("/go?t={t}"), Some(&s)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "once only");
+    // Without one: the login page, going on to it; a path out of the dashboard becomes `/`.
+    let t = w.auth.new_alert_link("/questions");
+    let (status, _, page) = w.get(&format!("/go?t={t}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(r#"name="next" value="/questions""#), "{page}");
+    let t = w.auth.new_alert_link("//evil.example/x");
+    let (_, _, page) = w.get(&format!("/go?t={t}"), None).await;
+    assert!(page.contains(r#"name="next" value="/""#), "{page}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_link_works_once() {
     let w = web().await;

@@ -161,6 +161,8 @@ struct AgentRow {
     /// The watcher's axes: `yes`, `no` or `—` (not known).
     logged_in: &'static str,
     up_to_date: &'static str,
+    /// `working`, `waiting_on_human`, `idle`, `stuck`, `dead` (`—`: unknown).
+    liveness: &'static str,
 }
 
 fn axis(known: Option<bool>) -> &'static str {
@@ -240,7 +242,13 @@ async fn hive(State(s): State<WebState>, Extension(session): Extension<SessionIn
         };
         let isolation = isolation_of(&s, &record.name, &run).await;
         let axes = s.hive.agent_axes(&record.name);
+        let liveness = s
+            .hive
+            .agent_liveness(&record.name)
+            .await
+            .map_or("—", |l| l.as_str());
         agents.push(AgentRow {
+            liveness,
             logged_in: axis(axes.logged_in),
             up_to_date: axis(axes.up_to_date),
             name: record.name.to_string(),
