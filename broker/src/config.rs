@@ -321,6 +321,10 @@ pub struct MailboxConfig {
     pub max_queued_per_inbox: u64,
     /// The most open questions one agent may have asked the operator (default 100).
     pub max_open_questions_per_agent: u64,
+    /// A message queued this long for an agent that cannot take it (not running, paused, kept
+    /// stopped after a crash loop) is a dead letter the operator redirects or drops (default
+    /// 3600).
+    pub dead_letter_after_seconds: u64,
 }
 
 /// The most a hive may be configured to accept in one message body.
@@ -333,6 +337,7 @@ impl Default for MailboxConfig {
             retention_days: 30,
             max_queued_per_inbox: 10_000,
             max_open_questions_per_agent: 100,
+            dead_letter_after_seconds: 3600,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod config_repo;
 pub mod confinement;
 pub mod containers;
+pub mod dead_letters;
 pub mod due;
 pub mod egress;
 pub mod error;

@@ -96,6 +96,9 @@ enum Command {
     Questions(questions::QuestionsArgs),
     /// Answer an agent's question; the answer reaches it as a message from `operator`
     Answer(questions::AnswerArgs),
+    /// List messages queued too long for agents that cannot take them (not running, paused, crash
+    /// loop); `redirect ID --to NAME` or `drop ID` decides one
+    DeadLetters(questions::DeadLettersArgs),
     /// List the approvals the manager asked for
     Approvals(approvals::ApprovalsArgs),
     /// Show one approval with its diff
@@ -152,6 +155,7 @@ pub fn run() -> ExitCode {
         Command::Messages(args) => messages::messages(&state, args),
         Command::Questions(args) => questions::questions(&state, args),
         Command::Answer(args) => questions::answer(&state, args),
+        Command::DeadLetters(args) => questions::dead_letters(&state, args),
         Command::Approvals(args) => approvals::approvals(&state, args),
         Command::Show(args) => approvals::show(&state, args),
         Command::Approve(args) => approvals::approve(&state, args),

@@ -1,4 +1,4 @@
-//! `hive questions` and `hive answer`.
+//! `hive questions`, `hive answer` and `hive dead-letters`: what waits on the operator.
 
 use std::process::ExitCode;
 
@@ -96,4 +96,81 @@ pub fn answer(state: &StateDir, args: AnswerArgs) -> anyhow::Result<ExitCode> {
             output::field(&q["answer"], "")
         );
     })
+}
+
+#[derive(clap::Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    action: Option<DeadLetterAction>,
+    /// Print JSON
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum DeadLetterAction {
+    /// Send a dead letter to another inbox instead (an agent, or `operator`)
+    Redirect {
+        /// The message's id (see `hive dead-letters`)
+        id: i64,
+        /// Where it goes now
+        #[arg(long)]
+        to: String,
+    },
+    /// Drop a dead letter: it counts as delivered, unread
+    Drop {
+        /// The message's id (see `hive dead-letters`)
+        id: i64,
+    },
+}
+
+pub fn dead_letters(state: &StateDir, args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(DeadLetterAction::Redirect { id, to }) => {
+            let path = format!("/api/v1/dead-letters/{id}/redirect");
+            post_action(state, &path, &json!({"to": to}), args.json, |m| {
+                outln!(
+                    "message {id} redirected: now message {} to {}",
+                    m["id"],
+                    output::field(&m["to"], "?")
+                );
+            })
+        }
+        Some(DeadLetterAction::Drop { id }) => {
+            let path = format!("/api/v1/dead-letters/{id}/drop");
+            post_action(state, &path, &json!({}), args.json, |_| {
+                outln!("message {id} dropped");
+            })
+        }
+        None => {
+            let list = super::client_runtime()?
+                .block_on(AdminClient::new(state).get("/api/v1/dead-letters"))?;
+            if args.json {
+                output::json(&list);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let items = list.as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                outln!("no dead letters");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for d in items {
+                outln!(
+                    "#{} from {} to {} ({}), queued {} ({} s ago)",
+                    d["id"],
+                    output::field(&d["from"], "?"),
+                    output::field(&d["to"], "?"),
+                    output::field(&d["why"], "?"),
+                    output::time(&d["sent_at"]),
+                    d["waited_seconds"]
+                );
+                outln!(
+                    "{}",
+                    output::indented(d["body"].as_str().unwrap_or_default(), "    ")
+                );
+            }
+            outln!("redirect one with `hive dead-letters redirect ID --to NAME`, or drop it");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -62,10 +62,10 @@ pub(crate) const INSERT_TURN: &str =
      VALUES (?1, ?2, ?3, (SELECT incarnation FROM messages WHERE id = ?2),
              (SELECT coalesce(max(id), 0) FROM messages))";
 
-const MESSAGE_COLUMNS: &str =
+pub(crate) const MESSAGE_COLUMNS: &str =
     "id, sender, recipient, body, in_reply_to, sent_at, state, delivered_at, redelivered";
 
-fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         id: r.get(0)?,
         from: r.get(1)?,

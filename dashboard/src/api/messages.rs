@@ -186,3 +186,35 @@ pub(super) async fn answer(
     };
     Ok(Json(s.hive.answer_question(id, answer).await?))
 }
+
+/// The dead letters: messages queued too long for agents that cannot take them.
+pub(super) async fn dead_letters(
+    State(s): State<ApiState>,
+) -> Result<Json<Vec<broker::dead_letters::DeadLetter>>, ApiError> {
+    Ok(Json(s.hive.dead_letters().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedirectRequest {
+    /// An agent, or `operator`.
+    to: String,
+}
+
+/// Sends a dead letter to another inbox instead; answers the new message.
+pub(super) async fn redirect_dead_letter(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<RedirectRequest>,
+) -> Result<Json<Message>, ApiError> {
+    Ok(Json(s.hive.redirect_dead_letter(id, &req.to).await?))
+}
+
+/// Drops a dead letter.
+pub(super) async fn drop_dead_letter(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.hive.drop_dead_letter(id).await?;
+    Ok(Json(serde_json::json!({"dropped": id})))
+}

@@ -74,6 +74,15 @@ pub(crate) fn routes(state: ApiState) -> Router {
         .route("/api/v1/inbox", get(messages::inbox))
         .route("/api/v1/inbox/recv", post(messages::inbox_recv))
         .route("/api/v1/questions", get(messages::questions))
+        .route("/api/v1/dead-letters", get(messages::dead_letters))
+        .route(
+            "/api/v1/dead-letters/{id}/redirect",
+            post(messages::redirect_dead_letter),
+        )
+        .route(
+            "/api/v1/dead-letters/{id}/drop",
+            post(messages::drop_dead_letter),
+        )
         .route("/api/v1/questions/{id}/answer", post(messages::answer))
         .route("/api/v1/approvals", get(config::approvals))
         .route("/api/v1/approvals/{id}", get(config::approval))

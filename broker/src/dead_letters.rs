@@ -1,0 +1,205 @@
+//! Dead letters (DESIGN §9): a message queued longer than `[mailbox] dead_letter_after_seconds`
+//! for an agent that cannot take it — no harness (stopped, crashed, kept stopped after a crash
+//! loop) or paused — is shown to the operator (`hive dead-letters`, the API, the dashboard's inbox
+//! page), who redirects it to another inbox or drops it, audited. Nothing moves by itself: until
+//! the operator decides, the message stays queued and is taken as usual if its agent comes back.
+//!
+//! It owns the judgement and the two decisions; it never changes a message that is not queued,
+//! and never redirects past the registry (an unknown name is refused).
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::hive::Hive;
+use crate::mailbox::{MESSAGE_COLUMNS, Message, insert_messages, message_from_row};
+use crate::names::{AgentName, Recipient};
+use crate::store::unix_millis;
+
+/// The most dead letters listed at once (oldest first).
+pub const MAX_LISTED: usize = 1000;
+
+/// A message its agent cannot take, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    #[serde(flatten)]
+    pub message: Message,
+    /// `crash loop`, `paused` or `not running`.
+    pub why: &'static str,
+    pub waited_seconds: u64,
+}
+
+impl Hive {
+    /// Why `agent` cannot take its mail now, if it cannot.
+    fn cannot_take(&self, agent: &AgentName) -> Option<&'static str> {
+        if self.watcher.holds_stopped(agent) {
+            return Some("crash loop");
+        }
+        let run = self.containers.run_of(agent);
+        if run.turn_state == Some(proto::tools::TurnState::Paused) {
+            return Some("paused");
+        }
+        (!run.up).then_some("not running")
+    }
+
+    /// The dead letters now, oldest first (at most [`MAX_LISTED`]).
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let after = self.config.mailbox.dead_letter_after_seconds as i64 * 1000;
+        let now = unix_millis();
+        let before = now - after;
+        let rows: Vec<Message> = self
+            .store
+            .read(move |c| {
+                let mut q = c.prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE state = 'queued' AND recipient != 'operator' AND sent_at <= ?1
+                     ORDER BY id LIMIT ?2"
+                ))?;
+                let rows = q
+                    .query_map(params![before, (MAX_LISTED * 4) as i64], message_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        let mut why_of: HashMap<String, Option<&'static str>> = HashMap::new();
+        let mut out = Vec::new();
+        for message in rows {
+            let why = *why_of.entry(message.to.clone()).or_insert_with(|| {
+                AgentName::parse(&message.to)
+                    .ok()
+                    .filter(|a| self.registry.get(a).is_some())
+                    .and_then(|a| self.cannot_take(&a))
+            });
+            if let Some(why) = why {
+                let waited = ((now - message.sent_at).max(0) / 1000) as u64;
+                out.push(DeadLetter {
+                    message,
+                    why,
+                    waited_seconds: waited,
+                });
+                if out.len() == MAX_LISTED {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that message `id` is a dead letter now; its recipient.
+    async fn require_dead_letter(&self, id: i64) -> Result<Message> {
+        let message = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
+                ))?
+                .query_row(params![id], message_from_row)
+                .optional()?)
+            })
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("message {id}"),
+            })?;
+        let dead = self
+            .dead_letters()
+            .await?
+            .iter()
+            .any(|d| d.message.id == id);
+        if !dead {
+            return Err(Error::Conflict(format!(
+                "message {id} is not a dead letter (it is {}, for {}): only a message queued \
+                 longer than mailbox.dead_letter_after_seconds for an agent that cannot take it \
+                 is one",
+                message.state.as_str(),
+                message.to
+            )));
+        }
+        Ok(message)
+    }
+
+    /// The operator sends dead letter `id` to `to` instead (an agent or `operator`): a new
+    /// message from its sender with its body; the dead letter counts as delivered. Audited.
+    pub async fn redirect_dead_letter(&self, id: i64, to: &str) -> Result<Message> {
+        let to = match Recipient::parse(to)? {
+            Recipient::Agent(agent) => {
+                self.registry.require(&agent)?;
+                agent.to_string()
+            }
+            Recipient::Operator => "operator".to_owned(),
+            Recipient::Broadcast => {
+                return Err(Error::invalid(
+                    "to",
+                    "a dead letter goes to one inbox: name an agent or operator",
+                ));
+            }
+        };
+        let message = self.require_dead_letter(id).await?;
+        if message.to == to {
+            return Err(Error::invalid(
+                "to",
+                format!("message {id} is already for {to}"),
+            ));
+        }
+        let sent = self
+            .store
+            .write(move |c| {
+                let marked = c
+                    .prepare_cached(
+                        "UPDATE messages SET state = 'delivered', delivered_at = ?2
+                         WHERE id = ?1 AND state = 'queued'",
+                    )?
+                    .execute(params![id, unix_millis()])?;
+                if marked == 0 {
+                    return Err(Error::Conflict(format!("message {id} was taken meanwhile")));
+                }
+                let new = insert_messages(
+                    c,
+                    &message.from,
+                    std::slice::from_ref(&to),
+                    &message.body,
+                    None,
+                )?
+                .remove(0);
+                crate::audit::append(
+                    c,
+                    "operator",
+                    "dead_letter_redirected",
+                    Some(&message.to),
+                    json!({"message": id, "to": to, "new_message": new.id}),
+                )?;
+                Ok(new)
+            })
+            .await?;
+        self.mailbox.announce(vec![sent.clone()]);
+        Ok(sent)
+    }
+
+    /// The operator drops dead letter `id`: it counts as delivered, unread. Audited.
+    pub async fn drop_dead_letter(&self, id: i64) -> Result<()> {
+        let message = self.require_dead_letter(id).await?;
+        self.store
+            .write(move |c| {
+                let marked = c
+                    .prepare_cached(
+                        "UPDATE messages SET state = 'delivered', delivered_at = ?2
+                         WHERE id = ?1 AND state = 'queued'",
+                    )?
+                    .execute(params![id, unix_millis()])?;
+                if marked == 0 {
+                    return Err(Error::Conflict(format!("message {id} was taken meanwhile")));
+                }
+                crate::audit::append(
+                    c,
+                    "operator",
+                    "dead_letter_dropped",
+                    Some(&message.to),
+                    json!({"message": id, "from": message.from}),
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
