@@ -800,10 +800,8 @@ async fn turn_rows(args: &Args) -> Vec<Row> {
                 f.gateway_mib_s.len()
             ),
         )
-        .target(
-            "≥ 1/2 of direct",
-            median(&f.gateway_mib_s) * 2.0 >= median(&f.direct_mib_s),
-        )
+        // A model streams well under 1 MiB/s; the gateway must never be what limits it.
+        .target("≥ 100 MiB/s", median(&f.gateway_mib_s) >= 100.0)
         .limit(format!(
             "direct to the same upstream: median {:.0} MiB/s",
             median(&f.direct_mib_s)
