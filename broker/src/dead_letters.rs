@@ -32,6 +32,21 @@ pub struct DeadLetter {
     pub waited_seconds: u64,
 }
 
+/// Marks queued message `id` delivered (a decision on a dead letter); a conflict when it was
+/// taken meanwhile.
+fn mark_delivered(c: &rusqlite::Connection, id: i64) -> Result<()> {
+    let marked = c
+        .prepare_cached(
+            "UPDATE messages SET state = 'delivered', delivered_at = ?2
+             WHERE id = ?1 AND state = 'queued'",
+        )?
+        .execute(params![id, unix_millis()])?;
+    if marked == 0 {
+        return Err(Error::Conflict(format!("message {id} was taken meanwhile")));
+    }
+    Ok(())
+}
+
 impl Hive {
     /// Why `agent` cannot take its mail now, if it cannot.
     fn cannot_take(&self, agent: &AgentName) -> Option<&'static str> {
@@ -146,15 +161,7 @@ impl Hive {
         let sent = self
             .store
             .write(move |c| {
-                let marked = c
-                    .prepare_cached(
-                        "UPDATE messages SET state = 'delivered', delivered_at = ?2
-                         WHERE id = ?1 AND state = 'queued'",
-                    )?
-                    .execute(params![id, unix_millis()])?;
-                if marked == 0 {
-                    return Err(Error::Conflict(format!("message {id} was taken meanwhile")));
-                }
+                mark_delivered(c, id)?;
                 let new = insert_messages(
                     c,
                     &message.from,
@@ -182,15 +189,7 @@ impl Hive {
         let message = self.require_dead_letter(id).await?;
         self.store
             .write(move |c| {
-                let marked = c
-                    .prepare_cached(
-                        "UPDATE messages SET state = 'delivered', delivered_at = ?2
-                         WHERE id = ?1 AND state = 'queued'",
-                    )?
-                    .execute(params![id, unix_millis()])?;
-                if marked == 0 {
-                    return Err(Error::Conflict(format!("message {id} was taken meanwhile")));
-                }
+                mark_delivered(c, id)?;
                 crate::audit::append(
                     c,
                     "operator",

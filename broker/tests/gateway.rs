@@ -581,15 +581,8 @@ fn model_calls(f: &Fixture) -> Vec<CallRow> {
 
 /// Waits (bounded) until `model_calls` holds `n` rows: each is written once its answer ended.
 async fn wait_for_calls(f: &Fixture, n: usize) -> Vec<CallRow> {
-    let mut rows = Vec::new();
-    for _ in 0..500 {
-        rows = model_calls(f);
-        if rows.len() >= n {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{} model calls stored, expected {n}: {rows:?}", rows.len());
+    common::until("the model calls are stored", || model_calls(f).len() >= n).await;
+    model_calls(f)
 }
 
 /// Each forwarded call is stored with the usage its answer reported: streamed and whole, both
@@ -734,14 +727,8 @@ async fn the_breaker_opens_after_n_upstream_failures_and_closes_after_its_cooldo
         "refused without calling the upstream"
     );
 
-    let mut events = Vec::new();
-    for _ in 0..500 {
-        events = helper_events(&f);
-        if !events.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until("the manager is told", || !helper_events(&f).is_empty()).await;
+    let events = helper_events(&f);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "model_unreachable");
     assert_eq!(events[0].1["failures"], 3);
@@ -765,13 +752,8 @@ async fn the_breaker_opens_after_n_upstream_failures_and_closes_after_its_cooldo
         opened.elapsed()
     );
     assert_eq!(server.requests().len(), 4);
-    for _ in 0..500 {
-        events = helper_events(&f);
-        if events.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until("the manager is told again", || helper_events(&f).len() >= 2).await;
+    let events = helper_events(&f);
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(names, ["model_unreachable", "model_reachable"]);
 }

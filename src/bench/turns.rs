@@ -373,12 +373,14 @@ async fn warm_and_per_turn(
     Ok((Samples::new(warm), Samples::new(per_turn), claude_warm))
 }
 
-/// One request's time to the first byte of the answer's body, on an open HTTP/1.1 connection.
-async fn first_byte(
+/// Sends a streamed `POST path` on an open HTTP/1.1 connection: the answer's body, once its
+/// head is in, and when the request went out.
+async fn post_messages(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-) -> anyhow::Result<Duration> {
+    path: &str,
+) -> anyhow::Result<(Incoming, Instant)> {
     let body = r#"{"model":"claude-bench","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"ping"}]}"#;
-    let request = Request::post("/v1/messages")
+    let request = Request::post(path)
         .header("host", "model")
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
@@ -392,7 +394,14 @@ async fn first_byte(
         "the model answered {}",
         response.status()
     );
-    let mut body = response.into_body();
+    Ok((response.into_body(), t0))
+}
+
+/// One request's time to the first byte of the answer's body, on an open HTTP/1.1 connection.
+async fn first_byte(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+) -> anyhow::Result<Duration> {
+    let (mut body, t0) = post_messages(sender, "/v1/messages").await?;
     let first = body.frame().await.context("an empty answer")??;
     let took = t0.elapsed();
     drop(first);
@@ -413,22 +422,7 @@ where
 async fn bulk(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 ) -> anyhow::Result<f64> {
-    let body = r#"{"model":"claude-bench","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"bulk"}]}"#;
-    let request = Request::post("/v1/messages?bulk")
-        .header("host", "model")
-        .header("content-type", "application/json")
-        .header("anthropic-version", "2023-06-01")
-        .header("x-api-key", "bench")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))?;
-    sender.ready().await?;
-    let t0 = Instant::now();
-    let response = sender.send_request(request).await?;
-    ensure!(
-        response.status().is_success(),
-        "the model answered {}",
-        response.status()
-    );
-    let mut body = response.into_body();
+    let (mut body, t0) = post_messages(sender, "/v1/messages?bulk").await?;
     let mut bytes = 0usize;
     while let Some(frame) = body.frame().await.transpose()? {
         bytes += frame.data_ref().map_or(0, |d| d.len());
