@@ -12,6 +12,9 @@ pub enum Error {
     InvalidName(#[from] NameError),
     #[error("unknown agent '{name}'; you may write to: {}", allowed.join(", "))]
     UnknownAgent { name: String, allowed: Vec<String> },
+    /// An action on an agent that is not there (not a send: nothing about recipients).
+    #[error("unknown agent '{name}'; the agents are: {}", agents.join(", "))]
+    NoSuchAgent { name: String, agents: Vec<String> },
     #[error("'{name}' is not in your allowed recipients; you may write to: {}", allowed.join(", "))]
     NotAllowed { name: String, allowed: Vec<String> },
     #[error("you cannot send a message to yourself; to be woken later, use `remind`")]
@@ -91,7 +94,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidName(_) => "invalid_name",
-            Self::UnknownAgent { .. } => "unknown_agent",
+            Self::UnknownAgent { .. } | Self::NoSuchAgent { .. } => "unknown_agent",
             Self::NotAllowed { .. } => "recipient_not_allowed",
             Self::SendToSelf => "send_to_self",
             Self::BodyTooLarge { .. } => "body_too_large",

@@ -172,9 +172,9 @@ impl Registry {
 
     /// The record of `name`, or an `unknown_agent` error listing the agents there are.
     pub fn require(&self, name: &AgentName) -> Result<AgentRecord> {
-        self.get(name).ok_or_else(|| Error::UnknownAgent {
+        self.get(name).ok_or_else(|| Error::NoSuchAgent {
             name: name.to_string(),
-            allowed: self.names().iter().map(|n| n.to_string()).collect(),
+            agents: self.names().iter().map(|n| n.to_string()).collect(),
         })
     }
 

@@ -209,12 +209,7 @@ impl Hive {
     pub async fn agent_stats(&self, agent: &AgentName, since: Option<&str>) -> Result<AgentStats> {
         let now = unix_millis();
         let since = since.map(|raw| parse_since(raw, now)).transpose()?;
-        let Some(record) = self.agent(agent) else {
-            return Err(Error::UnknownAgent {
-                name: agent.to_string(),
-                allowed: vec![],
-            });
-        };
+        let record = self.registry.require(agent)?;
         let key = agent.to_string();
         let incarnation = record.incarnation;
         let from = since.unwrap_or(i64::MIN);

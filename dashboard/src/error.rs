@@ -46,7 +46,9 @@ impl From<broker::Error> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             E::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            E::UnknownAgent { .. } | E::NotFound { .. } => StatusCode::NOT_FOUND,
+            E::UnknownAgent { .. } | E::NoSuchAgent { .. } | E::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             E::NotAllowed { .. } => StatusCode::FORBIDDEN,
             E::Conflict(_)
             | E::UnsafePath(_)
