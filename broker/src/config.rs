@@ -124,6 +124,35 @@ pub struct ModelConfig {
     pub breaker_failures: u32,
     /// How long an open breaker waits before letting one call through to try the upstream again.
     pub breaker_cooldown_secs: u64,
+    /// USD per million tokens, by model name (a key also prices every model whose name starts
+    /// with it; the longest such key wins): each call's cost is stored with its usage. A model
+    /// without a price has its tokens counted and no cost.
+    pub prices: std::collections::BTreeMap<String, Price>,
+}
+
+/// A model's price in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    /// Cache reads (default: the input price).
+    pub cache_read: Option<f64>,
+    /// Cache writes (default: the input price).
+    pub cache_write: Option<f64>,
+}
+
+impl ModelConfig {
+    /// The price of `model`: its own key, else the longest key it starts with.
+    pub fn price_of(&self, model: &str) -> Option<&Price> {
+        self.prices.get(model).or_else(|| {
+            self.prices
+                .iter()
+                .filter(|(k, _)| model.starts_with(k.as_str()))
+                .max_by_key(|(k, _)| k.len())
+                .map(|(_, p)| p)
+        })
+    }
 }
 
 impl Default for ModelConfig {
@@ -135,6 +164,7 @@ impl Default for ModelConfig {
             openai_api_key_file: None,
             breaker_failures: 5,
             breaker_cooldown_secs: 30,
+            prices: Default::default(),
         }
     }
 }
@@ -465,6 +495,14 @@ impl Config {
                 self.notify.batch_seconds
             ));
         }
+        for (model, p) in &self.model.prices {
+            let all = [Some(p.input), Some(p.output), p.cache_read, p.cache_write];
+            if all.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!(
+                    "model.prices.\"{model}\": prices must be finite and not negative"
+                ));
+            }
+        }
         if self.model.breaker_failures == 0 {
             return Err("model.breaker_failures = 0: must be at least 1".into());
         }
@@ -500,6 +538,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_price_is_found_by_name_or_longest_prefix_and_bad_ones_are_refused() {
+        let c = Config::from_toml(
+            "[model.prices.\"claude-\"]\ninput = 1.0\noutput = 2.0\n\
+             [model.prices.\"claude-opus\"]\ninput = 5.0\noutput = 25.0\ncache_read = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.model.price_of("claude-opus-4-5").unwrap().input, 5.0);
+        assert_eq!(c.model.price_of("claude-sonnet-4-5").unwrap().input, 1.0);
+        assert!(c.model.price_of("gpt-5").is_none());
+        let err = Config::from_toml("[model.prices.m]\ninput = -1.0\noutput = 1.0\n").unwrap_err();
+        assert!(err.contains("model.prices.\"m\""), "{err}");
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

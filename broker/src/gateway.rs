@@ -804,11 +804,18 @@ pub struct Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let (Some(meter), Some(log)) = (self.meter.take(), self.log.as_ref()) {
+            let usage = meter.scanner.finish();
+            let cost_usd = usage
+                .model
+                .as_deref()
+                .and_then(|m| meter.hive.config.model.price_of(m))
+                .map(|p| usage.cost_usd(p));
             let call = Call {
                 upstream: meter.upstream,
                 status: log.status,
                 ms: log.started.elapsed().as_millis() as u64,
-                usage: meter.scanner.finish(),
+                usage,
+                cost_usd,
             };
             let (hive, agent) = (meter.hive, log.agent.clone());
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {

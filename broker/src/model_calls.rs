@@ -36,6 +36,21 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// What it cost at `price` (USD per million tokens).
+    pub fn cost_usd(&self, price: &crate::config::Price) -> f64 {
+        let per = |n: u64, p: f64| n as f64 * p / 1_000_000.0;
+        per(self.input_tokens, price.input)
+            + per(self.output_tokens, price.output)
+            + per(
+                self.cache_read_tokens,
+                price.cache_read.unwrap_or(price.input),
+            )
+            + per(
+                self.cache_creation_tokens,
+                price.cache_write.unwrap_or(price.input),
+            )
+    }
+
     /// Every token the model read or wrote: what the daily budget counts.
     pub fn tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_creation_tokens
@@ -178,6 +193,8 @@ pub struct Call {
     pub status: u16,
     pub ms: u64,
     pub usage: Usage,
+    /// From `[model.prices]`, when the model has a price there.
+    pub cost_usd: Option<f64>,
 }
 
 /// Spent today beyond the limit: what a refused call is told.
@@ -315,8 +332,8 @@ pub async fn insert(store: &Store, agent: &AgentName, call: Call) -> Result<()> 
         .write(move |c| {
             c.prepare_cached(
                 "INSERT INTO model_calls (agent, at, upstream, model, status, input_tokens,
-                     output_tokens, cache_read_tokens, cache_creation_tokens, ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd, ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 name,
@@ -328,6 +345,7 @@ pub async fn insert(store: &Store, agent: &AgentName, call: Call) -> Result<()> 
                 clamp(call.usage.output_tokens),
                 clamp(call.usage.cache_read_tokens),
                 clamp(call.usage.cache_creation_tokens),
+                call.cost_usd,
                 clamp(call.ms),
             ])?;
             Ok(())
@@ -348,6 +366,7 @@ pub struct CallRecord {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_creation_tokens: u64,
+    pub cost_usd: Option<f64>,
     pub ms: u64,
 }
 
@@ -359,7 +378,7 @@ pub async fn recent(store: &Store, agent: &AgentName, limit: usize) -> Result<Ve
         .read(move |c| {
             let mut q = c.prepare_cached(
                 "SELECT id, at, upstream, model, status, input_tokens, output_tokens,
-                        cache_read_tokens, cache_creation_tokens, ms
+                        cache_read_tokens, cache_creation_tokens, cost_usd, ms
                  FROM model_calls WHERE agent = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
             let n = |v: i64| v.max(0) as u64;
@@ -375,7 +394,8 @@ pub async fn recent(store: &Store, agent: &AgentName, limit: usize) -> Result<Ve
                         output_tokens: n(r.get(6)?),
                         cache_read_tokens: n(r.get(7)?),
                         cache_creation_tokens: n(r.get(8)?),
-                        ms: n(r.get(9)?),
+                        cost_usd: r.get(9)?,
+                        ms: n(r.get(10)?),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

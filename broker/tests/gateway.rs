@@ -599,6 +599,16 @@ async fn each_forwarded_call_is_stored_with_the_usage_its_answer_reported() {
     let mut config = Config::default();
     config.model.anthropic_base_url = anthropic.base_url();
     config.model.openai_base_url = Some(openai.base_url());
+    // A price for the Anthropic model (by its prefix), none for the OpenAI one.
+    config.model.prices.insert(
+        "claude-".into(),
+        broker::config::Price {
+            input: 3.0,
+            output: 15.0,
+            cache_read: None,
+            cache_write: None,
+        },
+    );
     let f = common::open(tempfile::tempdir().unwrap(), config).await;
     f.hive
         .add_agent(name("alice"), AgentKind::Agent)
@@ -664,6 +674,17 @@ async fn each_forwarded_call_is_stored_with_the_usage_its_answer_reported() {
             ),
         ]
     );
+    // In nano-dollars, rounded: float sums need not match to the last bit.
+    let costs: Vec<Option<i64>> = f
+        .hive
+        .model_calls(&name("alice"), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.cost_usd.map(|usd| (usd * 1e9).round() as i64))
+        .collect();
+    let priced = |i: i64, o: i64| Some(i * 3_000 + o * 15_000);
+    assert_eq!(costs, [priced(si, so), priced(wi, wo), None, None]);
     // Nothing more is written later (the 404 was no call).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(model_calls(&f).len(), 4);

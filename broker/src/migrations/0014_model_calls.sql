@@ -11,6 +11,8 @@ CREATE TABLE model_calls (
     output_tokens         INTEGER NOT NULL,
     cache_read_tokens     INTEGER NOT NULL,
     cache_creation_tokens INTEGER NOT NULL,
+    -- From `[model.prices]`; NULL when the model has no price there.
+    cost_usd              REAL,
     ms                    INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX model_calls_by_agent ON model_calls (agent, at);
