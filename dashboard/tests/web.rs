@@ -28,11 +28,17 @@ struct Web {
 }
 
 async fn web() -> Web {
+    web_with(|_| {}).await
+}
+
+/// [`web`] with its configuration changed by `tweak`.
+async fn web_with(tweak: impl FnOnce(&mut Config)) -> Web {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::new(dir.path());
     state.create().unwrap();
     let mut config = Config::default();
     config.runtime.kind = Some(RuntimeKind::Off);
+    tweak(&mut config);
     let hive = Hive::open(state, config).await.unwrap();
     let auth = Arc::new(Auth::new(TOKEN));
     let app = router(WebState {
@@ -277,6 +283,95 @@ async fn without_a_session_pages_redirect_and_the_api_answers_401() {
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(w.snapshot(), before);
+}
+
+/// The inbox page lists the dead letters (here: mail for the manager, which never runs); the
+/// operator redirects one and drops another there; a redirect to an unknown agent changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_redirects_and_drops_dead_letters_from_the_inbox_page() {
+    let w = web_with(|c| c.mailbox.dead_letter_after_seconds = 1).await;
+    let s = w.login().await;
+    for body in ["kept for the manager", "not needed"] {
+        let (status, _, page) = w
+            .post_form(
+                "/send",
+                Some(&s),
+                Some(ORIGIN),
+                &[("csrf", &s.csrf), ("to", "manager"), ("body", body)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let letters = loop {
+        let letters: Vec<_> = w
+            .hive
+            .dead_letters()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.message.from == "operator")
+            .collect();
+        if letters.len() == 2 {
+            break letters;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let (keep, drop) = (letters[0].message.id, letters[1].message.id);
+    let (status, _, page) = w.get("/inbox", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Dead letters") && page.contains("kept for the manager"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("action=\"/dead-letters/{keep}/redirect\"")),
+        "{page}"
+    );
+
+    let before = w.snapshot();
+    let (status, _, _) = w
+        .post_form(
+            &format!("/dead-letters/{keep}/redirect"),
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("to", "nobody")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(w.snapshot(), before, "a refused redirect changed nothing");
+
+    let (status, headers, _) = w
+        .post_form(
+            &format!("/dead-letters/{keep}/redirect"),
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("to", "operator")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/inbox");
+    let (status, _, _) = w
+        .post_form(
+            &format!("/dead-letters/{drop}/drop"),
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, page) = w.get("/inbox", Some(&s)).await;
+    let dead = between(&page, "id=\"dead-letters\"", "</section>");
+    assert!(
+        !dead.contains("kept for the manager") && !dead.contains("not needed"),
+        "{dead}"
+    );
+    let inbox = between(&page, "id=\"inbox\"", "</section>");
+    assert!(
+        inbox.contains("kept for the manager"),
+        "the redirected letter is in the inbox: {inbox}"
+    );
 }
 
 /// The hive page shows each agent's liveness (the manager here has no harness: `dead`), and an

@@ -42,6 +42,8 @@ pub(super) fn routes() -> Router<WebState> {
         .route("/questions", get(questions))
         .route("/questions/{id}/answer", post(answer))
         .route("/inbox", get(inbox))
+        .route("/dead-letters/{id}/redirect", post(redirect_dead_letter))
+        .route("/dead-letters/{id}/drop", post(drop_dead_letter))
         .route("/send", post(send))
         .route("/messages", get(messages))
         .route("/agents/{name}", get(agent))
@@ -596,6 +598,8 @@ struct InboxPage {
     agents: Vec<String>,
     reply_to: Option<i64>,
     to: String,
+    /// Messages queued too long for agents that cannot take them, and why each.
+    dead_letters: Vec<(MessageView, &'static str)>,
 }
 
 #[derive(Deserialize)]
@@ -622,13 +626,42 @@ async fn inbox(
         .and_then(|id| messages.iter().find(|m| m.id == id))
         .map(|m| m.from.clone())
         .unwrap_or_default();
+    let dead_letters = s
+        .hive
+        .dead_letters()
+        .await?
+        .into_iter()
+        .map(|d| (MessageView::from(d.message), d.why))
+        .collect();
     render(&InboxPage {
         csrf: session.csrf,
         messages,
         agents: s.hive.agents().iter().map(|a| a.name.to_string()).collect(),
         reply_to: q.reply,
         to,
+        dead_letters,
     })
+}
+
+#[derive(Deserialize)]
+struct RedirectForm {
+    to: String,
+}
+
+/// `POST /dead-letters/{id}/redirect`: the operator sends a dead letter to another inbox.
+async fn redirect_dead_letter(
+    State(s): State<WebState>,
+    Path(id): Path<i64>,
+    Form(f): Form<RedirectForm>,
+) -> PageResult {
+    s.hive.redirect_dead_letter(id, f.to.trim()).await?;
+    Ok(Redirect::to("/inbox").into_response())
+}
+
+/// `POST /dead-letters/{id}/drop`: the operator drops a dead letter.
+async fn drop_dead_letter(State(s): State<WebState>, Path(id): Path<i64>) -> PageResult {
+    s.hive.drop_dead_letter(id).await?;
+    Ok(Redirect::to("/inbox").into_response())
 }
 
 #[derive(Deserialize)]
