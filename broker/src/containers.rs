@@ -418,7 +418,11 @@ fn get_deploy(c: &Connection, id: i64) -> Result<Deploy> {
 }
 
 /// The newest deploy of the live incarnation of `agent` whose status is one of `statuses`.
-fn latest_deploy(c: &Connection, agent: &str, statuses: &[DeployStatus]) -> Result<Option<Deploy>> {
+pub(crate) fn latest_deploy(
+    c: &Connection,
+    agent: &str,
+    statuses: &[DeployStatus],
+) -> Result<Option<Deploy>> {
     let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {} FROM deploys

@@ -416,14 +416,9 @@ impl Hive {
         let (deployed, checked) = self
             .store
             .read(move |c| {
-                let deployed: Option<i64> = c
-                    .prepare_cached(
-                        "SELECT id FROM deploys WHERE status = 'deployed'
-                         AND incarnation = (SELECT incarnation FROM agents WHERE name = ?1)
-                         ORDER BY id DESC LIMIT 1",
-                    )?
-                    .query_row([&key], |r| r.get(0))
-                    .optional()?;
+                let deployed =
+                    crate::containers::latest_deploy(c, &key, &[proto::DeployStatus::Deployed])?
+                        .map(|d| d.id);
                 let checked: Option<String> = c
                     .prepare_cached(
                         "SELECT ch.config FROM approval_checks ch
