@@ -648,7 +648,7 @@ async fn record_call(hive: Arc<Hive>, agent: AgentName, call: Call) {
     };
     tracing::warn!(%agent, used = spent.used_today, limit = spent.tokens_per_day,
         "the agent's daily token budget is spent");
-    let day = crate::store::unix_millis().div_euclid(24 * 60 * 60 * 1000);
+    let day = crate::model_calls::utc_day();
     let details = serde_json::json!({
         "tokens_per_day": spent.tokens_per_day,
         "used_today": spent.used_today,

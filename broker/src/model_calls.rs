@@ -221,6 +221,11 @@ impl Exhausted {
     }
 }
 
+/// Today's number (days since the epoch, UTC): budgets and their events are per day.
+pub fn utc_day() -> i64 {
+    unix_millis().div_euclid(DAY_MS)
+}
+
 /// How long until the next UTC midnight, from `now_ms`.
 fn until_next_utc_day(now_ms: i64) -> Duration {
     Duration::from_millis((DAY_MS - now_ms.rem_euclid(DAY_MS)) as u64)
@@ -234,6 +239,16 @@ struct Day {
     used: u64,
 }
 
+impl Day {
+    /// A new day starts with nothing used.
+    fn roll_over(&mut self, today: i64) {
+        if self.day != today {
+            self.day = today;
+            self.used = 0;
+        }
+    }
+}
+
 /// Each agent's tokens today and its limit (from its deployed image).
 #[derive(Default)]
 pub struct Budgets {
@@ -244,7 +259,7 @@ impl Budgets {
     /// `agent`'s container starts with `limit` (its image's `tokensPerDay`); `used_today` is
     /// what the table holds for today.
     pub fn set(&self, agent: &AgentName, limit: Option<u64>, used_today: u64) {
-        let day = unix_millis().div_euclid(DAY_MS);
+        let day = utc_day();
         self.agents.lock().expect("budgets").insert(
             agent.to_string(),
             Day {
@@ -257,16 +272,9 @@ impl Budgets {
 
     /// `Some` when `agent` has a limit and has spent it today.
     pub fn exhausted(&self, agent: &AgentName) -> Option<Exhausted> {
-        let today = unix_millis().div_euclid(DAY_MS);
         let mut agents = self.agents.lock().expect("budgets");
         let day = agents.get_mut(agent.as_str())?;
-        if day.day != today {
-            *day = Day {
-                day: today,
-                used: 0,
-                ..*day
-            };
-        }
+        day.roll_over(utc_day());
         let limit = day.limit?;
         (day.used >= limit).then_some(Exhausted {
             tokens_per_day: limit,
@@ -276,17 +284,14 @@ impl Budgets {
 
     /// Counts `tokens` spent now; `Some` when this spend reached the limit (it had not before).
     pub fn spend(&self, agent: &AgentName, tokens: u64) -> Option<Exhausted> {
-        let today = unix_millis().div_euclid(DAY_MS);
+        let today = utc_day();
         let mut agents = self.agents.lock().expect("budgets");
         let day = agents.entry(agent.to_string()).or_insert(Day {
             limit: None,
             day: today,
             used: 0,
         });
-        if day.day != today {
-            day.day = today;
-            day.used = 0;
-        }
+        day.roll_over(today);
         let before = day.used;
         day.used += tokens;
         let limit = day.limit?;
@@ -298,10 +303,12 @@ impl Budgets {
 
     /// `agent`'s tokens today and its limit, as the counters hold them.
     pub fn today(&self, agent: &AgentName) -> (u64, Option<u64>) {
-        let today = unix_millis().div_euclid(DAY_MS);
-        match self.agents.lock().expect("budgets").get(agent.as_str()) {
-            Some(d) if d.day == today => (d.used, d.limit),
-            Some(d) => (0, d.limit),
+        let mut agents = self.agents.lock().expect("budgets");
+        match agents.get_mut(agent.as_str()) {
+            Some(d) => {
+                d.roll_over(utc_day());
+                (d.used, d.limit)
+            }
             None => (0, None),
         }
     }
@@ -309,7 +316,7 @@ impl Budgets {
 
 /// The tokens `agent` used since today's UTC midnight, from the table.
 pub async fn used_today(store: &Store, agent: &AgentName) -> Result<u64> {
-    let (name, since) = (agent.to_string(), unix_millis().div_euclid(DAY_MS) * DAY_MS);
+    let (name, since) = (agent.to_string(), utc_day() * DAY_MS);
     store
         .read(move |c| {
             let used: i64 = c
