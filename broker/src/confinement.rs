@@ -45,9 +45,22 @@ pub struct Confinement {
     pub warnings: Vec<String>,
 }
 
+/// Whether a report searches the container for keys (it reads every file it can write: for a
+/// command or an API call, not for a page the dashboard renders again at each event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySearch {
+    Search,
+    Skip,
+}
+
 impl Hive {
-    /// The confinement of `agent`, whose container runs.
-    pub async fn agent_confinement(&self, agent: &AgentName) -> Result<Confinement> {
+    /// The confinement of `agent`, whose container runs; with [`KeySearch::Skip`], `key_inside`
+    /// is `None` (not checked) and nothing is read from its processes or files.
+    pub async fn agent_confinement(
+        &self,
+        agent: &AgentName,
+        keys: KeySearch,
+    ) -> Result<Confinement> {
         self.registry.require(agent)?;
         let run = self.containers.run_of(agent);
         let image = match run.deploy {
@@ -63,6 +76,50 @@ impl Hive {
                 "agent '{agent}' is not running: its confinement is read from what runs"
             )));
         };
+        let (key_inside, found, files_searched, search_cut_short) = match keys {
+            KeySearch::Search => self.search_keys(agent).await?,
+            KeySearch::Skip => (None, Vec::new(), 0, false),
+        };
+        let network = match image.config.network {
+            proto::agent_config::Network::None => "none",
+            proto::agent_config::Network::Host => "host",
+        };
+        let mut warnings = Vec::new();
+        if network == "host" {
+            warnings.push(
+                "network = \"host\": the container shares the host's network; its egress is not \
+                 confined to the list"
+                    .to_owned(),
+            );
+        }
+        if key_inside == Some(true) {
+            warnings.push(
+                "a key the hive holds is inside the container: rotate it, and remove it from \
+                 where it was found"
+                    .to_owned(),
+            );
+        }
+        let (tokens_today, tokens_per_day) = self.budgets.today(agent);
+        Ok(Confinement {
+            network: network.to_owned(),
+            egress: image.config.egress.clone(),
+            egress_denied: self.egress.denied(agent),
+            tokens_today,
+            tokens_per_day,
+            key_inside,
+            key_found_in: found,
+            files_searched,
+            search_cut_short,
+            warnings,
+        })
+    }
+
+    /// Searches `agent`'s container processes' environments and writable files for a key the
+    /// hive holds: (inside, where, files searched, search cut short).
+    async fn search_keys(
+        &self,
+        agent: &AgentName,
+    ) -> Result<(Option<bool>, Vec<String>, usize, bool)> {
         // The agent's stored key is searched for too, though the gateway may not have read it yet.
         let (root, key_file) = (
             self.paths.root().to_owned(),
@@ -104,38 +161,7 @@ impl Hive {
                 .iter()
                 .map(|f| format!("the file {}", f.display())),
         );
-        let network = match image.config.network {
-            proto::agent_config::Network::None => "none",
-            proto::agent_config::Network::Host => "host",
-        };
-        let mut warnings = Vec::new();
-        if network == "host" {
-            warnings.push(
-                "network = \"host\": the container shares the host's network; its egress is not \
-                 confined to the list"
-                    .to_owned(),
-            );
-        }
-        if key_inside == Some(true) {
-            warnings.push(
-                "a key the hive holds is inside the container: rotate it, and remove it from \
-                 where it was found"
-                    .to_owned(),
-            );
-        }
-        let (tokens_today, tokens_per_day) = self.budgets.today(agent);
-        Ok(Confinement {
-            network: network.to_owned(),
-            egress: image.config.egress.clone(),
-            egress_denied: self.egress.denied(agent),
-            tokens_today,
-            tokens_per_day,
-            key_inside,
-            key_found_in: found,
-            files_searched: files.searched,
-            search_cut_short: files.cut_short,
-            warnings,
-        })
+        Ok((key_inside, found, files.searched, files.cut_short))
     }
 }
 

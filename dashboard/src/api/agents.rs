@@ -89,7 +89,11 @@ pub(super) async fn show(
         (None, Some("not running".to_owned()))
     };
     let confinement = match run.pid {
-        Some(_) => s.hive.agent_confinement(&agent).await.ok(),
+        Some(_) => s
+            .hive
+            .agent_confinement(&agent, broker::confinement::KeySearch::Search)
+            .await
+            .ok(),
         None => None,
     };
     Ok(Json(AgentDetail {

@@ -208,7 +208,7 @@ fn confinement_summary(c: &broker::confinement::Confinement) -> String {
     let key = match c.key_inside {
         Some(false) => "no key inside",
         Some(true) => "A KEY IS INSIDE",
-        None => "key inside: not checked",
+        None => "keys: `hive show-agent` searches",
     };
     format!(
         "network {}; {egress}; {} denied; {budget}; {key}",
@@ -814,7 +814,12 @@ async fn agent(
     let (confinement, confinement_warnings) = if run.pid.is_none() {
         ("not running".to_owned(), Vec::new())
     } else {
-        match s.hive.agent_confinement(&name).await {
+        // No key search here: the page is rendered again at each event of the agent.
+        match s
+            .hive
+            .agent_confinement(&name, broker::confinement::KeySearch::Skip)
+            .await
+        {
             Ok(c) => (confinement_summary(&c), c.warnings),
             Err(_) => ("unknown".to_owned(), Vec::new()),
         }
