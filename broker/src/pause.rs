@@ -1,10 +1,12 @@
 //! Paused agents (DESIGN §10: no turns, inbox kept). It owns the `paused` table and the set of
 //! paused incarnations the harness surface waits on; it never touches the mailbox (a paused
-//! agent's mail queues as usual) nor the container (a paused agent keeps running, idle).
+//! agent's mail queues as usual) nor the container (a paused agent keeps running, idle). The
+//! mailbox asks [`paused_in`] inside each lease's transaction, so once a pause has committed no
+//! turn is leased — whatever a waiting harness has yet to notice.
 
 use std::collections::HashSet;
 
-use rusqlite::params;
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
 use crate::audit;
@@ -79,4 +81,15 @@ impl Pauses {
         });
         Ok(changed)
     }
+}
+
+/// Whether the current incarnation of `agent` is paused, read inside the caller's transaction.
+pub(crate) fn paused_in(c: &Connection, agent: &str) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM paused
+             WHERE incarnation = (SELECT incarnation FROM agents WHERE name = ?1)",
+    )?
+    .query_row([agent], |_| Ok(()))
+    .optional()?
+    .is_some())
 }

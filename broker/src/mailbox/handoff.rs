@@ -46,12 +46,16 @@ pub(super) struct Waiters {
     by_inbox: Mutex<HashMap<String, VecDeque<Waiter>>>,
 }
 
-/// A registered wait; dropping it withdraws it.
+/// What becomes of a hand-over its waiter left before taking it: put back in the queue.
+pub(super) type GiveBack = Box<dyn FnOnce(Handoff) + Send>;
+
+/// A registered wait; dropping it withdraws it, and gives back what was handed over untaken.
 pub(super) struct Registration {
     waiters: Arc<Waiters>,
     inbox: String,
     pub id: u64,
     pub rx: oneshot::Receiver<Handoff>,
+    give_back: Option<GiveBack>,
 }
 
 impl Registration {
@@ -67,7 +71,15 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.waiters.withdraw(&self.inbox, self.id);
+        if self.waiters.withdraw(&self.inbox, self.id) {
+            return;
+        }
+        // Claimed by a send. Closed first, a hand-over still to come fails and its send gives it
+        // back; one that came already waits in the channel, untaken, and is given back here.
+        self.rx.close();
+        if let (Ok(untaken), Some(give_back)) = (self.rx.try_recv(), self.give_back.take()) {
+            give_back(untaken);
+        }
     }
 }
 
@@ -85,7 +97,14 @@ impl Claim {
 }
 
 impl Waiters {
-    pub fn register(self: &Arc<Self>, inbox: &str, want: Want) -> Registration {
+    /// Registers a wait on `inbox`; `give_back` gets what a send hands over if the wait is dropped
+    /// before taking it.
+    pub fn register(
+        self: &Arc<Self>,
+        inbox: &str,
+        want: Want,
+        give_back: impl FnOnce(Handoff) + Send + 'static,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.by_inbox
@@ -99,6 +118,7 @@ impl Waiters {
             inbox: inbox.to_owned(),
             id,
             rx,
+            give_back: Some(Box::new(give_back)),
         }
     }
 
@@ -144,6 +164,12 @@ impl Waiters {
             }
             if queue.is_empty() {
                 map.remove(&row.to);
+                continue;
+            }
+            // A paused agent's harness may not have noticed the pause yet: lease it nothing.
+            if queue.front().is_some_and(|w| matches!(w.want, Want::Turn))
+                && crate::pause::paused_in(c, &row.to)?
+            {
                 continue;
             }
             let older_queued = c
@@ -253,7 +279,7 @@ mod tests {
     fn a_claim_for_a_receiver_that_left_is_put_back() {
         let (_dir, c) = db();
         let waiters = Arc::new(Waiters::default());
-        let wait = waiters.register("bob", Want::Messages);
+        let wait = waiters.register("bob", Want::Messages, |_| {});
         let mut rows = insert_messages(&c, "alice", &["bob".into()], "hi", None).unwrap();
         let claims = waiters.claim(&c, &mut rows).unwrap();
         assert_eq!(claims.len(), 1);
@@ -274,7 +300,7 @@ mod tests {
         let (_dir, c) = db();
         let waiters = Arc::new(Waiters::default());
         let first = insert_messages(&c, "alice", &["bob".into()], "first", None).unwrap();
-        let mut wait = waiters.register("bob", Want::Turn);
+        let mut wait = waiters.register("bob", Want::Turn, |_| {});
         let mut second = insert_messages(&c, "alice", &["bob".into()], "second", None).unwrap();
         assert!(waiters.claim(&c, &mut second).unwrap().is_empty());
         assert_eq!(state(&c, first[0].id), "queued");
@@ -287,7 +313,7 @@ mod tests {
     fn a_turn_claim_leases_the_message() {
         let (_dir, c) = db();
         let waiters = Arc::new(Waiters::default());
-        let mut wait = waiters.register("bob", Want::Turn);
+        let mut wait = waiters.register("bob", Want::Turn, |_| {});
         let mut rows = insert_messages(&c, "alice", &["bob".into()], "work", None).unwrap();
         let claim = waiters.claim(&c, &mut rows).unwrap().pop().unwrap();
         assert!(claim.hand_over().is_none());
@@ -297,5 +323,54 @@ mod tests {
         assert_eq!(t.message.body, "work");
         assert_eq!(state(&c, rows[0].id), "leased");
         assert!(!waiters.is_waiting("bob", wait.id));
+    }
+
+    /// An agent `bob` of incarnation 7, paused.
+    fn pause_bob(c: &Connection) {
+        c.execute_batch(
+            "INSERT INTO agents (name, kind, created_at, incarnation) VALUES ('bob', 'agent', 0, 7);
+             INSERT INTO paused (incarnation, paused_at, by) VALUES (7, 0, 'operator');",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_paused_agent_is_handed_no_turn_though_its_harness_still_waits() {
+        let (_dir, c) = db();
+        pause_bob(&c);
+        let waiters = Arc::new(Waiters::default());
+        let mut wait = waiters.register("bob", Want::Turn, |_| {});
+        let mut rows = insert_messages(&c, "alice", &["bob".into()], "work", None).unwrap();
+        assert!(waiters.claim(&c, &mut rows).unwrap().is_empty());
+        assert_eq!(state(&c, rows[0].id), "queued");
+        assert!(wait.rx.try_recv().is_err());
+        assert!(crate::mailbox::lease_queued(&c, "bob").unwrap().is_none());
+        assert_eq!(state(&c, rows[0].id), "queued");
+
+        c.execute("DELETE FROM paused", []).unwrap();
+        let turn = crate::mailbox::lease_queued(&c, "bob")
+            .unwrap()
+            .expect("resumed");
+        assert_eq!(turn.message.id, rows[0].id);
+        assert_eq!(state(&c, rows[0].id), "leased");
+    }
+
+    #[test]
+    fn a_hand_over_its_waiter_left_untaken_is_given_back() {
+        let (_dir, c) = db();
+        let waiters = Arc::new(Waiters::default());
+        let given_back = Arc::new(Mutex::new(None));
+        let wait = waiters.register("bob", Want::Turn, {
+            let given_back = given_back.clone();
+            move |h| *given_back.lock().unwrap() = Some(h)
+        });
+        let mut rows = insert_messages(&c, "alice", &["bob".into()], "work", None).unwrap();
+        let claim = waiters.claim(&c, &mut rows).unwrap().pop().unwrap();
+        assert!(claim.hand_over().is_none(), "the waiter was there");
+        assert_eq!(state(&c, rows[0].id), "leased");
+        drop(wait); // it leaves with the turn in its channel, untaken
+        let untaken = given_back.lock().unwrap().take().expect("given back");
+        undo(&c, &untaken).unwrap();
+        assert_eq!(state(&c, rows[0].id), "queued");
     }
 }

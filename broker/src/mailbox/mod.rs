@@ -374,12 +374,19 @@ impl Mailbox {
     /// What a take whose caller left while it committed does with what it took: puts it back in
     /// the queue, flagged `redelivered`, in the writer's next batch.
     fn give_back<T: Taken>(&self) -> impl FnOnce(T) + Send + 'static {
-        let (store, notifiers) = (self.store.clone(), self.notifiers.clone());
+        let put_back = self.put_back_hook();
         move |taken| {
             if let Some(untaken) = taken.into_handoff() {
-                put_back(&store, &notifiers, untaken);
+                put_back(untaken);
             }
         }
+    }
+
+    /// Puts a hand-over nobody took back in the queue, flagged `redelivered`, in the writer's
+    /// next batch.
+    fn put_back_hook(&self) -> impl FnOnce(Handoff) + Send + 'static {
+        let (store, notifiers) = (self.store.clone(), self.notifiers.clone());
+        move |untaken| put_back(&store, &notifiers, untaken)
     }
 
     /// Takes with `take` until it finds something, a send hands something over, or `wait` passes.
@@ -401,7 +408,7 @@ impl Mailbox {
         let mut woken = self.notifiers.subscribe(inbox);
         let deadline = Instant::now() + wait;
         loop {
-            let mut wait = self.waiters.register(inbox, want);
+            let mut wait = self.waiters.register(inbox, want, self.put_back_hook());
             let got = take(wait.id).await?;
             if !got.is_nothing() {
                 return Ok(Some(got));
@@ -869,6 +876,9 @@ fn take_delivered(c: &Connection, inbox: &str, max: usize) -> Result<Vec<Message
 /// [`MAX_TURN_MESSAGES`], and no more than [`MAX_TURN_BYTES`] of bodies unless the first alone is
 /// larger (a turn always carries at least one).
 fn lease_queued(c: &Connection, agent: &str) -> Result<Option<Turn>> {
+    if crate::pause::paused_in(c, agent)? {
+        return Ok(None);
+    }
     let queued = c
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
