@@ -45,8 +45,11 @@
     while (stream.children.length > 500) stream.firstElementChild.remove();
   }
 
+  // The streams this page holds, closed when it goes (see the pagehide listener below).
+  const streams = [];
   if (window.EventSource) {
     const es = new EventSource("/events");
+    streams.push(es);
     es.onopen = () => say("live");
     es.onerror = () => say("reconnecting…");
     for (const name of EVENTS) {
@@ -66,6 +69,7 @@
   if (log && log.dataset.follow && window.EventSource) {
     let fresh = true;
     const logs = new EventSource(log.dataset.follow);
+    streams.push(logs);
     logs.onopen = () => { fresh = true; };
     logs.addEventListener("log", (e) => {
       let text;
@@ -79,6 +83,10 @@
       if (atEnd) log.scrollTop = log.scrollHeight;
     });
   }
+
+  // A browser allows six connections per host over HTTP/1.1 and each stream holds one: a page
+  // left with its streams open can keep the next pages waiting for a free connection.
+  window.addEventListener("pagehide", () => { for (const s of streams) s.close(); });
 
   function countdown() {
     const now = Date.now();

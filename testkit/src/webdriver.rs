@@ -54,10 +54,13 @@ impl ChromeDriver {
         Ok(driver)
     }
 
-    /// A new headless chromium session (`binary`; `args` added to the headless defaults).
+    /// A new headless chromium session (`binary`; `args` added to the headless defaults). A page
+    /// that does not load within 20 s is an error (a navigation held by the browser's per-host
+    /// connection limit waits about a minute), not a wait of WebDriver's default five minutes.
     pub async fn session(&self, binary: &Path, profile: &Path) -> anyhow::Result<Browser> {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "timeouts": {"pageLoad": 20_000},
             "goog:chromeOptions": {
                 "binary": binary,
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
