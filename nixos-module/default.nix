@@ -10,7 +10,7 @@ let
   tomlFormat = pkgs.formats.toml { };
 
   hiveToml = import ./hive-toml.nix {
-    inherit (cfg) dashboard runtime autoUpdate settings;
+    inherit (cfg) dashboard runtime autoUpdate settings manager agentDefaults;
   };
   unchecked = tomlFormat.generate "hive.toml" hiveToml;
   # The daemon reads exactly this file (`--config`); it exists only if `hive check-config` accepts it.
@@ -30,8 +30,9 @@ let
   effectivePort = hiveToml.dashboard.port;
   dashboardOn = hiveToml.dashboard.enabled or true;
 
-  resourceOption = max: description: mkOption {
-    type = types.nullOr (types.ints.between 1 max);
+  # The ranges of the agent option table (./lib/options.nix), which `hive check-config` checks too.
+  resourceOption = min: max: description: mkOption {
+    type = types.nullOr (types.ints.between min max);
     default = null;
     inherit description;
   };
@@ -80,17 +81,18 @@ in
     manager.model = mkOption {
       type = types.nullOr types.str;
       default = null;
+      example = "claude-opus-4-1";
       description = ''
-        Reserved: the manager's model. The daemon has no hive-wide key for it yet, so setting it fails
-        the build with an explanation; set `hyperhive.model` in the manager's agent.nix instead (a
-        commit the operator approves).
+        The manager's model when its agent.nix sets no `hyperhive.model` (`[manager] model`; over
+        `settings.defaults.model`, the other agents' default). Applied when an image is built: a
+        change makes the manager out of date (`needs_update`), it is not restarted by itself.
       '';
     };
 
     agentDefaults.resources = {
-      memoryMB = resourceOption 1048576 "Reserved: a hive-wide default memory limit (MiB). Not read by the daemon yet; each agent's `hyperhive.resources` sets its limits (default 2048).";
-      pids = resourceOption 1048576 "Reserved: a hive-wide default process limit. Not read by the daemon yet; each agent's `hyperhive.resources.pids` (default 512).";
-      cpuWeight = resourceOption 10000 "Reserved: a hive-wide default CPU weight. Not read by the daemon yet; each agent's `hyperhive.resources.cpuWeight` (default 100).";
+      memoryMB = resourceOption 16 1048576 "Every agent's memory limit (MiB) when its agent.nix sets no `hyperhive.resources.memoryMB` (`[defaults.resources] memory_mb`; otherwise 2048). Applied at the next build of each agent.";
+      pids = resourceOption 8 1048576 "Every agent's process limit when its agent.nix sets no `hyperhive.resources.pids` (`[defaults.resources] pids`; otherwise 512). Applied at the next build of each agent.";
+      cpuWeight = resourceOption 1 10000 "Every agent's CPU weight when its agent.nix sets no `hyperhive.resources.cpuWeight` (`[defaults.resources] cpu_weight`; otherwise 100). Applied at the next build of each agent.";
     };
 
     runtime = mkOption {
@@ -120,17 +122,6 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = cfg.manager.model == null;
-        message = "services.hyperhive.manager.model: this hyperhive has no hive-wide manager model yet; set hyperhive.model in the manager's agent.nix (a commit you approve).";
-      }
-      {
-        assertion = lib.all (v: v == null) (lib.attrValues cfg.agentDefaults.resources);
-        message = "services.hyperhive.agentDefaults.resources: this hyperhive has no hive-wide resource defaults yet; set hyperhive.resources in each agent's agent.nix.";
-      }
-    ];
-
     environment.systemPackages = [ cfg.package ];
     # `hive status` and friends find the daemon's admin socket (root only).
     environment.variables.HIVE_STATE_DIR = cfg.stateDir;

@@ -344,6 +344,21 @@ fn the_module_s_hive_toml_with_its_documented_example_passes_check_config() {
     assert!(parsed.watcher.auto_update);
     assert_eq!(parsed.store.synchronous, broker::config::Synchronous::Full);
     assert_eq!(parsed.watcher.reconcile_seconds, 60, "the example's key");
+
+    // The manager's model and the agents' resource defaults land on [manager] and [defaults].
+    let toml = hive_toml(
+        &nix,
+        &format!(
+            "{{ {DEFAULT_OPTIONS} settings = {{ }}; manager.model = \"claude-opus-4-1\"; \
+             agentDefaults.resources = {{ memoryMB = 1024; pids = null; cpuWeight = 50; }}; }}"
+        ),
+    )
+    .unwrap();
+    let parsed = broker::config::Config::from_toml(&toml).unwrap();
+    assert_eq!(parsed.manager.model.as_deref(), Some("claude-opus-4-1"));
+    assert_eq!(parsed.defaults.resources.memory_mb, Some(1024));
+    assert_eq!(parsed.defaults.resources.pids, None);
+    assert_eq!(parsed.defaults.resources.cpu_weight, Some(50));
 }
 
 #[test]
@@ -353,7 +368,11 @@ fn a_bad_setting_fails_check_config_with_its_key() {
     for (settings, key) in [
         ("{ store.synchronus = \"full\"; }", "synchronus"),
         ("{ mailbox.max_body_bytes = 0; }", "mailbox.max_body_bytes"),
-        ("{ manager.model = \"x\"; }", "manager"),
+        ("{ manager.model = \"--flag\"; }", "manager.model"),
+        (
+            "{ defaults.resources.pids = 1; }",
+            "defaults.resources.pids",
+        ),
     ] {
         let toml = hive_toml(
             &nix,

@@ -15,7 +15,7 @@
 //! this agent's dropped deploys.
 //!
 //! [`Builder::fingerprint`] names everything an image depends on besides the agent's tree (the
-//! builder, its Nix code, the harness binary and busybox it copies in): a deploy records it, and
+//! builder, its Nix code, the hive's `[defaults]`, the harness binary and busybox it copies in): a deploy records it, and
 //! the watcher calls an image built with another one stale.
 
 use std::collections::HashSet;
@@ -74,6 +74,10 @@ pub struct Builder {
     nix_build: PathBuf,
     nix_store: PathBuf,
     timeout: Duration,
+    /// The hive's defaults for an agent's options and for the manager's (`[defaults]`,
+    /// `[manager]`), as the JSON the evaluation is given.
+    defaults: String,
+    manager_defaults: String,
     /// The last fingerprint and the file stamps it was computed from.
     fingerprint: Arc<Mutex<Option<Fingerprint>>>,
 }
@@ -152,13 +156,31 @@ impl Builder {
             nix_build,
             nix_store,
             timeout,
+            defaults: "{}".into(),
+            manager_defaults: "{}".into(),
             fingerprint: Arc::default(),
         })
     }
 
+    /// The builder with `config`'s `[defaults]` and `[manager]` laid under every agent.nix.
+    pub fn with_defaults(mut self, config: &crate::config::Config) -> Self {
+        self.defaults = config.agent_defaults(false).to_string();
+        self.manager_defaults = config.agent_defaults(true).to_string();
+        self.fingerprint = Arc::default();
+        self
+    }
+
+    fn defaults_of(&self, agent: &AgentName) -> &str {
+        if agent.is_manager() {
+            &self.manager_defaults
+        } else {
+            &self.defaults
+        }
+    }
+
     /// What an image built now would depend on besides the agent's tree, as a sha256 (hex): the
-    /// builder kind, its embedded Nix code, and the bytes of the harness binary and busybox it
-    /// copies in. Read again only when one of those files changed (its stamp), so it is cheap to
+    /// builder kind, its embedded Nix code, the hive's defaults, and the bytes of the harness
+    /// binary and busybox it copies in. Read again only when one of those files changed (its stamp), so it is cheap to
     /// ask often.
     pub fn fingerprint(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
@@ -181,6 +203,8 @@ impl Builder {
             part(name.as_bytes());
             part(text.as_bytes());
         }
+        part(self.defaults.as_bytes());
+        part(self.manager_defaults.as_bytes());
         for file in files {
             let bytes = std::fs::read(file)
                 .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
@@ -314,6 +338,7 @@ impl Builder {
             .arg("--argstr")
             .arg("harness")
             .arg(&self.harness)
+            .args(["--argstr", "defaults", self.defaults_of(agent)])
             .arg("-o")
             .arg(&gcroot)
             // Only the tree, this code and the harness are readable; no search path, no fetching,

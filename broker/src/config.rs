@@ -18,6 +18,83 @@ pub struct Config {
     pub watcher: WatcherConfig,
     pub dashboard: DashboardConfig,
     pub notify: NotifyConfig,
+    pub defaults: DefaultsConfig,
+    pub manager: ManagerConfig,
+}
+
+/// `[defaults]`: what an agent gets for an option its `agent.nix` leaves unset, in place of the
+/// option table's own default. Applied when the image is built (they are in its `agent.json`
+/// and in the builder's fingerprint: a change makes running agents out of date, not changed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultsConfig {
+    /// `hyperhive.model` (default: none, the driver's own).
+    pub model: Option<String>,
+    pub resources: ResourceDefaults,
+}
+
+/// `[defaults.resources]`: `hyperhive.resources` (the table's defaults: 2048 MiB, 512, 100).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceDefaults {
+    pub memory_mb: Option<u32>,
+    pub pids: Option<u32>,
+    pub cpu_weight: Option<u32>,
+}
+
+/// `[manager]`: the manager's own defaults, over `[defaults]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// The manager's `hyperhive.model` when its agent.nix sets none.
+    pub model: Option<String>,
+}
+
+impl Config {
+    /// The hive's defaults for `agent`'s options, by option name (`{"model": …, "resources":
+    /// {"memoryMB": …}}`), as the builder hands them to the evaluation.
+    pub fn agent_defaults(&self, is_manager: bool) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        let model = is_manager
+            .then_some(self.manager.model.as_ref())
+            .flatten()
+            .or(self.defaults.model.as_ref());
+        if let Some(model) = model {
+            out.insert("model".into(), model.clone().into());
+        }
+        let r = &self.defaults.resources;
+        let mut resources = serde_json::Map::new();
+        for (option, value) in [
+            ("memoryMB", r.memory_mb),
+            ("pids", r.pids),
+            ("cpuWeight", r.cpu_weight),
+        ] {
+            if let Some(v) = value {
+                resources.insert(option.into(), v.into());
+            }
+        }
+        if !resources.is_empty() {
+            out.insert("resources".into(), resources.into());
+        }
+        out.into()
+    }
+}
+
+/// A model name a default may set: what a driver's `--model` takes, never a flag.
+fn check_model(key: &str, model: &str) -> Result<(), String> {
+    let fine = !model.is_empty()
+        && model.len() <= 128
+        && !model.starts_with('-')
+        && model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c));
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {model:?}: a model name is 1-128 of a-z, A-Z, 0-9 and ._:/@- and does not start with '-'"
+        ))
+    }
 }
 
 /// `[notify]`: alerts sent when a human is needed (a pending approval, a question to the
@@ -512,6 +589,29 @@ impl Config {
                 self.model.breaker_cooldown_secs
             ));
         }
+        for (key, model) in [
+            ("defaults.model", &self.defaults.model),
+            ("manager.model", &self.manager.model),
+        ] {
+            if let Some(model) = model {
+                check_model(key, model)?;
+            }
+        }
+        // The ranges of the option table (nixos-module/lib/options.nix).
+        let r = &self.defaults.resources;
+        for (key, value, min, max) in [
+            ("memory_mb", r.memory_mb, 16, 1_048_576),
+            ("pids", r.pids, 8, 1_048_576),
+            ("cpu_weight", r.cpu_weight, 1, 10_000),
+        ] {
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                return Err(format!(
+                    "defaults.resources.{key} = {v}: must be between {min} and {max}"
+                ));
+            }
+        }
         if let Some(url) = &self.model.openai_base_url {
             check_base_url("openai_base_url", url)?;
         }
@@ -591,6 +691,56 @@ mod tests {
         assert!(e.contains("mailbox.max_queued_per_inbox"), "{e}");
         let e = Config::from_toml("[mailbox]\nmax_open_questions_per_agent = 0\n").unwrap_err();
         assert!(e.contains("mailbox.max_open_questions_per_agent"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_checked_and_given_by_option_name() {
+        for (toml, key) in [
+            (
+                "[defaults]\nmodel = \"--dangerously-skip\"\n",
+                "defaults.model",
+            ),
+            ("[manager]\nmodel = \"a b\"\n", "manager.model"),
+            (
+                "[defaults.resources]\nmemory_mb = 8\n",
+                "defaults.resources.memory_mb",
+            ),
+            (
+                "[defaults.resources]\ncpu_weight = 0\n",
+                "defaults.resources.cpu_weight",
+            ),
+            (
+                "[defaults.resources]\npids = 2000000\n",
+                "defaults.resources.pids",
+            ),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let e = Config::from_toml("[defaults]\nmemory_mb = 64\n").unwrap_err();
+        assert!(e.contains("memory_mb"), "{e}");
+
+        assert_eq!(
+            Config::default().agent_defaults(true),
+            serde_json::json!({})
+        );
+        let c = Config::from_toml(
+            "[defaults]\nmodel = \"claude-sonnet-4-5\"\n[defaults.resources]\npids = 64\n",
+        )
+        .unwrap();
+        let agent = serde_json::json!({"model": "claude-sonnet-4-5", "resources": {"pids": 64}});
+        assert_eq!(c.agent_defaults(false), agent);
+        assert_eq!(
+            c.agent_defaults(true),
+            agent,
+            "no [manager] model: the hive's"
+        );
+        let c = Config::from_toml("[manager]\nmodel = \"claude-opus-4-1\"\n").unwrap();
+        assert_eq!(c.agent_defaults(false), serde_json::json!({}));
+        assert_eq!(
+            c.agent_defaults(true),
+            serde_json::json!({"model": "claude-opus-4-1"})
+        );
     }
 
     #[test]

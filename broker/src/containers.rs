@@ -174,7 +174,7 @@ impl Containers {
                     harness,
                     Duration::from_secs(config.build.timeout_seconds),
                 )
-                .map(Arc::new)
+                .map(|b| Arc::new(b.with_defaults(config)))
                 .map_err(|e| e.to_string())
             })
         };

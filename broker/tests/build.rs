@@ -1021,3 +1021,61 @@ fn the_fingerprint_follows_the_harness_bytes_not_its_path() {
     let e = builder.fingerprint().unwrap_err();
     assert!(e.to_string().contains("hive-agent"), "{e}");
 }
+
+/// The hive's `[defaults]` (and `[manager] model`) fill what an agent.nix leaves unset, what it
+/// sets wins, and they are part of the fingerprint: a changed default makes images out of date.
+#[test]
+fn the_hives_defaults_fill_what_agent_nix_leaves_unset() {
+    let Some(s) = setup(Duration::from_secs(120)) else {
+        return;
+    };
+    let config = broker::config::Config::from_toml(
+        "[defaults]\nmodel = \"hive-model\"\n[defaults.resources]\nmemory_mb = 1024\ncpu_weight = 30\n\
+         [manager]\nmodel = \"manager-model\"\n",
+    )
+    .unwrap();
+    let builder = s.builder.clone().with_defaults(&config);
+    assert_ne!(
+        builder.fingerprint().unwrap(),
+        s.builder.fingerprint().unwrap(),
+        "the defaults are in the fingerprint"
+    );
+    let bare = "{ ... }: { hyperhive = { }; }\n";
+    let sets = "{ ... }: { hyperhive = { model = \"own\"; resources.memoryMB = 64; }; }\n";
+    let built = |agent: &str, id: i64, agent_nix: &str| {
+        let sha = s.commit(agent, &[("agent.nix", agent_nix)]);
+        builder
+            .build(&name(agent), id, &s.repo(agent), &sha)
+            .unwrap()
+            .config
+    };
+
+    let alice = built("alice", 1, bare);
+    assert_eq!(alice.model.as_deref(), Some("hive-model"));
+    assert_eq!(
+        alice.resources,
+        Resources {
+            memory_mb: 1024,
+            pids: 512,
+            cpu_weight: 30
+        }
+    );
+    let manager = built("manager", 2, bare);
+    assert_eq!(manager.model.as_deref(), Some("manager-model"));
+    assert_eq!(manager.resources.memory_mb, 1024);
+    let own = built("bob", 3, sets);
+    assert_eq!(own.model.as_deref(), Some("own"));
+    assert_eq!(
+        own.resources,
+        Resources {
+            memory_mb: 64,
+            pids: 512,
+            cpu_weight: 30
+        }
+    );
+    // Without defaults: the option table's own.
+    let sha = s.commit("carol", &[("agent.nix", bare)]);
+    let plain = s.build("carol", 4, &sha).unwrap().config;
+    assert_eq!(plain.model, None);
+    assert_eq!(plain.resources.memory_mb, 2048);
+}

@@ -4,9 +4,18 @@
 # (`agent.nix:LINE`, from builtins.unsafeGetAttrPos). Pure builtins; used by ./minimal.nix.
 #
 # `srcDir` (a string): the exported config tree; positions under it are shown relative to it.
-{ srcDir }:
+# `defaults`: the hive's own defaults (hive.toml `[defaults]`, the manager's `[manager] model`) by
+# option name, laid over the table's; what an agent.nix sets still wins.
+{ srcDir, defaults ? { } }:
 let
-  table = import ./options.nix;
+  withDefaults = opts: d: builtins.mapAttrs
+    (name: o:
+      if !(d ? ${name}) then o
+      else if o.type.kind == "submodule"
+      then o // { type = o.type // { options = withDefaults o.type.options d.${name}; }; }
+      else o // { default = d.${name}; })
+    opts;
+  table = withDefaults (import ./options.nix) defaults;
   inherit (builtins)
     all attrNames concatStringsSep elem filter genList hasContext isAttrs isInt isList isPath
     isString length listToAttrs match stringLength substring toJSON typeOf unsafeGetAttrPos;

@@ -1,17 +1,20 @@
 # The minimal builder (DESIGN §8): an agent's image from its exported config tree with builtins
 # only — no nixpkgs. The hive runs it as
-#   nix-build minimal.nix --argstr name NAME --argstr src SRC_DIR --argstr harness HIVE_AGENT
+#   nix-build minimal.nix --argstr name NAME --argstr src SRC_DIR --argstr harness HIVE_AGENT \
+#     --argstr defaults JSON
 # under restricted evaluation: only SRC_DIR, this directory and the harness binary are readable.
+# JSON holds the hive's defaults for this agent by option name (e.g. {"model": "…",
+# "resources": {"memoryMB": 1024}}); what agent.nix sets wins over them.
 #
 # agent.nix is a NixOS module; it is called with stub pkgs/lib/config and only its `hyperhive`
 # attribute is read (./check.nix checks it against ./options.nix). The output is the image:
 #   bin/hive-agent, bin/busybox, bin/sh -> busybox, etc/hyperhive/agent.json,
 #   lib -> usr/lib, lib64 -> usr/lib64, and the empty mount points of the container.
-{ name, src, harness }:
+{ name, src, harness, defaults ? "{}" }:
 let
   srcDir = /. + src;
   agentFile = srcDir + "/agent.nix";
-  check = import ./check.nix { srcDir = src; };
+  check = import ./check.nix { srcDir = src; defaults = builtins.fromJSON defaults; };
 
   unavailable = what: throw
     "agent.nix used `${what}`, which the minimal builder does not have (it has no nixpkgs); only the `hyperhive` options are read";
