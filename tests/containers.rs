@@ -366,4 +366,12 @@ fn update_builds_only_when_the_applied_head_is_not_what_runs_and_bad_input_chang
     );
     let gone = cli(&state, &["start", "alice"]);
     assert!(!gone.status.success());
+
+    // Restored, it is started again, in a new container.
+    let tombstones: Value =
+        serde_json::from_str(&cli_ok(&state, &["tombstones", "--json"])).unwrap();
+    let tomb = tombstones[0]["id"].as_str().unwrap().to_owned();
+    cli_ok(&state, &["restore", &tomb]);
+    let back = wait_up(&state, "alice");
+    assert_ne!(back["pid"].as_u64(), Some(pid), "{back}");
 }

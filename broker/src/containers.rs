@@ -484,6 +484,22 @@ impl Hive {
         });
     }
 
+    /// Starts `agent` in the background (after a restore, as a spawned agent is started): the
+    /// caller answers at once; the run state and the bus tell the rest. Does nothing when this
+    /// hive runs no agents.
+    pub(crate) fn start_in_background(self: &Arc<Self>, agent: AgentName) {
+        use std::sync::atomic::Ordering;
+        if self.containers.runtime.is_none() || !self.containers.serving.load(Ordering::Acquire) {
+            return;
+        }
+        let hive = self.clone();
+        self.containers.deploys.spawn(async move {
+            if let Err(e) = hive.start_agent(Actor::System, &agent).await {
+                tracing::warn!(%agent, error = %e, "the restored agent did not start");
+            }
+        });
+    }
+
     /// Builds deploy `deploy_id` of `agent` and (re)starts the agent on it. A failed build or
     /// start ends the deploy `failed` with the message (returned, not an error: the deploy ran)
     /// and leaves what ran before running.

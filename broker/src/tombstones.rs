@@ -160,6 +160,7 @@ impl Hive {
         })
         .await?;
         self.finish_restore(&agent, &id, incarnation).await?;
+        self.start_in_background(agent.clone());
         Ok(agent)
     }
 
