@@ -931,9 +931,22 @@ impl Hive {
         Ok(self.outcome("paused", agent, None))
     }
 
-    /// Resumes a paused `agent`: its queued mail starts turns again.
+    /// Resumes a paused `agent`: its queued mail starts turns again. What the operator paused
+    /// only the operator resumes.
     pub async fn resume_agent(&self, actor: Actor, agent: &AgentName) -> Result<Outcome> {
         let record = self.registry.require(agent)?;
+        if actor == Actor::Manager {
+            let incarnation = record.incarnation;
+            let by = self
+                .store
+                .read(move |c| crate::pause::paused_by(c, incarnation))
+                .await?;
+            if by.as_deref() == Some(Actor::Operator.as_str()) {
+                return Err(Error::Conflict(format!(
+                    "the operator paused '{agent}'; only the operator resumes it (`hive resume {agent}`)"
+                )));
+            }
+        }
         let changed = self
             .pauses
             .set(agent.as_str(), record.incarnation, false, actor.as_str())

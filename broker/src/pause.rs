@@ -93,3 +93,12 @@ pub(crate) fn paused_in(c: &Connection, agent: &str) -> Result<bool> {
     .optional()?
     .is_some())
 }
+
+/// Who paused `incarnation` (`operator` or `manager`), if it is paused.
+pub(crate) fn paused_by(c: &Connection, incarnation: i64) -> Result<Option<String>> {
+    Ok(
+        c.prepare_cached("SELECT by FROM paused WHERE incarnation = ?1")?
+            .query_row([incarnation], |r| r.get(0))
+            .optional()?,
+    )
+}

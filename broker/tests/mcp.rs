@@ -51,9 +51,11 @@ async fn each_socket_lists_its_role_and_nothing_more() {
         "approvals",
         "kill",
         "logs",
+        "pause",
         "request_apply_commit",
         "request_spawn",
         "restart",
+        "resume",
         "start",
         "update",
     ]);
@@ -418,4 +420,61 @@ async fn a_reminder_survives_a_restart_and_arrives_from_system() {
     let got = ok(&alice, "recv", json!({"wait_seconds": 10})).await;
     assert_eq!(got[0]["from"], "system");
     assert_eq!(got[0]["body"], "check the build");
+}
+
+/// The manager pauses and resumes an agent (audited as the manager's); it cannot pause itself,
+/// an unknown agent or a bad name is an error that changes nothing, and what the operator paused
+/// only the operator resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_pauses_and_resumes_an_agent_but_not_the_operators_pause() {
+    use broker::containers::Actor;
+    let f = fixture(&["alice", "bob"]).await;
+    let manager = connect(&f, "manager", "mcp.sock").await;
+    let paused_rows = || {
+        let db = rusqlite::Connection::open(f.dir.path().join("hive.db")).unwrap();
+        db.query_row(
+            "SELECT (SELECT count(*) FROM paused) || '/' || (SELECT count(*) FROM audit)",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap()
+    };
+    let before = paused_rows();
+    for (args, expect) in [
+        (json!({"agent": "manager"}), "you cannot pause yourself"),
+        (json!({"agent": "dave"}), "dave"),
+        (json!({"agent": "../x"}), "invalid agent name"),
+    ] {
+        let text = tool_error(&manager, "pause", args.clone()).await;
+        assert!(text.contains(expect), "{args}: {text}");
+    }
+    assert_eq!(paused_rows(), before, "refused pauses changed nothing");
+
+    let paused = ok(&manager, "pause", json!({"agent": "alice"})).await;
+    assert_eq!(paused["result"], "paused", "{paused}");
+    assert!(f.hive.is_paused(&name("alice")));
+    let again = ok(&manager, "pause", json!({"agent": "alice"})).await;
+    assert_eq!(again["result"], "already paused");
+    let resumed = ok(&manager, "resume", json!({"agent": "alice"})).await;
+    assert_eq!(resumed["result"], "resumed", "{resumed}");
+    assert!(!f.hive.is_paused(&name("alice")));
+
+    f.hive
+        .pause_agent(Actor::Operator, &name("bob"))
+        .await
+        .unwrap();
+    let before = paused_rows();
+    let refused = tool_error(&manager, "resume", json!({"agent": "bob"})).await;
+    assert!(
+        refused.contains("only the operator resumes it"),
+        "{refused}"
+    );
+    assert!(f.hive.is_paused(&name("bob")));
+    assert_eq!(paused_rows(), before);
+    let by_operator = f
+        .hive
+        .resume_agent(Actor::Operator, &name("bob"))
+        .await
+        .unwrap();
+    assert_eq!(by_operator.result, "resumed");
 }

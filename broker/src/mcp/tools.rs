@@ -345,6 +345,36 @@ impl HiveMcp {
         )
     }
 
+    /// Pause an agent: no new turns, its mail waits.
+    #[tool(
+        description = "Pause an agent (not yourself): it takes no new turn (one already running ends as it would) and the messages sent to it wait, queued; its container keeps running. `resume` lets it take them. Returns {result, run}."
+    )]
+    async fn pause(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
+        let agent = self.other_agent(&args.agent, "pause")?;
+        to_json(
+            &self
+                .hive
+                .pause_agent(Actor::Manager, &agent)
+                .await
+                .map_err(explain)?,
+        )
+    }
+
+    /// Resume a paused agent.
+    #[tool(
+        description = "Resume an agent you paused: its queued messages start turns again. An agent the operator paused stays paused until the operator resumes it. Returns {result, run}."
+    )]
+    async fn resume(&self, Parameters(args): Parameters<AgentArgs>) -> ToolResult {
+        let agent = self.other_agent(&args.agent, "resume")?;
+        to_json(
+            &self
+                .hive
+                .resume_agent(Actor::Manager, &agent)
+                .await
+                .map_err(explain)?,
+        )
+    }
+
     /// Rebuild and restart an agent whose applied config is not what runs.
     #[tool(
         description = "Rebuild an agent's container from its applied config and restart it, when what runs is not the applied HEAD (e.g. after a failed build) or was built by an older hive (builder, harness); answers `already up to date` and builds nothing otherwise. Waits for the build. A failed build leaves what ran before running and returns nix's message in deploy.message."
