@@ -117,7 +117,7 @@ enum Command {
     Destroy(tombstones::DestroyArgs),
     /// List the tombstones of destroyed agents
     Tombstones(tombstones::ListArgs),
-    /// Bring a destroyed agent back from its tombstone
+    /// Bring a destroyed agent back from its tombstone (and start it, when this hive runs agents)
     Restore(tombstones::TombstoneArgs),
     /// Delete a tombstone for good
     Purge(tombstones::TombstoneArgs),
