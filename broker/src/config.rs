@@ -82,19 +82,7 @@ impl Config {
 
 /// A model name a default may set: what a driver's `--model` takes, never a flag.
 fn check_model(key: &str, model: &str) -> Result<(), String> {
-    let fine = !model.is_empty()
-        && model.len() <= 128
-        && !model.starts_with('-')
-        && model
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c));
-    if fine {
-        Ok(())
-    } else {
-        Err(format!(
-            "{key} = {model:?}: a model name is 1-128 of a-z, A-Z, 0-9 and ._:/@- and does not start with '-'"
-        ))
-    }
+    proto::agent_config::check_model_name(model).map_err(|e| format!("{key}: {e}"))
 }
 
 /// `[notify]`: alerts sent when a human is needed (a pending approval, a question to the

@@ -28,9 +28,6 @@ pub enum Command {
 pub const KNOWN: &str =
     "known commands: /model NAME (or /model default), /compact, /new-session, /cancel";
 
-/// The longest model name `/model` accepts.
-const MAX_MODEL_LEN: usize = 100;
-
 /// The command in `m`, if it is one.
 pub fn parse(m: &LeasedMessage) -> Option<Command> {
     if m.from != "operator" {
@@ -54,24 +51,8 @@ pub fn parse(m: &LeasedMessage) -> Option<Command> {
     })
 }
 
-/// A model name the CLI is given: 1–100 of letters, digits and `._:@/-`, starting with a letter
-/// or digit.
-pub fn check_model(name: &str) -> Result<(), String> {
-    // Never a leading '-': the name follows `--model` on claude's command line.
-    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.len() <= MAX_MODEL_LEN
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:@/-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "'{name}' is not a model name (1 to {MAX_MODEL_LEN} of letters, digits and ._:@/-, \
-             starting with a letter or digit)"
-        ))
-    }
-}
+/// A model name the CLI is given (the one rule, in `proto`: never a flag).
+pub use proto::agent_config::check_model_name as check_model;
 
 fn model_file(state_dir: &Path) -> PathBuf {
     state_dir.join("model")

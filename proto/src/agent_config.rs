@@ -113,6 +113,28 @@ pub struct Budget {
     pub tokens_per_day: Option<u64>,
 }
 
+/// The longest model name accepted.
+pub const MAX_MODEL_LEN: usize = 100;
+
+/// A model name a driver is given (`--model NAME` on claude's command line, `model` of a hive
+/// default): 1 to [`MAX_MODEL_LEN`] of letters, digits and `._:@/-`, starting with a letter or
+/// digit — never a flag.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.len() <= MAX_MODEL_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:@/-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a model name (1 to {MAX_MODEL_LEN} of letters, digits and ._:@/-, \
+             starting with a letter or digit)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
