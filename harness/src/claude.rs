@@ -137,12 +137,34 @@ impl Claude {
         self.opts.state_dir.join("claude-session")
     }
 
+    /// The session to resume: the one kept, if it began under today's system prompt. claude's
+    /// `--resume` keeps the prompt a session began with and ignores a new
+    /// `--append-system-prompt`, so after a config change the session is not resumed: the
+    /// agent starts a new conversation under its new prompt (its notes carry what it must keep).
     fn session(&self) -> Option<String> {
         let s = std::fs::read_to_string(self.session_file()).ok()?;
         let s = s.trim();
         // A session id is a UUID; anything else in the file is not passed to claude.
-        (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
-            .then(|| s.to_owned())
+        let id = (!s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .then(|| s.to_owned())?;
+        let began_with = std::fs::read_to_string(session_prompt_file(&self.opts.state_dir)).ok();
+        if began_with.as_deref() != Some(self.system_prompt().as_str()) {
+            eprintln!(
+                "hive-agent: session {id} began under another system prompt; starting a new session"
+            );
+            return None;
+        }
+        Some(id)
+    }
+
+    /// The system prompt claude gets after its own (`--append-system-prompt`).
+    fn system_prompt(&self) -> String {
+        crate::prompt::system(
+            &self.opts.state_dir.join(crate::prompt::NOTES_FILE),
+            &self.config.prompt,
+        )
     }
 
     /// Forgets the session: the next start is a fresh conversation.
@@ -323,7 +345,6 @@ impl Claude {
 
     /// The warm process: stream-json both ways, the hive's MCP servers, the agent's tools.
     fn command(&self, resume: Option<&str>) -> std::io::Result<Command> {
-        let state = &self.opts.state_dir;
         let mut cmd = self.base_command()?;
         cmd.args([
             "--print",
@@ -343,10 +364,7 @@ impl Claude {
         if self.config.allowed_commands.is_empty() {
             cmd.args(["--disallowedTools", "Bash"]);
         }
-        cmd.arg("--append-system-prompt").arg(crate::prompt::system(
-            &state.join(crate::prompt::NOTES_FILE),
-            &self.config.prompt,
-        ));
+        cmd.arg("--append-system-prompt").arg(self.system_prompt());
         if let Some(session) = resume {
             cmd.arg("--resume").arg(session);
         }
@@ -501,6 +519,7 @@ impl Claude {
     ) -> Result<Answered, Failure> {
         let line = json!({"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": prompt}]}});
         let state_dir = self.opts.state_dir.clone();
+        let system = self.system_prompt();
         let running = self.start()?;
         let mut line = line.to_string();
         line.push('\n');
@@ -534,7 +553,7 @@ impl Claude {
                     running.resuming = false;
                     // Kept at once: a process killed mid-turn is resumed, not started over.
                     if let Some(id) = event["session_id"].as_str() {
-                        keep_session(&state_dir, id);
+                        keep_session(&state_dir, id, &system);
                     }
                     failed_servers = event["mcp_servers"]
                         .as_array()
@@ -565,7 +584,7 @@ impl Claude {
             }
         };
         if let Some(id) = result["session_id"].as_str() {
-            keep_session(&state_dir, id);
+            keep_session(&state_dir, id, &system);
         }
         let usage = usage_of(&result, tool_calls);
         let text = result["result"].as_str().unwrap_or_default().to_owned();
@@ -648,19 +667,33 @@ fn context_window(result: &Value) -> Option<u64> {
         .max()
 }
 
-/// Writes the session id to `state/claude-session` (through a temporary file: never half a line).
-fn keep_session(state_dir: &std::path::Path, id: &str) {
-    let file = state_dir.join("claude-session");
-    if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == id) {
-        return;
-    }
-    let tmp = state_dir.join("claude-session.tmp");
-    let written = std::fs::write(&tmp, id).and_then(|()| std::fs::rename(&tmp, &file));
-    if let Err(e) = written {
-        eprintln!(
-            "hive-agent: cannot keep the claude session id in {}: {e}",
-            file.display()
-        );
+/// Where the system prompt the kept session began with is written.
+fn session_prompt_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("claude-session-prompt")
+}
+
+/// Writes the session id to `state/claude-session`, then the system prompt it runs under to
+/// `state/claude-session-prompt` (each through a temporary file: never half written). In this
+/// order, a harness killed between the two leaves a new id beside an old prompt, which is not
+/// resumed; never an old session beside the new prompt.
+fn keep_session(state_dir: &std::path::Path, id: &str, system: &str) {
+    for (file, text) in [
+        (state_dir.join("claude-session"), id),
+        (session_prompt_file(state_dir), system),
+    ] {
+        if std::fs::read_to_string(&file).is_ok_and(|s| s == text) {
+            continue;
+        }
+        let mut tmp = file.clone().into_os_string();
+        tmp.push(".tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file));
+        if let Err(e) = written {
+            eprintln!(
+                "hive-agent: cannot keep the claude session in {}: {e}",
+                file.display()
+            );
+            return;
+        }
     }
 }
 

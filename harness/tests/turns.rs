@@ -404,6 +404,80 @@ async fn the_harness_killed_mid_turn_gets_the_message_again_flagged_once() {
     assert_eq!(server.model_requests().len(), 3);
 }
 
+/// Stops `harness` and the claude it started (the process runtime leaves claude behind).
+fn stop(mut harness: Harness) {
+    let claude = harness.claude_pid();
+    harness.child.kill().unwrap();
+    harness.child.wait().unwrap();
+    if let Some(claude) = claude {
+        let _ = Command::new("kill")
+            .args(["-9", &claude.to_string()])
+            .status();
+    }
+}
+
+/// claude's `--resume` keeps the system prompt a session began with: a harness started with
+/// another prompt (a config change) begins a new session, which the model sees with the new
+/// prompt; started again with the same prompt, it resumes that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_prompt_begins_a_new_session_and_the_same_prompt_resumes_it() {
+    if tools::require("claude", tools::claude_bin()).is_none() {
+        return;
+    }
+    let mut script = Vec::new();
+    for body in ["one", "two", "three"] {
+        script.push(Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "bob", "body": body}),
+        ));
+        script.push(Reply::text("answered"));
+    }
+    let server = ModelServer::start(script).await;
+    let hive = TestHive::open_with_model(&["alice", "bob"], &server.base_url()).await;
+    let mut bus = hive.hive.subscribe();
+    // The prompt the agent adds comes last in the system blocks: the tail is enough to show.
+    let system = |request: usize| {
+        let text = server.model_requests()[request].body["system"].to_string();
+        text[text.len().saturating_sub(300)..].to_owned()
+    };
+    let mut turn = async |prompt: &str, body: &str| -> Harness {
+        let harness = Harness::start(&hive, &server, json!({ "prompt": prompt }), 600);
+        let id = send(&hive, "bob", "alice", "work").await;
+        assert_eq!(receive(&hive, Inbox::Agent(name("bob"))).await.body, body);
+        delivered(&hive, &mut bus, id).await;
+        harness
+    };
+
+    let first = turn("PROMPT-ONE", "one").await;
+    stop(first);
+    let second = turn("PROMPT-TWO", "two").await;
+    assert!(
+        system(2).contains("PROMPT-TWO") && !system(2).contains("PROMPT-ONE"),
+        "{}",
+        system(2)
+    );
+    let starts = second.claude_starts();
+    assert!(!starts[0].contains("resuming"), "{starts:?}");
+    assert!(
+        second.log().contains("began under another system prompt"),
+        "{}",
+        second.log()
+    );
+    let session = session_of(&server, 2);
+    assert_ne!(session, session_of(&server, 0));
+    stop(second);
+
+    let third = turn("PROMPT-TWO", "three").await;
+    let starts = third.claude_starts();
+    assert!(
+        starts[0].contains(&format!("resuming session {session}")),
+        "{starts:?}\n{}",
+        third.log()
+    );
+    assert_eq!(session_of(&server, 4), session);
+    assert!(system(4).contains("PROMPT-TWO"), "{}", system(4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_logged_in_reports_needs_login_and_gives_the_message_back() {
     if tools::require("claude", tools::claude_bin()).is_none() {

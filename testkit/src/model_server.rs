@@ -315,14 +315,30 @@ fn strip_reminders(text: &str) -> String {
     out
 }
 
-#[derive(Debug)]
+/// Chooses the answer to each model request from the request itself (see
+/// [`ModelServer::start_responding`]).
+pub type Responder = Box<dyn FnMut(&RecordedRequest) -> Reply + Send>;
+
 struct State {
     script: VecDeque<Reply>,
+    /// When set, answers every model request instead of the script.
+    responder: Option<Responder>,
     requests: Vec<RecordedRequest>,
     /// Model requests answered so far; numbers the generated ids.
     answered: u64,
     /// Permits for [`Reply::Held`] answers to go on.
     released: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("script", &self.script)
+            .field("responder", &self.responder.is_some())
+            .field("requests", &self.requests.len())
+            .field("answered", &self.answered)
+            .finish()
+    }
 }
 
 /// The scripted model server; see the module docs. Stops when dropped.
@@ -342,6 +358,20 @@ impl ModelServer {
 
     /// [`ModelServer::start`] for tests without a tokio runtime.
     pub fn start_blocking(script: Vec<Reply>) -> ModelServer {
+        Self::serve(script, None)
+    }
+
+    /// A server that answers each model request with `responder(request)` (the script is not
+    /// used): for one server behind several agents, each scripted by what its requests say (the
+    /// system prompt, the last user text, the tool result it carries). The responder runs on the
+    /// server's thread with the server's state locked: it must not call this server's methods.
+    pub fn start_responding(
+        responder: impl FnMut(&RecordedRequest) -> Reply + Send + 'static,
+    ) -> ModelServer {
+        Self::serve(Vec::new(), Some(Box::new(responder)))
+    }
+
+    fn serve(script: Vec<Reply>, responder: Option<Responder>) -> ModelServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("model server: bind");
         listener
             .set_nonblocking(true)
@@ -349,6 +379,7 @@ impl ModelServer {
         let addr = listener.local_addr().expect("model server: local_addr");
         let state = Arc::new(Mutex::new(State {
             script: script.into(),
+            responder,
             requests: Vec::new(),
             answered: 0,
             released: Arc::new(tokio::sync::Semaphore::new(0)),
@@ -534,7 +565,11 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
         match route {
             Route::Messages | Route::Chat => {
                 s.answered += 1;
-                let reply = s.script.pop_front().unwrap_or_else(|| Reply::text("done"));
+                let s = &mut *s;
+                let reply = match (&mut s.responder, s.requests.last()) {
+                    (Some(respond), Some(request)) => respond(request),
+                    _ => s.script.pop_front().unwrap_or_else(|| Reply::text("done")),
+                };
                 (Some(reply), s.answered, released)
             }
             _ => (None, s.answered, released),

@@ -358,3 +358,25 @@ fn works_without_a_runtime() {
     server.push([Reply::text("later")]);
     assert_eq!(server.remaining(), 1);
 }
+
+#[tokio::test]
+async fn a_responder_answers_each_request_by_what_it_says() {
+    let server = ModelServer::start_responding(|req| match req.last_user_text().as_deref() {
+        Some("from alice") => Reply::text("hello alice"),
+        Some(other) => Reply::tool_use("mcp__hive__send", json!({"echo": other})),
+        None => Reply::text("nothing"),
+    });
+    let mut body = messages_body("from bob");
+    body["stream"] = json!(false);
+    let r = post(&server, "/v1/messages", &[], &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["content"][0]["input"], json!({"echo": "from bob"}));
+    let mut body = messages_body("from alice");
+    body["stream"] = json!(false);
+    let r = post(&server, "/v1/messages", &[], &body).await;
+    assert_eq!(r.json()["content"][0]["text"], "hello alice");
+    // Other paths do not reach the responder.
+    let r = post(&server, "/v1/nothing", &[], &json!({})).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(server.model_requests().len(), 2);
+}
