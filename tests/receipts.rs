@@ -58,12 +58,15 @@ fn a_message_taken_in_a_turn_shows_queued_leased_and_delivered_in_order() {
     let shown = message_cli(state, id);
     assert_receipt(&shown, turn);
     assert_eq!(shown["leased_at"], leased["leased_at"], "{shown}");
-    let (status, api_view) = rt.block_on(api(state, "GET", &format!("/api/v1/messages/{id}"), None));
+    let (status, api_view) =
+        rt.block_on(api(state, "GET", &format!("/api/v1/messages/{id}"), None));
     assert_eq!(status, 200);
     assert_eq!(api_view, shown);
-    let listed: Vec<Value> =
-        serde_json::from_str(&cli_ok(state, &["messages", "--agent", "manager", "--json"]))
-            .unwrap();
+    let listed: Vec<Value> = serde_json::from_str(&cli_ok(
+        state,
+        &["messages", "--agent", "manager", "--json"],
+    ))
+    .unwrap();
     let row = listed.iter().find(|m| m["id"] == id).expect("listed");
     assert_receipt(row, turn);
 
@@ -82,7 +85,11 @@ fn a_message_taken_in_a_turn_shows_queued_leased_and_delivered_in_order() {
     assert_eq!(status, 404, "{err}");
     let out = cli(state, &["message", "999999"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("message 999999"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("message 999999"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The smallest and largest of `later - sent_at` over the delivered messages.
@@ -102,7 +109,9 @@ fn measured(state: &Path, later: &str) -> (i64, i64, i64) {
 fn assert_within(summary: &Value, (count, min, max): (i64, i64, i64)) {
     assert_eq!(summary["count"], count, "{summary}");
     for p in ["p50_ms", "p99_ms"] {
-        let v = summary[p].as_i64().unwrap_or_else(|| panic!("{p}: {summary}"));
+        let v = summary[p]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{p}: {summary}"));
         assert!((min..=max).contains(&v), "{p} {v} not in {min}..={max}");
     }
     assert!(summary["p50_ms"].as_i64() <= summary["p99_ms"].as_i64());
@@ -122,13 +131,20 @@ fn the_delivery_latency_lies_within_the_measured_times_and_an_empty_hive_reports
         assert!(empty[key]["p50_ms"].is_null() && empty[key]["p99_ms"].is_null());
     }
     let plain = cli_ok(state, &["status"]);
-    assert!(plain.contains("delivered:   none in the last hour"), "{plain}");
+    assert!(
+        plain.contains("delivered:   none in the last hour"),
+        "{plain}"
+    );
 
     // Turns of one to three messages each: sent at different times, leased and delivered.
     let harness = mcp_connect(&rt, state, "manager", "harness.sock");
     for round in 0..6 {
         for i in 0..=(round % 3) {
-            rt.block_on(send(state, "manager", &format!("round {round} message {i}")));
+            rt.block_on(send(
+                state,
+                "manager",
+                &format!("round {round} message {i}"),
+            ));
         }
         let turn = rt.block_on(mcp_ok(&harness, "next_turn", json!({"wait_seconds": 0})));
         rt.block_on(mcp_ok(
@@ -149,7 +165,8 @@ fn the_delivery_latency_lies_within_the_measured_times_and_an_empty_hive_reports
     assert_eq!(status["delivery_latency"], latency);
     let plain = cli_ok(state, &["status"]);
     assert!(
-        plain.contains(&format!("delivered:   p50 +")) && plain.contains(&format!("({} messages, last hour)", delivered.0)),
+        plain.contains("delivered:   p50 +")
+            && plain.contains(&format!("({} messages, last hour)", delivered.0)),
         "{plain}"
     );
 }

@@ -253,13 +253,17 @@ fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back
 /// running harness has taken it.
 fn redirect_a_dead_letter_of_the_crash_loop(state: &Path) {
     let body = "for alice, who crash-loops";
-    let sent: Value = serde_json::from_str(&cli_ok(state, &["send", "alice", body, "--json"])).unwrap();
+    let sent: Value =
+        serde_json::from_str(&cli_ok(state, &["send", "alice", body, "--json"])).unwrap();
     let id = sent["ids"][0].as_i64().unwrap();
     let mut listed = Value::Null;
     let dead = eventually(LIMIT, || {
         let all: Vec<Value> =
             serde_json::from_str(&cli_ok(state, &["dead-letters", "--json"])).unwrap();
-        listed = all.into_iter().find(|d| d["id"] == id).unwrap_or(Value::Null);
+        listed = all
+            .into_iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or(Value::Null);
         !listed.is_null()
     });
     assert!(dead, "message {id} never became a dead letter");
@@ -269,7 +273,14 @@ fn redirect_a_dead_letter_of_the_crash_loop(state: &Path) {
 
     let moved: Value = serde_json::from_str(&cli_ok(
         state,
-        &["dead-letters", "redirect", &id.to_string(), "--to", "manager", "--json"],
+        &[
+            "dead-letters",
+            "redirect",
+            &id.to_string(),
+            "--to",
+            "manager",
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(moved["to"], "manager", "{moved}");
@@ -278,7 +289,8 @@ fn redirect_a_dead_letter_of_the_crash_loop(state: &Path) {
     let old: Value =
         serde_json::from_str(&cli_ok(state, &["message", &id.to_string(), "--json"])).unwrap();
     assert_eq!(old["state"], "delivered", "{old}");
-    let all: Vec<Value> = serde_json::from_str(&cli_ok(state, &["dead-letters", "--json"])).unwrap();
+    let all: Vec<Value> =
+        serde_json::from_str(&cli_ok(state, &["dead-letters", "--json"])).unwrap();
     assert!(all.iter().all(|d| d["id"] != id), "{all:?}");
 
     // It arrives: the manager's harness takes it in a turn (its receipt names the turn).
@@ -288,7 +300,10 @@ fn redirect_a_dead_letter_of_the_crash_loop(state: &Path) {
         shown = serde_json::from_str(&cli_ok(state, &["message", &new, "--json"])).unwrap();
         shown["turn"].is_i64() || shown["redelivered"] == true
     });
-    assert!(taken, "the manager's harness never took the redirected message: {shown}");
+    assert!(
+        taken,
+        "the manager's harness never took the redirected message: {shown}"
+    );
 }
 
 /// Writes a claude credentials file in `agent`'s home as the CLI's login would.

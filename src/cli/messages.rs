@@ -164,7 +164,10 @@ pub fn message(state: &StateDir, args: MessageArgs) -> anyhow::Result<ExitCode> 
             output::after(at - m.sent_at)
         );
     }
-    if let Some(at) = m.delivered_at.filter(|_| m.state == MessageState::Delivered) {
+    if let Some(at) = m
+        .delivered_at
+        .filter(|_| m.state == MessageState::Delivered)
+    {
         outln!(
             "delivered:  {}  {}",
             output::time_ms(at),

@@ -193,10 +193,7 @@ pub fn message_line(m: &Message) -> String {
 /// `leased +0.2s (turn 5), delivered +3.1s`, or `delivered +12ms` (taken by a `recv`).
 pub fn receipt(m: &Message) -> String {
     let leased = match (m.leased_at, m.turn) {
-        (Some(at), Some(turn)) => Some(format!(
-            "leased {} (turn {turn})",
-            after(at - m.sent_at)
-        )),
+        (Some(at), Some(turn)) => Some(format!("leased {} (turn {turn})", after(at - m.sent_at))),
         _ => None,
     };
     let delivered = m

@@ -11,7 +11,9 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 use tokio::time::Instant;
 
-use super::{LEASE_MESSAGE, LIVE_INBOX, MESSAGE_COLUMNS, Mailbox, Message, MessageState, insert_messages};
+use super::{
+    LEASE_MESSAGE, LIVE_INBOX, MESSAGE_COLUMNS, Mailbox, Message, MessageState, insert_messages,
+};
 use crate::error::{Error, Result};
 use crate::names::AgentName;
 

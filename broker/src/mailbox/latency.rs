@@ -125,10 +125,16 @@ impl LatencyWindow {
     /// Records what a take at `now` (Unix milliseconds) did to `messages`: each one's pick-up
     /// (`leased_at`, or `delivered_at` for a `recv`) and delivery, as far as they happened.
     pub fn record_taken(&self, now: i64, messages: &[Message]) {
-        self.record(now, messages.iter().filter_map(|m| {
-            let picked = m.leased_at.or(m.delivered_at)?;
-            Some((Some(picked - m.sent_at), m.delivered_at.map(|d| d - m.sent_at)))
-        }));
+        self.record(
+            now,
+            messages.iter().filter_map(|m| {
+                let picked = m.leased_at.or(m.delivered_at)?;
+                Some((
+                    Some(picked - m.sent_at),
+                    m.delivered_at.map(|d| d - m.sent_at),
+                ))
+            }),
+        );
     }
 
     /// Records deliveries at `now` of messages sent at `sent_at` that were picked up before (a

@@ -66,11 +66,11 @@ pub(crate) const INSERT_TURN: &str =
 
 /// Leases message `?2` to turn `?1` at `?3`: `lease_turn` is the open lease, `turn` and
 /// `leased_at` its receipt, kept after the turn finished.
-pub(crate) const LEASE_MESSAGE: &str =
-    "UPDATE messages SET state = 'leased', lease_turn = ?1, turn = ?1, leased_at = ?3 WHERE id = ?2";
+pub(crate) const LEASE_MESSAGE: &str = "UPDATE messages SET state = 'leased', lease_turn = ?1, \
+     turn = ?1, leased_at = ?3 WHERE id = ?2";
 
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, sender, recipient, body, in_reply_to, sent_at, state, delivered_at, redelivered, leased_at, turn";
+pub(crate) const MESSAGE_COLUMNS: &str = "id, sender, recipient, body, in_reply_to, sent_at, state, \
+     delivered_at, redelivered, leased_at, turn";
 
 pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -456,7 +456,7 @@ impl Mailbox {
             ));
         }
         let key = agent.to_string();
-        let turn = self.wait_for(&key, wait, Want::Turn, |id| {
+        self.wait_for(&key, wait, Want::Turn, |id| {
             let (key, waiters) = (key.clone(), self.waiters.clone());
             self.store.write_or_give_back(
                 move |c| {
@@ -472,12 +472,13 @@ impl Mailbox {
                 self.give_back(),
             )
         })
-        .await?
-        .flatten();
-        if let Some(t) = &turn {
-            self.latency.record_taken(unix_millis(), &t.messages);
-        }
-        Ok(turn)
+        .await
+        .map(Option::flatten)
+        .inspect(|turn| {
+            if let Some(t) = turn {
+                self.latency.record_taken(unix_millis(), &t.messages);
+            }
+        })
     }
 
     /// The delivery latency of the last hour, from memory (see [`latency`]).

@@ -126,7 +126,10 @@ fn receipt(m: &Message) -> Vec<String> {
     if let (Some(at), Some(turn)) = (m.leased_at, m.turn) {
         steps.push(format!("leased {} (turn {turn})", when(at)));
     }
-    if let Some(at) = m.delivered_at.filter(|_| m.state == MessageState::Delivered) {
+    if let Some(at) = m
+        .delivered_at
+        .filter(|_| m.state == MessageState::Delivered)
+    {
         steps.push(format!("delivered {}", when(at)));
     }
     steps
