@@ -178,13 +178,13 @@ pub fn message_line(m: &Message) -> String {
         flags.push_str(" (redelivered)");
     }
     format!(
-        "#{:<6} {}  {} → {}{} [{}]  {}",
+        "#{:<6} {} [{}]  {} → {}{}  {}",
         m.id,
         time_ms(m.sent_at),
+        receipt(m),
         one_line(&m.from),
         one_line(&m.to),
         flags,
-        receipt(m),
         one_line(&body)
     )
 }
