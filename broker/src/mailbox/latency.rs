@@ -6,7 +6,8 @@
 //! after its commit. Each histogram has log-spaced buckets 5 % apart (a percentile is off by at
 //! most that), plus the exact min and max of its minute, so a reported percentile is clamped to a
 //! value actually measured in the window. Memory is bounded (≤ 60 × 2 × [`BUCKETS`] counters) and
-//! a read merges at most 60 minutes. The figures start empty at each daemon start.
+//! a read merges at most 60 minutes. The figures start empty at each daemon start. A dead
+//! letter's redirect or drop is the operator's decision, not a delivery, and is not counted.
 //!
 //! It owns the window; it never touches the store.
 
