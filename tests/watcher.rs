@@ -168,7 +168,8 @@ fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("hive");
-    let mut daemon = Daemon::start(&state, PROCESS);
+    let config = format!("{PROCESS}[mailbox]\ndead_letter_after_seconds = 1\n");
+    let mut daemon = Daemon::start(&state, &config);
     cli_ok(&state, &["spawn", "alice"]);
     wait_up(&state, "alice", None);
     wait_up(&state, "manager", None);
@@ -222,11 +223,14 @@ fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back
     assert_eq!(view["axes"]["crash_loop"], true, "{view}");
     assert!(cli_ok(&state, &["agents"]).contains("crash loop"));
 
+    // Mail for it becomes a dead letter, why: the crash loop; redirected, it reaches the manager.
+    redirect_a_dead_letter_of_the_crash_loop(&state);
+
     // A daemon restart leaves it stopped and tells nothing again. The start boots agents in
     // name order: once the manager is up, alice's turn has passed.
     drop(manager);
     assert!(daemon.sigterm().success());
-    let _daemon = Daemon::start(&state, PROCESS);
+    let _daemon = Daemon::start(&state, &config);
     wait_up(&state, "manager", None);
     let view = agent_view(&state, "alice");
     assert_eq!(view["run"]["state"], "stopped", "{view}");
@@ -242,6 +246,64 @@ fn a_container_that_exits_at_once_crash_loops_once_and_hive_start_brings_it_back
     assert_eq!(again[6].1["restart_in_seconds"], 1, "{:?}", again[6].1);
     assert_eq!(told(&state, "crash_loop", "alice").len(), 1);
     assert_eq!(agent_view(&state, "alice")["axes"]["crash_loop"], false);
+}
+
+/// Sends alice (held stopped by its crash loop) a message, waits until `hive dead-letters` lists
+/// it with the crash loop as its why, redirects it to the manager and waits until the manager's
+/// running harness has taken it.
+fn redirect_a_dead_letter_of_the_crash_loop(state: &Path) {
+    let body = "for alice, who crash-loops";
+    let sent: Value =
+        serde_json::from_str(&cli_ok(state, &["send", "alice", body, "--json"])).unwrap();
+    let id = sent["ids"][0].as_i64().unwrap();
+    let mut listed = Value::Null;
+    let dead = eventually(LIMIT, || {
+        let all: Vec<Value> =
+            serde_json::from_str(&cli_ok(state, &["dead-letters", "--json"])).unwrap();
+        listed = all
+            .into_iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or(Value::Null);
+        !listed.is_null()
+    });
+    assert!(dead, "message {id} never became a dead letter");
+    assert_eq!(listed["to"], "alice", "{listed}");
+    assert_eq!(listed["why"], "crash loop", "{listed}");
+    assert_eq!(listed["body"], body, "{listed}");
+
+    let moved: Value = serde_json::from_str(&cli_ok(
+        state,
+        &[
+            "dead-letters",
+            "redirect",
+            &id.to_string(),
+            "--to",
+            "manager",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(moved["to"], "manager", "{moved}");
+    assert_eq!(moved["from"], "operator", "{moved}");
+    assert_eq!(moved["body"], body, "{moved}");
+    let old: Value =
+        serde_json::from_str(&cli_ok(state, &["message", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(old["state"], "delivered", "{old}");
+    let all: Vec<Value> =
+        serde_json::from_str(&cli_ok(state, &["dead-letters", "--json"])).unwrap();
+    assert!(all.iter().all(|d| d["id"] != id), "{all:?}");
+
+    // It arrives: the manager's harness takes it in a turn (its receipt names the turn).
+    let new = moved["id"].as_i64().unwrap().to_string();
+    let mut shown = Value::Null;
+    let taken = eventually(LIMIT, || {
+        shown = serde_json::from_str(&cli_ok(state, &["message", &new, "--json"])).unwrap();
+        shown["turn"].is_i64() || shown["redelivered"] == true
+    });
+    assert!(
+        taken,
+        "the manager's harness never took the redirected message: {shown}"
+    );
 }
 
 /// Writes a claude credentials file in `agent`'s home as the CLI's login would.

@@ -75,6 +75,8 @@ pub struct Status {
     pub synchronous: String,
     pub agents: usize,
     pub messages: MessageCounts,
+    /// Sent → picked up / delivered over the last hour.
+    pub delivery_latency: proto::message::DeliveryLatency,
     /// Agents kept stopped, and why; empty when all is well.
     pub faulted: Vec<Fault>,
     /// How agents run: `nspawn`, `process`, or `none`.
@@ -215,6 +217,7 @@ impl Hive {
             synchronous: self.config.store.synchronous.to_string(),
             agents: self.registry.len(),
             messages: self.mailbox.counts().await?,
+            delivery_latency: self.mailbox.delivery_latency(),
             faulted: self.faults(),
             runtime: match self.containers.runtime_kind() {
                 Some(crate::config::RuntimeKind::Nspawn) => "nspawn",
@@ -338,6 +341,16 @@ impl Hive {
     pub async fn applied_agent_nix(&self, agent: &AgentName) -> Result<Option<String>> {
         let name = agent.clone();
         self.git(move |repos| repos.applied_agent_nix(&name)).await
+    }
+
+    /// Message `id` with its receipt (sent, leased to which turn, delivered).
+    pub async fn message(&self, id: i64) -> Result<Message> {
+        self.mailbox.message(id).await
+    }
+
+    /// The delivery latency of the last hour (p50/p99), from the mailbox's memory.
+    pub fn delivery_latency(&self) -> proto::message::DeliveryLatency {
+        self.mailbox.delivery_latency()
     }
 
     /// Counts of the stored messages by state.

@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_paused.sql"),
     include_str!("migrations/0014_model_calls.sql"),
     include_str!("migrations/0015_approval_checks.sql"),
+    include_str!("migrations/0016_receipts.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.

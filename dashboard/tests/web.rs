@@ -1251,3 +1251,64 @@ async fn a_widening_change_with_a_failed_build_needs_both_confirmations() {
         "approved"
     );
 }
+
+/// The hive page shows the delivery latency of the last hour (none on a fresh hive); the messages
+/// page shows each message's receipt: leased to its turn and delivered, with times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hive_page_shows_the_delivery_latency_and_the_messages_page_the_receipts() {
+    use broker::names::{Recipient, Sender};
+    let w = web().await;
+    let s = w.login().await;
+    let (status, _, page) = w.get("/", Some(&s)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Delivery in the last hour: none delivered."),
+        "{page}"
+    );
+
+    let manager = AgentName::parse("manager").unwrap();
+    let id = w
+        .hive
+        .send(
+            &Sender::Operator,
+            &Recipient::Agent(manager.clone()),
+            "work".into(),
+            None,
+        )
+        .await
+        .unwrap()[0];
+    let turn = w
+        .hive
+        .next_turn(&manager, std::time::Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("a turn");
+    w.hive
+        .finish_turn(&manager, turn.turn, "ok", None)
+        .await
+        .unwrap();
+    let m = w.hive.message(id).await.unwrap();
+    let (leased, delivered) = (m.leased_at.unwrap(), m.delivered_at.unwrap());
+
+    let (_, _, page) = w.get("/", Some(&s)).await;
+    assert!(
+        page.contains("Delivery in the last hour: 1 delivered, p50 "),
+        "{page}"
+    );
+    let (_, _, page) = w.get("/messages", Some(&s)).await;
+    let when = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .unwrap()
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    for step in [
+        format!("leased {} (turn {})", when(leased), turn.turn),
+        format!("delivered {}", when(delivered)),
+    ] {
+        assert!(
+            page.contains(&format!(r#"<span class="receipt">{step}</span>"#)),
+            "{step} in {page}"
+        );
+    }
+}

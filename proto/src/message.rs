@@ -57,6 +57,13 @@ pub struct Message {
     /// Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<i64>,
+    /// When a harness turn leased it (Unix milliseconds): absent for a message a `recv` took
+    /// (delivered at once) and while it is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leased_at: Option<i64>,
+    /// The turn that leased it, kept after the turn finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<i64>,
     /// True when an earlier take of this message was abandoned: its turn never finished, or its
     /// receiver left before the take reached it.
     pub redelivered: bool,
@@ -74,6 +81,26 @@ pub struct Turn {
     pub messages: Vec<Message>,
 }
 
+/// How long deliveries took over the last hour (DESIGN §6: delivery receipts), from the mailbox's
+/// in-memory window; nothing is read from the history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryLatency {
+    /// The window the figures cover, in seconds (the last hour).
+    pub window_seconds: u64,
+    /// Sent → first taken by its receiver: leased to a turn, or delivered to a `recv`.
+    pub picked_up: LatencySummary,
+    /// Sent → delivered (for a turn: when the turn finished).
+    pub delivered: LatencySummary,
+}
+
+/// The percentiles of one latency; both `None` when nothing was measured in the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: Option<i64>,
+    pub p99_ms: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +116,8 @@ mod tests {
             sent_at: 1,
             state: MessageState::Delivered,
             delivered_at: Some(2),
+            leased_at: None,
+            turn: None,
             redelivered: false,
         };
         let text = serde_json::to_string(&m).unwrap();

@@ -98,7 +98,11 @@ pub fn spawn_waiter(
 
 /// Row 2: time from just before `send` (agent `a` → agent `b`) to the return of `b`'s waiting
 /// `recv`, `n` samples after a short warm-up.
-pub async fn send_to_waiting_recv(n: usize) -> anyhow::Result<Samples> {
+/// Also returns the hive's own delivery latency of the last hour after the run (the mailbox's
+/// window, as `hive status` shows it).
+pub async fn send_to_waiting_recv(
+    n: usize,
+) -> anyhow::Result<(Samples, broker::mailbox::DeliveryLatency)> {
     let h = TempHive::open(Synchronous::Normal).await?;
     let a = h.agent("alice").await?;
     let b = h.agent("bob").await?;
@@ -121,7 +125,7 @@ pub async fn send_to_waiting_recv(n: usize) -> anyhow::Result<Samples> {
     stop.store(true, Ordering::Relaxed);
     // One more message lets the waiter see `stop`.
     h.hive.send(&from, &to, body, None).await?;
-    Ok(Samples::new(samples))
+    Ok((Samples::new(samples), h.hive.delivery_latency()))
 }
 
 /// The period of hyperhive's first version's inbox poll.

@@ -1,9 +1,9 @@
-//! `hive send`, `hive inbox` and `hive messages`.
+//! `hive send`, `hive inbox`, `hive messages` and `hive message`.
 
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use proto::Message;
+use proto::{Message, MessageState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -49,6 +49,15 @@ pub struct MessagesArgs {
     #[arg(long, default_value_t = 50)]
     limit: usize,
     /// Print JSON (one object per line with --follow)
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct MessageArgs {
+    /// The message's id
+    id: i64,
+    /// Print JSON
     #[arg(long)]
     json: bool,
 }
@@ -126,6 +135,53 @@ pub fn inbox(state: &StateDir, args: InboxArgs) -> anyhow::Result<ExitCode> {
             print_messages(path, &got.messages, args.json)?;
         }
     })
+}
+
+/// One message with its receipt, each time on its own line.
+pub fn message(state: &StateDir, args: MessageArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/messages/{}", args.id);
+    let answer = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
+    if args.json {
+        output::json(&answer);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m: Message = read_answer(&path, &answer)?;
+    outln!(
+        "#{}  {} → {}",
+        m.id,
+        output::one_line(&m.from),
+        output::one_line(&m.to)
+    );
+    if let Some(r) = m.in_reply_to {
+        outln!("in reply to #{r}");
+    }
+    outln!("state:      {}", m.state);
+    outln!("queued:     {}", output::time_ms(m.sent_at));
+    if let (Some(at), Some(turn)) = (m.leased_at, m.turn) {
+        outln!(
+            "leased:     {}  {}  to turn {turn}",
+            output::time_ms(at),
+            output::after(at - m.sent_at)
+        );
+    }
+    if let Some(at) = m
+        .delivered_at
+        .filter(|_| m.state == MessageState::Delivered)
+    {
+        outln!(
+            "delivered:  {}  {}",
+            output::time_ms(at),
+            output::after(at - m.sent_at)
+        );
+    }
+    if m.redelivered {
+        outln!("(an earlier take of it was given back)");
+    }
+    outln!();
+    for line in m.body.lines() {
+        outln!("{}", output::one_line(line));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode> {

@@ -92,6 +92,8 @@ enum Command {
     Inbox(messages::InboxArgs),
     /// Show the message flow between agents; --follow streams it live
     Messages(messages::MessagesArgs),
+    /// Show one message with its receipt: sent, leased (to which turn), delivered
+    Message(messages::MessageArgs),
     /// List the questions agents asked the operator
     Questions(questions::QuestionsArgs),
     /// Answer an agent's question; the answer reaches it as a message from `operator`
@@ -153,6 +155,7 @@ pub fn run() -> ExitCode {
         Command::Send(args) => messages::send(&state, args),
         Command::Inbox(args) => messages::inbox(&state, args),
         Command::Messages(args) => messages::messages(&state, args),
+        Command::Message(args) => messages::message(&state, args),
         Command::Questions(args) => questions::questions(&state, args),
         Command::Answer(args) => questions::answer(&state, args),
         Command::DeadLetters(args) => questions::dead_letters(&state, args),

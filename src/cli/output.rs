@@ -178,14 +178,46 @@ pub fn message_line(m: &Message) -> String {
         flags.push_str(" (redelivered)");
     }
     format!(
-        "#{:<6} {}  {} → {}{}  {}",
+        "#{:<6} {} [{}]  {} → {}{}  {}",
         m.id,
         time_ms(m.sent_at),
+        receipt(m),
         one_line(&m.from),
         one_line(&m.to),
         flags,
         one_line(&body)
     )
+}
+
+/// Where a message got to, each step timed from its sending: `queued`, `leased +0.2s (turn 5)`,
+/// `leased +0.2s (turn 5), delivered +3.1s`, or `delivered +12ms` (taken by a `recv`).
+pub fn receipt(m: &Message) -> String {
+    let leased = match (m.leased_at, m.turn) {
+        (Some(at), Some(turn)) => Some(format!("leased {} (turn {turn})", after(at - m.sent_at))),
+        _ => None,
+    };
+    let delivered = m
+        .delivered_at
+        .filter(|_| m.state == proto::MessageState::Delivered)
+        .map(|at| format!("delivered {}", after(at - m.sent_at)));
+    match (leased, delivered) {
+        (Some(l), Some(d)) => format!("{l}, {d}"),
+        (Some(l), None) => l,
+        (None, Some(d)) => d,
+        (None, None) => m.state.to_string(),
+    }
+}
+
+/// A delay after sending: `+12ms`, `+3.1s`, `+4m05s`.
+pub fn after(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("+{ms}ms")
+    } else if ms < 60_000 {
+        format!("+{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("+{}m{:02}s", ms / 60_000, ms % 60_000 / 1000)
+    }
 }
 
 /// JSON for programs, pretty. serde_json escapes C0 controls in strings; C1 controls and bidi

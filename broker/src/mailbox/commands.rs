@@ -11,7 +11,9 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 use tokio::time::Instant;
 
-use super::{LIVE_INBOX, MESSAGE_COLUMNS, Mailbox, Message, MessageState, insert_messages};
+use super::{
+    LEASE_MESSAGE, LIVE_INBOX, MESSAGE_COLUMNS, Mailbox, Message, MessageState, insert_messages,
+};
 use crate::error::{Error, Result};
 use crate::names::AgentName;
 
@@ -55,11 +57,12 @@ impl Mailbox {
                     let Some(mut m) = found else {
                         return Ok(Ok(None));
                     };
-                    c.prepare_cached(
-                        "UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2",
-                    )?
-                    .execute(params![turn, m.id])?;
+                    let now = crate::store::unix_millis();
+                    c.prepare_cached(LEASE_MESSAGE)?
+                        .execute(params![turn, m.id, now])?;
                     m.state = MessageState::Leased;
+                    m.leased_at = Some(now);
+                    m.turn = Some(turn);
                     Ok(Ok(Some(m)))
                 })
                 .await?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use super::{INSERT_TURN, LIVE_INBOX, Message, MessageState, Turn};
+use super::{INSERT_TURN, LEASE_MESSAGE, LIVE_INBOX, Message, MessageState, Turn};
 use crate::error::Result;
 use crate::store::unix_millis;
 
@@ -199,11 +199,11 @@ impl Waiters {
                     c.prepare_cached(INSERT_TURN)?
                         .execute(params![row.to, row.id, now])?;
                     let turn = c.last_insert_rowid();
-                    c.prepare_cached(
-                        "UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2",
-                    )?
-                    .execute(params![turn, row.id])?;
+                    c.prepare_cached(LEASE_MESSAGE)?
+                        .execute(params![turn, row.id, now])?;
                     row.state = MessageState::Leased;
+                    row.leased_at = Some(now);
+                    row.turn = Some(turn);
                     Handoff::Turn(super::turn_of(turn, vec![row.clone()]))
                 }
             };
@@ -236,8 +236,8 @@ pub(super) fn undo(c: &Connection, handoff: &Handoff) -> Result<()> {
                 params![unix_millis(), t.turn],
             )?;
             c.execute(
-                "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1
-                 WHERE state = 'leased' AND lease_turn = ?1",
+                "UPDATE messages SET state = 'queued', lease_turn = NULL, leased_at = NULL,
+                 turn = NULL, redelivered = 1 WHERE state = 'leased' AND lease_turn = ?1",
                 [t.turn],
             )?;
         }

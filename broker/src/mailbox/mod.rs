@@ -11,15 +11,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod commands;
 mod handoff;
+mod latency;
 
 use handoff::{Handoff, Waiters, Want};
+use latency::LatencyWindow;
 
 use crate::bus::{Bus, Event};
 use crate::config::MailboxConfig;
@@ -31,7 +33,7 @@ use crate::store::{Store, unix_millis};
 pub use commands::CANCEL_COMMAND;
 pub use proto::tools::{MAX_RECV, MAX_TURN_BYTES, MAX_TURN_MESSAGES, MAX_WAIT_SECONDS};
 
-pub use proto::message::{Message, MessageState, Turn};
+pub use proto::message::{DeliveryLatency, LatencySummary, Message, MessageState, Turn};
 
 /// A message state as sqlite stores it (its name): the wire type cannot carry rusqlite's traits.
 /// An unknown stored state is refused (a row this hive does not understand must not be taken for
@@ -62,8 +64,13 @@ pub(crate) const INSERT_TURN: &str =
      VALUES (?1, ?2, ?3, (SELECT incarnation FROM messages WHERE id = ?2),
              (SELECT coalesce(max(id), 0) FROM messages))";
 
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, sender, recipient, body, in_reply_to, sent_at, state, delivered_at, redelivered";
+/// Leases message `?2` to turn `?1` at `?3`: `lease_turn` is the open lease, `turn` and
+/// `leased_at` its receipt, kept after the turn finished.
+pub(crate) const LEASE_MESSAGE: &str = "UPDATE messages SET state = 'leased', lease_turn = ?1, \
+     turn = ?1, leased_at = ?3 WHERE id = ?2";
+
+pub(crate) const MESSAGE_COLUMNS: &str = "id, sender, recipient, body, in_reply_to, sent_at, state, \
+     delivered_at, redelivered, leased_at, turn";
 
 pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -76,6 +83,8 @@ pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Messag
         state: r.get::<_, StoredState>(6)?.0,
         delivered_at: r.get(7)?,
         redelivered: r.get(8)?,
+        leased_at: r.get(9)?,
+        turn: r.get(10)?,
     })
 }
 
@@ -152,6 +161,7 @@ pub struct Mailbox {
     bus: Bus,
     notifiers: Arc<Notifiers>,
     waiters: Arc<Waiters>,
+    latency: Arc<LatencyWindow>,
     max_body_bytes: usize,
     max_queued_per_inbox: u64,
 }
@@ -164,6 +174,7 @@ impl Mailbox {
             bus,
             notifiers: Arc::default(),
             waiters: Arc::default(),
+            latency: Arc::default(),
             max_body_bytes: config.max_body_bytes,
             max_queued_per_inbox: config.max_queued_per_inbox,
         }
@@ -363,6 +374,7 @@ impl Mailbox {
             })
             .await?;
         if let Some(taken) = &taken {
+            self.latency.record_taken(unix_millis(), taken);
             self.bus.publish(Event::MessageDelivered {
                 ids: taken.iter().map(|m| m.id).collect(),
                 to: key,
@@ -462,6 +474,16 @@ impl Mailbox {
         })
         .await
         .map(Option::flatten)
+        .inspect(|turn| {
+            if let Some(t) = turn {
+                self.latency.record_taken(unix_millis(), &t.messages);
+            }
+        })
+    }
+
+    /// The delivery latency of the last hour, from memory (see [`latency`]).
+    pub fn delivery_latency(&self) -> proto::message::DeliveryLatency {
+        self.latency.summary(unix_millis())
     }
 
     /// Ends a turn: its messages become delivered. `outcome` and `usage` are kept on the turn.
@@ -478,7 +500,7 @@ impl Mailbox {
             .map(|u| serde_json::to_string(&u))
             .transpose()
             .map_err(|e| Error::Internal(format!("cannot encode usage: {e}")))?;
-        let ids = self
+        let (now, delivered) = self
             .store
             .write(move |c| {
                 let now = unix_millis();
@@ -494,16 +516,20 @@ impl Mailbox {
                     });
                 }
                 crate::stats::record(c, turn)?;
-                let ids = c
+                let delivered = c
                     .prepare_cached(
                         "UPDATE messages SET state = 'delivered', delivered_at = ?1, lease_turn = NULL
-                         WHERE lease_turn = ?2 AND state = 'leased' RETURNING id",
+                         WHERE lease_turn = ?2 AND state = 'leased' RETURNING id, sent_at",
                     )?
-                    .query_map(params![now, turn], |r| r.get::<_, i64>(0))?
+                    .query_map(params![now, turn], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })?
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(ids)
+                Ok((now, delivered))
             })
             .await?;
+        let (ids, sent_at): (Vec<i64>, Vec<i64>) = delivered.into_iter().unzip();
+        self.latency.record_delivered(now, &sent_at);
         if !ids.is_empty() {
             self.bus.publish(Event::MessageDelivered {
                 ids,
@@ -614,7 +640,8 @@ impl Mailbox {
                         released += c
                             .prepare_cached(
                                 "UPDATE messages SET state = 'queued', lease_turn = NULL,
-                                 redelivered = 1 WHERE lease_turn = ?1 AND state = 'leased'",
+                                 leased_at = NULL, turn = NULL, redelivered = 1
+                                 WHERE lease_turn = ?1 AND state = 'leased'",
                             )?
                             .execute([turn])?;
                     }
@@ -668,6 +695,22 @@ impl Mailbox {
                 };
                 rows.sort_by_key(|m| m.id);
                 Ok(rows)
+            })
+            .await
+    }
+
+    /// Message `id`, whatever its state.
+    pub async fn message(&self, id: i64) -> Result<Message> {
+        self.store
+            .read(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
+                ))?
+                .query_row([id], message_from_row)
+                .optional()?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("message {id}"),
+                })
             })
             .await
     }
@@ -843,6 +886,8 @@ pub(crate) fn insert_messages(
             sent_at: now,
             state: MessageState::Queued,
             delivered_at: None,
+            leased_at: None,
+            turn: None,
             redelivered: false,
         });
     }
@@ -898,14 +943,16 @@ fn lease_queued(c: &Connection, agent: &str) -> Result<Option<Turn>> {
     if messages.is_empty() {
         return Ok(None);
     }
+    let now = unix_millis();
     c.prepare_cached(INSERT_TURN)?
-        .execute(params![agent, messages[0].id, unix_millis()])?;
+        .execute(params![agent, messages[0].id, now])?;
     let turn = c.last_insert_rowid();
-    let mut lease =
-        c.prepare_cached("UPDATE messages SET state = 'leased', lease_turn = ?1 WHERE id = ?2")?;
+    let mut lease = c.prepare_cached(LEASE_MESSAGE)?;
     for m in &mut messages {
-        lease.execute(params![turn, m.id])?;
+        lease.execute(params![turn, m.id, now])?;
         m.state = MessageState::Leased;
+        m.leased_at = Some(now);
+        m.turn = Some(turn);
     }
     Ok(Some(turn_of(turn, messages)))
 }
@@ -918,8 +965,8 @@ fn release(c: &Connection, agent: Option<&str>) -> Result<usize> {
         params![now, agent],
     )?;
     Ok(c.execute(
-        "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1
-         WHERE state = 'leased' AND (?1 IS NULL OR recipient = ?1)",
+        "UPDATE messages SET state = 'queued', lease_turn = NULL, leased_at = NULL, turn = NULL,
+         redelivered = 1 WHERE state = 'leased' AND (?1 IS NULL OR recipient = ?1)",
         params![agent],
     )?)
 }

@@ -97,6 +97,21 @@ pub(super) async fn messages(
     Ok(Json(s.hive.message_history(agent, limit).await?).into_response())
 }
 
+/// One message with its receipt (`sent_at`, `leased_at` and `turn`, `delivered_at`).
+pub(super) async fn message(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Message>, ApiError> {
+    Ok(Json(s.hive.message(id).await?))
+}
+
+/// Sent → picked up and sent → delivered, p50/p99 over the last hour.
+pub(super) async fn delivery_latency(
+    State(s): State<ApiState>,
+) -> Json<broker::mailbox::DeliveryLatency> {
+    Json(s.hive.delivery_latency())
+}
+
 /// The operator's inbox, newest last. Marks nothing read; `inbox/recv` does.
 pub(super) async fn inbox(
     State(s): State<ApiState>,

@@ -71,6 +71,8 @@ pub(crate) fn routes(state: ApiState) -> Router {
             "/api/v1/messages",
             get(messages::messages).post(messages::send),
         )
+        .route("/api/v1/messages/{id}", get(messages::message))
+        .route("/api/v1/delivery-latency", get(messages::delivery_latency))
         .route("/api/v1/inbox", get(messages::inbox))
         .route("/api/v1/inbox/recv", post(messages::inbox_recv))
         .route("/api/v1/questions", get(messages::questions))

@@ -119,6 +119,22 @@ fn when(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// The steps of a message after it was sent, each at its time: `leased 12:00:01 (turn 5)`,
+/// `delivered 12:00:04`.
+fn receipt(m: &Message) -> Vec<String> {
+    let mut steps = Vec::new();
+    if let (Some(at), Some(turn)) = (m.leased_at, m.turn) {
+        steps.push(format!("leased {} (turn {turn})", when(at)));
+    }
+    if let Some(at) = m
+        .delivered_at
+        .filter(|_| m.state == MessageState::Delivered)
+    {
+        steps.push(format!("delivered {}", when(at)));
+    }
+    steps
+}
+
 fn message_state(s: MessageState) -> &'static str {
     match s {
         MessageState::Queued => "queued",
@@ -136,6 +152,8 @@ struct MessageView {
     in_reply_to: Option<i64>,
     sent: String,
     state: &'static str,
+    /// Its receipt past the sending: `leased …` (to which turn) and `delivered …`, as far as it got.
+    receipt: Vec<String>,
 }
 
 impl From<Message> for MessageView {
@@ -143,6 +161,7 @@ impl From<Message> for MessageView {
         Self {
             id: m.id,
             sent: when(m.sent_at),
+            receipt: receipt(&m),
             state: message_state(m.state),
             from: m.from,
             to: m.to,
@@ -234,6 +253,31 @@ struct HivePage {
     pending: usize,
     open_questions: usize,
     faults: Vec<String>,
+    /// Sent → picked up and sent → delivered over the last hour: `p50 …, p99 …`, `None` when
+    /// nothing was delivered in it.
+    picked_up: Option<String>,
+    delivered: Option<String>,
+    delivered_count: u64,
+}
+
+/// A latency's percentiles as the hive page shows them.
+fn percentiles(l: &broker::mailbox::LatencySummary) -> Option<String> {
+    Some(format!(
+        "p50 {}, p99 {}",
+        millis(l.p50_ms?),
+        millis(l.p99_ms?)
+    ))
+}
+
+/// A duration in milliseconds, short: `12 ms`, `3.1 s`, `4 min 5 s`.
+fn millis(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000)
+    }
 }
 
 async fn hive(State(s): State<WebState>, Extension(session): Extension<SessionInfo>) -> PageResult {
@@ -266,12 +310,16 @@ async fn hive(State(s): State<WebState>, Extension(session): Extension<SessionIn
     let pending = s.hive.approvals(Some("pending".into()), None).await?.len();
     let open_questions = s.hive.questions(false).await?.len();
     let faults = s.hive.faults().into_iter().map(|f| f.agent).collect();
+    let latency = s.hive.delivery_latency();
     render(&HivePage {
         csrf: session.csrf,
         agents,
         pending,
         open_questions,
         faults,
+        picked_up: percentiles(&latency.picked_up),
+        delivered: percentiles(&latency.delivered),
+        delivered_count: latency.delivered.count,
     })
 }
 
