@@ -154,7 +154,7 @@ fn a_day_in_the_life_of_a_hive() {
 
     // alice's payload is killed: the manager is told and proposes a change; alice comes back
     // after the backoff.
-    let payload = payload_pid(&state, "alice").expect("alice's harness in her container");
+    let payload = harness_pid(&state, "alice").expect("alice's harness in her container");
     signal(payload, nix::sys::signal::Signal::SIGKILL);
     let (crash_id, crashed_at, body) = wait_told(&state, "container_crash", "alice");
     // nspawn exits 255 when its payload is killed (the payload's signal does not come through).
@@ -647,21 +647,6 @@ fn wait_told(state: &Path, event: &str, agent: &str) -> (i64, i64, Value) {
     })
 }
 
-/// When the system started `agent` (the audit rows a restart writes), unix ms.
-fn system_starts(state: &Path, agent: &str) -> Vec<i64> {
-    let db = open_db(state);
-    let mut stmt = db
-        .prepare(
-            "SELECT ts FROM audit WHERE action = 'start' AND actor = 'system' AND agent = ?1
-             ORDER BY id",
-        )
-        .unwrap();
-    stmt.query_map([agent], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 /// Every audit row as (actor, action, agent), in order.
 fn audit(state: &Path) -> Vec<(String, String, String)> {
     let db = open_db(state);
@@ -677,41 +662,4 @@ fn audit(state: &Path) -> Vec<(String, String, String)> {
 /// `hive logs AGENT`: the container's output.
 fn log_of(state: &Path, agent: &str) -> String {
     text(&cli(state, &["logs", agent]).stdout)
-}
-
-/// The host pid of `agent`'s payload (`hive-agent serve`) inside its container in this hive:
-/// a descendant of the nspawn whose command line binds this state dir's socket dir of `agent`.
-fn payload_pid(state: &Path, agent: &str) -> Option<u32> {
-    let bound = state.join("run/agents").join(agent).display().to_string();
-    let cmdline = |pid: u32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).into_owned())
-            .unwrap_or_default()
-    };
-    let mut todo: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|pid| {
-            let c = cmdline(*pid);
-            c.contains("systemd-nspawn") && c.contains(&bound)
-        })
-        .collect();
-    while let Some(pid) = todo.pop() {
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                if cmdline(child).contains("hive-agent\0serve") {
-                    return Some(child);
-                }
-                todo.push(child);
-            }
-        }
-    }
-    None
 }

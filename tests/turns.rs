@@ -613,7 +613,7 @@ fn an_nspawn_agent_with_its_own_key_answers_and_the_key_never_enters_the_contain
     // The container's processes while claude is still warm.
     let mut seen = Vec::new();
     let mut proxied = false;
-    for pid in container_pids(&state) {
+    for pid in container_pids(&state, "alice") {
         let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
         let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
         let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
@@ -1134,55 +1134,13 @@ fn wait_for_relay(state: &Path, started: usize) -> (u32, u16) {
             .filter_map(|p| p.trim().parse::<u16>().ok())
             .collect();
         found = (relays.len() == started)
-            .then(|| harness_pid(state))
+            .then(|| harness_pid(state, "alice"))
             .flatten()
             .zip(relays.last().copied());
         found.is_some()
     });
     assert!(ok, "no relay in alice's log:\n{}", log_of(state, "alice"));
     found.unwrap()
-}
-
-fn harness_pid(state: &Path) -> Option<u32> {
-    container_pids(state).into_iter().find(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hive-agent\0serve"))
-    })
-}
-
-/// The processes of alice's container in this hive (other tests' hives run their own alices in
-/// the same uid range): every descendant of the nspawn whose command line binds this state
-/// dir's socket directory of alice.
-fn container_pids(state: &Path) -> Vec<u32> {
-    let bound = state.join("run/agents/alice").display().to_string();
-    let roots: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|pid: &u32| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("systemd-nspawn") && c.contains(&bound)
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    let mut todo = roots;
-    while let Some(pid) = todo.pop() {
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                out.push(child);
-                todo.push(child);
-            }
-        }
-    }
-    out
 }
 
 /// curl in the container's network namespace, through its relay, to `target`: the HTTP code of

@@ -85,21 +85,6 @@ fn wait_told(state: &Path, event: &str, agent: &str, n: usize) -> Vec<(i64, Valu
     got
 }
 
-/// When the system last started `agent` (the audit row a restart writes), unix ms.
-fn system_starts(state: &Path, agent: &str) -> Vec<i64> {
-    let db = open_db(state);
-    let mut stmt = db
-        .prepare(
-            "SELECT ts FROM audit WHERE action = 'start' AND actor = 'system' AND agent = ?1
-             ORDER BY id",
-        )
-        .unwrap();
-    stmt.query_map([agent], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 fn kill9(pid: u64) {
     signal(pid as u32, nix::sys::signal::Signal::SIGKILL);
 }

@@ -310,3 +310,61 @@ pub async fn mcp_ok(client: &McpClient, tool: &str, args: Value) -> Value {
     assert!(!failed, "{tool}: {text}");
     serde_json::from_str(&text).unwrap()
 }
+
+/// When the system started `agent` (the audit rows a restart writes), unix ms, oldest first.
+pub fn system_starts(state: &Path, agent: &str) -> Vec<i64> {
+    let db = open_db(state);
+    let mut stmt = db
+        .prepare(
+            "SELECT ts FROM audit WHERE action = 'start' AND actor = 'system' AND agent = ?1
+             ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([agent], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The processes of `agent`'s container in this hive (other tests' hives run their own agents of
+/// the same name in the same uid range): every descendant of the nspawn whose command line binds
+/// this state dir's socket directory of `agent`.
+pub fn container_pids(state: &Path, agent: &str) -> Vec<u32> {
+    let bound = state.join("run/agents").join(agent).display().to_string();
+    let roots: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("systemd-nspawn") && c.contains(&bound)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut todo = roots;
+    while let Some(pid) = todo.pop() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// The host pid of `agent`'s payload (`hive-agent serve`) in its container in this hive.
+pub fn harness_pid(state: &Path, agent: &str) -> Option<u32> {
+    container_pids(state, agent).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("hive-agent\0serve"))
+    })
+}
