@@ -87,14 +87,18 @@ fn checked(state: &Path, id: i64) -> Value {
 }
 
 /// What a refused approve must leave as it was: the decision tables and the applied repo's refs.
+/// What a refused approve of `agent` must not change: the approvals, `agent`'s deploys and audit
+/// rows (the manager, starting meanwhile, writes its own), the agents, the messages, and the
+/// applied repo's refs.
 fn snapshot(state: &Path, agent: &str) -> (String, String) {
     let db = open_db(state);
     let rows: String = db
         .query_row(
             "SELECT (SELECT group_concat(id||':'||status||':'||coalesce(resolved_at, ''), ',') FROM approvals)
-             ||'|'||(SELECT count(*) FROM deploys)||'|'||(SELECT count(*) FROM audit)
+             ||'|'||(SELECT count(*) FROM deploys WHERE agent = ?1)
+             ||'|'||(SELECT count(*) FROM audit WHERE agent = ?1)
              ||'|'||(SELECT count(*) FROM agents)||'|'||(SELECT count(*) FROM messages)",
-            [],
+            [agent],
             |r| r.get(0),
         )
         .unwrap();
