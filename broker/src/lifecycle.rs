@@ -275,8 +275,10 @@ fn release_leases(c: &Connection, incarnation: i64) -> Result<()> {
         params![unix_millis(), incarnation],
     )?;
     c.execute(
-        "UPDATE messages SET state = 'queued', lease_turn = NULL, leased_at = NULL, turn = NULL,
-         redelivered = 1 WHERE state = 'leased' AND incarnation = ?1",
+        &format!(
+            "UPDATE messages SET {} WHERE state = 'leased' AND incarnation = ?1",
+            crate::mailbox::UNLEASED
+        ),
         [incarnation],
     )?;
     Ok(())

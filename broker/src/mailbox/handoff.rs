@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use super::{INSERT_TURN, LEASE_MESSAGE, LIVE_INBOX, Message, MessageState, Turn};
+use super::{INSERT_TURN, LEASE_MESSAGE, LIVE_INBOX, Message, MessageState, Turn, UNLEASED};
 use crate::error::Result;
 use crate::store::unix_millis;
 
@@ -236,8 +236,9 @@ pub(super) fn undo(c: &Connection, handoff: &Handoff) -> Result<()> {
                 params![unix_millis(), t.turn],
             )?;
             c.execute(
-                "UPDATE messages SET state = 'queued', lease_turn = NULL, leased_at = NULL,
-                 turn = NULL, redelivered = 1 WHERE state = 'leased' AND lease_turn = ?1",
+                &format!(
+                    "UPDATE messages SET {UNLEASED} WHERE state = 'leased' AND lease_turn = ?1"
+                ),
                 [t.turn],
             )?;
         }

@@ -64,13 +64,17 @@ pub(crate) const INSERT_TURN: &str =
      VALUES (?1, ?2, ?3, (SELECT incarnation FROM messages WHERE id = ?2),
              (SELECT coalesce(max(id), 0) FROM messages))";
 
-/// Leases message `?2` to turn `?1` at `?3`: `lease_turn` is the open lease, `turn` and
-/// `leased_at` its receipt, kept after the turn finished.
-pub(crate) const LEASE_MESSAGE: &str = "UPDATE messages SET state = 'leased', lease_turn = ?1, \
-     turn = ?1, leased_at = ?3 WHERE id = ?2";
+/// Leases message `?2` to turn `?1` at `?3`. `lease_turn` and `leased_at` stay after the turn
+/// finished: they are the message's receipt (an open lease is `state = 'leased'` as well).
+pub(crate) const LEASE_MESSAGE: &str =
+    "UPDATE messages SET state = 'leased', lease_turn = ?1, leased_at = ?3 WHERE id = ?2";
+
+/// What giving a lease back sets: the message queued again, flagged, its receipt cleared.
+pub(crate) const UNLEASED: &str =
+    "state = 'queued', lease_turn = NULL, leased_at = NULL, redelivered = 1";
 
 pub(crate) const MESSAGE_COLUMNS: &str = "id, sender, recipient, body, in_reply_to, sent_at, state, \
-     delivered_at, redelivered, leased_at, turn";
+     delivered_at, redelivered, leased_at, lease_turn";
 
 pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -518,7 +522,7 @@ impl Mailbox {
                 crate::stats::record(c, turn)?;
                 let delivered = c
                     .prepare_cached(
-                        "UPDATE messages SET state = 'delivered', delivered_at = ?1, lease_turn = NULL
+                        "UPDATE messages SET state = 'delivered', delivered_at = ?1
                          WHERE lease_turn = ?2 AND state = 'leased' RETURNING id, sent_at",
                     )?
                     .query_map(params![now, turn], |r| {
@@ -638,11 +642,10 @@ impl Mailbox {
                         .execute(params![now, turn, key])?;
                     if open == 1 {
                         released += c
-                            .prepare_cached(
-                                "UPDATE messages SET state = 'queued', lease_turn = NULL,
-                                 leased_at = NULL, turn = NULL, redelivered = 1
-                                 WHERE lease_turn = ?1 AND state = 'leased'",
-                            )?
+                            .prepare_cached(&format!(
+                                "UPDATE messages SET {UNLEASED}
+                                 WHERE lease_turn = ?1 AND state = 'leased'"
+                            ))?
                             .execute([turn])?;
                     }
                 }
@@ -965,8 +968,10 @@ fn release(c: &Connection, agent: Option<&str>) -> Result<usize> {
         params![now, agent],
     )?;
     Ok(c.execute(
-        "UPDATE messages SET state = 'queued', lease_turn = NULL, leased_at = NULL, turn = NULL,
-         redelivered = 1 WHERE state = 'leased' AND (?1 IS NULL OR recipient = ?1)",
+        &format!(
+            "UPDATE messages SET {UNLEASED}
+             WHERE state = 'leased' AND (?1 IS NULL OR recipient = ?1)"
+        ),
         params![agent],
     )?)
 }
