@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::hive::Hive;
-use crate::mailbox::{MESSAGE_COLUMNS, Message, insert_messages, message_from_row};
+use crate::mailbox::{MESSAGE_COLUMNS, Message, MessageState, insert_messages, message_from_row};
 use crate::names::{AgentName, Recipient};
 use crate::store::unix_millis;
 
@@ -60,6 +60,15 @@ impl Hive {
         (!run.up).then_some("not running")
     }
 
+    /// Why mail queued for `inbox` (an agent's name, as stored) is dead now, if it is: an agent
+    /// of the hive that cannot take it.
+    fn why_dead(&self, inbox: &str) -> Option<&'static str> {
+        AgentName::parse(inbox)
+            .ok()
+            .filter(|a| self.registry.get(a).is_some())
+            .and_then(|a| self.cannot_take(&a))
+    }
+
     /// The dead letters now, oldest first (at most [`MAX_LISTED`]).
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let after = self.config.mailbox.dead_letter_after_seconds as i64 * 1000;
@@ -82,12 +91,9 @@ impl Hive {
         let mut why_of: HashMap<String, Option<&'static str>> = HashMap::new();
         let mut out = Vec::new();
         for message in rows {
-            let why = *why_of.entry(message.to.clone()).or_insert_with(|| {
-                AgentName::parse(&message.to)
-                    .ok()
-                    .filter(|a| self.registry.get(a).is_some())
-                    .and_then(|a| self.cannot_take(&a))
-            });
+            let why = *why_of
+                .entry(message.to.clone())
+                .or_insert_with(|| self.why_dead(&message.to));
             if let Some(why) = why {
                 let waited = ((now - message.sent_at).max(0) / 1000) as u64;
                 out.push(DeadLetter {
@@ -103,26 +109,15 @@ impl Hive {
         Ok(out)
     }
 
-    /// Checks that message `id` is a dead letter now; its recipient.
+    /// Checks that message `id` is a dead letter now (judged alone, as [`Hive::dead_letters`]
+    /// judges each); the message.
     async fn require_dead_letter(&self, id: i64) -> Result<Message> {
-        let message = self
-            .store
-            .read(move |c| {
-                Ok(c.prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
-                ))?
-                .query_row(params![id], message_from_row)
-                .optional()?)
-            })
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("message {id}"),
-            })?;
-        let dead = self
-            .dead_letters()
-            .await?
-            .iter()
-            .any(|d| d.message.id == id);
+        let message = self.mailbox.message(id).await?;
+        let before = unix_millis() - self.config.mailbox.dead_letter_after_seconds as i64 * 1000;
+        let dead = message.state == MessageState::Queued
+            && message.to != "operator"
+            && message.sent_at <= before
+            && self.why_dead(&message.to).is_some();
         if !dead {
             return Err(Error::Conflict(format!(
                 "message {id} is not a dead letter (it is {}, for {}): only a message queued \
