@@ -35,7 +35,8 @@ rustPlatform.buildRustPackage {
   cargoBuildFlags =
     if harnessOnly then [ "-p" "hyperhive-harness" "--bin" "hive-agent" ]
     else [ "-p" "hyperhive" "-p" "hyperhive-harness" "--bin" "hive" "--bin" "hive-agent" ];
-  nativeBuildInputs = [ pkg-config ];
+  # rusqlite's `preupdate_hook` generates its sqlite bindings with bindgen (libclang).
+  nativeBuildInputs = [ pkg-config rustPlatform.bindgenHook ];
   doCheck = false;
 
   postInstall = lib.optionalString (staticHarness != null) ''

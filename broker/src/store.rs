@@ -19,6 +19,7 @@ use crate::config::Synchronous;
 use crate::error::{Error, Result};
 
 pub(crate) mod heap;
+pub mod message_counts;
 
 /// The most requests committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_model_calls.sql"),
     include_str!("migrations/0015_approval_checks.sql"),
     include_str!("migrations/0016_receipts.sql"),
+    include_str!("migrations/0017_message_counts_by_the_writer.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
@@ -103,6 +105,7 @@ impl Store {
             synchronous.pragma()
         ))?;
         migrate(&mut conn)?;
+        message_counts::watch(&mut conn)?;
         conn.pragma_update(None, "cache_size", -i64::from(WRITER_CACHE_KIB))?;
         conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run on their own thread (below), not inside the writer's commits.
@@ -434,6 +437,27 @@ fn run_job(conn: &Connection, job: Job) -> (bool, Completion) {
     })
 }
 
+/// Writes the transaction's message counts and commits; if either fails, rolls the whole
+/// transaction back.
+fn commit(conn: &Connection) -> std::result::Result<(), String> {
+    let outcome = message_counts::write(conn)
+        .map_err(|e| e.to_string())
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "commit failed; the transaction is rolled back");
+        rollback(conn);
+    }
+    outcome
+}
+
+/// Rolls the open transaction back, its message counts with it.
+fn rollback(conn: &Connection) {
+    message_counts::forget();
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::error!(error = %e, "ROLLBACK failed");
+    }
+}
+
 fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -446,12 +470,13 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     for job in batch {
         if alone {
             let (ok, done) = run_job(conn, job);
-            let end = if ok { "COMMIT" } else { "ROLLBACK" };
-            let outcome = conn.execute_batch(end).map_err(|e| {
-                tracing::error!(error = %e, "{end} failed; the request is rolled back");
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            });
+            message_counts::request_done(ok);
+            let outcome = if ok {
+                commit(conn)
+            } else {
+                rollback(conn);
+                Ok(())
+            };
             crate::audit::after_transaction(conn);
             done(outcome);
             return;
@@ -460,6 +485,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
             tracing::error!(error = %e, "cannot open a savepoint");
         }
         let (ok, done) = run_job(conn, job);
+        message_counts::request_done(ok);
         let end = if ok {
             "RELEASE job"
         } else {
@@ -470,11 +496,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         }
         completions.push(done);
     }
-    let commit = conn.execute_batch("COMMIT").map_err(|e| {
-        tracing::error!(error = %e, "commit failed; the batch is rolled back");
-        let _ = conn.execute_batch("ROLLBACK");
-        e.to_string()
-    });
+    let commit = commit(conn);
     crate::audit::after_transaction(conn);
     for done in completions {
         done(commit.clone());
@@ -489,6 +511,86 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
         (dir, store)
+    }
+
+    /// `message_counts` as stored, and as counted from `messages`, without zero rows.
+    async fn counts_stored_and_counted(
+        store: &Store,
+    ) -> (
+        Vec<(String, i64, String, i64)>,
+        Vec<(String, i64, String, i64)>,
+    ) {
+        store
+            .read(|c| {
+                let rows = |sql: &str| -> Result<Vec<(String, i64, String, i64)>> {
+                    let mut s = c.prepare(sql)?;
+                    let rows =
+                        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                    Ok(rows.collect::<Result<_, _>>()?)
+                };
+                Ok((
+                    rows(
+                        "SELECT recipient, incarnation, state, n FROM message_counts
+                          WHERE n != 0 ORDER BY 1, 2, 3",
+                    )?,
+                    rows(
+                        "SELECT recipient, coalesce(incarnation, 0), state, count(*) FROM messages
+                          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                    )?,
+                ))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_message_counts_keep_what_committed_and_drop_what_rolled_back() {
+        let (_dir, store) = open();
+        let insert = |to: &'static str, fail: bool| {
+            store.write(move |c| {
+                c.execute(
+                    "INSERT INTO messages (sender, recipient, body, sent_at) VALUES ('operator', ?1, 'x', 0)",
+                    [to],
+                )?;
+                if fail {
+                    return Err(Error::invalid("x", "refused"));
+                }
+                Ok(())
+            })
+        };
+        // Together (one batch, a savepoint each) and alone (a transaction of its own).
+        let (a, b, c, d) = tokio::join!(
+            insert("bob", false),
+            insert("bob", true),
+            insert("carol", false),
+            insert("bob", false)
+        );
+        (a.unwrap(), c.unwrap(), d.unwrap());
+        assert!(b.is_err());
+        assert!(insert("carol", true).await.is_err());
+        // A state change, a move to another inbox, a delete, and a change of neither.
+        store
+            .write(|c| {
+                c.execute_batch(
+                    "UPDATE messages SET state = 'delivered' WHERE id = (SELECT min(id) FROM messages);
+                     UPDATE messages SET recipient = 'dave', incarnation = 7
+                         WHERE id = (SELECT max(id) FROM messages);
+                     DELETE FROM messages WHERE recipient = 'carol';
+                     UPDATE messages SET redelivered = 1;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (stored, counted) = counts_stored_and_counted(&store).await;
+        assert_eq!(stored, counted);
+        assert_eq!(
+            counted,
+            vec![
+                ("bob".to_owned(), 0, "delivered".to_owned(), 1),
+                ("dave".to_owned(), 7, "queued".to_owned(), 1)
+            ]
+        );
     }
 
     #[tokio::test]

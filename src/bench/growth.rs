@@ -128,6 +128,8 @@ async fn prepare(root: &Path, shape: Shape) -> anyhow::Result<()> {
         tx.commit()?;
         written = (written + 50_000).min(shape.stored);
     }
+    // Written past the store's writer, which keeps the counts: count them once here.
+    broker::store::message_counts::recount(&c)?;
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
     Ok(())
 }

@@ -833,7 +833,7 @@ fn put_back(store: &Store, notifiers: &Arc<Notifiers>, untaken: Handoff) {
 
 /// Refuses a send when an inbox it reaches holds `quota` queued messages already (all or none:
 /// a broadcast stores nothing then). Reads the stored count of the recipient's current
-/// incarnation (kept by the triggers of migration 0009; what a destroyed agent of the same name
+/// incarnation (kept by the store's writer, `store::message_counts`; what a destroyed agent of the same name
 /// left queued is not this one's), so a send costs the same with 10 or 100 000 queued.
 fn check_queue_quota(c: &Connection, recipients: &[String], quota: u64) -> Result<()> {
     let mut count = c.prepare_cached(
