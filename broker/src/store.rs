@@ -565,7 +565,9 @@ mod tests {
             insert("carol", false),
             insert("bob", false)
         );
-        (a.unwrap(), c.unwrap(), d.unwrap());
+        for ok in [a, c, d] {
+            ok.unwrap();
+        }
         assert!(b.is_err());
         assert!(insert("carol", true).await.is_err());
         // A state change, a move to another inbox, a delete, and a change of neither.
