@@ -1,5 +1,8 @@
-//! `Hive`: the service object that owns the store, the registry, the mailbox and the bus. The admin
-//! API, the MCP surfaces and the CLI call this and nothing beneath it.
+//! `Hive`: the composition root. It owns the parts (store, registry, mailbox, bus, containers,
+//! watcher, …), builds the services in [`Hive::open`] with clones of the handles each needs, and
+//! delegates to them in one line; the use cases that combine several parts (approvals, lifecycle,
+//! tombstones, the container actions) are its own. The admin API, the MCP surfaces and the CLI
+//! call this and nothing beneath it. No service holds the `Hive`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -56,7 +59,7 @@ pub struct Hive {
     pub(crate) watcher: Arc<crate::watcher::Watcher>,
     pub(crate) pauses: crate::pause::Pauses,
     /// The check builds of config requests (`review`).
-    pub(crate) checks: crate::review::Checks,
+    checks: Arc<crate::review::Checks>,
     dead_letters: DeadLetters,
     liveness: LivenessJudge,
     stats: StatsReader,
@@ -168,6 +171,13 @@ impl Hive {
         );
         let api_keys = ApiKeys::new(paths.clone(), registry.clone());
         let notifier = Notifier::new(config.notify.clone(), bus.clone());
+        let checks = Arc::new(crate::review::Checks::new(
+            store.clone(),
+            bus.clone(),
+            paths.clone(),
+            containers.clone(),
+            Duration::from_secs(config.build.timeout_seconds),
+        ));
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -186,7 +196,7 @@ impl Hive {
             containers,
             watcher,
             pauses,
-            checks: Default::default(),
+            checks,
             dead_letters,
             liveness,
             stats,
@@ -296,7 +306,7 @@ impl Hive {
         // containers. Its task starts agents once MCP listens (the harness retries its connect).
         parts.start("containers", |s| self.run_containers(s))?;
         // Before MCP, so that every request that arrives is checked.
-        parts.start("review", |s| self.run_review(s))?;
+        parts.start("review", |s| self.checks.run(s))?;
         parts.start("mcp", |s| self.serve_mcp(s))?;
         // Last, so that it stops first: the harnesses' ends while MCP drains and the containers
         // stop are no crashes to act on.
@@ -556,6 +566,33 @@ impl Hive {
     /// is refused). The watcher then reports the agent `logged_in`.
     pub async fn store_api_key(&self, agent: &AgentName, key: &[u8]) -> Result<()> {
         self.api_keys.store(agent, key).await
+    }
+
+    /// What the check of a config request made now starts as (`review`).
+    pub(crate) fn check_plan(&self) -> crate::review::Plan {
+        self.checks.plan()
+    }
+
+    /// Starts the check build of approval `id` (its row is `checking`) on the review scope.
+    pub(crate) fn start_check(
+        &self,
+        id: i64,
+        agent: AgentName,
+        sha: String,
+        kind: String,
+        base: Option<String>,
+    ) {
+        self.checks.start(id, agent, sha, kind, base)
+    }
+
+    /// Waits while approval `id`'s check is `checking` (see [`crate::review::Checks::wait`]).
+    pub(crate) async fn wait_check(&self, id: i64) -> Result<()> {
+        self.checks.wait(id).await
+    }
+
+    /// Removes the check build dir of a decided approval (a failure is only logged).
+    pub(crate) async fn remove_check(&self, agent: &AgentName, id: i64) {
+        self.checks.remove(agent, id).await
     }
 
     /// The notify component: reads the bus until `scope` stops, batching alerts. Does nothing
