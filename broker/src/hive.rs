@@ -314,6 +314,16 @@ impl Hive {
         Ok(parts)
     }
 
+    /// Runs the due task (reminders, question expiries) until `scope` stops.
+    pub fn spawn_due_jobs(&self, scope: &Scope) {
+        self.due.run(scope)
+    }
+
+    /// Fires everything due now; returns when the next job is due.
+    pub async fn fire_due_jobs(&self) -> Result<Option<i64>> {
+        self.due.fire().await
+    }
+
     /// Background upkeep until `scope` stops: the daily retention vacuum (a due job, not a poll).
     pub fn spawn_upkeep(self: &Arc<Self>, scope: &Scope) {
         let hive = self.clone();
@@ -613,5 +623,36 @@ impl Hive {
             },
             || {},
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The services built in `Hive::open`: each owns its handles, so none reaches back into the
+    /// hive (no `impl Hive` block, no `Hive` handle); `Hive` delegates to them.
+    const SERVICES: [(&str, &str); 11] = [
+        ("due", include_str!("due.rs")),
+        ("reminders", include_str!("reminders.rs")),
+        ("questions", include_str!("questions.rs")),
+        ("dead_letters", include_str!("dead_letters.rs")),
+        ("liveness", include_str!("liveness.rs")),
+        ("stats", include_str!("stats.rs")),
+        ("audit", include_str!("audit.rs")),
+        ("confinement", include_str!("confinement.rs")),
+        ("api_key", include_str!("api_key.rs")),
+        ("notify", include_str!("notify.rs")),
+        ("review", include_str!("review.rs")),
+    ];
+
+    #[test]
+    fn services_own_their_handles_and_hold_no_hive() {
+        for (module, source) in SERVICES {
+            for reach in ["impl Hive", "hive::Hive", "Arc<Hive>", "crate::Hive"] {
+                assert!(
+                    !source.contains(reach),
+                    "{module}.rs has `{reach}`: a service is given the handles it needs, never the hive"
+                );
+            }
+        }
     }
 }
