@@ -5,14 +5,19 @@
 //!
 //! Never: store anything that failed validation, touch a path outside the state dir, or log a
 //! key (a stored key is remembered by `redact`, so that every later log line masks it).
+//!
+//! A service ([`ApiKeys`]) built in `Hive::open` holding the state dir and the registry; `Hive`
+//! delegates to it.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use crate::lifecycle::off_runtime;
 use crate::names::AgentName;
 use crate::paths::{self, StateDir};
-use crate::{Error, Hive, Result};
+use crate::registry::Registry;
+use crate::{Error, Result};
 
 /// The largest API key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -62,10 +67,20 @@ pub fn store(paths: &StateDir, agent: &AgentName, key: &str) -> Result<()> {
     Ok(())
 }
 
-impl Hive {
+/// The API-key service: the operator's stored keys, one per agent.
+pub struct ApiKeys {
+    paths: StateDir,
+    registry: Arc<Registry>,
+}
+
+impl ApiKeys {
+    pub(crate) fn new(paths: StateDir, registry: Arc<Registry>) -> Self {
+        Self { paths, registry }
+    }
+
     /// The operator stores an API key for `agent` (validated first; nothing is written when it
     /// is refused). The watcher then reports the agent `logged_in`.
-    pub async fn store_api_key(&self, agent: &AgentName, key: &[u8]) -> Result<()> {
+    pub async fn store(&self, agent: &AgentName, key: &[u8]) -> Result<()> {
         self.registry.require(agent)?;
         let key = validate(key)?;
         crate::redact::remember(&key);

@@ -8,6 +8,10 @@
 //! The store is the truth and git follows it: a decision commits its row, its deploy and its audit
 //! row in one transaction, then moves the applied repo. If the daemon dies between the two,
 //! [`Hive::reconcile_applied`] at the next start moves the repo to where the store says it is.
+//!
+//! These are `Hive`'s own use cases, not a service: request, approve, deny, spawn and rollback
+//! each combine the store, the config repos, the registry, the review's check, the lifecycle and
+//! the containers under `config_lock`, which is the composition root's job.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

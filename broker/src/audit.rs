@@ -11,6 +11,10 @@
 //! the commit and the head write leaves the head behind by that transaction's rows: rows after
 //! the head are accepted, and the next append (or the next start) moves the head up. What this
 //! proves and what it does not: `docs/security.md`.
+//!
+//! The reads and checks are a service ([`AuditLog`]) built in `Hive::open` holding its own store
+//! handle and the head file's path; `Hive` delegates to it. Rows are appended by [`append`]
+//! inside the transaction of the change they record, wherever that runs.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -22,8 +26,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::hive::Hive;
-use crate::store::unix_millis;
+use crate::paths::StateDir;
+use crate::store::{Store, unix_millis};
 
 /// The `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -214,9 +218,23 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditEntry, String
 
 const COLUMNS: &str = "id, ts, actor, action, agent, detail, prev_hash, hash";
 
-impl Hive {
+/// The audit service: lists the chain's rows, anchors its head at start and verifies it.
+pub struct AuditLog {
+    store: Store,
+    /// The database file, beside which `audit.head` is kept.
+    db: PathBuf,
+}
+
+impl AuditLog {
+    pub(crate) fn new(store: Store, paths: &StateDir) -> Self {
+        Self {
+            store,
+            db: paths.db(),
+        }
+    }
+
     /// The newest `limit` audit rows (of one agent when given), oldest first.
-    pub async fn audit(&self, agent: Option<String>, limit: usize) -> Result<Vec<AuditEntry>> {
+    pub async fn newest(&self, agent: Option<String>, limit: usize) -> Result<Vec<AuditEntry>> {
         self.store
             .read(move |c| {
                 let mut rows: Vec<AuditEntry> = match &agent {
@@ -244,9 +262,9 @@ impl Hive {
     /// Anchors a chain that has no head file yet (a hive from before heads, or a crash right
     /// after its first append), or whose head lags behind intact rows (a crash between a commit
     /// and the head write). A head that names a missing or different row is left for `verify`.
-    pub(crate) async fn anchor_audit_head(&self) -> Result<()> {
-        let file = head_file(&self.paths.db());
-        let db = self.paths.db();
+    pub(crate) async fn anchor_head(&self) -> Result<()> {
+        let file = head_file(&self.db);
+        let db = self.db.clone();
         self.store
             .read(move |c| {
                 let head = match read_head(&file) {
@@ -270,9 +288,9 @@ impl Hive {
 
     /// Recomputes the whole chain and names the first row that does not match; then checks the
     /// chain against its head file (deleted newest rows, or every hash recomputed).
-    pub async fn verify_audit(&self) -> Result<Verification> {
+    pub async fn verify(&self) -> Result<Verification> {
         // The head first: it is written after its rows commit, so the rows read next hold it.
-        let head = read_head(&head_file(&self.paths.db()));
+        let head = read_head(&head_file(&self.db));
         self.store
             .read(move |c| {
                 let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY id"))?;

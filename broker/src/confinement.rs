@@ -6,16 +6,24 @@
 //! writable into it (its home, state and run dirs), searched for the keys themselves.
 //!
 //! It only reads. It never follows a symlink out of the state dir, reads at most
-//! [`MAX_FILE_BYTES`] of a file and [`MAX_FILES`] files, and never returns or logs a key.
+//! [`MAX_FILE_BYTES`] of a file and [`MAX_FILES`] files, and never returns or logs a key. A
+//! service ([`ConfinementReader`]) built in `Hive::open` holding its own handles (the state dir,
+//! the registry, the containers, the egress lists and the budgets, all read only); `Hive`
+//! delegates to it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::containers::Containers;
+use crate::egress::EgressLists;
 use crate::error::Result;
-use crate::hive::Hive;
 use crate::lifecycle::off_runtime;
+use crate::model_calls::Budgets;
 use crate::names::AgentName;
+use crate::paths::StateDir;
+use crate::registry::Registry;
 
 /// The largest file searched for keys (a larger one is searched up to here).
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -53,14 +61,36 @@ pub enum KeySearch {
     Skip,
 }
 
-impl Hive {
+/// The confinement service: reads what confines a running agent.
+pub struct ConfinementReader {
+    paths: StateDir,
+    registry: Arc<Registry>,
+    /// The agent's run, its image (the builder) and its processes (the runtime).
+    containers: Arc<Containers>,
+    egress: Arc<EgressLists>,
+    budgets: Arc<Budgets>,
+}
+
+impl ConfinementReader {
+    pub(crate) fn new(
+        paths: StateDir,
+        registry: Arc<Registry>,
+        containers: Arc<Containers>,
+        egress: Arc<EgressLists>,
+        budgets: Arc<Budgets>,
+    ) -> Self {
+        Self {
+            paths,
+            registry,
+            containers,
+            egress,
+            budgets,
+        }
+    }
+
     /// The confinement of `agent`, whose container runs; with [`KeySearch::Skip`], `key_inside`
     /// is `None` (not checked) and nothing is read from its processes or files.
-    pub async fn agent_confinement(
-        &self,
-        agent: &AgentName,
-        keys: KeySearch,
-    ) -> Result<Confinement> {
+    pub async fn of(&self, agent: &AgentName, keys: KeySearch) -> Result<Confinement> {
         self.registry.require(agent)?;
         let run = self.containers.run_of(agent);
         let image = match run.deploy {

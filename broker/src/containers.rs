@@ -11,6 +11,11 @@
 //! process started. Builds and runtime calls block: they run off the async workers. Every
 //! lifecycle action is audited. This module never chooses flags or paths of a container (the
 //! runtime does) and never writes the applied repo except its deploy tags.
+//!
+//! [`Containers`] holds what runs (the runtime, the builder, each agent's slot); the actions
+//! (a deploy, `start_agent`, `stop_agent`, `restart_agent`, `update_agent`, `pause_agent`) are
+//! `Hive`'s own use cases, not a service's: each combines it with the store, the registry, the
+//! config repos, the pauses, the egress lists and budgets and the watcher.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};

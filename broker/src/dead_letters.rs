@@ -5,19 +5,26 @@
 //! the operator decides, the message stays queued and is taken as usual if its agent comes back.
 //!
 //! It owns the judgement and the two decisions; it never changes a message that is not queued,
-//! and never redirects past the registry (an unknown name is refused).
+//! and never redirects past the registry (an unknown name is refused). A service built in
+//! `Hive::open` holding its own handles (store, mailbox, registry, and the containers' and the
+//! watcher's view of each agent, read only); `Hive` delegates to it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::params;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::containers::Containers;
 use crate::error::{Error, Result};
-use crate::hive::Hive;
-use crate::mailbox::{MESSAGE_COLUMNS, Message, MessageState, insert_messages, message_from_row};
+use crate::mailbox::{
+    MESSAGE_COLUMNS, Mailbox, Message, MessageState, insert_messages, message_from_row,
+};
 use crate::names::{AgentName, Recipient};
-use crate::store::unix_millis;
+use crate::registry::Registry;
+use crate::store::{Store, unix_millis};
+use crate::watcher::Watcher;
 
 /// The most dead letters listed at once (oldest first).
 pub const MAX_LISTED: usize = 1000;
@@ -47,7 +54,44 @@ fn mark_delivered(c: &rusqlite::Connection, id: i64) -> Result<()> {
     Ok(())
 }
 
-impl Hive {
+/// The dead-letters service: judges which queued messages are dead and carries out the
+/// operator's decision on one.
+pub struct DeadLetters {
+    store: Store,
+    mailbox: Mailbox,
+    registry: Arc<Registry>,
+    /// Read only: whether an agent's harness is up, or paused.
+    containers: Arc<Containers>,
+    /// Read only: whether an agent is held stopped after a crash loop.
+    watcher: Arc<Watcher>,
+    /// `[mailbox] dead_letter_after_seconds`, in milliseconds.
+    after_ms: i64,
+}
+
+impl DeadLetters {
+    pub(crate) fn new(
+        store: Store,
+        mailbox: Mailbox,
+        registry: Arc<Registry>,
+        containers: Arc<Containers>,
+        watcher: Arc<Watcher>,
+        after_seconds: u64,
+    ) -> Self {
+        Self {
+            store,
+            mailbox,
+            registry,
+            containers,
+            watcher,
+            after_ms: after_seconds as i64 * 1000,
+        }
+    }
+
+    /// The latest `sent_at` (Unix milliseconds) of a message that is dead at `now`.
+    fn sent_before(&self, now: i64) -> i64 {
+        now - self.after_ms
+    }
+
     /// Why `agent` cannot take its mail now, if it cannot.
     fn cannot_take(&self, agent: &AgentName) -> Option<&'static str> {
         if self.watcher.holds_stopped(agent) {
@@ -70,10 +114,9 @@ impl Hive {
     }
 
     /// The dead letters now, oldest first (at most [`MAX_LISTED`]).
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        let after = self.config.mailbox.dead_letter_after_seconds as i64 * 1000;
+    pub async fn list(&self) -> Result<Vec<DeadLetter>> {
         let now = unix_millis();
-        let before = now - after;
+        let before = self.sent_before(now);
         let rows: Vec<Message> = self
             .store
             .read(move |c| {
@@ -109,11 +152,11 @@ impl Hive {
         Ok(out)
     }
 
-    /// Checks that message `id` is a dead letter now (judged alone, as [`Hive::dead_letters`]
+    /// Checks that message `id` is a dead letter now (judged alone, as [`DeadLetters::list`]
     /// judges each); the message.
     async fn require_dead_letter(&self, id: i64) -> Result<Message> {
         let message = self.mailbox.message(id).await?;
-        let before = unix_millis() - self.config.mailbox.dead_letter_after_seconds as i64 * 1000;
+        let before = self.sent_before(unix_millis());
         let dead = message.state == MessageState::Queued
             && message.to != "operator"
             && message.sent_at <= before
@@ -132,7 +175,7 @@ impl Hive {
 
     /// The operator sends dead letter `id` to `to` instead (an agent or `operator`): a new
     /// message from its sender with its body; the dead letter counts as delivered. Audited.
-    pub async fn redirect_dead_letter(&self, id: i64, to: &str) -> Result<Message> {
+    pub async fn redirect(&self, id: i64, to: &str) -> Result<Message> {
         let to = match Recipient::parse(to)? {
             Recipient::Agent(agent) => {
                 self.registry.require(&agent)?;
@@ -180,7 +223,7 @@ impl Hive {
     }
 
     /// The operator drops dead letter `id`: it counts as delivered, unread. Audited.
-    pub async fn drop_dead_letter(&self, id: i64) -> Result<()> {
+    pub async fn drop_letter(&self, id: i64) -> Result<()> {
         let message = self.require_dead_letter(id).await?;
         self.store
             .write(move |c| {

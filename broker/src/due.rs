@@ -10,7 +10,6 @@ use tokio::sync::Notify;
 
 use crate::components::Scope;
 use crate::error::Result;
-use crate::hive::Hive;
 use crate::mailbox::{Mailbox, Message};
 use crate::store::{Store, unix_millis};
 use crate::{questions, reminders};
@@ -60,16 +59,15 @@ impl DueJobs {
         self.mailbox.announce(sent);
         Ok(next)
     }
-}
 
-impl Hive {
-    /// Runs the due task until `scope` stops.
-    pub fn spawn_due_jobs(self: &Arc<Self>, scope: &Scope) {
-        let hive = self.clone();
+    /// Runs the due task until `scope` stops: fires what is due, then sleeps until the next due
+    /// time or a reschedule.
+    pub fn run(&self, scope: &Scope) {
+        let due = self.clone();
         let shutdown = scope.stopping().clone();
         scope.spawn(async move {
             loop {
-                let next = match hive.fire_due_jobs().await {
+                let next = match due.fire().await {
                     Ok(next) => next,
                     Err(e) => {
                         tracing::warn!(error = %e, "due jobs failed; retrying in a second");
@@ -82,15 +80,10 @@ impl Hive {
                 };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = hive.due.rescheduled.notified() => {}
+                    _ = due.rescheduled.notified() => {}
                     _ = tokio::time::sleep(sleep) => {}
                 }
             }
         });
-    }
-
-    /// Fires everything due now; returns when the next job is due.
-    pub async fn fire_due_jobs(&self) -> Result<Option<i64>> {
-        self.due.fire().await
     }
 }

@@ -1,5 +1,8 @@
-//! `Hive`: the service object that owns the store, the registry, the mailbox and the bus. The admin
-//! API, the MCP surfaces and the CLI call this and nothing beneath it.
+//! `Hive`: the composition root. It owns the parts (store, registry, mailbox, bus, containers,
+//! watcher, …), builds the services in [`Hive::open`] with clones of the handles each needs, and
+//! delegates to them in one line; the use cases that combine several parts (approvals, lifecycle,
+//! tombstones, the container actions) are its own. The admin API, the MCP surfaces and the CLI
+//! call this and nothing beneath it. No service holds the `Hive`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,20 +11,27 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::api_key::ApiKeys;
+use crate::audit::{AuditEntry, AuditLog, Verification};
 use crate::bus::{Bus, Event};
 use crate::components::{Components, Scope};
 use crate::config::Config;
 use crate::config_repo::ConfigRepos;
+use crate::confinement::{Confinement, ConfinementReader, KeySearch};
 use crate::containers::Containers;
+use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::due::DueJobs;
 use crate::error::{Error, Result};
+use crate::liveness::{Liveness, LivenessJudge};
 use crate::mailbox::{Mailbox, Message, MessageCounts, RecvLimits, Turn};
 use crate::mcp::McpSockets;
 use crate::names::{AgentName, Inbox, Recipient, Sender};
+use crate::notify::{LinkMinter, Notifier};
 use crate::paths::StateDir;
 use crate::questions::{Answer, Question, Questions};
 use crate::registry::{AgentRecord, Registry};
 use crate::reminders::{Reminder, Reminders};
+use crate::stats::{AgentStats, StatsReader};
 use crate::store::Store;
 
 /// How often delivered messages past their retention are deleted.
@@ -41,15 +51,22 @@ pub struct Hive {
     pub(crate) mcp: McpSockets,
     pub(crate) gateway: crate::gateway::Gateway,
     /// Each running agent's egress allow-list (its deployed image's).
-    pub(crate) egress: crate::egress::EgressLists,
+    pub(crate) egress: Arc<crate::egress::EgressLists>,
     /// Each agent's tokens today against its deployed image's daily budget.
-    pub(crate) budgets: crate::model_calls::Budgets,
+    pub(crate) budgets: Arc<crate::model_calls::Budgets>,
     pub(crate) repos: ConfigRepos,
-    pub(crate) containers: Containers,
-    pub(crate) watcher: crate::watcher::Watcher,
+    pub(crate) containers: Arc<Containers>,
+    pub(crate) watcher: Arc<crate::watcher::Watcher>,
     pub(crate) pauses: crate::pause::Pauses,
     /// The check builds of config requests (`review`).
-    pub(crate) checks: crate::review::Checks,
+    checks: Arc<crate::review::Checks>,
+    dead_letters: DeadLetters,
+    liveness: LivenessJudge,
+    stats: StatsReader,
+    audit_log: AuditLog,
+    confinement: ConfinementReader,
+    api_keys: ApiKeys,
+    notifier: Notifier,
     /// Serializes the operations that touch config repos, so git and the store move together.
     pub(crate) config_lock: tokio::sync::Mutex<()>,
     /// Agents found inconsistent at start (their repo could not be made to agree with the store):
@@ -114,17 +131,53 @@ impl Hive {
             due.clone(),
             config.mailbox.max_open_questions_per_agent,
         );
-        let containers = Containers::open(&config, &paths)?;
+        let containers = Arc::new(Containers::open(&config, &paths)?);
         let gateway = crate::gateway::Gateway::new(&config.model)?;
-        let watcher = crate::watcher::Watcher::open(
-            &config,
-            &paths,
+        let watcher = Arc::new(
+            crate::watcher::Watcher::open(
+                &config,
+                &paths,
+                store.clone(),
+                mailbox.clone(),
+                bus.clone(),
+            )
+            .await?,
+        );
+        let pauses = crate::pause::Pauses::load(store.clone()).await?;
+        let egress = Arc::<crate::egress::EgressLists>::default();
+        let budgets = Arc::<crate::model_calls::Budgets>::default();
+        let dead_letters = DeadLetters::new(
             store.clone(),
             mailbox.clone(),
+            registry.clone(),
+            containers.clone(),
+            watcher.clone(),
+            config.mailbox.dead_letter_after_seconds,
+        );
+        let liveness = LivenessJudge::new(
+            store.clone(),
+            registry.clone(),
+            containers.clone(),
+            watcher.clone(),
+        );
+        let stats = StatsReader::new(store.clone(), registry.clone());
+        let audit_log = AuditLog::new(store.clone(), &paths);
+        let confinement = ConfinementReader::new(
+            paths.clone(),
+            registry.clone(),
+            containers.clone(),
+            egress.clone(),
+            budgets.clone(),
+        );
+        let api_keys = ApiKeys::new(paths.clone(), registry.clone());
+        let notifier = Notifier::new(config.notify.clone(), bus.clone());
+        let checks = Arc::new(crate::review::Checks::new(
+            store.clone(),
             bus.clone(),
-        )
-        .await?;
-        let pauses = crate::pause::Pauses::load(store.clone()).await?;
+            paths.clone(),
+            containers.clone(),
+            Duration::from_secs(config.build.timeout_seconds),
+        ));
         let hive = Arc::new(Self {
             paths: paths.clone(),
             config,
@@ -137,13 +190,20 @@ impl Hive {
             questions,
             mcp: McpSockets::default(),
             gateway,
-            egress: Default::default(),
-            budgets: Default::default(),
+            egress,
+            budgets,
             repos: ConfigRepos::new(paths.clone()),
             containers,
             watcher,
             pauses,
-            checks: Default::default(),
+            checks,
+            dead_letters,
+            liveness,
+            stats,
+            audit_log,
+            confinement,
+            api_keys,
+            notifier,
             config_lock: tokio::sync::Mutex::new(()),
             faults: Mutex::default(),
             started: Instant::now(),
@@ -246,12 +306,22 @@ impl Hive {
         // containers. Its task starts agents once MCP listens (the harness retries its connect).
         parts.start("containers", |s| self.run_containers(s))?;
         // Before MCP, so that every request that arrives is checked.
-        parts.start("review", |s| self.run_review(s))?;
+        parts.start("review", |s| self.checks.run(s))?;
         parts.start("mcp", |s| self.serve_mcp(s))?;
         // Last, so that it stops first: the harnesses' ends while MCP drains and the containers
         // stop are no crashes to act on.
         parts.start("watcher", |s| self.run_watcher(s))?;
         Ok(parts)
+    }
+
+    /// Runs the due task (reminders, question expiries) until `scope` stops.
+    pub fn spawn_due_jobs(&self, scope: &Scope) {
+        self.due.run(scope)
+    }
+
+    /// Fires everything due now; returns when the next job is due.
+    pub async fn fire_due_jobs(&self) -> Result<Option<i64>> {
+        self.due.fire().await
     }
 
     /// Background upkeep until `scope` stops: the daily retention vacuum (a due job, not a poll).
@@ -449,6 +519,98 @@ impl Hive {
         self.bus.subscribe()
     }
 
+    /// The dead letters now, oldest first (at most [`crate::dead_letters::MAX_LISTED`]).
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.dead_letters.list().await
+    }
+
+    /// The operator sends dead letter `id` to `to` instead (an agent or `operator`): a new
+    /// message from its sender with its body; the dead letter counts as delivered. Audited.
+    pub async fn redirect_dead_letter(&self, id: i64, to: &str) -> Result<Message> {
+        self.dead_letters.redirect(id, to).await
+    }
+
+    /// The operator drops dead letter `id`: it counts as delivered, unread. Audited.
+    pub async fn drop_dead_letter(&self, id: i64) -> Result<()> {
+        self.dead_letters.drop_letter(id).await
+    }
+
+    /// `agent`'s liveness now.
+    pub async fn agent_liveness(&self, agent: &AgentName) -> Result<Liveness> {
+        self.liveness.of(agent).await
+    }
+
+    /// `agent`'s stats: its current incarnation's turns that finished at or after `since`
+    /// (RFC 3339 or a span such as `24h`; all of them when absent).
+    pub async fn agent_stats(&self, agent: &AgentName, since: Option<&str>) -> Result<AgentStats> {
+        self.stats.of(agent, since).await
+    }
+
+    /// The newest `limit` audit rows (of one agent when given), oldest first.
+    pub async fn audit(&self, agent: Option<String>, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.audit_log.newest(agent, limit).await
+    }
+
+    /// Recomputes the whole audit chain and names the first row that does not match; then
+    /// checks the chain against its head file (deleted newest rows, or every hash recomputed).
+    pub async fn verify_audit(&self) -> Result<Verification> {
+        self.audit_log.verify().await
+    }
+
+    /// Anchors the audit chain's head at start (see [`AuditLog::anchor_head`]).
+    pub(crate) async fn anchor_audit_head(&self) -> Result<()> {
+        self.audit_log.anchor_head().await
+    }
+
+    /// The confinement of `agent`, whose container runs; with [`KeySearch::Skip`], `key_inside`
+    /// is `None` (not checked) and nothing is read from its processes or files.
+    pub async fn agent_confinement(
+        &self,
+        agent: &AgentName,
+        keys: KeySearch,
+    ) -> Result<Confinement> {
+        self.confinement.of(agent, keys).await
+    }
+
+    /// The operator stores an API key for `agent` (validated first; nothing is written when it
+    /// is refused). The watcher then reports the agent `logged_in`.
+    pub async fn store_api_key(&self, agent: &AgentName, key: &[u8]) -> Result<()> {
+        self.api_keys.store(agent, key).await
+    }
+
+    /// What the check of a config request made now starts as (`review`).
+    pub(crate) fn check_plan(&self) -> crate::review::Plan {
+        self.checks.plan()
+    }
+
+    /// Starts the check build of approval `id` (its row is `checking`) on the review scope.
+    pub(crate) fn start_check(
+        &self,
+        id: i64,
+        agent: AgentName,
+        sha: String,
+        kind: String,
+        base: Option<String>,
+    ) {
+        self.checks.start(id, agent, sha, kind, base)
+    }
+
+    /// Waits while approval `id`'s check is `checking` (see [`crate::review::Checks::wait`]).
+    pub(crate) async fn wait_check(&self, id: i64) -> Result<()> {
+        self.checks.wait(id).await
+    }
+
+    /// Removes the check build dir of a decided approval (a failure is only logged).
+    pub(crate) async fn remove_check(&self, agent: &AgentName, id: i64) {
+        self.checks.remove(agent, id).await
+    }
+
+    /// The notify component: reads the bus until `scope` stops, batching alerts. Does nothing
+    /// without `[notify] url`.
+    pub fn run_notifier(&self, scope: &Scope, minter: Option<LinkMinter>) -> Result<()> {
+        self.notifier.run(scope, minter)
+    }
+
     /// Test support only: runs `job` on the store's writer thread, as a request of its own inside
     /// the next group commit. A test holds the writer with it to shape a batch; it cannot write.
     #[doc(hidden)]
@@ -461,5 +623,36 @@ impl Hive {
             },
             || {},
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The services built in `Hive::open`: each owns its handles, so none reaches back into the
+    /// hive (no `impl Hive` block, no `Hive` handle); `Hive` delegates to them.
+    const SERVICES: [(&str, &str); 11] = [
+        ("due", include_str!("due.rs")),
+        ("reminders", include_str!("reminders.rs")),
+        ("questions", include_str!("questions.rs")),
+        ("dead_letters", include_str!("dead_letters.rs")),
+        ("liveness", include_str!("liveness.rs")),
+        ("stats", include_str!("stats.rs")),
+        ("audit", include_str!("audit.rs")),
+        ("confinement", include_str!("confinement.rs")),
+        ("api_key", include_str!("api_key.rs")),
+        ("notify", include_str!("notify.rs")),
+        ("review", include_str!("review.rs")),
+    ];
+
+    #[test]
+    fn services_own_their_handles_and_hold_no_hive() {
+        for (module, source) in SERVICES {
+            for reach in ["impl Hive", "hive::Hive", "Arc<Hive>", "crate::Hive"] {
+                assert!(
+                    !source.contains(reach),
+                    "{module}.rs has `{reach}`: a service is given the handles it needs, never the hive"
+                );
+            }
+        }
     }
 }

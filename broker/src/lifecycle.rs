@@ -8,6 +8,10 @@
 //! daemon died in between) is finished at the next start by [`Hive::finish_removals`]. File and
 //! git work runs on blocking threads, never on the async workers. This module never touches a
 //! path outside the state dir and never moves the files of a name that is live.
+//!
+//! Both are `Hive`'s own, not a service's: each combines the registry, the mailbox, the
+//! containers (a removal stops the agent first), the MCP sockets, the config repos and the bus,
+//! and runs under the caller's `config_lock`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,18 +6,23 @@
 //! `stuck` once per episode; the answer is a `restart`, which stops the old harness before the
 //! new one starts — never a second harness beside a stuck one.
 //!
-//! It owns the judgement and the facts it reads; it never starts or stops anything.
+//! It owns the judgement and the facts it reads; it never starts or stops anything. A service
+//! ([`LivenessJudge`]) built in `Hive::open` holding its own handles (store, registry, and the
+//! containers' and the watcher's view of each agent, read only); `Hive` delegates to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::tools::TurnState;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use crate::containers::Containers;
 use crate::error::Result;
-use crate::hive::Hive;
 use crate::names::AgentName;
-use crate::store::unix_millis;
+use crate::registry::Registry;
+use crate::store::{Store, unix_millis};
+use crate::watcher::Watcher;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,9 +97,33 @@ pub fn judge(facts: &Facts, stuck_after: Duration) -> Liveness {
     }
 }
 
-impl Hive {
+/// The liveness service: gathers an agent's [`Facts`] and [`judge`]s them.
+pub struct LivenessJudge {
+    store: Store,
+    registry: Arc<Registry>,
+    /// Read only: the agent's run (harness up, turn state).
+    containers: Arc<Containers>,
+    /// Read only: how long the agent's harness has been quiet, and when that is stuck.
+    watcher: Arc<Watcher>,
+}
+
+impl LivenessJudge {
+    pub(crate) fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        containers: Arc<Containers>,
+        watcher: Arc<Watcher>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            containers,
+            watcher,
+        }
+    }
+
     /// `agent`'s liveness now.
-    pub async fn agent_liveness(&self, agent: &AgentName) -> Result<Liveness> {
+    pub async fn of(&self, agent: &AgentName) -> Result<Liveness> {
         let record = self.registry.require(agent)?;
         let run = self.containers.run_of(agent);
         let (name, incarnation) = (agent.to_string(), record.incarnation);

@@ -7,7 +7,9 @@
 //!
 //! It owns the choice of what alerts, the batching and the POST; it never retries a POST the
 //! endpoint refused (the item is still in the dashboard), never blocks the bus, and never puts an
-//! agent's text into a notification unescaped or uncut.
+//! agent's text into a notification unescaped or uncut. A service ([`Notifier`]) built in
+//! `Hive::open` holding `[notify]` and the bus; `hive serve` starts it as a component through
+//! `Hive::run_notifier`, giving it the dashboard's link minter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +25,10 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bus::Event;
+use crate::bus::{Bus, Event};
 use crate::components::Scope;
 use crate::config::{NotifyConfig, NotifyFormat};
 use crate::error::{Error, Result};
-use crate::hive::Hive;
 
 /// The most items one notification lists (more are counted, not listed).
 const MAX_ITEMS: usize = 20;
@@ -170,11 +171,21 @@ fn invalid(e: impl std::fmt::Display) -> Error {
     Error::invalid("notify", e.to_string())
 }
 
-impl Hive {
+/// The notify service: what `[notify]` says, and the bus it reads.
+pub struct Notifier {
+    config: NotifyConfig,
+    bus: Bus,
+}
+
+impl Notifier {
+    pub(crate) fn new(config: NotifyConfig, bus: Bus) -> Self {
+        Self { config, bus }
+    }
+
     /// The notify component: reads the bus until the scope stops, batching alerts. Does nothing
     /// without `[notify] url`.
-    pub fn run_notifier(self: &Arc<Self>, scope: &Scope, minter: Option<LinkMinter>) -> Result<()> {
-        let config: NotifyConfig = self.config.notify.clone();
+    pub fn run(&self, scope: &Scope, minter: Option<LinkMinter>) -> Result<()> {
+        let config: NotifyConfig = self.config.clone();
         let Some(url) = config.url.clone() else {
             return Ok(());
         };

@@ -10,7 +10,10 @@
 //! again at the next start. The deploy after approval builds the same derivation: a cache hit.
 //!
 //! Owns `approval_checks` and the `check-<id>` build dirs (removed once the approval is decided).
-//! Never starts a container, moves the applied repo or touches a deploy's paths.
+//! Never starts a container, moves the applied repo or touches a deploy's paths. A service
+//! ([`Checks`]) built in `Hive::open` holding its own handles (store, bus, state dir, and the
+//! containers' builder, read only); `Hive` delegates to it, and `approvals` asks it for a
+//! request's check and waits on it before an approve.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,20 +21,28 @@ use std::time::Duration;
 use proto::{AgentConfig, Approval, ApprovalStatus, Check, CheckStatus, RiskFlag, RiskKind};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::bus::Bus;
 use crate::components::Scope;
+use crate::containers::Containers;
 use crate::error::{Error, Result};
-use crate::hive::Hive;
 use crate::lifecycle::off_runtime;
 use crate::names::AgentName;
-use crate::store::unix_millis;
+use crate::paths::StateDir;
+use crate::store::{Store, unix_millis};
 
 /// How long `approve` waits beyond the build timeout for a running check.
 const WAIT_MARGIN: Duration = Duration::from_secs(30);
 
-/// The review component's state: the scope its checks run on (none until the hive serves) and a
-/// counter bumped at each finished check, which `approve` waits on.
-#[derive(Default)]
+/// The review service: its handles, the scope its checks run on (none until the hive serves) and
+/// a counter bumped at each finished check, which `approve` waits on.
 pub struct Checks {
+    store: Store,
+    bus: Bus,
+    paths: StateDir,
+    /// Read only: the builder a check builds with, and what runs.
+    containers: Arc<Containers>,
+    /// `[build] timeout_seconds`: how long a check may build.
+    build_timeout: Duration,
     scope: Mutex<Option<Scope>>,
     finished: tokio::sync::watch::Sender<u64>,
     /// One check build at a time: a manager asking many times queues them instead of running
@@ -217,14 +228,34 @@ pub(crate) fn refuse_unconfirmed(a: &Approval, confirm: Confirm) -> Result<()> {
     Ok(())
 }
 
-impl Hive {
+impl Checks {
+    pub(crate) fn new(
+        store: Store,
+        bus: Bus,
+        paths: StateDir,
+        containers: Arc<Containers>,
+        build_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            paths,
+            containers,
+            build_timeout,
+            scope: Mutex::default(),
+            finished: Default::default(),
+            one_at_a_time: Default::default(),
+            resumed: Default::default(),
+        }
+    }
+
     /// The review component: from now on requests are checked, and the requests a stop cut (or
     /// that came while no daemon served) are checked again.
-    pub fn run_review(self: &Arc<Self>, scope: &Scope) -> Result<()> {
-        *self.checks.scope.lock().expect("checks") = Some(scope.clone());
-        let hive = self.clone();
+    pub fn run(self: &Arc<Self>, scope: &Scope) -> Result<()> {
+        *self.scope.lock().expect("checks") = Some(scope.clone());
+        let checks = self.clone();
         scope.spawn(async move {
-            let due: Result<Vec<Request>> = hive
+            let due: Result<Vec<Request>> = checks
                 .store
                 .read(|c| {
                     Ok(c.prepare(
@@ -243,14 +274,14 @@ impl Hive {
                         let Ok(agent) = AgentName::parse(&agent) else {
                             continue;
                         };
-                        let plan = hive.check_plan();
+                        let plan = checks.plan();
                         let checking = matches!(plan, Plan::Check);
-                        let inserted = hive
+                        let inserted = checks
                             .store
                             .write(move |c| insert_check(c, id, &plan))
                             .await;
                         match inserted {
-                            Ok(()) if checking => hive.start_check(id, agent, sha, kind, base),
+                            Ok(()) if checking => checks.start(id, agent, sha, kind, base),
                             Ok(()) => {}
                             Err(e) => tracing::warn!(id, error = %e, "cannot restart a check"),
                         }
@@ -258,17 +289,17 @@ impl Hive {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the requests to check"),
             }
-            hive.checks
+            checks
                 .resumed
                 .store(true, std::sync::atomic::Ordering::Release);
-            hive.checks.finished.send_modify(|n| *n += 1);
+            checks.finished.send_modify(|n| *n += 1);
         });
         Ok(())
     }
 
     /// What the check of a request made now starts as.
-    pub(crate) fn check_plan(&self) -> Plan {
-        if self.checks.scope.lock().expect("checks").is_none() {
+    pub(crate) fn plan(&self) -> Plan {
+        if self.scope.lock().expect("checks").is_none() {
             return Plan::Later;
         }
         match self.containers.builder() {
@@ -278,7 +309,7 @@ impl Hive {
     }
 
     /// Starts the check build of approval `id` (its row is `checking`) on the review scope.
-    pub(crate) fn start_check(
+    pub(crate) fn start(
         self: &Arc<Self>,
         id: i64,
         agent: AgentName,
@@ -286,16 +317,16 @@ impl Hive {
         kind: String,
         base: Option<String>,
     ) {
-        let Some(scope) = self.checks.scope.lock().expect("checks").clone() else {
+        let Some(scope) = self.scope.lock().expect("checks").clone() else {
             return;
         };
-        let hive = self.clone();
+        let checks = self.clone();
         let stop = scope.stopping().clone();
         scope.spawn(async move {
             tokio::select! {
                 // Left `checking`: the next start checks it again.
                 _ = stop.cancelled() => {}
-                () = hive.run_check(id, agent, sha, kind, base) => {}
+                () = checks.run_check(id, agent, sha, kind, base) => {}
             }
         });
     }
@@ -353,11 +384,11 @@ impl Hive {
                 crate::approvals::get_approval(c, id)
             })
             .await;
-        self.checks.finished.send_modify(|n| *n += 1);
+        self.finished.send_modify(|n| *n += 1);
         match stored {
             // Decided while it built: nobody needs its build dir any more.
             Ok(approval) if approval.status != ApprovalStatus::Pending => {
-                self.remove_check(&agent, id).await
+                self.remove(&agent, id).await
             }
             Ok(approval) => {
                 if let Some(check) = approval.check {
@@ -389,7 +420,7 @@ impl Hive {
             agent.clone(),
             self.paths.applied_repo(agent),
         );
-        let turn = self.checks.one_at_a_time.lock().await;
+        let turn = self.one_at_a_time.lock().await;
         let (image, closure) = off_runtime(move || {
             let image = b.build_check(&name, id, &repo, &sha)?;
             let closure = b
@@ -445,13 +476,13 @@ impl Hive {
 
     /// Waits while approval `id`'s check is `checking`, at most the build timeout and a margin.
     /// A hive that checks nothing (opened by a tool, not serving) does not wait.
-    pub(crate) async fn wait_check(&self, id: i64) -> Result<()> {
-        if self.checks.scope.lock().expect("checks").is_none() {
+    pub(crate) async fn wait(&self, id: i64) -> Result<()> {
+        if self.scope.lock().expect("checks").is_none() {
             return Ok(());
         }
-        let limit = Duration::from_secs(self.config.build.timeout_seconds) + WAIT_MARGIN;
+        let limit = self.build_timeout + WAIT_MARGIN;
         let deadline = tokio::time::Instant::now() + limit;
-        let mut finished = self.checks.finished.subscribe();
+        let mut finished = self.finished.subscribe();
         loop {
             let status: Option<String> = self
                 .store
@@ -464,10 +495,7 @@ impl Hive {
                     .optional()?)
                 })
                 .await?;
-            let resumed = self
-                .checks
-                .resumed
-                .load(std::sync::atomic::Ordering::Acquire);
+            let resumed = self.resumed.load(std::sync::atomic::Ordering::Acquire);
             if resumed && status.as_deref() != Some("checking") {
                 return Ok(());
             }
@@ -484,7 +512,7 @@ impl Hive {
     }
 
     /// Removes the check build dir of a decided approval (a failure is only logged).
-    pub(crate) async fn remove_check(&self, agent: &AgentName, id: i64) {
+    pub(crate) async fn remove(&self, agent: &AgentName, id: i64) {
         let Ok(builder) = self.containers.builder() else {
             return;
         };

@@ -4,16 +4,19 @@
 //!
 //! The tool names come from the turn's stored events, which the agent's model wrote: they are
 //! hostile text, bounded here (name length, names per turn) and never interpreted. Never writes
-//! anything but `turn_stats`.
+//! anything but `turn_stats`. The reads are a service ([`StatsReader`]) built in `Hive::open`
+//! holding its own store and registry handles; `Hive` delegates to it. The write ([`record`]) runs
+//! inside the mailbox's `finish_turn` transaction.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::hive::Hive;
 use crate::names::AgentName;
-use crate::store::unix_millis;
+use crate::registry::Registry;
+use crate::store::{Store, unix_millis};
 use crate::{Error, Result};
 
 /// The longest tool name kept (longer ones are cut): names come from the model.
@@ -203,10 +206,20 @@ fn sent_of(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sent> {
     })
 }
 
-impl Hive {
+/// The stats service: reads an agent's `turn_stats`.
+pub struct StatsReader {
+    store: Store,
+    registry: Arc<Registry>,
+}
+
+impl StatsReader {
+    pub(crate) fn new(store: Store, registry: Arc<Registry>) -> Self {
+        Self { store, registry }
+    }
+
     /// `agent`'s stats: its current incarnation's turns that finished at or after `since`
     /// (RFC 3339 or a span such as `24h`; all of them when absent).
-    pub async fn agent_stats(&self, agent: &AgentName, since: Option<&str>) -> Result<AgentStats> {
+    pub async fn of(&self, agent: &AgentName, since: Option<&str>) -> Result<AgentStats> {
         let now = unix_millis();
         let since = since.map(|raw| parse_since(raw, now)).transpose()?;
         let record = self.registry.require(agent)?;

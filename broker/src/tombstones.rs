@@ -6,6 +6,9 @@
 //! A restore first writes its intent (a `.restoring` file in the tombstone), then moves the files,
 //! then commits the agent: a crash anywhere in between is finished at the next start by
 //! [`Hive::finish_restores`].
+//!
+//! These are `Hive`'s own use cases, not a service: destroy, restore and purge combine the
+//! lifecycle (`remove_agent`, `create_agent`), the store and the files under `config_lock`.
 
 use std::fmt;
 use std::path::PathBuf;
