@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::json;
 
@@ -38,6 +38,11 @@ pub struct DeadLetter {
     pub why: &'static str,
     pub waited_seconds: u64,
 }
+
+/// A row of `messages` for its recipient's live incarnation: what a destroyed agent left queued
+/// (kept for a restore) is not the dead mail of a new agent of the same name.
+const OF_THE_LIVE_AGENT: &str =
+    "incarnation IS (SELECT incarnation FROM agents WHERE name = messages.recipient)";
 
 /// Marks queued message `id` delivered (a decision on a dead letter); a conflict when it was
 /// taken meanwhile.
@@ -123,6 +128,7 @@ impl DeadLetters {
                 let mut q = c.prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages
                      WHERE state = 'queued' AND recipient != 'operator' AND sent_at <= ?1
+                       AND {OF_THE_LIVE_AGENT}
                      ORDER BY id LIMIT ?2"
                 ))?;
                 let rows = q
@@ -156,9 +162,22 @@ impl DeadLetters {
     /// judges each); the message.
     async fn require_dead_letter(&self, id: i64) -> Result<Message> {
         let message = self.mailbox.message(id).await?;
+        let live = self
+            .store
+            .read(move |c| {
+                let live = c
+                    .prepare_cached(&format!(
+                        "SELECT {OF_THE_LIVE_AGENT} FROM messages WHERE id = ?1"
+                    ))?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?;
+                Ok(live.unwrap_or(false))
+            })
+            .await?;
         let before = self.sent_before(unix_millis());
         let dead = message.state == MessageState::Queued
             && message.to != "operator"
+            && live
             && message.sent_at <= before
             && self.why_dead(&message.to).is_some();
         if !dead {

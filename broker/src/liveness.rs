@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::tools::TurnState;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::containers::Containers;
@@ -97,6 +97,18 @@ pub fn judge(facts: &Facts, stuck_after: Duration) -> Liveness {
     }
 }
 
+/// When the oldest message queued for incarnation `incarnation` of `agent` was sent: what a
+/// destroyed agent of the same name left queued (kept for a restore) is not this one's backlog.
+fn oldest_queued(c: &Connection, agent: &str, incarnation: i64) -> Result<Option<i64>> {
+    Ok(c.prepare_cached(
+        "SELECT sent_at FROM messages INDEXED BY messages_queued
+         WHERE recipient = ?1 AND state = 'queued' AND incarnation IS ?2
+         ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![agent, incarnation], |r| r.get(0))
+    .optional()?)
+}
+
 /// The liveness service: gathers an agent's [`Facts`] and [`judge`]s them.
 pub struct LivenessJudge {
     store: Store,
@@ -130,25 +142,16 @@ impl LivenessJudge {
         let (oldest_sent, asked) = self
             .store
             .read(move |c| {
-                let oldest: Option<i64> = c
+                let oldest = oldest_queued(c, &name, incarnation)?;
+                let asked: bool = c
                     .prepare_cached(
-                        "SELECT sent_at FROM messages WHERE recipient = ?1 AND state = 'queued'
-                         ORDER BY id LIMIT 1",
-                    )?
-                    .query_row(params![name], |r| r.get(0))
-                    .optional()?;
-                let questions: i64 = c
-                    .prepare_cached(
-                        "SELECT count(*) FROM questions WHERE asker = ?1 AND status = 'open'
-                           AND incarnation = ?2",
+                        "SELECT EXISTS (SELECT 1 FROM questions WHERE asker = ?1
+                                          AND status = 'open' AND incarnation = ?2)
+                             OR EXISTS (SELECT 1 FROM approvals WHERE requester = ?1
+                                          AND status = 'pending')",
                     )?
                     .query_row(params![name, incarnation], |r| r.get(0))?;
-                let approvals: i64 = c
-                    .prepare_cached(
-                        "SELECT count(*) FROM approvals WHERE requester = ?1 AND status = 'pending'",
-                    )?
-                    .query_row(params![name], |r| r.get(0))?;
-                Ok((oldest, questions + approvals > 0))
+                Ok((oldest, asked))
             })
             .await?;
         let now = unix_millis();
@@ -166,6 +169,28 @@ impl LivenessJudge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backlog_is_the_live_incarnations_alone() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, recipient TEXT NOT NULL,
+                 state TEXT NOT NULL, sent_at INTEGER NOT NULL, incarnation INTEGER);
+             CREATE INDEX messages_queued ON messages (recipient, id) WHERE state = 'queued';
+             INSERT INTO messages (recipient, state, sent_at, incarnation) VALUES
+                 ('x1', 'queued', 10, 1), ('x1', 'delivered', 20, 2), ('x2', 'queued', 30, 2);",
+        )
+        .unwrap();
+        // Incarnation 1 of x1 was destroyed with mail queued; incarnation 2 has none.
+        assert_eq!(oldest_queued(&c, "x1", 1).unwrap(), Some(10));
+        assert_eq!(oldest_queued(&c, "x1", 2).unwrap(), None);
+        c.execute(
+            "INSERT INTO messages (recipient, state, sent_at, incarnation) VALUES ('x1', 'queued', 40, 2)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(oldest_queued(&c, "x1", 2).unwrap(), Some(40));
+    }
 
     const AFTER: Duration = Duration::from_secs(600);
 

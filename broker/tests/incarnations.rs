@@ -530,3 +530,59 @@ async fn a_destroyed_agents_queued_mail_does_not_fill_the_inbox_quota_of_a_new_o
     // The hive-wide counts still count both.
     assert_eq!(f.hive.message_counts().await.unwrap().queued, 6);
 }
+
+/// The mail a destroyed agent left queued (kept for a restore) is not the dead letters of a new
+/// agent of the same name and cannot be redirected or dropped as one; the new agent's own mail
+/// is. (Its liveness backlog: `liveness::tests::the_backlog_is_the_live_incarnations_alone`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_agents_queued_mail_is_not_the_backlog_or_the_dead_letters_of_a_new_one() {
+    let mut config = Config::default();
+    config.mailbox.dead_letter_after_seconds = 0;
+    let f = open(tempfile::tempdir().unwrap(), config).await;
+    f.hive.spawn("x1", None).await.unwrap();
+    let to = Recipient::Agent(name("x1"));
+    let old = f
+        .hive
+        .send(&Sender::Operator, &to, "for the old one".into(), None)
+        .await
+        .unwrap()[0];
+    f.hive.destroy(&name("x1"), false).await.unwrap();
+    f.hive.spawn("x1", None).await.unwrap();
+
+    // Not running: nothing of the new x1's is dead, the old one's mail is not its.
+    assert!(f.hive.dead_letters().await.unwrap().is_empty());
+    let snapshot = || {
+        (
+            f.count("SELECT count(*) FROM messages"),
+            f.count("SELECT count(*) FROM messages WHERE state = 'queued'"),
+            f.count("SELECT count(*) FROM audit"),
+        )
+    };
+    let before = snapshot();
+    let e = f
+        .hive
+        .redirect_dead_letter(old, "manager")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "conflict", "{e}");
+    assert!(e.to_string().contains("not a dead letter"), "{e}");
+    let e = f.hive.drop_dead_letter(old).await.unwrap_err();
+    assert_eq!(e.code(), "conflict", "{e}");
+    assert_eq!(snapshot(), before);
+
+    // Its own mail is a dead letter (it is not running).
+    let new = f
+        .hive
+        .send(&Sender::Operator, &to, "for the new one".into(), None)
+        .await
+        .unwrap()[0];
+    let dead: Vec<i64> = f
+        .hive
+        .dead_letters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.message.id)
+        .collect();
+    assert_eq!(dead, [new]);
+}
