@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 
 use rusqlite::params;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -22,14 +21,23 @@ use crate::store::unix_millis;
 /// The most dead letters listed at once (oldest first).
 pub const MAX_LISTED: usize = 1000;
 
-/// A message its agent cannot take, and why.
-#[derive(Debug, Clone, Serialize)]
+/// A message its agent cannot take, and why; served as [`proto::DeadLetter`].
+#[derive(Debug, Clone)]
 pub struct DeadLetter {
-    #[serde(flatten)]
     pub message: Message,
     /// `crash loop`, `paused` or `not running`.
     pub why: &'static str,
     pub waited_seconds: u64,
+}
+
+impl From<DeadLetter> for proto::DeadLetter {
+    fn from(d: DeadLetter) -> Self {
+        Self {
+            message: d.message,
+            why: d.why.to_owned(),
+            waited_seconds: d.waited_seconds,
+        }
+    }
 }
 
 /// Marks queued message `id` delivered (a decision on a dead letter); a conflict when it was

@@ -12,34 +12,13 @@ use std::time::Duration;
 
 use proto::tools::TurnState;
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 
 use crate::error::Result;
 use crate::hive::Hive;
 use crate::names::AgentName;
 use crate::store::unix_millis;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Liveness {
-    Working,
-    WaitingOnHuman,
-    Idle,
-    Stuck,
-    Dead,
-}
-
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Working => "working",
-            Self::WaitingOnHuman => "waiting_on_human",
-            Self::Idle => "idle",
-            Self::Stuck => "stuck",
-            Self::Dead => "dead",
-        }
-    }
-}
+pub use proto::agent::Liveness;
 
 /// What an agent's liveness is judged from.
 #[derive(Debug, Clone, Default)]

@@ -205,8 +205,9 @@ pub(super) async fn answer(
 /// The dead letters: messages queued too long for agents that cannot take them.
 pub(super) async fn dead_letters(
     State(s): State<ApiState>,
-) -> Result<Json<Vec<broker::dead_letters::DeadLetter>>, ApiError> {
-    Ok(Json(s.hive.dead_letters().await?))
+) -> Result<Json<Vec<proto::DeadLetter>>, ApiError> {
+    let letters = s.hive.dead_letters().await?;
+    Ok(Json(letters.into_iter().map(proto::DeadLetter::from).collect()))
 }
 
 #[derive(Deserialize)]
@@ -229,7 +230,7 @@ pub(super) async fn redirect_dead_letter(
 pub(super) async fn drop_dead_letter(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<proto::Dropped>, ApiError> {
     s.hive.drop_dead_letter(id).await?;
-    Ok(Json(serde_json::json!({"dropped": id})))
+    Ok(Json(proto::Dropped { dropped: id }))
 }
