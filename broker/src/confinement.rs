@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use crate::error::Result;
 use crate::hive::Hive;
 use crate::lifecycle::off_runtime;

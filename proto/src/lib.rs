@@ -20,8 +20,8 @@ pub mod tools;
 pub mod usage;
 
 pub use agent::{
-    AgentDetail, AgentKind, AgentLog, AgentRecord, AgentRun, AgentView, Axes, Confinement, GcReport,
-    Isolation, Liveness, Outcome, RuntimeKind,
+    AgentDetail, AgentKind, AgentLog, AgentRecord, AgentRun, AgentView, Axes, Confinement,
+    GcReport, Isolation, Liveness, Outcome, RuntimeKind,
 };
 
 pub use agent_config::AgentConfig;

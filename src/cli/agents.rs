@@ -122,10 +122,7 @@ pub fn show_agent(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode>
     let run = &a.run;
     outln!("agent:       {}", output::one_line(&a.record.name));
     outln!("kind:        {}", a.record.kind.as_str());
-    outln!(
-        "runtime:     {}",
-        a.runtime.map_or("none", runtime_name)
-    );
+    outln!("runtime:     {}", a.runtime.map_or("none", runtime_name));
     outln!("state:       {}", output::one_line(&run.state));
     outln!(
         "harness:     {}",
@@ -162,7 +159,10 @@ pub fn show_agent(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode>
             }
         };
         show("uid_map:", iso.uid_map.clone());
-        show("network links:", iso.net_links.as_ref().map(|l| l.join(", ")));
+        show(
+            "network links:",
+            iso.net_links.as_ref().map(|l| l.join(", ")),
+        );
         show("read-only root:", iso.read_only_root.map(|r| r.to_string()));
         show(
             "memory max:",
@@ -216,10 +216,16 @@ fn runtime_name(kind: RuntimeKind) -> &'static str {
 }
 
 pub fn gc(state: &StateDir, args: GcArgs) -> anyhow::Result<ExitCode> {
-    post_action_of(state, "/api/v1/gc", &json!({}), args.json, |r: &GcReport| {
-        outln!(
-            "removed {} old image(s); kept the running and the previous deploy of each agent",
-            r.removed
-        );
-    })
+    post_action_of(
+        state,
+        "/api/v1/gc",
+        &json!({}),
+        args.json,
+        |r: &GcReport| {
+            outln!(
+                "removed {} old image(s); kept the running and the previous deploy of each agent",
+                r.removed
+            );
+        },
+    )
 }

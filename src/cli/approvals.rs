@@ -359,9 +359,15 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let body = json!({"name": args.name, "agent_nix": agent_nix});
-    post_action_of(state, "/api/v1/agents", &body, args.json, |a: &AgentRecord| {
-        outln!("spawned {}", output::one_line(&a.name));
-    })
+    post_action_of(
+        state,
+        "/api/v1/agents",
+        &body,
+        args.json,
+        |a: &AgentRecord| {
+            outln!("spawned {}", output::one_line(&a.name));
+        },
+    )
 }
 
 pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {

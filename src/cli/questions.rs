@@ -122,13 +122,19 @@ pub fn dead_letters(state: &StateDir, args: DeadLettersArgs) -> anyhow::Result<E
     match args.action {
         Some(DeadLetterAction::Redirect { id, to }) => {
             let path = format!("/api/v1/dead-letters/{id}/redirect");
-            post_action_of(state, &path, &json!({"to": to}), args.json, |m: &Message| {
-                outln!(
-                    "message {id} redirected: now message {} to {}",
-                    m.id,
-                    output::one_line(&m.to)
-                );
-            })
+            post_action_of(
+                state,
+                &path,
+                &json!({"to": to}),
+                args.json,
+                |m: &Message| {
+                    outln!(
+                        "message {id} redirected: now message {} to {}",
+                        m.id,
+                        output::one_line(&m.to)
+                    );
+                },
+            )
         }
         Some(DeadLetterAction::Drop { id }) => {
             let path = format!("/api/v1/dead-letters/{id}/drop");

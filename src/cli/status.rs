@@ -34,7 +34,10 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
         s.uptime_seconds
     );
     outln!("state dir:   {}", output::one_line(&s.state_dir));
-    outln!("store:       synchronous = {}", output::one_line(&s.synchronous));
+    outln!(
+        "store:       synchronous = {}",
+        output::one_line(&s.synchronous)
+    );
     outln!("agents:      {}", s.agents);
     outln!("runtime:     {}", output::one_line(&s.runtime));
     if let Some(driver) = &s.driver {

@@ -167,7 +167,11 @@ pub(super) async fn tombstones(
     State(s): State<ApiState>,
 ) -> Result<Json<Vec<Tombstone>>, ApiError> {
     Ok(Json(
-        s.hive.tombstones()?.into_iter().map(Tombstone::from).collect(),
+        s.hive
+            .tombstones()?
+            .into_iter()
+            .map(Tombstone::from)
+            .collect(),
     ))
 }
 

@@ -207,7 +207,9 @@ pub(super) async fn dead_letters(
     State(s): State<ApiState>,
 ) -> Result<Json<Vec<proto::DeadLetter>>, ApiError> {
     let letters = s.hive.dead_letters().await?;
-    Ok(Json(letters.into_iter().map(proto::DeadLetter::from).collect()))
+    Ok(Json(
+        letters.into_iter().map(proto::DeadLetter::from).collect(),
+    ))
 }
 
 #[derive(Deserialize)]
