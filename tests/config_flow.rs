@@ -324,11 +324,13 @@ fn every_listing_the_api_serves_reads_strictly_as_the_wire_types() {
 
 /// Every other answer the admin API serves — status, the agent listing (with liveness), one agent,
 /// a lifecycle outcome, questions and an answer, dead letters and their decisions, tombstones and
-/// destroy/restore/purge, audit rows and the chain's verification, an agent's stats — reads
-/// strictly as its `proto` type on a hive with data of each kind, and the CLI prints each from
-/// it.
+/// destroy/restore/purge, audit rows and the chain's verification, an agent's stats, the
+/// operator's send, the dashboard's login link — reads strictly as its `proto` type on a hive
+/// with data of each kind, and the CLI prints each from it.
 #[test]
 fn status_agents_questions_dead_letters_tombstones_audit_and_stats_read_as_the_wire_types() {
+    use proto::dashboard::DashboardLink;
+    use proto::message::Posted;
     use proto::{
         AgentDetail, AgentKind, AgentRecord, AgentStats, AgentView, AuditEntry, DeadLetter,
         Destroyed, Dropped, Liveness, Message, Outcome, Purged, Question, Restored, Status,
@@ -337,7 +339,10 @@ fn status_agents_questions_dead_letters_tombstones_audit_and_stats_read_as_the_w
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let _daemon = Daemon::start(state, "[mailbox]\ndead_letter_after_seconds = 1\n");
+    let _daemon = Daemon::start(
+        state,
+        "[mailbox]\ndead_letter_after_seconds = 1\n[dashboard]\nport = 0\n",
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
     let harness = mcp_connect(&rt, state, "manager", "harness.sock");
@@ -352,8 +357,20 @@ fn status_agents_questions_dead_letters_tombstones_audit_and_stats_read_as_the_w
         v
     };
 
+    let link: DashboardLink =
+        reads_back_exactly("dashboard link", &post("/api/v1/dashboard/link", json!({})));
+    assert!(link.login_link.starts_with(&link.url), "{link:?}");
+    cli_ok(state, &["dashboard"]);
+
     // A finished turn of the manager's with usage, a tool call and a send: its stats.
-    rt.block_on(send(state, "manager", "work, please"));
+    let posted: Posted = reads_back_exactly(
+        "send",
+        &post(
+            "/api/v1/messages",
+            json!({"to": "manager", "body": "work, please"}),
+        ),
+    );
+    assert_eq!(posted.ids.len(), 1);
     let turn = rt.block_on(mcp_ok(&harness, "next_turn", json!({"wait_seconds": 5})))["turn"]
         .as_i64()
         .unwrap();
@@ -460,6 +477,7 @@ fn status_agents_questions_dead_letters_tombstones_audit_and_stats_read_as_the_w
 
     // The CLI prints each of these from its wire type (a field it cannot read is an error).
     for args in [
+        vec!["send", "alice", "one more"],
         vec!["status"],
         vec!["agents"],
         vec!["show-agent", "alice"],

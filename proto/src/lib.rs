@@ -10,6 +10,7 @@ pub mod agent;
 pub mod agent_config;
 pub mod approval;
 pub mod audit;
+pub mod dashboard;
 pub mod dead_letter;
 pub mod message;
 pub mod question;

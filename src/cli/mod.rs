@@ -224,19 +224,8 @@ fn print_listing_of<T: serde::de::DeserializeOwned>(
     Ok(ExitCode::SUCCESS)
 }
 
-/// POSTs an action to the hive and prints its answer: as JSON with `--json`, else with `human`.
-fn post_action(
-    state: &broker::paths::StateDir,
-    path: &str,
-    body: &serde_json::Value,
-    json: bool,
-    human: impl FnOnce(&serde_json::Value),
-) -> anyhow::Result<ExitCode> {
-    post_action_of(state, path, body, json, human)
-}
-
-/// [`post_action`] whose answer is wire type `T`: read as one (see [`read_answer`]) unless
-/// printed as JSON.
+/// POSTs an action to the hive and prints its answer: as JSON with `--json` (as it came), else
+/// read as wire type `T` (see [`read_answer`]) and printed with `human`.
 fn post_action_of<T: serde::de::DeserializeOwned>(
     state: &broker::paths::StateDir,
     path: &str,

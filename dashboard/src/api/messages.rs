@@ -22,22 +22,17 @@ pub(super) struct SendRequest {
     in_reply_to: Option<i64>,
 }
 
-#[derive(Serialize)]
-pub(super) struct SendResponse {
-    ids: Vec<i64>,
-}
-
 /// Sends a message as the operator.
 pub(super) async fn send(
     State(s): State<ApiState>,
     ApiJson(req): ApiJson<SendRequest>,
-) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
+) -> Result<(StatusCode, Json<proto::message::Posted>), ApiError> {
     let to = Recipient::parse(&req.to).map_err(broker::Error::from)?;
     let ids = s
         .hive
         .send(&Sender::Operator, &to, req.body, req.in_reply_to)
         .await?;
-    Ok((StatusCode::CREATED, Json(SendResponse { ids })))
+    Ok((StatusCode::CREATED, Json(proto::message::Posted { ids })))
 }
 
 #[derive(Deserialize)]
