@@ -321,3 +321,242 @@ fn every_listing_the_api_serves_reads_strictly_as_the_wire_types() {
             .all(|d| d.approval.is_some() || d.kind == "rollback")
     );
 }
+
+/// Every other answer the admin API serves — status, the agent listing (with liveness), one agent,
+/// a lifecycle outcome, questions and an answer, dead letters and their decisions, tombstones and
+/// destroy/restore/purge, audit rows and the chain's verification, an agent's stats, the
+/// operator's send, the dashboard's login link — reads strictly as its `proto` type on a hive
+/// with data of each kind, and the CLI prints each from it.
+#[test]
+fn status_agents_questions_dead_letters_tombstones_audit_and_stats_read_as_the_wire_types() {
+    use proto::dashboard::DashboardLink;
+    use proto::message::Posted;
+    use proto::{
+        AgentDetail, AgentKind, AgentRecord, AgentStats, AgentView, AuditEntry, DeadLetter,
+        Destroyed, Dropped, Liveness, Message, Outcome, Purged, Question, Restored, Status,
+        Tombstone, Verification,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(
+        state,
+        "[mailbox]\ndead_letter_after_seconds = 1\n[dashboard]\nport = 0\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
+    let harness = mcp_connect(&rt, state, "manager", "harness.sock");
+    let get = |path: &str| {
+        let (status, v) = rt.block_on(api(state, "GET", path, None));
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    };
+    let post = |path: &str, body: Value| {
+        let (status, v) = rt.block_on(api(state, "POST", path, Some(&body.to_string())));
+        assert!((200..300).contains(&status), "POST {path}: {v}");
+        v
+    };
+
+    let link: DashboardLink =
+        reads_back_exactly("dashboard link", &post("/api/v1/dashboard/link", json!({})));
+    assert!(link.login_link.starts_with(&link.url), "{link:?}");
+    cli_ok(state, &["dashboard"]);
+
+    // A finished turn of the manager's with usage, a tool call and a send: its stats.
+    let posted: Posted = reads_back_exactly(
+        "send",
+        &post(
+            "/api/v1/messages",
+            json!({"to": "manager", "body": "work, please"}),
+        ),
+    );
+    assert_eq!(posted.ids.len(), 1);
+    let turn = rt.block_on(mcp_ok(&harness, "next_turn", json!({"wait_seconds": 5})))["turn"]
+        .as_i64()
+        .unwrap();
+    let tool_use = json!({"type": "assistant", "message": {"content": [
+        {"type": "tool_use", "name": "send", "input": {}}
+    ]}});
+    rt.block_on(mcp_ok(
+        &harness,
+        "turn_events",
+        json!({"turn": turn, "events": [tool_use]}),
+    ));
+    rt.block_on(mcp_ok(
+        &manager,
+        "send",
+        json!({"to": "operator", "body": "done"}),
+    ));
+    rt.block_on(mcp_ok(
+        &harness,
+        "finish_turn",
+        json!({"turn": turn, "outcome": "ok", "usage": {"input_tokens": 1200,
+            "output_tokens": 80, "cost_usd": 0.0123, "duration_ms": 1500}}),
+    ));
+    let path = "/api/v1/agents/manager/stats";
+    let stats: AgentStats = reads_back_exactly(path, &get(path));
+    assert_eq!(stats.turns.len(), 1, "{stats:?}");
+    assert_eq!(stats.totals.tool_calls.get("send"), Some(&1), "{stats:?}");
+    assert_eq!(stats.totals.sent.operator, 1, "{stats:?}");
+    assert!(stats.last_turn_at.is_some(), "{stats:?}");
+
+    // Questions: one open with options, one answered.
+    for (question, options) in [
+        ("deploy now?", json!(["yes", "later"])),
+        ("why?", json!([])),
+    ] {
+        rt.block_on(mcp_ok(
+            &manager,
+            "ask_operator",
+            json!({"question": question, "options": options}),
+        ));
+    }
+    let open: Vec<Question> = reads_back_exactly("/api/v1/questions", &get("/api/v1/questions"));
+    assert_eq!(open.len(), 2, "{open:?}");
+    let free = open.iter().find(|q| q.options.is_empty()).unwrap().id;
+    let answered: Question = reads_back_exactly(
+        "answer",
+        &post(
+            &format!("/api/v1/questions/{free}/answer"),
+            json!({"text": "because"}),
+        ),
+    );
+    assert_eq!(answered.answer.as_deref(), Some("because"));
+    let all: Vec<Question> =
+        reads_back_exactly("/api/v1/questions?all=1", &get("/api/v1/questions?all=1"));
+    assert!(all.iter().any(|q| q.status == "answered"), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|q| q.status == "open" && q.options.len() == 2)
+    );
+
+    // Agents: alice (paused, with dead letters), bob (destroyed, restored, destroyed, purged).
+    for name in ["alice", "bob"] {
+        let record: AgentRecord =
+            reads_back_exactly("spawn", &post("/api/v1/agents", json!({"name": name})));
+        assert_eq!(record.kind, AgentKind::Agent);
+    }
+    let paused: Outcome =
+        reads_back_exactly("pause", &post("/api/v1/agents/alice/pause", json!({})));
+    assert!(paused.run.paused, "{paused:?}");
+    for body in ["for alice", "for alice again"] {
+        rt.block_on(send(state, "alice", body));
+    }
+    // (Mail for the manager, whose harness is no container here, is dead too: left out.)
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    assert!(eventually(std::time::Duration::from_secs(30), || {
+        let all: Vec<DeadLetter> =
+            reads_back_exactly("/api/v1/dead-letters", &get("/api/v1/dead-letters"));
+        letters = all
+            .into_iter()
+            .filter(|d| d.message.to == "alice")
+            .collect();
+        letters.len() == 2
+    }));
+    assert!(
+        letters.iter().all(|d| d.why == "not running"),
+        "{letters:?}"
+    );
+
+    let listed: Vec<AgentView> = reads_back_exactly("/api/v1/agents", &get("/api/v1/agents"));
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let alice = listed.iter().find(|a| a.record.name == "alice").unwrap();
+    assert!(
+        alice.run.paused && alice.liveness == Some(Liveness::Dead),
+        "{alice:?}"
+    );
+    let one: AgentDetail = reads_back_exactly("/api/v1/agents/alice", &get("/api/v1/agents/alice"));
+    assert_eq!(
+        one.isolation_error.as_deref(),
+        Some("not running"),
+        "{one:?}"
+    );
+    let status: Status = reads_back_exactly("/api/v1/status", &get("/api/v1/status"));
+    assert_eq!(status.agents, 3, "{status:?}");
+    assert!(status.messages.queued >= 2, "{status:?}");
+
+    // The CLI prints each of these from its wire type (a field it cannot read is an error).
+    for args in [
+        vec!["send", "alice", "one more"],
+        vec!["status"],
+        vec!["agents"],
+        vec!["show-agent", "alice"],
+        vec!["questions", "--all"],
+        vec!["dead-letters"],
+        vec!["stats", "manager"],
+    ] {
+        cli_ok(state, &args);
+    }
+
+    // Dead letters decided: one redirected to the operator, one dropped.
+    let redirected: Message = reads_back_exactly(
+        "redirect",
+        &post(
+            &format!("/api/v1/dead-letters/{}/redirect", letters[0].message.id),
+            json!({"to": "operator"}),
+        ),
+    );
+    assert_eq!(redirected.to, "operator");
+    let dropped: Dropped = reads_back_exactly(
+        "drop",
+        &post(
+            &format!("/api/v1/dead-letters/{}/drop", letters[1].message.id),
+            json!({}),
+        ),
+    );
+    assert_eq!(dropped.dropped, letters[1].message.id);
+
+    // Tombstones.
+    let destroy = |purge: bool| -> Destroyed {
+        reads_back_exactly(
+            "destroy",
+            &post("/api/v1/agents/bob/destroy", json!({"purge": purge})),
+        )
+    };
+    let first = destroy(false);
+    let listed: Vec<Tombstone> =
+        reads_back_exactly("/api/v1/tombstones", &get("/api/v1/tombstones"));
+    assert_eq!(
+        listed,
+        [Tombstone {
+            id: first.tombstone.clone(),
+            agent: "bob".into()
+        }]
+    );
+    cli_ok(state, &["tombstones"]);
+    let restored: Restored = reads_back_exactly(
+        "restore",
+        &post(
+            &format!("/api/v1/tombstones/{}/restore", first.tombstone),
+            json!({}),
+        ),
+    );
+    assert_eq!(restored.agent, "bob");
+    let second = destroy(false);
+    let purged: Purged = reads_back_exactly(
+        "purge",
+        &post(
+            &format!("/api/v1/tombstones/{}/purge", second.tombstone),
+            json!({}),
+        ),
+    );
+    assert_eq!(purged.purged, second.tombstone);
+
+    // The audit chain: rows about agents and rows about none, and its verification.
+    let rows: Vec<AuditEntry> =
+        reads_back_exactly("/api/v1/audit", &get("/api/v1/audit?limit=1000"));
+    for action in ["spawn", "destroy", "restore", "purge"] {
+        assert!(
+            rows.iter()
+                .any(|r| r.action.contains(action) && r.agent.as_deref() == Some("bob")),
+            "{action}: {rows:?}"
+        );
+    }
+    let verified: Verification =
+        reads_back_exactly("/api/v1/audit/verify", &get("/api/v1/audit/verify"));
+    assert_eq!(verified.first_broken, None, "{verified:?}");
+    assert_eq!(verified.rows, rows.len() as u64);
+    for args in [vec!["audit"], vec!["audit", "verify"]] {
+        cli_ok(state, &args);
+    }
+}

@@ -32,31 +32,8 @@ use crate::store::{Store, unix_millis};
 /// The `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub ts: i64,
-    pub actor: String,
-    pub action: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-    pub detail: Value,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-/// The outcome of `hive audit verify`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Verification {
-    pub rows: u64,
-    /// The first row whose hash or link does not match; `None` when the chain is whole.
-    pub first_broken: Option<i64>,
-    /// What is wrong at `first_broken`, for people.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The row `audit.head` names (the chain is checked against it).
-    pub anchored: Option<i64>,
-}
+/// A row of the chain, and the outcome of `hive audit verify`.
+pub use proto::audit::{AuditEntry, Verification};
 
 /// The chain's head as kept in `audit.head`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]

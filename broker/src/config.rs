@@ -293,16 +293,7 @@ impl Default for RuntimeConfig {
 }
 
 /// `[runtime] kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    Nspawn,
-    Process,
-    /// `none`: this hive runs no agents (no builds, no containers): mail, approvals and config
-    /// repos only — for hives whose agents run elsewhere, and tests of those parts.
-    #[serde(rename = "none")]
-    Off,
-}
+pub use proto::agent::RuntimeKind;
 
 /// `[build]`: how an applied `agent.nix` becomes an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,8 +14,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::containers::Containers;
 use crate::egress::EgressLists;
 use crate::error::Result;
@@ -31,27 +29,7 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_FILES: usize = 20_000;
 
 /// The report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Confinement {
-    /// `none` (only `lo`; the gateway socket is the one way out) or `host`.
-    pub network: String,
-    /// The `host:port` pairs CONNECT may reach.
-    pub egress: Vec<String>,
-    /// CONNECTs refused since the daemon started.
-    pub egress_denied: u64,
-    /// Model tokens used today (UTC), and the daily budget (`null`: none).
-    pub tokens_today: u64,
-    pub tokens_per_day: Option<u64>,
-    /// Whether a key the hive holds was found inside: `null` when it could not be checked.
-    pub key_inside: Option<bool>,
-    /// Where it was found (a process's environment, a file), when it was.
-    pub key_found_in: Vec<String>,
-    /// How many files were searched, and whether the search stopped at [`MAX_FILES`].
-    pub files_searched: usize,
-    pub search_cut_short: bool,
-    /// What the operator should know: `network = "host"`, keys found.
-    pub warnings: Vec<String>,
-}
+pub use proto::agent::Confinement;
 
 /// Whether a report searches the container for keys (it reads every file it can write: for a
 /// command or an API call, not for a page the dashboard renders again at each event).

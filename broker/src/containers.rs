@@ -77,57 +77,8 @@ impl Transient {
     }
 }
 
-/// What an agent's container is doing, as `hive agents` and the API show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentRun {
-    pub agent: String,
-    /// `stopped`, `running` (the container runs), or a transient state.
-    pub state: String,
-    /// The harness is connected: the agent can take turns.
-    pub up: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    /// The deploy the container runs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// How the last run ended, when it ended on its own.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exited: Option<String>,
-    /// What the harness last reported about its model (`idle`, `thinking`, `needs_login`, …),
-    /// while a harness is connected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub turn_state: Option<proto::tools::TurnState>,
-    /// The claude driver's executable, or why it is missing (`claude not found …`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// Paused by the operator (`hive pause`): no new turns.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub paused: bool,
-}
-
-/// What a lifecycle action did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    /// What happened, in words (`started`, `already running`, `already up to date`, …).
-    pub result: String,
-    pub run: AgentRun,
-    /// The deploy an update or a start had to build.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<Deploy>,
-}
-
-/// What `hive gc` removed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct GcReport {
-    /// Image gcroots removed (their store paths deleted when nothing else holds them).
-    pub removed: usize,
-    /// Per agent, the deploys kept (the running one and the one before it).
-    pub kept: Vec<(String, Vec<i64>)>,
-}
+/// What an agent's container is doing, what a lifecycle action did, what `hive gc` removed.
+pub use proto::agent::{AgentRun, GcReport, Outcome};
 
 /// What runs, per agent.
 #[derive(Debug, Clone, Default)]

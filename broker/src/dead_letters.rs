@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 use serde_json::json;
 
 use crate::containers::Containers;
@@ -29,10 +28,9 @@ use crate::watcher::Watcher;
 /// The most dead letters listed at once (oldest first).
 pub const MAX_LISTED: usize = 1000;
 
-/// A message its agent cannot take, and why.
-#[derive(Debug, Clone, Serialize)]
+/// A message its agent cannot take, and why; served as [`proto::DeadLetter`].
+#[derive(Debug, Clone)]
 pub struct DeadLetter {
-    #[serde(flatten)]
     pub message: Message,
     /// `crash loop`, `paused` or `not running`.
     pub why: &'static str,
@@ -43,6 +41,16 @@ pub struct DeadLetter {
 /// (kept for a restore) is not the dead mail of a new agent of the same name.
 const OF_THE_LIVE_AGENT: &str =
     "incarnation IS (SELECT incarnation FROM agents WHERE name = messages.recipient)";
+
+impl From<DeadLetter> for proto::DeadLetter {
+    fn from(d: DeadLetter) -> Self {
+        Self {
+            message: d.message,
+            why: d.why.to_owned(),
+            waited_seconds: d.waited_seconds,
+        }
+    }
+}
 
 /// Marks queued message `id` delivered (a decision on a dead letter); a conflict when it was
 /// taken meanwhile.

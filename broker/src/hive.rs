@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::api_key::ApiKeys;
@@ -75,33 +74,8 @@ pub struct Hive {
     started: Instant,
 }
 
-/// An agent kept stopped because the hive found it inconsistent.
-#[derive(Debug, Clone, Serialize)]
-pub struct Fault {
-    pub agent: String,
-    pub reason: String,
-}
-
-/// What `hive status` shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub pid: u32,
-    pub uptime_seconds: u64,
-    pub state_dir: String,
-    pub synchronous: String,
-    pub agents: usize,
-    pub messages: MessageCounts,
-    /// Sent → picked up / delivered over the last hour.
-    pub delivery_latency: proto::message::DeliveryLatency,
-    /// Agents kept stopped, and why; empty when all is well.
-    pub faulted: Vec<Fault>,
-    /// How agents run: `nspawn`, `process`, or `none`.
-    pub runtime: String,
-    /// The claude driver's CLI, or why agents cannot start it; absent when no agents run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-}
+/// What `hive status` shows, and an agent kept stopped because the hive found it inconsistent.
+pub use proto::status::{Fault, Status};
 
 impl Hive {
     /// Opens the hive in `paths` (which must exist): runs migrations, loads the registry, makes sure
@@ -270,7 +244,7 @@ impl Hive {
 
     pub async fn status(&self) -> Result<Status> {
         Ok(Status {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             state_dir: self.paths.root().display().to_string(),

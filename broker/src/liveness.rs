@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use proto::tools::TurnState;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
 use crate::containers::Containers;
 use crate::error::Result;
@@ -24,27 +23,7 @@ use crate::registry::Registry;
 use crate::store::{Store, unix_millis};
 use crate::watcher::Watcher;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Liveness {
-    Working,
-    WaitingOnHuman,
-    Idle,
-    Stuck,
-    Dead,
-}
-
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Working => "working",
-            Self::WaitingOnHuman => "waiting_on_human",
-            Self::Idle => "idle",
-            Self::Stuck => "stuck",
-            Self::Dead => "dead",
-        }
-    }
-}
+pub use proto::agent::Liveness;
 
 /// What an agent's liveness is judged from.
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,6 @@
 //! answer" from `system` (fired by [`crate::due`]).
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
 use crate::due::DueJobs;
 use crate::error::{Error, Result};
@@ -17,20 +16,7 @@ pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 60 * 60;
 pub const MAX_OPTIONS: usize = 20;
 pub const MAX_OPTION_LEN: usize = 200;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Question {
-    pub id: i64,
-    pub asker: String,
-    pub question: String,
-    pub options: Vec<String>,
-    pub multi: bool,
-    pub message_id: i64,
-    pub asked_at: i64,
-    pub expires_at: i64,
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub answer: Option<String>,
-}
+pub use proto::question::Question;
 
 /// What the operator answers: free text, or a choice among the options.
 #[derive(Debug, Clone)]

@@ -11,21 +11,7 @@ use crate::error::{Error, Result};
 use crate::names::AgentName;
 use crate::store::{Store, unix_millis};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentKind {
-    Manager,
-    Agent,
-}
-
-impl AgentKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Manager => "manager",
-            Self::Agent => "agent",
-        }
-    }
-}
+pub use proto::agent::AgentKind;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentRecord {
@@ -41,6 +27,20 @@ pub struct AgentRecord {
     pub created_at: i64,
     /// Empty = may write to anyone (DESIGN §6).
     pub allowed_recipients: Vec<AgentName>,
+}
+
+/// The record as the admin API serves it.
+impl From<&AgentRecord> for proto::AgentRecord {
+    fn from(r: &AgentRecord) -> Self {
+        Self {
+            name: r.name.to_string(),
+            kind: r.kind,
+            incarnation: r.incarnation,
+            uid_base: r.uid_base,
+            created_at: r.created_at,
+            allowed_recipients: r.allowed_recipients.iter().map(|a| a.to_string()).collect(),
+        }
+    }
 }
 
 impl AgentRecord {

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
 use crate::names::AgentName;
 use crate::registry::Registry;
@@ -40,60 +39,8 @@ const TOOL_CALLS: &str = "
          WHERE e.turn = ?1 AND e.kind = 'assistant' AND b.type = 'object'
     ) GROUP BY name ORDER BY count(*) DESC, name LIMIT ?3";
 
-/// Messages sent by one turn, by kind of recipient.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Sent {
-    pub agent: u64,
-    pub operator: u64,
-    /// `*` sends, each counted once however many agents it reached.
-    pub broadcast: u64,
-}
-
-/// One finished turn's stats.
-#[derive(Debug, Clone, Serialize)]
-pub struct TurnStats {
-    pub turn: i64,
-    /// Unix milliseconds.
-    pub started_at: i64,
-    pub finished_at: i64,
-    pub duration_ms: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: f64,
-    pub tool_calls: BTreeMap<String, u64>,
-    pub sent: Sent,
-    pub outcome: String,
-}
-
-/// The sums over a window of turns.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Totals {
-    pub turns: u64,
-    pub duration_ms: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: f64,
-    pub tool_calls: BTreeMap<String, u64>,
-    pub sent: Sent,
-}
-
-/// An agent's stats: its current incarnation's finished turns since a point in time.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentStats {
-    pub agent: String,
-    pub incarnation: i64,
-    /// Messages queued for it now.
-    pub inbox_depth: u64,
-    /// When its newest turn finished (Unix milliseconds), whatever the window.
-    pub last_turn_at: Option<i64>,
-    /// Milliseconds since then.
-    pub since_last_turn_ms: Option<i64>,
-    /// The window's start (Unix milliseconds), if any.
-    pub since: Option<i64>,
-    /// The newest [`MAX_TURNS`] turns of the window, oldest first.
-    pub turns: Vec<TurnStats>,
-    pub totals: Totals,
-}
+/// One turn's stats, their totals over a window, an agent's stats (the API's answer).
+pub use proto::stats::{AgentStats, Sent, Totals, TurnStats};
 
 /// Computes and stores the stats of `turn`, which the caller has just marked finished in the same
 /// transaction.

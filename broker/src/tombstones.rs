@@ -76,10 +76,20 @@ impl fmt::Display for TombstoneId {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A tombstone; served as [`proto::Tombstone`].
+#[derive(Debug, Clone)]
 pub struct Tombstone {
     pub id: TombstoneId,
     pub agent: String,
+}
+
+impl From<Tombstone> for proto::Tombstone {
+    fn from(t: Tombstone) -> Self {
+        Self {
+            id: t.id.to_string(),
+            agent: t.agent,
+        }
+    }
 }
 
 /// The live places of an agent and their names inside a tombstone.

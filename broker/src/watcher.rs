@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -85,17 +84,7 @@ enum Kick {
 }
 
 /// One agent's axes as `hive agents` shows them (`None`: not known yet).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Axes {
-    /// The container runs and its harness is connected.
-    pub running: bool,
-    pub logged_in: Option<bool>,
-    /// The running deploy is the applied HEAD, built with today's builder (`None` while it does
-    /// not run or a deploy is under way).
-    pub up_to_date: Option<bool>,
-    /// Stopped after a crash loop until started by hand.
-    pub crash_loop: bool,
-}
+pub use proto::agent::Axes;
 
 /// A helper event to tell: its name, its fields beside `event` and `agent`, and (for `rebuilt`)
 /// a message to the agent itself.

@@ -69,6 +69,13 @@ pub struct Message {
     pub redelivered: bool,
 }
 
+/// The answer to the operator's send (`POST /api/v1/messages`): the stored messages' ids, one per
+/// recipient of a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posted {
+    pub ids: Vec<i64>,
+}
+
 /// The messages leased to a harness turn: every queued message of the agent at the lease, oldest
 /// first, up to [`crate::tools::MAX_TURN_MESSAGES`] and [`crate::tools::MAX_TURN_BYTES`] of
 /// bodies (always at least one).

@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use proto::{AgentDetail, AgentLog, GcReport, Outcome, RuntimeKind};
+use serde_json::json;
 
 use super::client::{AdminClient, encode};
-use super::{output, post_action};
+use super::{get_answer, output, post_action_of};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
@@ -38,9 +38,8 @@ pub struct GcArgs {
 }
 
 /// Prints what a lifecycle action did: `<name>: <result> (<state>, harness up|not connected)`.
-fn print_outcome(name: &str, o: &Value) {
-    let run = &o["run"];
-    let up = if run["up"].as_bool() == Some(true) {
+fn print_outcome(name: &str, o: &Outcome) {
+    let up = if o.run.up {
         "harness connected"
     } else {
         "harness not connected"
@@ -48,23 +47,18 @@ fn print_outcome(name: &str, o: &Value) {
     outln!(
         "{}: {} ({}, {up})",
         output::one_line(name),
-        output::field(&o["result"], "?"),
-        output::field(&run["state"], "?"),
+        output::one_line(&o.result),
+        output::one_line(&o.run.state),
     );
-    match Option::<proto::Deploy>::deserialize(&o["deploy"]) {
-        Ok(Some(d)) => output::deploy(&d),
-        Ok(None) => {}
-        Err(e) => output::emit_err(&format!(
-            "hive: the deploy in the answer does not read as one ({e}); are the CLI and the \
-             daemon the same version?"
-        )),
+    if let Some(d) = &o.deploy {
+        output::deploy(d);
     }
 }
 
 fn action(state: &StateDir, args: AgentArgs, verb: &str) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/{verb}", encode(&args.name));
     let name = args.name.clone();
-    post_action(state, &path, &json!({}), args.json, |o| {
+    post_action_of(state, &path, &json!({}), args.json, |o: &Outcome| {
         print_outcome(&name, o)
     })
 }
@@ -110,9 +104,11 @@ pub fn logs(state: &StateDir, args: LogsArgs) -> anyhow::Result<ExitCode> {
         ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let log = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
+    let Some(log) = get_answer::<AgentLog>(state, &path, false)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     // Line by line: each is escaped (a container can print anything), the newlines kept.
-    for line in log["log"].as_str().unwrap_or("").lines() {
+    for line in log.log.lines() {
         outln!("{line}");
     }
     Ok(ExitCode::SUCCESS)
@@ -120,121 +116,116 @@ pub fn logs(state: &StateDir, args: LogsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn show_agent(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}", encode(&args.name));
-    let a = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
-    if args.json {
-        output::json(&a);
+    let Some(a) = get_answer::<AgentDetail>(state, &path, args.json)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let run = &a["run"];
-    outln!("agent:       {}", output::field(&a["name"], "?"));
-    outln!("kind:        {}", output::field(&a["kind"], "?"));
-    outln!("runtime:     {}", output::field(&a["runtime"], "none"));
-    outln!("state:       {}", output::field(&run["state"], "?"));
+    };
+    let run = &a.run;
+    outln!("agent:       {}", output::one_line(&a.record.name));
+    outln!("kind:        {}", a.record.kind.as_str());
+    outln!("runtime:     {}", a.runtime.map_or("none", runtime_name));
+    outln!("state:       {}", output::one_line(&run.state));
     outln!(
         "harness:     {}",
-        if run["up"].as_bool() == Some(true) {
-            "connected"
-        } else {
-            "not connected"
-        }
+        if run.up { "connected" } else { "not connected" }
     );
-    if let Some(pid) = run["pid"].as_u64() {
+    if let Some(pid) = run.pid {
         outln!("pid:         {pid}");
     }
-    if run["deploy"].is_number() {
+    if let Some(deploy) = run.deploy {
         outln!(
-            "deploy:      {} (commit {})",
-            run["deploy"],
-            output::field(&run["commit"], "?")
+            "deploy:      {deploy} (commit {})",
+            output::one_line(run.commit.as_deref().unwrap_or("?"))
         );
     }
-    if let Some(exited) = run["exited"].as_str() {
+    if let Some(exited) = &run.exited {
         outln!("last exit:   {}", output::one_line(exited));
     }
-    if let Some(driver) = run["driver"].as_str() {
+    if let Some(driver) = &run.driver {
         outln!("driver:      {}", output::one_line(driver));
     }
-    let iso = &a["isolation"];
-    if iso.is_object() {
+    if let Some(iso) = &a.isolation {
         outln!("isolation (read from the kernel):");
         outln!(
             "  isolated:        {}",
-            if iso["isolated"].as_bool() == Some(true) {
+            if iso.isolated {
                 "yes"
             } else {
                 "NO (process runtime)"
             }
         );
-        let show = |label: &str, v: &Value| {
-            if !v.is_null() {
-                let text = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Array(items) => items
-                        .iter()
-                        .map(|i| i.as_str().unwrap_or("?").to_owned())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    other => other.to_string(),
-                };
+        let show = |label: &str, v: Option<String>| {
+            if let Some(text) = v {
                 outln!("  {label:<16} {}", output::one_line(&text));
             }
         };
-        show("uid_map:", &iso["uid_map"]);
-        show("network links:", &iso["net_links"]);
-        show("read-only root:", &iso["read_only_root"]);
-        let mib = iso["memory_max_bytes"]
-            .as_u64()
-            .map(|b| Value::from(format!("{} MiB", b / (1024 * 1024))));
-        show("memory max:", mib.as_ref().unwrap_or(&Value::Null));
-        show("pids max:", &iso["pids_max"]);
-        show("cpu weight:", &iso["cpu_weight"]);
-    } else if let Some(why) = a["isolation_error"].as_str() {
+        show("uid_map:", iso.uid_map.clone());
+        show(
+            "network links:",
+            iso.net_links.as_ref().map(|l| l.join(", ")),
+        );
+        show("read-only root:", iso.read_only_root.map(|r| r.to_string()));
+        show(
+            "memory max:",
+            iso.memory_max_bytes
+                .map(|b| format!("{} MiB", b / (1024 * 1024))),
+        );
+        show("pids max:", iso.pids_max.map(|n| n.to_string()));
+        show("cpu weight:", iso.cpu_weight.map(|n| n.to_string()));
+    } else if let Some(why) = &a.isolation_error {
         outln!("isolation:   {}", output::one_line(why));
     }
-    let c = &a["confinement"];
-    if c.is_object() {
+    if let Some(c) = &a.confinement {
         outln!("confinement:");
-        outln!("  network:         {}", output::field(&c["network"], "?"));
-        let egress: Vec<&str> = c["egress"]
-            .as_array()
-            .map(|e| e.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        outln!("  network:         {}", output::one_line(&c.network));
         outln!(
             "  egress:          {}",
-            output::one_line(&if egress.is_empty() {
+            output::one_line(&if c.egress.is_empty() {
                 "none".to_owned()
             } else {
-                egress.join(", ")
+                c.egress.join(", ")
             })
         );
-        outln!("  egress denied:   {}", c["egress_denied"]);
-        match c["tokens_per_day"].as_u64() {
-            Some(limit) => outln!("  tokens today:    {} of {limit}", c["tokens_today"]),
-            None => outln!("  tokens today:    {} (no budget)", c["tokens_today"]),
+        outln!("  egress denied:   {}", c.egress_denied);
+        match c.tokens_per_day {
+            Some(limit) => outln!("  tokens today:    {} of {limit}", c.tokens_today),
+            None => outln!("  tokens today:    {} (no budget)", c.tokens_today),
         }
-        let key = match c["key_inside"].as_bool() {
+        let key = match c.key_inside {
             Some(false) => format!(
                 "no (searched {} files and the environments)",
-                c["files_searched"]
+                c.files_searched
             ),
             Some(true) => "YES".to_owned(),
             None => "not checked".to_owned(),
         };
         outln!("  key inside:      {key}");
-        for w in c["warnings"].as_array().into_iter().flatten() {
-            if let Some(w) = w.as_str() {
-                outln!("  WARNING:         {}", output::one_line(w));
-            }
+        for w in &c.warnings {
+            outln!("  WARNING:         {}", output::one_line(w));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// `[runtime] kind` as hive.toml spells it.
+fn runtime_name(kind: RuntimeKind) -> &'static str {
+    match kind {
+        RuntimeKind::Nspawn => "nspawn",
+        RuntimeKind::Process => "process",
+        RuntimeKind::Off => "none",
+    }
+}
+
 pub fn gc(state: &StateDir, args: GcArgs) -> anyhow::Result<ExitCode> {
-    post_action(state, "/api/v1/gc", &json!({}), args.json, |r| {
-        outln!(
-            "removed {} old image(s); kept the running and the previous deploy of each agent",
-            r["removed"]
-        );
-    })
+    post_action_of(
+        state,
+        "/api/v1/gc",
+        &json!({}),
+        args.json,
+        |r: &GcReport| {
+            outln!(
+                "removed {} old image(s); kept the running and the previous deploy of each agent",
+                r.removed
+            );
+        },
+    )
 }

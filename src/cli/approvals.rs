@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use proto::{Approval, CheckStatus, Deploy};
+use proto::{AgentRecord, Approval, CheckStatus, Deploy};
 use serde_json::json;
 
 use super::client::{AdminClient, encode};
-use super::{output, post_action, post_action_of, print_listing_of, read_answer};
+use super::{output, post_action_of, print_listing_of, read_answer};
 
 #[derive(clap::Args)]
 pub struct ApprovalsArgs {
@@ -359,9 +359,15 @@ pub fn spawn(state: &StateDir, args: SpawnArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let body = json!({"name": args.name, "agent_nix": agent_nix});
-    post_action(state, "/api/v1/agents", &body, args.json, |a| {
-        outln!("spawned {}", output::field(&a["name"], "?"));
-    })
+    post_action_of(
+        state,
+        "/api/v1/agents",
+        &body,
+        args.json,
+        |a: &AgentRecord| {
+            outln!("spawned {}", output::one_line(&a.name));
+        },
+    )
 }
 
 pub fn history(state: &StateDir, args: HistoryArgs) -> anyhow::Result<ExitCode> {

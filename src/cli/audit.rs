@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use broker::paths::StateDir;
 use clap::Subcommand;
 
+use proto::{AuditEntry, Verification};
+
 use super::client::{AdminClient, encode};
-use super::{output, print_listing};
+use super::{output, print_listing_of, read_answer};
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
@@ -33,17 +35,19 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(state);
     let rt = super::client_runtime()?;
     if let Some(AuditCommand::Verify) = args.command {
-        let v = rt.block_on(client.get("/api/v1/audit/verify"))?;
+        let path = "/api/v1/audit/verify";
+        let answer = rt.block_on(client.get(path))?;
         if args.json {
-            output::json(&v);
+            output::json(&answer);
         }
-        return Ok(match v["first_broken"].as_i64() {
+        let v: Verification = read_answer(path, &answer)?;
+        return Ok(match v.first_broken {
             None => {
                 if !args.json {
                     outln!(
                         "audit chain intact: {} rows, anchored at row {}",
-                        v["rows"],
-                        v["anchored"]
+                        v.rows,
+                        v.anchored.map_or("none".to_owned(), |a| a.to_string())
                     );
                 }
                 ExitCode::SUCCESS
@@ -51,8 +55,8 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
             Some(row) => {
                 output::emit_err(&format!(
                     "hive: audit chain broken at row {row}: {}",
-                    v["reason"]
-                        .as_str()
+                    v.reason
+                        .as_deref()
                         .unwrap_or("it or the row before it was changed")
                 ));
                 ExitCode::from(1)
@@ -63,20 +67,20 @@ pub fn audit(state: &StateDir, args: AuditArgs) -> anyhow::Result<ExitCode> {
     if let Some(a) = &args.agent {
         path.push_str(&format!("&agent={}", encode(a)));
     }
-    print_listing(
+    print_listing_of(
         state,
         &path,
         args.json,
         "no audit rows",
         &["ROW", "AT (UTC)", "ACTOR", "ACTION", "AGENT", "DETAIL"],
-        |e| {
+        |e: &AuditEntry| {
             vec![
-                e["id"].to_string(),
-                output::time(&e["ts"]),
-                e["actor"].as_str().unwrap_or("?").to_owned(),
-                e["action"].as_str().unwrap_or("?").to_owned(),
-                e["agent"].as_str().unwrap_or("-").to_owned(),
-                e["detail"].to_string(),
+                e.id.to_string(),
+                output::time_ms(e.ts),
+                e.actor.clone(),
+                e.action.clone(),
+                e.agent.clone().unwrap_or_else(|| "-".to_owned()),
+                e.detail.to_string(),
             ]
         },
     )

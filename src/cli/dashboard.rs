@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use proto::dashboard::DashboardLink;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -14,20 +15,17 @@ pub struct DashboardArgs {
 }
 
 pub fn dashboard(state: &StateDir, args: DashboardArgs) -> anyhow::Result<ExitCode> {
-    super::post_action(
+    super::post_action_of(
         state,
         "/api/v1/dashboard/link",
         &json!({}),
         args.json,
-        |answer| {
-            outln!("dashboard:  {}", super::output::field(&answer["url"], "?"));
-            outln!(
-                "log in:     {}",
-                super::output::field(&answer["login_link"], "?")
-            );
+        |link: &DashboardLink| {
+            outln!("dashboard:  {}", super::output::one_line(&link.url));
+            outln!("log in:     {}", super::output::one_line(&link.login_link));
             outln!(
                 "(the link works once, within {} s)",
-                answer["expires_in_seconds"]
+                link.expires_in_seconds
             );
         },
     )

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use proto::message::Posted;
 use proto::{Message, MessageState};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -72,20 +73,16 @@ pub fn send(state: &StateDir, args: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(id) = args.in_reply_to {
         request["in_reply_to"] = json!(id);
     }
-    let answer = super::client_runtime()?
-        .block_on(AdminClient::new(state).post("/api/v1/messages", &request))?;
-    if args.json {
-        output::json(&answer);
-    } else {
-        let ids: Vec<String> = answer["ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|id| format!("#{id}"))
-            .collect();
-        outln!("sent {}", ids.join(", "));
-    }
-    Ok(ExitCode::SUCCESS)
+    super::post_action_of(
+        state,
+        "/api/v1/messages",
+        &request,
+        args.json,
+        |posted: &Posted| {
+            let ids: Vec<String> = posted.ids.iter().map(|id| format!("#{id}")).collect();
+            outln!("sent {}", ids.join(", "));
+        },
+    )
 }
 
 /// What `/api/v1/inbox/recv` answers.

@@ -198,21 +198,9 @@ fn init_logging(format: LogFormat, daemon: bool) {
     }
 }
 
-/// GETs a JSON list from the hive and prints it: as JSON with `--json`, else as a table under
-/// `header` with a row per item (or `empty` when there is none).
-fn print_listing(
-    state: &broker::paths::StateDir,
-    path: &str,
-    json: bool,
-    empty: &str,
-    header: &[&str],
-    row: impl Fn(&serde_json::Value) -> Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    print_listing_of(state, path, json, empty, header, row)
-}
-
-/// [`print_listing`] of a list of wire type `T`: with `--json` the answer is printed as it came,
-/// else each item is read as a `T` first (see [`read_answer`]).
+/// GETs a JSON list from the hive and prints it: as JSON with `--json` (the answer as it came),
+/// else as a table under `header` with a row per item, each read as wire type `T` first (see
+/// [`read_answer`]), or `empty` when there is none.
 fn print_listing_of<T: serde::de::DeserializeOwned>(
     state: &broker::paths::StateDir,
     path: &str,
@@ -236,19 +224,8 @@ fn print_listing_of<T: serde::de::DeserializeOwned>(
     Ok(ExitCode::SUCCESS)
 }
 
-/// POSTs an action to the hive and prints its answer: as JSON with `--json`, else with `human`.
-fn post_action(
-    state: &broker::paths::StateDir,
-    path: &str,
-    body: &serde_json::Value,
-    json: bool,
-    human: impl FnOnce(&serde_json::Value),
-) -> anyhow::Result<ExitCode> {
-    post_action_of(state, path, body, json, human)
-}
-
-/// [`post_action`] whose answer is wire type `T`: read as one (see [`read_answer`]) unless
-/// printed as JSON.
+/// POSTs an action to the hive and prints its answer: as JSON with `--json` (as it came), else
+/// read as wire type `T` (see [`read_answer`]) and printed with `human`.
 fn post_action_of<T: serde::de::DeserializeOwned>(
     state: &broker::paths::StateDir,
     path: &str,
@@ -263,6 +240,21 @@ fn post_action_of<T: serde::de::DeserializeOwned>(
         human(&read_answer(path, &answer)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// GETs `path` and reads the answer as wire type `T` (see [`read_answer`]); with `json` the answer
+/// is printed as it came instead, and `None` returned.
+fn get_answer<T: serde::de::DeserializeOwned>(
+    state: &broker::paths::StateDir,
+    path: &str,
+    json: bool,
+) -> anyhow::Result<Option<T>> {
+    let answer = client_runtime()?.block_on(client::AdminClient::new(state).get(path))?;
+    if json {
+        output::json(&answer);
+        return Ok(None);
+    }
+    read_answer(path, &answer).map(Some)
 }
 
 /// Reads the hive's answer to `path` as its wire type (`proto`): a field missing or of another

@@ -107,11 +107,6 @@ fn write_or_exit(out: &mut impl Write, text: &str) {
     }
 }
 
-/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC.
-pub fn time(ms: &Value) -> String {
-    ms.as_i64().map(time_ms).unwrap_or_else(|| "-".into())
-}
-
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC (`-` when out of range).
 pub fn time_ms(ms: i64) -> String {
     match jiff::Timestamp::from_millisecond(ms) {

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use proto::{DeadLetter, Dropped, Message, Question};
 use serde_json::json;
 
-use super::client::AdminClient;
-use super::{output, post_action};
+use super::{get_answer, output, post_action_of};
 
 #[derive(clap::Args)]
 pub struct QuestionsArgs {
@@ -39,12 +39,9 @@ pub fn questions(state: &StateDir, args: QuestionsArgs) -> anyhow::Result<ExitCo
     } else {
         "/api/v1/questions"
     };
-    let list = super::client_runtime()?.block_on(AdminClient::new(state).get(path))?;
-    if args.json {
-        output::json(&list);
+    let Some(items) = get_answer::<Vec<Question>>(state, path, args.json)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let items = list.as_array().cloned().unwrap_or_default();
+    };
     if items.is_empty() {
         outln!("no open questions");
         return Ok(ExitCode::SUCCESS);
@@ -52,30 +49,27 @@ pub fn questions(state: &StateDir, args: QuestionsArgs) -> anyhow::Result<ExitCo
     for q in items {
         outln!(
             "#{} from {} [{}] asked {}, expires {}",
-            q["id"],
-            output::field(&q["asker"], "?"),
-            output::field(&q["status"], "?"),
-            output::time(&q["asked_at"]),
-            output::time(&q["expires_at"]),
+            q.id,
+            output::one_line(&q.asker),
+            output::one_line(&q.status),
+            output::time_ms(q.asked_at),
+            output::time_ms(q.expires_at),
         );
-        outln!(
-            "{}",
-            output::indented(q["question"].as_str().unwrap_or_default(), "    ")
-        );
-        if let Some(options) = q["options"].as_array().filter(|o| !o.is_empty()) {
-            let names: Vec<String> = options
+        outln!("{}", output::indented(&q.question, "    "));
+        if !q.options.is_empty() {
+            let names: Vec<String> = q
+                .options
                 .iter()
-                .filter_map(|o| o.as_str())
                 .map(|o| output::one_line(o).into_owned())
                 .collect();
-            let how = if q["multi"] == true {
+            let how = if q.multi {
                 "choose one or more"
             } else {
                 "choose one"
             };
             outln!("    options ({how}): {}", names.join(" | "));
         }
-        if let Some(answer) = q["answer"].as_str() {
+        if let Some(answer) = &q.answer {
             outln!("    answer: {}", output::one_line(answer));
         }
     }
@@ -88,12 +82,12 @@ pub fn answer(state: &StateDir, args: AnswerArgs) -> anyhow::Result<ExitCode> {
         None => json!({"choices": args.choose}),
     };
     let path = format!("/api/v1/questions/{}/answer", args.id);
-    post_action(state, &path, &body, args.json, |q| {
+    post_action_of(state, &path, &body, args.json, |q: &Question| {
         outln!(
             "answered question #{} from {}: {}",
-            q["id"],
-            output::field(&q["asker"], "?"),
-            output::field(&q["answer"], "")
+            q.id,
+            output::one_line(&q.asker),
+            output::one_line(q.answer.as_deref().unwrap_or_default())
         );
     })
 }
@@ -128,28 +122,31 @@ pub fn dead_letters(state: &StateDir, args: DeadLettersArgs) -> anyhow::Result<E
     match args.action {
         Some(DeadLetterAction::Redirect { id, to }) => {
             let path = format!("/api/v1/dead-letters/{id}/redirect");
-            post_action(state, &path, &json!({"to": to}), args.json, |m| {
-                outln!(
-                    "message {id} redirected: now message {} to {}",
-                    m["id"],
-                    output::field(&m["to"], "?")
-                );
-            })
+            post_action_of(
+                state,
+                &path,
+                &json!({"to": to}),
+                args.json,
+                |m: &Message| {
+                    outln!(
+                        "message {id} redirected: now message {} to {}",
+                        m.id,
+                        output::one_line(&m.to)
+                    );
+                },
+            )
         }
         Some(DeadLetterAction::Drop { id }) => {
             let path = format!("/api/v1/dead-letters/{id}/drop");
-            post_action(state, &path, &json!({}), args.json, |_| {
-                outln!("message {id} dropped");
+            post_action_of(state, &path, &json!({}), args.json, |d: &Dropped| {
+                outln!("message {} dropped", d.dropped);
             })
         }
         None => {
-            let list = super::client_runtime()?
-                .block_on(AdminClient::new(state).get("/api/v1/dead-letters"))?;
-            if args.json {
-                output::json(&list);
+            let path = "/api/v1/dead-letters";
+            let Some(items) = get_answer::<Vec<DeadLetter>>(state, path, args.json)? else {
                 return Ok(ExitCode::SUCCESS);
-            }
-            let items = list.as_array().cloned().unwrap_or_default();
+            };
             if items.is_empty() {
                 outln!("no dead letters");
                 return Ok(ExitCode::SUCCESS);
@@ -157,17 +154,14 @@ pub fn dead_letters(state: &StateDir, args: DeadLettersArgs) -> anyhow::Result<E
             for d in items {
                 outln!(
                     "#{} from {} to {} ({}), queued {} ({} s ago)",
-                    d["id"],
-                    output::field(&d["from"], "?"),
-                    output::field(&d["to"], "?"),
-                    output::field(&d["why"], "?"),
-                    output::time(&d["sent_at"]),
-                    d["waited_seconds"]
+                    d.message.id,
+                    output::one_line(&d.message.from),
+                    output::one_line(&d.message.to),
+                    output::one_line(&d.why),
+                    output::time_ms(d.message.sent_at),
+                    d.waited_seconds
                 );
-                outln!(
-                    "{}",
-                    output::indented(d["body"].as_str().unwrap_or_default(), "    ")
-                );
+                outln!("{}", output::indented(&d.message.body, "    "));
             }
             outln!("redirect one with `hive dead-letters redirect ID --to NAME`, or drop it");
             Ok(ExitCode::SUCCESS)

@@ -1,12 +1,13 @@
 //! `hive stats AGENT`: an agent's turns — totals over a window and its last turns.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use serde_json::Value;
+use proto::stats::{AgentStats, Sent};
 
-use super::client::{AdminClient, encode};
-use super::output;
+use super::client::encode;
+use super::{get_answer, output};
 
 /// How many of the window's turns the table shows (the newest).
 const SHOWN_TURNS: usize = 20;
@@ -24,13 +25,8 @@ pub struct StatsArgs {
 }
 
 /// `{"a": 2, "b": 1}` as `a 2, b 1`, most called first.
-fn tools(map: &Value) -> String {
-    let mut calls: Vec<(&String, u64)> = map
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
-        .collect();
+fn tools(map: &BTreeMap<String, u64>) -> String {
+    let mut calls: Vec<(&String, u64)> = map.iter().map(|(k, n)| (k, *n)).collect();
     calls.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let shown: Vec<String> = calls.iter().map(|(k, n)| format!("{k} {n}")).collect();
     if shown.is_empty() {
@@ -40,17 +36,12 @@ fn tools(map: &Value) -> String {
     }
 }
 
-fn sent(s: &Value) -> String {
-    format!(
-        "{}/{}/{}",
-        s["agent"].as_u64().unwrap_or(0),
-        s["operator"].as_u64().unwrap_or(0),
-        s["broadcast"].as_u64().unwrap_or(0)
-    )
+fn sent(s: &Sent) -> String {
+    format!("{}/{}/{}", s.agent, s.operator, s.broadcast)
 }
 
-fn cost(v: &Value) -> String {
-    format!("${:.4}", v.as_f64().unwrap_or(0.0))
+fn cost(usd: f64) -> String {
+    format!("${usd:.4}")
 }
 
 pub fn stats(state: &StateDir, args: StatsArgs) -> anyhow::Result<ExitCode> {
@@ -58,57 +49,46 @@ pub fn stats(state: &StateDir, args: StatsArgs) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         path.push_str(&format!("?since={}", encode(since)));
     }
-    let s = super::client_runtime()?.block_on(AdminClient::new(state).get(&path))?;
-    if args.json {
-        output::json(&s);
+    let Some(s) = get_answer::<AgentStats>(state, &path, args.json)? else {
         return Ok(ExitCode::SUCCESS);
+    };
+    let t = &s.totals;
+    outln!("agent:        {}", output::one_line(&s.agent));
+    outln!("inbox depth:  {}", s.inbox_depth);
+    outln!(
+        "last turn:    {}",
+        s.last_turn_at.map_or("-".to_owned(), output::time_ms)
+    );
+    if let Some(since) = s.since {
+        outln!("since:        {}", output::time_ms(since));
     }
-    let t = &s["totals"];
-    outln!("agent:        {}", output::field(&s["agent"], "?"));
-    outln!("inbox depth:  {}", s["inbox_depth"].as_u64().unwrap_or(0));
-    outln!("last turn:    {}", output::time(&s["last_turn_at"]));
-    if let Some(since) = s["since"].as_i64() {
-        outln!("since:        {}", output::time(&Value::from(since)));
-    }
-    outln!("turns:        {}", t["turns"].as_u64().unwrap_or(0));
+    outln!("turns:        {}", t.turns);
     outln!(
         "tokens:       {} in, {} out",
-        t["input_tokens"].as_u64().unwrap_or(0),
-        t["output_tokens"].as_u64().unwrap_or(0)
+        t.input_tokens,
+        t.output_tokens
     );
-    outln!("cost:         {}", cost(&t["cost_usd"]));
-    outln!(
-        "time:         {} ms",
-        t["duration_ms"].as_u64().unwrap_or(0)
-    );
-    outln!(
-        "tool calls:   {}",
-        output::one_line(&tools(&t["tool_calls"]))
-    );
-    outln!(
-        "sent:         {} (agent/operator/broadcast)",
-        sent(&t["sent"])
-    );
-    let turns = s["turns"].as_array().cloned().unwrap_or_default();
-    if turns.is_empty() {
+    outln!("cost:         {}", cost(t.cost_usd));
+    outln!("time:         {} ms", t.duration_ms);
+    outln!("tool calls:   {}", output::one_line(&tools(&t.tool_calls)));
+    outln!("sent:         {} (agent/operator/broadcast)", sent(&t.sent));
+    if s.turns.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     outln!();
-    let rows: Vec<Vec<String>> = turns
+    let shown = &s.turns[s.turns.len().saturating_sub(SHOWN_TURNS)..];
+    let rows: Vec<Vec<String>> = shown
         .iter()
-        .rev()
-        .take(SHOWN_TURNS)
-        .rev()
         .map(|turn| {
             vec![
-                turn["turn"].to_string(),
-                output::time(&turn["finished_at"]),
-                turn["duration_ms"].to_string(),
-                format!("{}/{}", turn["input_tokens"], turn["output_tokens"]),
-                cost(&turn["cost_usd"]),
-                sent(&turn["sent"]),
-                output::field(&turn["outcome"], "?").into_owned(),
-                tools(&turn["tool_calls"]),
+                turn.turn.to_string(),
+                output::time_ms(turn.finished_at),
+                turn.duration_ms.to_string(),
+                format!("{}/{}", turn.input_tokens, turn.output_tokens),
+                cost(turn.cost_usd),
+                sent(&turn.sent),
+                output::one_line(&turn.outcome).into_owned(),
+                tools(&turn.tool_calls),
             ]
         })
         .collect();

@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use proto::message::LatencySummary;
+use proto::tools::TurnState;
+use proto::{AgentRun, AgentView, Status};
 
-use super::client::AdminClient;
-use super::{output, print_listing};
+use super::{get_answer, output, print_listing_of};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -22,44 +24,41 @@ pub struct AgentsArgs {
 }
 
 pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let s = super::client_runtime()?.block_on(AdminClient::new(state).get("/api/v1/status"))?;
-    if args.json {
-        output::json(&s);
+    let Some(s) = get_answer::<Status>(state, "/api/v1/status", args.json)? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     outln!(
         "hive {} is running (pid {}, up {}s)",
-        output::field(&s["version"], "?"),
-        s["pid"],
-        s["uptime_seconds"]
+        output::one_line(&s.version),
+        s.pid,
+        s.uptime_seconds
     );
-    outln!("state dir:   {}", output::field(&s["state_dir"], "?"));
+    outln!("state dir:   {}", output::one_line(&s.state_dir));
     outln!(
         "store:       synchronous = {}",
-        output::field(&s["synchronous"], "?")
+        output::one_line(&s.synchronous)
     );
-    outln!("agents:      {}", s["agents"]);
-    outln!("runtime:     {}", output::field(&s["runtime"], "?"));
-    if let Some(driver) = s["driver"].as_str() {
+    outln!("agents:      {}", s.agents);
+    outln!("runtime:     {}", output::one_line(&s.runtime));
+    if let Some(driver) = &s.driver {
         outln!("driver:      {}", output::one_line(driver));
     }
-    let m = &s["messages"];
+    let m = &s.messages;
     outln!(
         "messages:    {} queued, {} in a turn, {} delivered",
-        m["queued"],
-        m["leased"],
-        m["delivered"]
+        m.queued,
+        m.leased,
+        m.delivered
     );
-    let latency = &s["delivery_latency"];
-    for (label, key) in [("picked up", "picked_up"), ("delivered", "delivered")] {
-        outln!("{}", latency_line(label, &latency[key]));
-    }
+    let latency = &s.delivery_latency;
+    outln!("{}", latency_line("picked up", &latency.picked_up));
+    outln!("{}", latency_line("delivered", &latency.delivered));
     // Agents kept stopped at start because their repo could not be reconciled.
-    for f in s["faulted"].as_array().into_iter().flatten() {
+    for f in &s.faulted {
         outln!(
             "FAULTED:     {} is kept stopped: {}",
-            output::field(&f["agent"], "?"),
-            output::field(&f["reason"], "?")
+            output::one_line(&f.agent),
+            output::one_line(&f.reason)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -67,22 +66,22 @@ pub fn status(state: &StateDir, args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// One delivery latency of the last hour: `delivered:   p50 1.2s, p99 3.4s (57 messages, last
 /// hour)`, or `none in the last hour`.
-fn latency_line(label: &str, l: &serde_json::Value) -> String {
+fn latency_line(label: &str, l: &LatencySummary) -> String {
     let label = format!("{label}:");
-    match (l["p50_ms"].as_i64(), l["p99_ms"].as_i64()) {
+    match (l.p50_ms, l.p99_ms) {
         (Some(p50), Some(p99)) => format!(
             "{label:<12} p50 {}, p99 {} after sending ({} messages, last hour)",
             output::after(p50),
             output::after(p99),
-            l["count"]
+            l.count
         ),
         _ => format!("{label:<12} none in the last hour"),
     }
 }
 
 /// A watcher axis: `yes`, `no`, or `-` while it is not known.
-fn yes_no(v: &serde_json::Value) -> String {
-    match v.as_bool() {
+fn yes_no(v: Option<bool>) -> String {
+    match v {
         Some(true) => "yes".into(),
         Some(false) => "no".into(),
         None => "-".into(),
@@ -91,18 +90,18 @@ fn yes_no(v: &serde_json::Value) -> String {
 
 /// The HARNESS column: `paused`, else what a connected harness does (`idle`, `thinking`, …),
 /// else `-`.
-fn harness_column(run: &serde_json::Value) -> String {
-    if run["paused"].as_bool() == Some(true) {
+fn harness_column(run: &AgentRun) -> String {
+    if run.paused {
         "paused".into()
-    } else if run["up"].as_bool() == Some(true) {
-        run["turn_state"].as_str().unwrap_or("up").to_owned()
+    } else if run.up {
+        run.turn_state.map_or("up", TurnState::as_str).to_owned()
     } else {
         "-".into()
     }
 }
 
 pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    print_listing(
+    print_listing_of(
         state,
         "/api/v1/agents",
         args.json,
@@ -118,21 +117,21 @@ pub fn agents(state: &StateDir, args: AgentsArgs) -> anyhow::Result<ExitCode> {
             "CREATED (UTC)",
             "MAY WRITE TO",
         ],
-        |a| {
-            let allowed = a["allowed_recipients"].as_array().map_or(0, Vec::len);
+        |a: &AgentView| {
+            let allowed = a.record.allowed_recipients.len();
             vec![
-                a["name"].as_str().unwrap_or("?").to_owned(),
-                a["kind"].as_str().unwrap_or("?").to_owned(),
-                a["run"]["state"].as_str().unwrap_or("?").to_owned(),
-                harness_column(&a["run"]),
-                a["liveness"].as_str().unwrap_or("-").to_owned(),
-                yes_no(&a["axes"]["logged_in"]),
-                if a["axes"]["crash_loop"].as_bool() == Some(true) {
+                a.record.name.clone(),
+                a.record.kind.as_str().to_owned(),
+                a.run.state.clone(),
+                harness_column(&a.run),
+                a.liveness.map_or("-", |l| l.as_str()).to_owned(),
+                yes_no(a.axes.logged_in),
+                if a.axes.crash_loop {
                     "crash loop".into()
                 } else {
-                    yes_no(&a["axes"]["up_to_date"])
+                    yes_no(a.axes.up_to_date)
                 },
-                output::time(&a["created_at"]),
+                output::time_ms(a.record.created_at),
                 if allowed == 0 {
                     "anyone".into()
                 } else {

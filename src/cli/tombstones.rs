@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
+use proto::{Destroyed, Purged, Restored, Tombstone};
 use serde_json::json;
 
 use super::client::encode;
-use super::{output, post_action, print_listing};
+use super::{output, post_action_of, print_listing_of};
 
 #[derive(clap::Args)]
 pub struct DestroyArgs {
@@ -36,7 +37,7 @@ pub struct TombstoneArgs {
 pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/agents/{}/destroy", encode(&args.name));
     let body = json!({"purge": args.purge});
-    post_action(state, &path, &body, args.json, |d| {
+    post_action_of(state, &path, &body, args.json, |d: &Destroyed| {
         if args.purge {
             outln!(
                 "destroyed {} and deleted its files",
@@ -46,38 +47,33 @@ pub fn destroy(state: &StateDir, args: DestroyArgs) -> anyhow::Result<ExitCode> 
             outln!(
                 "destroyed {}; its files are kept in tombstone {} (`hive restore` brings it back)",
                 output::one_line(&args.name),
-                output::field(&d["tombstone"], "?")
+                output::one_line(&d.tombstone)
             );
         }
     })
 }
 
 pub fn tombstones(state: &StateDir, args: ListArgs) -> anyhow::Result<ExitCode> {
-    print_listing(
+    print_listing_of(
         state,
         "/api/v1/tombstones",
         args.json,
         "no tombstones",
         &["TOMBSTONE", "AGENT"],
-        |t| {
-            vec![
-                t["id"].as_str().unwrap_or("?").to_owned(),
-                t["agent"].as_str().unwrap_or("?").to_owned(),
-            ]
-        },
+        |t: &Tombstone| vec![t.id.clone(), t.agent.clone()],
     )
 }
 
 pub fn restore(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/tombstones/{}/restore", encode(&args.tombstone));
-    post_action(state, &path, &json!({}), false, |r| {
-        outln!("restored {}", output::field(&r["agent"], "?"));
+    post_action_of(state, &path, &json!({}), false, |r: &Restored| {
+        outln!("restored {}", output::one_line(&r.agent));
     })
 }
 
 pub fn purge(state: &StateDir, args: TombstoneArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/tombstones/{}/purge", encode(&args.tombstone));
-    post_action(state, &path, &json!({}), false, |_| {
-        outln!("purged {}", output::one_line(&args.tombstone));
+    post_action_of(state, &path, &json!({}), false, |p: &Purged| {
+        outln!("purged {}", output::one_line(&p.purged));
     })
 }

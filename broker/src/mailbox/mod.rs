@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -770,12 +769,7 @@ pub fn stored_counts(c: &Connection, inbox: Option<&str>) -> Result<MessageCount
     Ok(counts)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct MessageCounts {
-    pub queued: u64,
-    pub leased: u64,
-    pub delivered: u64,
-}
+pub use proto::status::MessageCounts;
 
 /// What a take found; "nothing" sends the waiter back to sleep.
 trait Taken: Send + 'static {

@@ -79,22 +79,7 @@ pub struct ContainerExit {
 }
 
 /// What the kernel says of a running container's isolation — read, never assumed from config.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Isolation {
-    pub runtime: Option<RuntimeKind>,
-    /// false for the process runtime.
-    pub isolated: bool,
-    /// `/proc/<payload>/uid_map`, trimmed.
-    pub uid_map: Option<String>,
-    /// Network interfaces in the payload's network namespace (`lo` alone for `network = "none"`).
-    pub net_links: Option<Vec<String>>,
-    /// Whether `/` is mounted read-only for the payload.
-    pub read_only_root: Option<bool>,
-    /// The cgroup limits in force.
-    pub memory_max_bytes: Option<u64>,
-    pub pids_max: Option<u64>,
-    pub cpu_weight: Option<u64>,
-}
+pub use proto::agent::Isolation;
 
 /// The output of a command run inside a container.
 #[derive(Debug, Clone)]

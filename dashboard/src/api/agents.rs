@@ -4,30 +4,16 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response, sse};
-use broker::containers::{Actor, AgentRun, GcReport, Outcome};
-use broker::registry::AgentRecord;
-use broker::runtime::Isolation;
+use broker::containers::{Actor, GcReport, Outcome};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use proto::{AgentDetail, AgentView};
+use serde::Deserialize;
 
 use super::{ApiPath, ApiQuery, ApiState};
 use crate::error::ApiError;
 
 fn agent_name(raw: &str) -> Result<broker::names::AgentName, ApiError> {
     Ok(broker::names::AgentName::parse(raw).map_err(broker::Error::from)?)
-}
-
-/// One agent as `hive agents` lists it: its record, what its container does and the watcher's
-/// axes.
-#[derive(Serialize)]
-pub(super) struct AgentView {
-    #[serde(flatten)]
-    record: AgentRecord,
-    run: AgentRun,
-    axes: broker::watcher::Axes,
-    /// `working`, `waiting_on_human`, `idle`, `stuck` or `dead`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    liveness: Option<broker::liveness::Liveness>,
 }
 
 pub(super) async fn list(State(s): State<ApiState>) -> Json<Vec<AgentView>> {
@@ -40,32 +26,13 @@ pub(super) async fn list(State(s): State<ApiState>) -> Json<Vec<AgentView>> {
         let axes = s.hive.agent_axes(&record.name);
         let liveness = s.hive.agent_liveness(&record.name).await.ok();
         views.push(AgentView {
-            record,
+            record: (&record).into(),
             run,
             axes,
             liveness,
         });
     }
     Json(views)
-}
-
-/// One agent in full: its record, its container, and (when it runs) its isolation as the
-/// kernel reports it.
-#[derive(Serialize)]
-pub(super) struct AgentDetail {
-    #[serde(flatten)]
-    record: AgentRecord,
-    run: AgentRun,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    runtime: Option<broker::config::RuntimeKind>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    isolation: Option<Isolation>,
-    /// Why the isolation could not be read (e.g. the agent is not running).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    isolation_error: Option<String>,
-    /// Network mode, egress list and denials, tokens against the budget, the key search.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    confinement: Option<broker::confinement::Confinement>,
 }
 
 pub(super) async fn show(
@@ -97,7 +64,7 @@ pub(super) async fn show(
         None => None,
     };
     Ok(Json(AgentDetail {
-        record,
+        record: (&record).into(),
         run,
         runtime: s.hive.runtime_kind(),
         isolation,
@@ -183,12 +150,6 @@ pub(super) struct LogsQuery {
     follow: Option<u8>,
 }
 
-#[derive(Serialize)]
-pub(super) struct Log {
-    agent: String,
-    log: String,
-}
-
 pub(super) async fn logs(
     State(s): State<ApiState>,
     ApiPath(name): ApiPath<String>,
@@ -211,7 +172,7 @@ pub(super) async fn logs(
             .into_response());
     }
     let log = s.hive.agent_logs(&agent, lines).await?;
-    Ok(Json(Log {
+    Ok(Json(proto::AgentLog {
         agent: agent.to_string(),
         log,
     })

@@ -7,9 +7,8 @@ use axum::http::StatusCode;
 use broker::approvals::{Approval, Deploy};
 use broker::audit::{AuditEntry, Verification};
 use broker::names::AgentName;
-use broker::registry::AgentRecord;
-use broker::tombstones::Tombstone;
-use serde::{Deserialize, Serialize};
+use proto::{AgentRecord, Destroyed, Purged, Restored, Tombstone};
+use serde::Deserialize;
 
 use super::{ApiJson, ApiPath, ApiQuery, ApiState, MAX_LIST};
 use crate::error::ApiError;
@@ -116,7 +115,9 @@ pub(super) async fn spawn(
     }
     Ok((
         StatusCode::CREATED,
-        Json(s.hive.spawn(&req.name, req.agent_nix).await?),
+        Json(AgentRecord::from(
+            &s.hive.spawn(&req.name, req.agent_nix).await?,
+        )),
     ))
 }
 
@@ -150,12 +151,6 @@ pub(super) struct DestroyRequest {
     purge: bool,
 }
 
-#[derive(Serialize)]
-pub(super) struct Destroyed {
-    tombstone: String,
-    purged: bool,
-}
-
 pub(super) async fn destroy(
     State(s): State<ApiState>,
     ApiPath(name): ApiPath<String>,
@@ -171,12 +166,13 @@ pub(super) async fn destroy(
 pub(super) async fn tombstones(
     State(s): State<ApiState>,
 ) -> Result<Json<Vec<Tombstone>>, ApiError> {
-    Ok(Json(s.hive.tombstones()?))
-}
-
-#[derive(Serialize)]
-pub(super) struct Restored {
-    agent: String,
+    Ok(Json(
+        s.hive
+            .tombstones()?
+            .into_iter()
+            .map(Tombstone::from)
+            .collect(),
+    ))
 }
 
 pub(super) async fn restore(
@@ -187,11 +183,6 @@ pub(super) async fn restore(
     Ok(Json(Restored {
         agent: agent.to_string(),
     }))
-}
-
-#[derive(Serialize)]
-pub(super) struct Purged {
-    purged: String,
 }
 
 pub(super) async fn purge(

@@ -22,22 +22,17 @@ pub(super) struct SendRequest {
     in_reply_to: Option<i64>,
 }
 
-#[derive(Serialize)]
-pub(super) struct SendResponse {
-    ids: Vec<i64>,
-}
-
 /// Sends a message as the operator.
 pub(super) async fn send(
     State(s): State<ApiState>,
     ApiJson(req): ApiJson<SendRequest>,
-) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
+) -> Result<(StatusCode, Json<proto::message::Posted>), ApiError> {
     let to = Recipient::parse(&req.to).map_err(broker::Error::from)?;
     let ids = s
         .hive
         .send(&Sender::Operator, &to, req.body, req.in_reply_to)
         .await?;
-    Ok((StatusCode::CREATED, Json(SendResponse { ids })))
+    Ok((StatusCode::CREATED, Json(proto::message::Posted { ids })))
 }
 
 #[derive(Deserialize)]
@@ -205,8 +200,11 @@ pub(super) async fn answer(
 /// The dead letters: messages queued too long for agents that cannot take them.
 pub(super) async fn dead_letters(
     State(s): State<ApiState>,
-) -> Result<Json<Vec<broker::dead_letters::DeadLetter>>, ApiError> {
-    Ok(Json(s.hive.dead_letters().await?))
+) -> Result<Json<Vec<proto::DeadLetter>>, ApiError> {
+    let letters = s.hive.dead_letters().await?;
+    Ok(Json(
+        letters.into_iter().map(proto::DeadLetter::from).collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -229,7 +227,7 @@ pub(super) async fn redirect_dead_letter(
 pub(super) async fn drop_dead_letter(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<proto::Dropped>, ApiError> {
     s.hive.drop_dead_letter(id).await?;
-    Ok(Json(serde_json::json!({"dropped": id})))
+    Ok(Json(proto::Dropped { dropped: id }))
 }

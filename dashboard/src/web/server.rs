@@ -15,7 +15,6 @@ use broker::Hive;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -131,13 +130,6 @@ pub struct LinkMinter {
     base: String,
 }
 
-#[derive(Serialize)]
-struct LinkResponse {
-    url: String,
-    login_link: String,
-    expires_in_seconds: u64,
-}
-
 /// The admin-socket route `hive dashboard` calls; `None` when the dashboard is off.
 pub fn link_routes(minter: Option<LinkMinter>) -> Router {
     Router::new().route(
@@ -153,7 +145,7 @@ pub fn link_routes(minter: Option<LinkMinter>) -> Router {
                     ));
                 };
                 let secret = m.auth.new_link();
-                Ok(Json(LinkResponse {
+                Ok(Json(proto::dashboard::DashboardLink {
                     url: format!("{}/", m.base),
                     login_link: format!("{}/login/link?t={secret}", m.base),
                     expires_in_seconds: super::auth::LINK_TTL.as_secs(),
