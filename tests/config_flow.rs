@@ -182,6 +182,23 @@ fn reads_back_exactly<T: serde::de::DeserializeOwned + serde::Serialize>(
     typed
 }
 
+/// An admin API request that must succeed (a GET with 200, a POST with any 2xx); its JSON answer.
+fn api_ok(
+    rt: &tokio::runtime::Runtime,
+    state: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let body = body.map(|b| b.to_string());
+    let (status, v) = rt.block_on(api(state, method, path, body.as_deref()));
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
+    v
+}
+
 /// Every record the admin API lists (messages, the operator's inbox, approvals, one approval,
 /// deploys) and the answers of approve, deny and rollback read strictly as the `proto` types the
 /// CLI prints from, on a hive with data in each: what the broker serves and what the CLI reads
@@ -195,16 +212,8 @@ fn every_listing_the_api_serves_reads_strictly_as_the_wire_types() {
     let _daemon = Daemon::start(state, "");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
-    let get = |path: &str| {
-        let (status, v) = rt.block_on(api(state, "GET", path, None));
-        assert_eq!(status, 200, "GET {path}: {v}");
-        v
-    };
-    let post = |path: &str, body: Value| {
-        let (status, v) = rt.block_on(api(state, "POST", path, Some(&body.to_string())));
-        assert!((200..300).contains(&status), "POST {path}: {v}");
-        v
-    };
+    let get = |path: &str| api_ok(&rt, state, "GET", path, None);
+    let post = |path: &str, body: Value| api_ok(&rt, state, "POST", path, Some(body));
 
     // Messages: delivered, replied to, and queued for the operator.
     let asked = rt.block_on(send(state, "manager", "how are you?"));
@@ -346,16 +355,8 @@ fn status_agents_questions_dead_letters_tombstones_audit_and_stats_read_as_the_w
     let rt = tokio::runtime::Runtime::new().unwrap();
     let manager = mcp_connect(&rt, state, "manager", "mcp.sock");
     let harness = mcp_connect(&rt, state, "manager", "harness.sock");
-    let get = |path: &str| {
-        let (status, v) = rt.block_on(api(state, "GET", path, None));
-        assert_eq!(status, 200, "GET {path}: {v}");
-        v
-    };
-    let post = |path: &str, body: Value| {
-        let (status, v) = rt.block_on(api(state, "POST", path, Some(&body.to_string())));
-        assert!((200..300).contains(&status), "POST {path}: {v}");
-        v
-    };
+    let get = |path: &str| api_ok(&rt, state, "GET", path, None);
+    let post = |path: &str, body: Value| api_ok(&rt, state, "POST", path, Some(body));
 
     let link: DashboardLink =
         reads_back_exactly("dashboard link", &post("/api/v1/dashboard/link", json!({})));
