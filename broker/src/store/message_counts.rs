@@ -25,11 +25,30 @@ type Key = (String, i64, String);
 
 #[derive(Default)]
 struct Tally {
-    /// The running request's changes, not yet kept or dropped.
-    request: HashMap<Key, i64>,
+    /// The running request's changes, not yet kept or dropped: a few keys (the inboxes it
+    /// touched), searched in order without allocating.
+    request: Vec<(Key, i64)>,
     /// The changes of the transaction's requests that succeeded.
     transaction: HashMap<Key, i64>,
 }
+
+impl Tally {
+    fn add(&mut self, (recipient, incarnation, state): BorrowedKey<'_>, delta: i64) {
+        let found = self
+            .request
+            .iter_mut()
+            .find(|((r, i, s), _)| *i == incarnation && r == recipient && s == state);
+        match found {
+            Some((_, n)) => *n += delta,
+            None => self
+                .request
+                .push(((recipient.to_owned(), incarnation, state.to_owned()), delta)),
+        }
+    }
+}
+
+/// A counted key read from a row, borrowed from sqlite's values.
+type BorrowedKey<'a> = (&'a str, i64, &'a str);
 
 thread_local! {
     /// The writer thread's tally: the hook and the writer run on that one thread.
@@ -98,7 +117,7 @@ pub(super) fn watch(conn: &mut Connection) -> Result<()> {
             TALLY.with_borrow_mut(|tally| {
                 for (key, delta) in [(old, -1), (new, 1)] {
                     if let Some(key) = key {
-                        *tally.request.entry(key).or_default() += delta;
+                        tally.add(key, delta);
                     }
                 }
             });
@@ -109,13 +128,16 @@ pub(super) fn watch(conn: &mut Connection) -> Result<()> {
 
 /// The counted key of a row, read through `value` (its column values); `None` if a column cannot
 /// be read (the row then is not counted).
-fn key<'a>(columns: Columns, value: impl Fn(i32) -> Option<ValueRef<'a>>) -> Option<Key> {
-    let recipient = value(columns.recipient)?.as_str().ok()?.to_owned();
+fn key<'a>(
+    columns: Columns,
+    value: impl Fn(i32) -> Option<ValueRef<'a>>,
+) -> Option<BorrowedKey<'a>> {
+    let recipient = value(columns.recipient)?.as_str().ok()?;
     let incarnation = match value(columns.incarnation)? {
         ValueRef::Integer(n) => n,
         _ => 0,
     };
-    let state = value(columns.state)?.as_str().ok()?.to_owned();
+    let state = value(columns.state)?.as_str().ok()?;
     Some((recipient, incarnation, state))
 }
 
