@@ -657,3 +657,81 @@ fn sigterm_drains_mcp_before_the_store_closes() {
     drop(busy);
     waiting.abort();
 }
+
+/// An agent kept stopped at start is checked again with `hive recheck` once its repo is mended:
+/// while it is still broken the check fails and changes nothing; once mended the agent is served
+/// again and the check is audited. A name that is not kept stopped, unknown, or not a name is
+/// refused.
+#[test]
+fn recheck_clears_a_mended_fault_and_changes_nothing_while_it_is_still_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut daemon = Daemon::start(state, "");
+    cli_ok(state, &["spawn", "x1"]);
+    assert_eq!(daemon.sigterm().code(), Some(0));
+    let objects = state.join("applied/x1/objects");
+    let kept = dir.path().join("x1-objects");
+    std::fs::rename(&objects, &kept).unwrap();
+
+    let daemon = Daemon::start(state, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let faulted = || -> Vec<String> {
+        let (_, status) = rt.block_on(api(state, "GET", "/api/v1/status", None));
+        status["faulted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["agent"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(faulted(), ["x1"]);
+    let audit_rows = || -> i64 {
+        daemon
+            .db()
+            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .unwrap()
+    };
+    let rows = audit_rows();
+
+    // Still broken: refused, still kept stopped, nothing written, no socket.
+    let out = cli(state, &["recheck", "x1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("x1 is still inconsistent and stays stopped: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(faulted(), ["x1"]);
+    assert_eq!(audit_rows(), rows);
+    assert!(!state.join("run/agents/x1/mcp.sock").exists());
+    // Not kept stopped, unknown, not a name.
+    for (name, says) in [
+        ("manager", "not kept stopped"),
+        ("nobody", "nobody"),
+        ("../x1", "name"),
+    ] {
+        let out = cli(state, &["recheck", name]);
+        assert!(!out.status.success(), "recheck {name} was taken");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    assert_eq!(faulted(), ["x1"]);
+    assert_eq!(audit_rows(), rows);
+
+    // Mended: served again, audited.
+    std::fs::rename(&kept, &objects).unwrap();
+    let said = cli_ok(state, &["recheck", "x1"]);
+    assert!(said.contains("x1: checked again"), "{said}");
+    assert!(faulted().is_empty());
+    assert_eq!(audit_rows(), rows + 1);
+    let action: String = daemon
+        .db()
+        .query_row(
+            "SELECT action || ' ' || agent FROM audit ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(action, "recheck x1");
+    assert!(state.join("run/agents/x1/mcp.sock").exists());
+    rt.block_on(send(state, "x1", "back again"));
+}

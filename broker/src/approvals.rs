@@ -729,6 +729,19 @@ impl Hive {
     /// agent whose repo cannot be made to agree is reported (kept stopped), never the end of the
     /// start.
     pub async fn reconcile_applied(&self) -> Result<()> {
+        for (agent, e) in self.make_applied_agree(None).await? {
+            self.fault(&agent, &e);
+        }
+        Ok(())
+    }
+
+    /// Makes the applied repos agree with the store (of `only`, or of every agent not kept
+    /// stopped); the agents whose repo cannot be made to agree, and why.
+    pub(crate) async fn make_applied_agree(
+        &self,
+        only: Option<&AgentName>,
+    ) -> Result<Vec<(AgentName, Error)>> {
+        let mut failed = Vec::new();
         let (heads, decided) = self
             .store
             .read(|c| {
@@ -767,7 +780,11 @@ impl Hive {
             let Ok(name) = AgentName::parse(&agent) else {
                 continue; // the registry refused to load such a row already
             };
-            if self.is_faulted(&name) {
+            let wanted = match only {
+                Some(only) => *only == name,
+                None => !self.is_faulted(&name),
+            };
+            if !wanted {
                 continue;
             }
             let target = name.clone();
@@ -786,10 +803,10 @@ impl Hive {
                 })
                 .await;
             if let Err(e) = agreed {
-                self.fault(&name, &e);
+                failed.push((name, e));
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Gives the manager its config repos on first start.

@@ -942,7 +942,12 @@ impl Hive {
             .map(drop)
     }
 
-    fn outcome(&self, result: &str, agent: &AgentName, deploy: Option<Deploy>) -> Outcome {
+    pub(crate) fn outcome(
+        &self,
+        result: &str,
+        agent: &AgentName,
+        deploy: Option<Deploy>,
+    ) -> Outcome {
         Outcome {
             result: result.to_owned(),
             run: self.run_of(agent),

@@ -225,6 +225,63 @@ impl Hive {
             .insert(agent.clone(), error.to_string());
     }
 
+    /// Checks `agent`, kept stopped at start, again as the start did (its repos' stale locks, the
+    /// manager's config repos, its applied repo against the store). When it agrees now it is no
+    /// longer kept stopped: its sockets open, it starts, and the check is audited. When it still
+    /// does not, it stays stopped and nothing else changes; the error says why.
+    pub async fn recheck(
+        self: &Arc<Self>,
+        agent: &AgentName,
+    ) -> Result<crate::containers::Outcome> {
+        let record = self.registry.require(agent)?;
+        let was = self.faults.lock().expect("faults").get(agent).cloned();
+        let Some(was) = was else {
+            return Err(Error::Conflict(format!(
+                "{agent} is not kept stopped: there is nothing to check again"
+            )));
+        };
+        let still = |e: Error| {
+            Error::Conflict(format!(
+                "{agent} is still inconsistent and stays stopped: {e}"
+            ))
+        };
+        let target = agent.clone();
+        self.git(move |repos| repos.clear_stale_locks(&target))
+            .await
+            .map_err(still)?;
+        if agent.is_manager() {
+            self.ensure_manager_config().await.map_err(still)?;
+        }
+        {
+            let _config = self.config_lock.lock().await;
+            if let Some((_, e)) = self
+                .make_applied_agree(Some(agent))
+                .await?
+                .into_iter()
+                .next()
+            {
+                return Err(still(e));
+            }
+            let key = agent.to_string();
+            self.store
+                .write(move |c| {
+                    crate::audit::append(
+                        c,
+                        "operator",
+                        "recheck",
+                        Some(&key),
+                        serde_json::json!({"was": was}),
+                    )
+                })
+                .await?;
+            self.faults.lock().expect("faults").remove(agent);
+        }
+        tracing::info!(%agent, "checked again: no longer kept stopped");
+        self.open_agent_sockets(&record)?;
+        self.start_in_background(agent.clone());
+        Ok(self.outcome("checked again; starting", agent, None))
+    }
+
     pub fn is_faulted(&self, agent: &AgentName) -> bool {
         self.faults.lock().expect("faults").contains_key(agent)
     }

@@ -75,6 +75,10 @@ pub fn pause(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
     action(state, args, "pause")
 }
 
+pub fn recheck(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
+    action(state, args, "recheck")
+}
+
 pub fn resume(state: &StateDir, args: AgentArgs) -> anyhow::Result<ExitCode> {
     action(state, args, "resume")
 }

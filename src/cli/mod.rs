@@ -78,6 +78,9 @@ enum Command {
     Resume(agents::AgentArgs),
     /// Rebuild and restart an agent whose applied config is not what runs
     Update(agents::AgentArgs),
+    /// Check an agent kept stopped at start (FAULTED in `hive status`) again, after its repo was
+    /// mended; when it agrees with the store now, it starts
+    Recheck(agents::AgentArgs),
     /// Print the last lines of an agent's container log
     Logs(agents::LogsArgs),
     /// Show an agent's turns: tokens, cost, time, tool calls and sends, totals and the last turns
@@ -148,6 +151,7 @@ pub fn run() -> ExitCode {
         Command::Pause(args) => agents::pause(&state, args),
         Command::Resume(args) => agents::resume(&state, args),
         Command::Update(args) => agents::update(&state, args),
+        Command::Recheck(args) => agents::recheck(&state, args),
         Command::Logs(args) => agents::logs(&state, args),
         Command::Stats(args) => stats::stats(&state, args),
         Command::Login(args) => login::run(&state, args),

@@ -106,6 +106,13 @@ pub(super) async fn pause(
     ))
 }
 
+pub(super) async fn recheck(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(s.hive.recheck(&agent_name(&name)?).await?))
+}
+
 pub(super) async fn resume(
     State(s): State<ApiState>,
     ApiPath(name): ApiPath<String>,

@@ -59,6 +59,7 @@ pub(crate) fn routes(state: ApiState) -> Router {
         .route("/api/v1/agents/{name}/restart", post(agents::restart))
         .route("/api/v1/agents/{name}/pause", post(agents::pause))
         .route("/api/v1/agents/{name}/resume", post(agents::resume))
+        .route("/api/v1/agents/{name}/recheck", post(agents::recheck))
         .route("/api/v1/agents/{name}/update", post(agents::update))
         .route("/api/v1/agents/{name}/logs", get(agents::logs))
         .route("/api/v1/agents/{name}/stats", get(agents::stats))
