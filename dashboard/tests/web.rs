@@ -33,7 +33,11 @@ async fn web() -> Web {
 
 /// [`web`] with its configuration changed by `tweak`.
 async fn web_with(tweak: impl FnOnce(&mut Config)) -> Web {
-    let dir = tempfile::tempdir().unwrap();
+    web_in(tempfile::tempdir().unwrap(), tweak).await
+}
+
+/// [`web_with`] on the state dir `dir` (which may hold a hive already).
+async fn web_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Web {
     let state = StateDir::new(dir.path());
     state.create().unwrap();
     let mut config = Config::default();
@@ -1311,4 +1315,55 @@ async fn the_hive_page_shows_the_delivery_latency_and_the_messages_page_the_rece
             "{step} in {page}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hive_page_checks_an_agent_kept_stopped_again() {
+    // x1's applied repo loses its objects while the hive is down: kept stopped at the next start.
+    let first = web().await;
+    first.hive.spawn("x1", None).await.unwrap();
+    first.hive.close();
+    let Web { dir, hive, app, .. } = first;
+    drop((app, hive));
+    let objects = dir.path().join("applied/x1/objects");
+    let kept = dir.path().join("x1-objects");
+    std::fs::rename(&objects, &kept).unwrap();
+
+    let w = web_in(dir, |_| {}).await;
+    let s = w.login().await;
+    let x1 = AgentName::parse("x1").unwrap();
+    assert!(w.hive.is_faulted(&x1));
+    let (_, _, page) = w.get("/", Some(&s)).await;
+    assert!(page.contains("action=\"/agents/x1/recheck\""), "{page}");
+
+    // Still broken: refused with the reason, nothing changed.
+    let before = w.snapshot();
+    let (status, _, body) = w
+        .post_form(
+            "/agents/x1/recheck",
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("back", "hive")],
+        )
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    assert!(body.contains("x1 is still inconsistent"), "{body}");
+    assert_eq!(w.snapshot(), before);
+    assert!(w.hive.is_faulted(&x1));
+
+    // Mended: back to the hive page, no longer kept stopped.
+    std::fs::rename(&kept, &objects).unwrap();
+    let (status, headers, body) = w
+        .post_form(
+            "/agents/x1/recheck",
+            Some(&s),
+            Some(ORIGIN),
+            &[("csrf", &s.csrf), ("back", "hive")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers[header::LOCATION], "/");
+    assert!(!w.hive.is_faulted(&x1));
+    let (_, _, page) = w.get("/", Some(&s)).await;
+    assert!(!page.contains("/agents/x1/recheck"), "{page}");
 }

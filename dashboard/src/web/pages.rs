@@ -967,7 +967,7 @@ struct ActionForm {
     back: Option<String>,
 }
 
-/// `POST /agents/{name}/{start|stop|restart|update|pause|resume|destroy|rollback}`.
+/// `POST /agents/{name}/{start|stop|restart|update|pause|resume|recheck|destroy|rollback}`.
 async fn agent_action(
     State(s): State<WebState>,
     Path((raw, action)): Path<(String, String)>,
@@ -998,6 +998,9 @@ async fn agent_action(
         }
         "resume" => {
             s.hive.resume_agent(Actor::Operator, &name).await?;
+        }
+        "recheck" => {
+            s.hive.recheck(&name).await?;
         }
         "destroy" => {
             s.hive.destroy(&name, false).await?;
