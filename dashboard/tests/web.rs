@@ -1336,16 +1336,12 @@ async fn the_hive_page_checks_an_agent_kept_stopped_again() {
     let (_, _, page) = w.get("/", Some(&s)).await;
     assert!(page.contains("action=\"/agents/x1/recheck\""), "{page}");
 
+    let form = [("csrf", s.csrf.as_str()), ("back", "hive")];
+    let recheck = || w.post_form("/agents/x1/recheck", Some(&s), Some(ORIGIN), &form);
+
     // Still broken: refused with the reason, nothing changed.
     let before = w.snapshot();
-    let (status, _, body) = w
-        .post_form(
-            "/agents/x1/recheck",
-            Some(&s),
-            Some(ORIGIN),
-            &[("csrf", &s.csrf), ("back", "hive")],
-        )
-        .await;
+    let (status, _, body) = recheck().await;
     assert!(status.is_client_error(), "{status}");
     assert!(body.contains("x1 is still inconsistent"), "{body}");
     assert_eq!(w.snapshot(), before);
@@ -1353,14 +1349,7 @@ async fn the_hive_page_checks_an_agent_kept_stopped_again() {
 
     // Mended: back to the hive page, no longer kept stopped.
     std::fs::rename(&kept, &objects).unwrap();
-    let (status, headers, body) = w
-        .post_form(
-            "/agents/x1/recheck",
-            Some(&s),
-            Some(ORIGIN),
-            &[("csrf", &s.csrf), ("back", "hive")],
-        )
-        .await;
+    let (status, headers, body) = recheck().await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
     assert_eq!(headers[header::LOCATION], "/");
     assert!(!w.hive.is_faulted(&x1));
