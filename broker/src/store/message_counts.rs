@@ -9,7 +9,9 @@
 //! batch, where the triggers of migrations 0006 and 0009 ran one per row.
 //!
 //! Only the writer's connection is watched: a migration that changes rows of `messages` must put
-//! the counts right itself ([`recount`]).
+//! the counts right itself ([`recount`]). A statement that fails part-way is undone by sqlite
+//! after the hook saw its rows, so a request must not go on past a failed statement on
+//! `messages` (none does: each returns the error, and its savepoint rolls back with its tally).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
