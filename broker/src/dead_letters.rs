@@ -6,8 +6,8 @@
 //!
 //! It owns the judgement and the two decisions; it never changes a message that is not queued,
 //! and never redirects past the registry (an unknown name is refused). A service built in
-//! `Hive::open` holding its own handles (store, mailbox, registry, and the containers' and the
-//! watcher's view of each agent, read only); `Hive` delegates to it.
+//! `Hive::open` holding its own handles (store, mailbox, registry, and the containers', the
+//! watcher's and the pauses' view of each agent, read only); `Hive` delegates to it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::mailbox::{
     MESSAGE_COLUMNS, Mailbox, Message, MessageState, insert_messages, message_from_row,
 };
 use crate::names::{AgentName, Recipient};
+use crate::pause::Pauses;
 use crate::registry::Registry;
 use crate::store::{Store, unix_millis};
 use crate::watcher::Watcher;
@@ -77,6 +78,8 @@ pub struct DeadLetters {
     containers: Arc<Containers>,
     /// Read only: whether an agent is held stopped after a crash loop.
     watcher: Arc<Watcher>,
+    /// Read only: whether an agent is paused (by the operator or the manager), running or not.
+    pauses: Arc<Pauses>,
     /// `[mailbox] dead_letter_after_seconds`, in milliseconds.
     after_ms: i64,
 }
@@ -88,6 +91,7 @@ impl DeadLetters {
         registry: Arc<Registry>,
         containers: Arc<Containers>,
         watcher: Arc<Watcher>,
+        pauses: Arc<Pauses>,
         after_seconds: u64,
     ) -> Self {
         Self {
@@ -96,6 +100,7 @@ impl DeadLetters {
             registry,
             containers,
             watcher,
+            pauses,
             after_ms: after_seconds as i64 * 1000,
         }
     }
@@ -110,8 +115,12 @@ impl DeadLetters {
         if self.watcher.holds_stopped(agent) {
             return Some("crash loop");
         }
+        let paused = self
+            .registry
+            .get(agent)
+            .is_some_and(|a| self.pauses.is_paused(a.incarnation));
         let run = self.containers.run_of(agent);
-        if run.turn_state == Some(proto::tools::TurnState::Paused) {
+        if paused || run.turn_state == Some(proto::tools::TurnState::Paused) {
             return Some("paused");
         }
         (!run.up).then_some("not running")

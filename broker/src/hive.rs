@@ -56,7 +56,7 @@ pub struct Hive {
     pub(crate) repos: ConfigRepos,
     pub(crate) containers: Arc<Containers>,
     pub(crate) watcher: Arc<crate::watcher::Watcher>,
-    pub(crate) pauses: crate::pause::Pauses,
+    pub(crate) pauses: Arc<crate::pause::Pauses>,
     /// The check builds of config requests (`review`).
     checks: Arc<crate::review::Checks>,
     dead_letters: DeadLetters,
@@ -117,7 +117,7 @@ impl Hive {
             )
             .await?,
         );
-        let pauses = crate::pause::Pauses::load(store.clone()).await?;
+        let pauses = Arc::new(crate::pause::Pauses::load(store.clone()).await?);
         let egress = Arc::<crate::egress::EgressLists>::default();
         let budgets = Arc::<crate::model_calls::Budgets>::default();
         let dead_letters = DeadLetters::new(
@@ -126,6 +126,7 @@ impl Hive {
             registry.clone(),
             containers.clone(),
             watcher.clone(),
+            pauses.clone(),
             config.mailbox.dead_letter_after_seconds,
         );
         let liveness = LivenessJudge::new(

@@ -586,3 +586,34 @@ async fn a_destroyed_agents_queued_mail_is_not_the_backlog_or_the_dead_letters_o
         .collect();
     assert_eq!(dead, [new]);
 }
+
+/// A paused agent's mail is dead for that reason, whether its harness runs or not: the operator
+/// reads `paused` (and resumes it), not `not running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agents_dead_letters_say_paused_even_when_it_is_not_running() {
+    let mut config = Config::default();
+    config.mailbox.dead_letter_after_seconds = 0;
+    let f = open(tempfile::tempdir().unwrap(), config).await;
+    f.hive.spawn("x1", None).await.unwrap();
+    f.hive
+        .send(
+            &Sender::Operator,
+            &Recipient::Agent(name("x1")),
+            "work".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let why = |dead: Vec<broker::dead_letters::DeadLetter>| -> Vec<&'static str> {
+        dead.iter()
+            .filter(|d| d.message.to == "x1")
+            .map(|d| d.why)
+            .collect()
+    };
+    assert_eq!(why(f.hive.dead_letters().await.unwrap()), ["not running"]);
+    f.hive
+        .pause_agent(broker::containers::Actor::Operator, &name("x1"))
+        .await
+        .unwrap();
+    assert_eq!(why(f.hive.dead_letters().await.unwrap()), ["paused"]);
+}
