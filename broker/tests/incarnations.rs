@@ -535,7 +535,7 @@ async fn a_destroyed_agents_queued_mail_does_not_fill_the_inbox_quota_of_a_new_o
 /// agent of the same name and cannot be redirected or dropped as one; the new agent's own mail
 /// is. (Its liveness backlog: `liveness::tests::the_backlog_is_the_live_incarnations_alone`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_destroyed_agents_queued_mail_is_not_the_backlog_or_the_dead_letters_of_a_new_one() {
+async fn a_destroyed_agents_queued_mail_is_not_the_dead_letters_of_a_new_one() {
     let mut config = Config::default();
     config.mailbox.dead_letter_after_seconds = 0;
     let f = open(tempfile::tempdir().unwrap(), config).await;
