@@ -275,7 +275,7 @@ impl Hive {
             })
             .await?;
         let sha = change.commit.clone();
-        let plan = self.check_plan();
+        let plan = self.checks.plan();
         let checking = matches!(plan, crate::review::Plan::Check);
         let (requester, name, agent, kind) = (
             requester.to_string(),
@@ -319,7 +319,7 @@ impl Hive {
             })
             .await?;
         if checking {
-            self.start_check(
+            self.checks.start(
                 id,
                 name,
                 approval.commit.clone(),
@@ -475,7 +475,7 @@ impl Hive {
     /// running check build first; a change that widens isolation needs `yes_widen`, one whose
     /// check failed `override_failed_build` (else nothing changes).
     pub async fn approve_with(self: &Arc<Self>, id: i64, confirm: Confirm) -> Result<Approval> {
-        self.wait_check(id).await?;
+        self.checks.wait(id).await?;
         let _config = self.config_lock.lock().await;
         self.refuse_stale(id).await?;
         let pending = self.store.read(move |c| get_approval(c, id)).await?;
@@ -534,7 +534,7 @@ impl Hive {
             self.publish_resolved(&approval);
             let deploy_id = deploy.id;
             self.bus.publish(Event::Deploy { deploy });
-            self.remove_check(&created.record.name, id).await;
+            self.checks.remove(&created.record.name, id).await;
             created.applied?;
             self.deploy_in_background(created.record.name.clone(), deploy_id);
             return Ok(approval);
@@ -565,7 +565,7 @@ impl Hive {
         self.bus.publish(Event::Deploy {
             deploy: deploy.clone(),
         });
-        self.remove_check(&name, id).await;
+        self.checks.remove(&name, id).await;
         self.move_applied(&name, deploy.commit, vec![format!("approved/{id}")])
             .await?;
         self.deploy_in_background(name, deploy.id);
@@ -603,7 +603,7 @@ impl Hive {
         self.mailbox.announce(vec![message]);
         self.publish_resolved(&approval);
         let name = AgentName::parse(&approval.agent)?;
-        self.remove_check(&name, id).await;
+        self.checks.remove(&name, id).await;
         let (tag, commit) = (format!("denied/{id}"), approval.commit.clone());
         if let Err(e) = self.git(move |repos| repos.tag(&name, &tag, &commit)).await {
             tracing::warn!(id, error = %e, "cannot tag a denied approval; retried at the next start");

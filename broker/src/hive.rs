@@ -58,7 +58,7 @@ pub struct Hive {
     pub(crate) watcher: Arc<crate::watcher::Watcher>,
     pub(crate) pauses: Arc<crate::pause::Pauses>,
     /// The check builds of config requests (`review`).
-    checks: Arc<crate::review::Checks>,
+    pub(crate) checks: Arc<crate::review::Checks>,
     dead_letters: DeadLetters,
     liveness: LivenessJudge,
     stats: StatsReader,
@@ -246,15 +246,24 @@ impl Hive {
                 "{agent} is still inconsistent and stays stopped: {e}"
             ))
         };
-        let target = agent.clone();
-        self.git(move |repos| repos.clear_stale_locks(&target))
-            .await
-            .map_err(still)?;
+        // Under the config lock: no git work of another operation is cut by the lock clearing.
+        {
+            let _config = self.config_lock.lock().await;
+            let target = agent.clone();
+            self.git(move |repos| repos.clear_stale_locks(&target))
+                .await
+                .map_err(still)?;
+        }
         if agent.is_manager() {
             self.ensure_manager_config().await.map_err(still)?;
         }
         {
             let _config = self.config_lock.lock().await;
+            if !self.is_faulted(agent) {
+                return Err(Error::Conflict(format!(
+                    "{agent} was just checked again by another request"
+                )));
+            }
             if let Some((_, e)) = self
                 .make_applied_agree(Some(agent))
                 .await?
@@ -608,33 +617,6 @@ impl Hive {
     /// is refused). The watcher then reports the agent `logged_in`.
     pub async fn store_api_key(&self, agent: &AgentName, key: &[u8]) -> Result<()> {
         self.api_keys.store(agent, key).await
-    }
-
-    /// What the check of a config request made now starts as (`review`).
-    pub(crate) fn check_plan(&self) -> crate::review::Plan {
-        self.checks.plan()
-    }
-
-    /// Starts the check build of approval `id` (its row is `checking`) on the review scope.
-    pub(crate) fn start_check(
-        &self,
-        id: i64,
-        agent: AgentName,
-        sha: String,
-        kind: String,
-        base: Option<String>,
-    ) {
-        self.checks.start(id, agent, sha, kind, base)
-    }
-
-    /// Waits while approval `id`'s check is `checking` (see [`crate::review::Checks::wait`]).
-    pub(crate) async fn wait_check(&self, id: i64) -> Result<()> {
-        self.checks.wait(id).await
-    }
-
-    /// Removes the check build dir of a decided approval (a failure is only logged).
-    pub(crate) async fn remove_check(&self, agent: &AgentName, id: i64) {
-        self.checks.remove(agent, id).await
     }
 
     /// The notify component: reads the bus until `scope` stops, batching alerts. Does nothing

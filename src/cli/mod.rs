@@ -213,12 +213,9 @@ fn print_listing_of<T: serde::de::DeserializeOwned>(
     header: &[&str],
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    let list = client_runtime()?.block_on(client::AdminClient::new(state).get(path))?;
-    if json {
-        output::json(&list);
+    let Some(items) = get_answer::<Vec<T>>(state, path, json)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let items: Vec<T> = read_answer(path, &list)?;
+    };
     let rows: Vec<Vec<String>> = items.iter().map(row).collect();
     if rows.is_empty() {
         outln!("{empty}");
