@@ -34,8 +34,8 @@ const WRITER_CACHE_KIB: u32 = 2048;
 /// page of a listing.
 const READER_CACHE_KIB: u32 = 512;
 
-/// Committed requests after which the writer, once idle, gives memory back: its page cache, the
-/// idle readers, and the heap (see [`heap`]).
+/// Committed requests after which the writer, once idle for [`IDLE_BEFORE_RELEASE`], gives
+/// memory back: its page cache, the idle readers, and the heap (see [`heap`]).
 const RELEASE_AFTER: usize = 4096;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied. Append only:
@@ -311,9 +311,15 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// next request usually comes within this window.
 const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(150);
 
-/// The next request: polled for a moment, then waited for; `before_sleep` runs once if the writer
-/// is about to sleep. `None` when every sender is gone.
-fn next_request(rx: &mpsc::Receiver<Request>, before_sleep: impl FnOnce()) -> Option<Request> {
+/// How long the writer must have had nothing to do before it gives memory back: a pause between
+/// two batches of a busy hive is not the end of its burst (giving the page cache back there made
+/// every next commit read its pages again).
+const IDLE_BEFORE_RELEASE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The next request: polled for a moment, then waited for. With `release` given, the writer
+/// runs it once it has waited [`IDLE_BEFORE_RELEASE`] in vain, then waits on. `None` when every
+/// sender is gone.
+fn next_request(rx: &mpsc::Receiver<Request>, release: Option<impl FnOnce()>) -> Option<Request> {
     let spin_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
     while std::time::Instant::now() < spin_until {
         match rx.try_recv() {
@@ -322,7 +328,13 @@ fn next_request(rx: &mpsc::Receiver<Request>, before_sleep: impl FnOnce()) -> Op
             Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
-    before_sleep();
+    if let Some(release) = release {
+        match rx.recv_timeout(IDLE_BEFORE_RELEASE) {
+            Ok(request) => return Some(request),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => release(),
+        }
+    }
     rx.recv().ok()
 }
 
@@ -391,13 +403,11 @@ fn run_writer(
     let mut since_release = 0;
     let mut stopping = false;
     while !stopping {
-        let before_sleep = || {
-            if since_release >= RELEASE_AFTER {
-                release_memory(&conn, &readers);
-                since_release = 0;
-            }
-        };
-        let Some(first) = next_request(&rx, before_sleep) else {
+        let release = (since_release >= RELEASE_AFTER).then_some(|| {
+            release_memory(&conn, &readers);
+            since_release = 0;
+        });
+        let Some(first) = next_request(&rx, release) else {
             break;
         };
         let mut batch = Vec::with_capacity(16);
@@ -442,7 +452,7 @@ fn run_job(conn: &Connection, job: Job) -> (bool, Completion) {
 fn commit(conn: &Connection) -> std::result::Result<(), String> {
     let outcome = message_counts::write(conn)
         .map_err(|e| e.to_string())
-        .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+        .and_then(|()| run(conn, "COMMIT").map_err(|e| e.to_string()));
     if let Err(e) = &outcome {
         tracing::error!(error = %e, "commit failed; the transaction is rolled back");
         rollback(conn);
@@ -458,13 +468,20 @@ fn rollback(conn: &Connection) {
     }
 }
 
+/// Runs one statement of the writer's own (BEGIN, SAVEPOINT, RELEASE, COMMIT) from the statement
+/// cache: parsed once, not at each of the thousands of requests a second it frames.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.raw_execute().map(|_| ())
+}
+
 fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
         // Dropping the jobs drops their answer channels: each caller gets an error, none has run.
         tracing::error!(error = %e, requests = batch.len(), "cannot begin a transaction");
         return;
     }
+    message_counts::begin();
     // One request needs no savepoint: if it fails, the whole transaction is its own.
     let alone = batch.len() == 1;
     for job in batch {
@@ -481,17 +498,17 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
             done(outcome);
             return;
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = run(conn, "SAVEPOINT job") {
             tracing::error!(error = %e, "cannot open a savepoint");
         }
         let (ok, done) = run_job(conn, job);
         message_counts::request_done(ok);
         let end = if ok {
-            "RELEASE job"
+            run(conn, "RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = end {
             tracing::error!(error = %e, "cannot close a savepoint");
         }
         completions.push(done);
@@ -593,6 +610,163 @@ mod tests {
                 ("dave".to_owned(), 7, "queued".to_owned(), 1)
             ]
         );
+    }
+
+    /// Queues `jobs` behind a job that holds the writer, so they commit in one batch (one
+    /// transaction, a savepoint each), and returns their answers in order.
+    async fn in_one_batch<T: Send + 'static>(
+        store: &Store,
+        jobs: Vec<Box<dyn FnOnce(&Connection) -> Result<T> + Send>>,
+    ) -> Vec<Result<T>> {
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        store.write_detached(
+            "hold the writer",
+            move |_| {
+                entered_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                Ok(())
+            },
+            || {},
+        );
+        entered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut queued: Vec<_> = jobs.into_iter().map(|f| Box::pin(store.write(f))).collect();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for job in &mut queued {
+            // One poll hands the job to the writer, behind the held one.
+            assert!(job.as_mut().poll(&mut cx).is_pending());
+        }
+        go.send(()).unwrap();
+        futures_util::future::join_all(queued).await
+    }
+
+    /// What a send reads of its recipient's inbox (`message_counts::inbox_now`) is read once per
+    /// transaction, and still follows the batch: its own queued messages, an incarnation moved
+    /// by an earlier request, and a request rolled back.
+    #[tokio::test]
+    async fn an_inbox_read_in_a_batch_follows_the_batchs_changes_and_rollbacks() {
+        use message_counts::{InboxNow, inbox_now};
+        let (_dir, store) = open();
+        store
+            .write(|c| {
+                c.execute_batch(
+                    "INSERT INTO agents (name, kind, created_at, incarnation)
+                         VALUES ('bob', 'agent', 0, 5);
+                     INSERT INTO messages (sender, recipient, body, sent_at, incarnation)
+                         VALUES ('operator', 'bob', 'x', 0, 5);",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let first = 5;
+        let queue_one = |c: &Connection| -> Result<InboxNow> {
+            let now = inbox_now(c, "bob")?;
+            c.execute(
+                "INSERT INTO messages (sender, recipient, body, sent_at, incarnation)
+                 VALUES ('operator', 'bob', 'x', 0, ?1)",
+                [now.incarnation],
+            )?;
+            inbox_now(c, "bob")
+        };
+        type Job = Box<dyn FnOnce(&Connection) -> Result<InboxNow> + Send>;
+        let jobs: Vec<Job> = vec![
+            Box::new(queue_one),
+            Box::new(queue_one),
+            // Moves bob to a new incarnation, reads it, then fails: all of it is undone.
+            Box::new(move |c: &Connection| {
+                c.execute(
+                    "UPDATE agents SET incarnation = ?1 WHERE name = 'bob'",
+                    [first + 1],
+                )?;
+                assert_eq!(
+                    inbox_now(c, "bob")?,
+                    InboxNow {
+                        incarnation: Some(first + 1),
+                        queued: 0
+                    }
+                );
+                Err(Error::invalid("x", "refused"))
+            }),
+            Box::new(queue_one),
+            // Moves bob for good: what is queued now is the new incarnation's.
+            Box::new(move |c: &Connection| {
+                c.execute(
+                    "UPDATE agents SET incarnation = ?1 WHERE name = 'bob'",
+                    [first + 2],
+                )?;
+                queue_one(c)
+            }),
+            Box::new(|c: &Connection| inbox_now(c, "nobody")),
+        ];
+        let got: Vec<_> = in_one_batch(&store, jobs)
+            .await
+            .into_iter()
+            .map(|r| r.ok())
+            .collect();
+        let old = |queued| {
+            Some(InboxNow {
+                incarnation: Some(first),
+                queued,
+            })
+        };
+        assert_eq!(
+            got,
+            [
+                old(2),
+                old(3),
+                None,
+                old(4),
+                Some(InboxNow {
+                    incarnation: Some(first + 2),
+                    queued: 1
+                }),
+                Some(InboxNow {
+                    incarnation: None,
+                    queued: 0
+                }),
+            ]
+        );
+        // The next transactions read what the earlier ones committed (kept in memory between
+        // them): not what a transaction rolled back, and what a delete took away.
+        let after = store.write(|c| inbox_now(c, "bob")).await.unwrap();
+        assert_eq!(
+            after,
+            InboxNow {
+                incarnation: Some(first + 2),
+                queued: 1
+            }
+        );
+        let rolled_back = store.write(move |c| {
+            queue_one(c)?;
+            Err::<(), _>(Error::invalid("x", "refused"))
+        });
+        assert!(rolled_back.await.is_err());
+        let after = store.write(|c| inbox_now(c, "bob")).await.unwrap();
+        assert_eq!(
+            after,
+            InboxNow {
+                incarnation: Some(first + 2),
+                queued: 1
+            }
+        );
+        let deleted = store.write(move |c| {
+            c.execute("DELETE FROM messages WHERE incarnation = ?1", [first + 2])?;
+            inbox_now(c, "bob")
+        });
+        assert_eq!(deleted.await.unwrap().queued, 0);
+        let after = store.write(|c| inbox_now(c, "bob")).await.unwrap();
+        assert_eq!(
+            after,
+            InboxNow {
+                incarnation: Some(first + 2),
+                queued: 0
+            }
+        );
+        let (stored, counted) = counts_stored_and_counted(&store).await;
+        assert_eq!(stored, counted);
     }
 
     #[tokio::test]

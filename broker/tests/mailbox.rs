@@ -890,3 +890,47 @@ async fn a_turn_of_several_messages_whose_caller_leaves_while_it_commits_loses_n
     assert_eq!(ids_of(&turn), ids);
     assert!(turn.messages.iter().all(|m| m.redelivered));
 }
+
+/// The inbox quota counts the sends of the batch they commit in: ten sends queued behind a held
+/// writer (one transaction) store exactly as many as the quota leaves room for, and refuse the
+/// rest with `inbox_full`, where each once read only the count stored before the batch.
+#[tokio::test]
+async fn sends_committed_in_one_batch_meet_the_inbox_quota_exactly() {
+    let mut config = Config::default();
+    config.mailbox.max_queued_per_inbox = 3;
+    let f = hive_with(config, &["alice", "bob"]).await;
+    f.hive
+        .send(&agent("alice"), &to("bob"), "before".into(), None)
+        .await
+        .unwrap();
+    let held = HeldWriter::queue(&f.hive);
+    held.wait_entered();
+    let (alice, bob) = (agent("alice"), to("bob"));
+    let mut sends: Vec<_> = (0..10)
+        .map(|i| Box::pin(f.hive.send(&alice, &bob, format!("m{i}"), None)))
+        .collect();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for send in &mut sends {
+        // One poll hands the send to the writer, behind the held job.
+        assert!(send.as_mut().poll(&mut cx).is_pending());
+    }
+    held.release();
+    let results = futures_util::future::join_all(sends).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let refused: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.code()))
+        .collect();
+    assert_eq!(accepted, 2, "the quota of 3 had room for two more");
+    assert_eq!(refused, ["inbox_full"; 8]);
+    let c = common::open_db(&f.hive);
+    let queued: i64 = c
+        .query_row(
+            "SELECT count(*) FROM messages WHERE recipient = 'bob' AND state = 'queued'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, 3);
+    assert_eq!(f.hive.message_counts().await.unwrap().queued, 3);
+}

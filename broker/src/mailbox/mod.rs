@@ -27,7 +27,7 @@ use crate::config::MailboxConfig;
 use crate::error::{Error, Result};
 use crate::names::{AgentName, Inbox, Recipient, Sender};
 use crate::registry::Registry;
-use crate::store::{Store, unix_millis};
+use crate::store::{Store, message_counts, unix_millis};
 
 pub use commands::CANCEL_COMMAND;
 pub use proto::tools::{MAX_RECV, MAX_TURN_BYTES, MAX_TURN_MESSAGES, MAX_WAIT_SECONDS};
@@ -826,17 +826,13 @@ fn put_back(store: &Store, notifiers: &Arc<Notifiers>, untaken: Handoff) {
 }
 
 /// Refuses a send when an inbox it reaches holds `quota` queued messages already (all or none:
-/// a broadcast stores nothing then). Reads the stored count of the recipient's current
-/// incarnation (kept by the store's writer, `store::message_counts`; what a destroyed agent of the same name
-/// left queued is not this one's), so a send costs the same with 10 or 100 000 queued.
+/// a broadcast stores nothing then). Reads the recipient's current incarnation's count as the
+/// transaction sees it (`store::message_counts`: the stored count plus what this batch queued;
+/// what a destroyed agent of the same name left queued is not this one's), so a send costs the
+/// same with 10 or 100 000 queued.
 fn check_queue_quota(c: &Connection, recipients: &[String], quota: u64) -> Result<()> {
-    let mut count = c.prepare_cached(
-        "SELECT coalesce((SELECT n FROM message_counts WHERE recipient = ?1
-             AND incarnation = coalesce((SELECT incarnation FROM agents WHERE name = ?1), 0)
-             AND state = 'queued'), 0)",
-    )?;
     for inbox in recipients {
-        let queued: i64 = count.query_row([inbox], |r| r.get(0))?;
+        let queued = message_counts::inbox_now(c, inbox)?.queued;
         if queued.max(0) as u64 >= quota {
             return Err(Error::InboxFull {
                 inbox: inbox.clone(),
@@ -869,11 +865,12 @@ pub(crate) fn insert_messages(
     let now = unix_millis();
     let mut insert = c.prepare_cached(
         "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at, incarnation)
-         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT incarnation FROM agents WHERE name = ?2))",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut rows = Vec::with_capacity(recipients.len());
     for to in recipients {
-        insert.execute(params![sender, to, body, in_reply_to, now])?;
+        let incarnation = message_counts::inbox_now(c, to)?.incarnation;
+        insert.execute(params![sender, to, body, in_reply_to, now, incarnation])?;
         rows.push(Message {
             id: c.last_insert_rowid(),
             from: sender.to_owned(),

@@ -12,6 +12,10 @@
 //! the counts right itself ([`recount`]). A statement that fails part-way is undone by sqlite
 //! after the hook saw its rows, so a request must not go on past a failed statement on
 //! `messages` (none does: each returns the error, and its savepoint rolls back with its tally).
+//!
+//! The same tally answers what a send asks of its recipient's inbox ([`inbox_now`]: the
+//! incarnation to store the message under, and the queued count the quota reads): read from the
+//! tables once, then followed through each committed tally, with no statement per send.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -52,9 +56,107 @@ impl Tally {
 /// A counted key read from a row, borrowed from sqlite's values.
 type BorrowedKey<'a> = (&'a str, i64, &'a str);
 
+impl Tally {
+    /// The open transaction's change to `key` so far, the running request's included.
+    fn pending(&self, (recipient, incarnation, state): BorrowedKey<'_>) -> i64 {
+        let running: i64 = self
+            .request
+            .iter()
+            .filter(|((r, i, s), _)| *i == incarnation && r == recipient && s == state)
+            .map(|(_, n)| n)
+            .sum();
+        let kept = self
+            .transaction
+            .get(&(recipient.to_owned(), incarnation, state.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        running + kept
+    }
+}
+
+/// An inbox as the open transaction sees it: the incarnation its messages are stored under and
+/// how many of them are queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxNow {
+    /// The recipient's incarnation (`None` for the operator's inbox and unknown names).
+    pub incarnation: Option<i64>,
+    /// Its queued messages of that incarnation, this transaction's changes included.
+    pub queued: i64,
+}
+
+/// What the writer knows of an inbox: its incarnation and its queued count as stored in
+/// `message_counts` (which only the writer changes, at each COMMIT).
+#[derive(Clone, Copy)]
+struct Looked {
+    incarnation: Option<i64>,
+    stored_queued: i64,
+}
+
+/// The inboxes the writer looked up, so a send reads its recipient's incarnation and count from
+/// memory instead of two statements per send. Kept across transactions: each COMMIT adds its
+/// queued changes to the stored counts here as it writes them to the table. Forgotten when a
+/// transaction or one of its requests is rolled back (sqlite undoes rows without telling the
+/// hook) and when a row of `agents` changes (an incarnation may have moved, a name come or gone).
+#[derive(Default)]
+struct Inboxes {
+    /// Whether the writer's transaction is open: outside it (and on any other thread) nothing
+    /// is remembered.
+    open: bool,
+    looked: HashMap<String, Looked>,
+}
+
 thread_local! {
     /// The writer thread's tally: the hook and the writer run on that one thread.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+    /// The writer thread's inboxes looked up.
+    static INBOXES: RefCell<Inboxes> = RefCell::new(Inboxes::default());
+}
+
+/// Forgets every inbox looked up.
+fn forget_inboxes() {
+    INBOXES.with_borrow_mut(|inboxes| inboxes.looked.clear());
+}
+
+/// The writer began a transaction.
+pub(super) fn begin() {
+    INBOXES.with_borrow_mut(|inboxes| inboxes.open = true);
+}
+
+/// `recipient`'s inbox as the open transaction on `conn` sees it: on the writer, read once (from
+/// `agents` and `message_counts`) and then followed through each transaction's own changes, so
+/// it is exact however many sends a batch holds; on any other connection, read each time.
+pub fn inbox_now(conn: &Connection, recipient: &str) -> Result<InboxNow> {
+    let remembered = INBOXES.with_borrow(|inboxes| inboxes.looked.get(recipient).copied());
+    let looked = match remembered {
+        Some(looked) => looked,
+        None => {
+            let looked = conn
+                .prepare_cached(
+                    "SELECT live, coalesce((SELECT n FROM message_counts
+                         WHERE recipient = ?1 AND incarnation = coalesce(live, 0)
+                         AND state = 'queued'), 0)
+                     FROM (SELECT (SELECT incarnation FROM agents WHERE name = ?1) AS live)",
+                )?
+                .query_row([recipient], |r| {
+                    Ok(Looked {
+                        incarnation: r.get(0)?,
+                        stored_queued: r.get(1)?,
+                    })
+                })?;
+            INBOXES.with_borrow_mut(|inboxes| {
+                if inboxes.open {
+                    inboxes.looked.insert(recipient.to_owned(), looked);
+                }
+            });
+            looked
+        }
+    };
+    let pending = TALLY
+        .with_borrow(|tally| tally.pending((recipient, looked.incarnation.unwrap_or(0), "queued")));
+    Ok(InboxNow {
+        incarnation: looked.incarnation,
+        queued: looked.stored_queued + pending,
+    })
 }
 
 /// Where `recipient`, `incarnation` and `state` are among the columns of `messages`.
@@ -94,7 +196,14 @@ pub(super) fn watch(conn: &mut Connection) -> Result<()> {
     }
     conn.preupdate_hook(Some(
         move |_: Action, db: &str, table: &str, change: &PreUpdateCase| {
-            if db != "main" || table != "messages" {
+            if db != "main" {
+                return;
+            }
+            if table == "agents" {
+                forget_inboxes();
+                return;
+            }
+            if table != "messages" {
                 return;
             }
             let (old, new) = match change {
@@ -152,6 +261,9 @@ pub(super) fn request_done(kept: bool) {
             for (key, delta) in request {
                 *tally.transaction.entry(key).or_default() += delta;
             }
+        } else {
+            // Its rows are undone, an `agents` row it moved too: what it looked up may be stale.
+            forget_inboxes();
         }
     });
 }
@@ -159,6 +271,7 @@ pub(super) fn request_done(kept: bool) {
 /// Writes the transaction's tally into `message_counts`, inside the transaction, just before its
 /// COMMIT. If this fails the transaction must be rolled back.
 pub(super) fn write(conn: &Connection) -> Result<()> {
+    INBOXES.with_borrow_mut(|inboxes| inboxes.open = false);
     let changes = TALLY.with_borrow_mut(|tally| std::mem::take(&mut tally.transaction));
     if changes.is_empty() {
         return Ok(());
@@ -168,8 +281,18 @@ pub(super) fn write(conn: &Connection) -> Result<()> {
          ON CONFLICT (recipient, incarnation, state) DO UPDATE SET n = n + excluded.n",
     )?;
     for ((recipient, incarnation, state), delta) in changes {
-        if delta != 0 {
-            upsert.execute(rusqlite::params![recipient, incarnation, state, delta])?;
+        if delta == 0 {
+            continue;
+        }
+        upsert.execute(rusqlite::params![recipient, incarnation, state, delta])?;
+        if state == "queued" {
+            INBOXES.with_borrow_mut(|inboxes| {
+                if let Some(looked) = inboxes.looked.get_mut(&recipient)
+                    && looked.incarnation.unwrap_or(0) == incarnation
+                {
+                    looked.stored_queued += delta;
+                }
+            });
         }
     }
     Ok(())
@@ -177,6 +300,10 @@ pub(super) fn write(conn: &Connection) -> Result<()> {
 
 /// The transaction ended without [`write`] (rolled back): nothing of it is counted.
 pub(super) fn forget() {
+    INBOXES.with_borrow_mut(|inboxes| {
+        inboxes.open = false;
+        inboxes.looked.clear();
+    });
     TALLY.with_borrow_mut(|tally| {
         tally.request.clear();
         tally.transaction.clear();
@@ -184,7 +311,8 @@ pub(super) fn forget() {
 }
 
 /// Counts `messages` again from scratch into `message_counts`: for a migration or a tool that
-/// changed rows of `messages` on another connection than the writer's.
+/// changed rows of `messages` on another connection than the writer's, while no hive has the
+/// file open (a running writer keeps the queued counts it read in memory and is not told).
 pub fn recount(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "DELETE FROM message_counts;
