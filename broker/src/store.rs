@@ -612,11 +612,14 @@ mod tests {
         );
     }
 
+    /// A request for [`in_one_batch`].
+    type TestJob<T> = Box<dyn FnOnce(&Connection) -> Result<T> + Send>;
+
     /// Queues `jobs` behind a job that holds the writer, so they commit in one batch (one
     /// transaction, a savepoint each), and returns their answers in order.
     async fn in_one_batch<T: Send + 'static>(
         store: &Store,
-        jobs: Vec<Box<dyn FnOnce(&Connection) -> Result<T> + Send>>,
+        jobs: Vec<TestJob<T>>,
     ) -> Vec<Result<T>> {
         let (entered_tx, entered) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<()>();
@@ -671,8 +674,7 @@ mod tests {
             )?;
             inbox_now(c, "bob")
         };
-        type Job = Box<dyn FnOnce(&Connection) -> Result<InboxNow> + Send>;
-        let jobs: Vec<Job> = vec![
+        let jobs: Vec<TestJob<InboxNow>> = vec![
             Box::new(queue_one),
             Box::new(queue_one),
             // Moves bob to a new incarnation, reads it, then fails: all of it is undone.
