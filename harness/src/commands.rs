@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use proto::tools::LeasedMessage;
+use proto::message::Message;
 
 /// What the operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub const KNOWN: &str =
     "known commands: /model NAME (or /model default), /compact, /new-session, /cancel";
 
 /// The command in `m`, if it is one.
-pub fn parse(m: &LeasedMessage) -> Option<Command> {
+pub fn parse(m: &Message) -> Option<Command> {
     if m.from != "operator" {
         return None;
     }
@@ -85,14 +85,8 @@ pub fn store_model(state_dir: &Path, model: Option<&str>) -> std::io::Result<()>
 mod tests {
     use super::*;
 
-    fn msg(from: &str, body: &str) -> LeasedMessage {
-        LeasedMessage {
-            id: 1,
-            from: from.into(),
-            body: body.into(),
-            in_reply_to: None,
-            redelivered: false,
-        }
+    fn msg(from: &str, body: &str) -> Message {
+        crate::prompt::leased(1, from, body, false)
     }
 
     #[test]

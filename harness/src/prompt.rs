@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use proto::tools::LeasedMessage;
+use proto::message::Message;
 
 /// The agent's durable notes, in its state dir: kept across sessions and compactions.
 pub const NOTES_FILE: &str = "notes.md";
@@ -52,7 +52,7 @@ pub fn notes_rewrite(max_bytes: u64) -> String {
 
 /// The text of the user line that wakes the model for `messages` (at least one, oldest first):
 /// each message quoted with who wrote it.
-pub fn wake_for(messages: &[LeasedMessage]) -> String {
+pub fn wake_for(messages: &[Message]) -> String {
     let mut text = String::new();
     if messages.iter().any(|m| m.redelivered) {
         text.push_str(
@@ -89,30 +89,43 @@ pub fn wake_for(messages: &[LeasedMessage]) -> String {
     text
 }
 
+/// A message as a turn leases it, for tests.
+#[cfg(test)]
+pub(crate) fn leased(id: i64, from: &str, body: &str, redelivered: bool) -> Message {
+    Message {
+        id,
+        from: from.into(),
+        to: "me".into(),
+        body: body.into(),
+        in_reply_to: None,
+        sent_at: 0,
+        state: proto::message::MessageState::Leased,
+        delivered_at: None,
+        leased_at: Some(0),
+        turn: Some(3),
+        redelivered,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::tools::LeasedTurn;
+    use proto::message::Turn;
 
-    fn wake(turn: &LeasedTurn) -> String {
-        wake_for(turn.all())
+    fn wake(turn: &Turn) -> String {
+        wake_for(&turn.messages)
     }
 
-    fn message(id: i64, from: &str, body: &str, redelivered: bool) -> LeasedMessage {
-        LeasedMessage {
-            id,
-            from: from.into(),
-            body: body.into(),
-            in_reply_to: None,
-            redelivered,
-        }
+    fn message(id: i64, from: &str, body: &str, redelivered: bool) -> Message {
+        leased(id, from, body, redelivered)
     }
 
-    fn turn(redelivered: bool) -> LeasedTurn {
-        LeasedTurn {
+    fn turn(redelivered: bool) -> Turn {
+        let m = message(7, "bob", "hi", redelivered);
+        Turn {
             turn: 3,
-            message: message(7, "bob", "hi", redelivered),
-            messages: Vec::new(),
+            message: m.clone(),
+            messages: vec![m],
         }
     }
 
@@ -139,7 +152,7 @@ mod tests {
             message(8, "operator", "beta", true),
             message(9, "carol", "gamma", false),
         ];
-        let p = wake(&LeasedTurn {
+        let p = wake(&Turn {
             turn: 3,
             message: messages[0].clone(),
             messages,

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use proto::Usage;
-use proto::tools::{LeasedMessage, LeasedTurn, MAX_EVENTS_PER_CALL, TurnState};
+use proto::message::{Message, Turn};
+use proto::tools::{MAX_EVENTS_PER_CALL, TurnState};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
@@ -109,7 +110,7 @@ pub async fn run(
                 }
             }
         };
-        let Some(turn) = serde_json::from_str::<Option<LeasedTurn>>(&text)
+        let Some(turn) = serde_json::from_str::<Option<Turn>>(&text)
             .with_context(|| format!("next_turn answered something unexpected: {text}"))?
         else {
             continue;
@@ -228,7 +229,7 @@ async fn one_turn(
     model: &mut Driver,
     state_dir: &Path,
     notes: NotesLimits,
-    turn: &LeasedTurn,
+    turn: &Turn,
 ) -> anyhow::Result<End> {
     let (tx, rx) = mpsc::unbounded_channel();
     let forwarder = tokio::spawn(forward(peer.clone(), turn.turn, rx));
@@ -243,9 +244,9 @@ async fn one_turn(
     // Messages run in order: ordinary ones in runs, each run one wake of the model; a command
     // between two runs acts after the first and before the second.
     let mut tally = Tally::default();
-    let mut run: Vec<LeasedMessage> = Vec::new();
+    let mut run: Vec<Message> = Vec::new();
     let mut given_back = None;
-    for item in turn.all().iter().map(Some).chain([None]) {
+    for item in turn.messages.iter().map(Some).chain([None]) {
         let command = item.and_then(|m| commands::parse(m).map(|c| (m, c)));
         if let Some(m) = item
             && command.is_none()
@@ -327,7 +328,7 @@ impl TurnCtx<'_> {
     }
 
     /// Wakes the model with `messages`, racing a `/cancel` from the operator.
-    async fn wake(&mut self, messages: &[LeasedMessage]) -> Part {
+    async fn wake(&mut self, messages: &[Message]) -> Part {
         let prompt = prompt::wake_for(messages);
         let first = {
             let attempt = self.model.turn(&prompt, self.events);
@@ -521,7 +522,7 @@ impl TurnCtx<'_> {
     }
 
     /// Runs an operator command and answers it.
-    async fn command(&mut self, m: &LeasedMessage, command: Command, tally: &mut Tally) {
+    async fn command(&mut self, m: &Message, command: Command, tally: &mut Tally) {
         let answer = match command {
             Command::Model(None) => match self.model.model() {
                 Some(name) => format!("model is {name}"),
@@ -589,7 +590,7 @@ async fn wait_for_cancel(peer: &Peer<RoleClient>, turn: i64) -> i64 {
             json!({"turn": turn, "wait_seconds": WAIT_SECONDS}),
         )
         .await;
-        match got.map(|text| serde_json::from_str::<Option<LeasedMessage>>(&text)) {
+        match got.map(|text| serde_json::from_str::<Option<Message>>(&text)) {
             Ok(Ok(Some(m))) => return m.id,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {

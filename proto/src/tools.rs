@@ -262,43 +262,6 @@ pub struct Reported {
     pub state: TurnState,
 }
 
-/// `next_turn`, as the harness reads it: the turn's id and the messages it is about, oldest first
-/// (the broker sends more fields; they are ignored here).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct LeasedTurn {
-    pub turn: i64,
-    /// The first of `messages` (a broker that leased one message per turn sent only this).
-    pub message: LeasedMessage,
-    /// Every message of the turn, oldest first; all become delivered when the turn finishes.
-    #[serde(default)]
-    pub messages: Vec<LeasedMessage>,
-}
-
-impl LeasedTurn {
-    /// The turn's messages, oldest first (at least one).
-    pub fn all(&self) -> &[LeasedMessage] {
-        if self.messages.is_empty() {
-            std::slice::from_ref(&self.message)
-        } else {
-            &self.messages
-        }
-    }
-}
-
-/// The message of a [`LeasedTurn`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct LeasedMessage {
-    pub id: i64,
-    /// The sender: an agent's name, `operator` or `system`.
-    pub from: String,
-    pub body: String,
-    #[serde(default)]
-    pub in_reply_to: Option<i64>,
-    /// An earlier turn on this message did not finish.
-    #[serde(default)]
-    pub redelivered: bool,
-}
-
 /// What a harness reports about its model, shown to the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
