@@ -17,8 +17,8 @@
 //! incarnation to store the message under, and the queued count the quota reads): read from the
 //! tables once, then followed through each committed tally, with no statement per send.
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use rusqlite::Connection;
 use rusqlite::hooks::{Action, PreUpdateCase};
@@ -26,16 +26,63 @@ use rusqlite::types::ValueRef;
 
 use crate::error::{Error, Result};
 
-/// One counted key: recipient, incarnation (0 for none: the operator's inbox), state.
-type Key = (String, i64, String);
+/// A counted message state: the three a row can hold, or (only in a row some other writer put
+/// there) anything else, counted under its own name all the same.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum State {
+    Queued,
+    Leased,
+    Delivered,
+    Other(Box<str>),
+}
+
+impl State {
+    fn of(bytes: &[u8]) -> Self {
+        match bytes {
+            b"queued" => Self::Queued,
+            b"leased" => Self::Leased,
+            b"delivered" => Self::Delivered,
+            other => Self::Other(String::from_utf8_lossy(other).into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Queued => "queued",
+            Self::Leased => "leased",
+            Self::Delivered => "delivered",
+            Self::Other(s) => s,
+        }
+    }
+
+    fn is(&self, bytes: &[u8]) -> bool {
+        self.as_str().as_bytes() == bytes
+    }
+}
+
+/// The changes of one inbox: per incarnation (0 for none: the operator's inbox) and state, a
+/// few entries searched in order.
+type Changes = Vec<(i64, State, i64)>;
 
 #[derive(Default)]
 struct Tally {
-    /// The running request's changes, not yet kept or dropped: a few keys (the inboxes it
-    /// touched), searched in order without allocating.
-    request: Vec<(Key, i64)>,
-    /// The changes of the transaction's requests that succeeded.
-    transaction: HashMap<Key, i64>,
+    /// The running request's changes, not yet kept or dropped: a few entries (the inboxes it
+    /// touched), searched in order.
+    request: Vec<(String, i64, State, i64)>,
+    /// The changes of the transaction's requests that succeeded, by recipient (looked up by
+    /// `&str`: a send's quota check allocates nothing).
+    transaction: FxHashMap<String, Changes>,
+}
+
+/// Adds `delta` to the entry of `incarnation` and `state` in `changes`.
+fn add_to(changes: &mut Changes, incarnation: i64, state: State, delta: i64) {
+    match changes
+        .iter_mut()
+        .find(|(i, s, _)| *i == incarnation && *s == state)
+    {
+        Some((_, _, n)) => *n += delta,
+        None => changes.push((incarnation, state, delta)),
+    }
 }
 
 impl Tally {
@@ -43,36 +90,42 @@ impl Tally {
         let found = self
             .request
             .iter_mut()
-            .find(|((r, i, s), _)| *i == incarnation && r == recipient && s == state);
+            .find(|(r, i, s, _)| *i == incarnation && r.as_bytes() == recipient && s.is(state));
         match found {
-            Some((_, n)) => *n += delta,
-            None => self
-                .request
-                .push(((recipient.to_owned(), incarnation, state.to_owned()), delta)),
+            Some((_, _, _, n)) => *n += delta,
+            None => self.request.push((
+                String::from_utf8_lossy(recipient).into_owned(),
+                incarnation,
+                State::of(state),
+                delta,
+            )),
         }
     }
-}
 
-/// A counted key read from a row, borrowed from sqlite's values.
-type BorrowedKey<'a> = (&'a str, i64, &'a str);
-
-impl Tally {
-    /// The open transaction's change to `key` so far, the running request's included.
-    fn pending(&self, (recipient, incarnation, state): BorrowedKey<'_>) -> i64 {
+    /// The open transaction's change to `recipient`'s `incarnation` in `state` so far, the
+    /// running request's included.
+    fn pending(&self, recipient: &str, incarnation: i64, state: &State) -> i64 {
         let running: i64 = self
             .request
             .iter()
-            .filter(|((r, i, s), _)| *i == incarnation && r == recipient && s == state)
-            .map(|(_, n)| n)
+            .filter(|(r, i, s, _)| *i == incarnation && r == recipient && s == state)
+            .map(|(_, _, _, n)| n)
             .sum();
-        let kept = self
+        let kept: i64 = self
             .transaction
-            .get(&(recipient.to_owned(), incarnation, state.to_owned()))
-            .copied()
-            .unwrap_or(0);
+            .get(recipient)
+            .into_iter()
+            .flatten()
+            .filter(|(i, s, _)| *i == incarnation && s == state)
+            .map(|(_, _, n)| n)
+            .sum();
         running + kept
     }
 }
+
+/// A counted key read from a row, borrowed from sqlite's values: recipient and state as their
+/// bytes (compared, and copied only when a request first touches the key).
+type BorrowedKey<'a> = (&'a [u8], i64, &'a [u8]);
 
 /// An inbox as the open transaction sees it: the incarnation its messages are stored under and
 /// how many of them are queued.
@@ -102,7 +155,7 @@ struct Inboxes {
     /// Whether the writer's transaction is open: outside it (and on any other thread) nothing
     /// is remembered.
     open: bool,
-    looked: HashMap<String, Looked>,
+    looked: FxHashMap<String, Looked>,
 }
 
 thread_local! {
@@ -151,8 +204,9 @@ pub fn inbox_now(conn: &Connection, recipient: &str) -> Result<InboxNow> {
             looked
         }
     };
-    let pending = TALLY
-        .with_borrow(|tally| tally.pending((recipient, looked.incarnation.unwrap_or(0), "queued")));
+    let pending = TALLY.with_borrow(|tally| {
+        tally.pending(recipient, looked.incarnation.unwrap_or(0), &State::Queued)
+    });
     Ok(InboxNow {
         incarnation: looked.incarnation,
         queued: looked.stored_queued + pending,
@@ -243,12 +297,12 @@ fn key<'a>(
     columns: Columns,
     value: impl Fn(i32) -> Option<ValueRef<'a>>,
 ) -> Option<BorrowedKey<'a>> {
-    let recipient = value(columns.recipient)?.as_str().ok()?;
+    let recipient = value(columns.recipient)?.as_bytes().ok()?;
     let incarnation = match value(columns.incarnation)? {
         ValueRef::Integer(n) => n,
         _ => 0,
     };
-    let state = value(columns.state)?.as_str().ok()?;
+    let state = value(columns.state)?.as_bytes().ok()?;
     Some((recipient, incarnation, state))
 }
 
@@ -258,8 +312,15 @@ pub(super) fn request_done(kept: bool) {
     TALLY.with_borrow_mut(|tally| {
         let request = std::mem::take(&mut tally.request);
         if kept {
-            for (key, delta) in request {
-                *tally.transaction.entry(key).or_default() += delta;
+            for (recipient, incarnation, state, delta) in request {
+                match tally.transaction.get_mut(recipient.as_str()) {
+                    Some(changes) => add_to(changes, incarnation, state, delta),
+                    None => {
+                        tally
+                            .transaction
+                            .insert(recipient, vec![(incarnation, state, delta)]);
+                    }
+                }
             }
         } else {
             // Its rows are undone, an `agents` row it moved too: what it looked up may be stale.
@@ -280,19 +341,26 @@ pub(super) fn write(conn: &Connection) -> Result<()> {
         "INSERT INTO message_counts (recipient, incarnation, state, n) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (recipient, incarnation, state) DO UPDATE SET n = n + excluded.n",
     )?;
-    for ((recipient, incarnation, state), delta) in changes {
-        if delta == 0 {
-            continue;
-        }
-        upsert.execute(rusqlite::params![recipient, incarnation, state, delta])?;
-        if state == "queued" {
-            INBOXES.with_borrow_mut(|inboxes| {
-                if let Some(looked) = inboxes.looked.get_mut(&recipient)
-                    && looked.incarnation.unwrap_or(0) == incarnation
-                {
-                    looked.stored_queued += delta;
-                }
-            });
+    for (recipient, inbox) in changes {
+        for (incarnation, state, delta) in inbox {
+            if delta == 0 {
+                continue;
+            }
+            upsert.execute(rusqlite::params![
+                recipient,
+                incarnation,
+                state.as_str(),
+                delta
+            ])?;
+            if state == State::Queued {
+                INBOXES.with_borrow_mut(|inboxes| {
+                    if let Some(looked) = inboxes.looked.get_mut(&recipient)
+                        && looked.incarnation.unwrap_or(0) == incarnation
+                    {
+                        looked.stored_queued += delta;
+                    }
+                });
+            }
         }
     }
     Ok(())
