@@ -53,7 +53,7 @@ fn agent_text_cannot_forge_the_operators_screen() {
     let listed: Value = serde_json::from_slice(&json_out.stdout).unwrap();
     assert_eq!(listed[0]["body"], FORGED);
 
-    // The live stream too.
+    // The live stream too, read through the event types: a send, then its delivery.
     let mut follower = Command::new(HIVE)
         .args(["messages", "--follow"])
         .env("HIVE_STATE_DIR", state)
@@ -61,34 +61,67 @@ fn agent_text_cannot_forge_the_operators_screen() {
         .spawn()
         .unwrap();
     let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = Vec::new();
+        let mut line = Vec::new();
         let mut byte = [0u8; 1];
         let mut stdout = stdout;
-        // Up to the first message line (the stream prints nothing before one arrives).
+        // Up to the first delivery line (the stream prints nothing before a message arrives).
         while stdout.read(&mut byte).unwrap_or(0) == 1 {
             buf.push(byte[0]);
-            if byte[0] == b'\n' && String::from_utf8_lossy(&buf).contains("ignore") {
-                break;
+            line.push(byte[0]);
+            if byte[0] == b'\n' {
+                let done = text(&line).contains("delivered to operator");
+                let _ = lines_tx.send(text(&line));
+                line.clear();
+                if done {
+                    break;
+                }
             }
         }
         buf
     });
-    // The follower subscribes before it reads; send until it has seen one.
+    // The follower subscribes before it reads; send until it has printed one.
     let started = Instant::now();
-    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+    let mut sent_line = None;
+    while sent_line.is_none() && started.elapsed() < Duration::from_secs(20) {
         rt.block_on(mcp_ok(
             &manager,
             "send",
             json!({"to": "operator", "body": FORGED}),
         ));
-        std::thread::sleep(Duration::from_millis(100));
+        sent_line = lines.recv_timeout(Duration::from_millis(100)).ok();
     }
+    let sent_line = sent_line.expect("the follower printed no message");
+    assert!(sent_line.contains("manager → operator"), "{sent_line}");
+    assert!(sent_line.contains("ignore\\r"), "{sent_line}");
+    // The operator takes the messages: the follower prints their delivery.
+    let (code, taken) = rt.block_on(api(
+        state,
+        "POST",
+        "/api/v1/inbox/recv",
+        Some(r#"{"max":2}"#),
+    ));
+    assert_eq!(code, 200, "{taken}");
+    let ids: Vec<String> = taken["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].to_string())
+        .collect();
+    assert!(!ids.is_empty(), "{taken}");
+    let delivered = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(20)).ok())
+        .find(|l| l.contains("delivered to"))
+        .expect("the follower printed no delivery");
+    assert_eq!(
+        delivered,
+        format!("        delivered to operator: [{}]\n", ids.join(","))
+    );
     let _ = follower.kill();
     let _ = follower.wait();
     let streamed = reader.join().unwrap();
-    assert!(text(&streamed).contains("ignore\\r"), "{}", text(&streamed));
     assert_screen_safe("hive messages --follow", &streamed);
 
     // A commit and a description cannot rewrite `hive show` or `hive approvals`.
