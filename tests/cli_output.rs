@@ -304,3 +304,53 @@ fn an_answer_with_a_renamed_field_is_an_error_not_a_question_mark() {
         assert!(!shown.contains('?'), "hive {args:?}: {shown}");
     }
 }
+
+#[test]
+fn a_followed_agent_log_is_read_as_log_text_and_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    let log = state.join("logs/manager.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, format!("before the follow {FORGED}\n")).unwrap();
+    let mut follower = Command::new(HIVE)
+        .args(["logs", "manager", "--follow", "--lines", "5"])
+        .env("HIVE_STATE_DIR", state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = Vec::new();
+        while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            if lines_tx.send(std::mem::take(&mut line)).is_err() {
+                return;
+            }
+        }
+    });
+    // The line holding `marker` (a container of the manager may write its own lines too).
+    let line_with = |marker: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the follower printed no such line");
+        assert_screen_safe("hive logs --follow", &line);
+        if text(&line).contains(marker) {
+            return text(&line);
+        }
+    };
+    // The tail first (sent as one `log` event when the follow starts), then what is appended.
+    let first = line_with("before the follow");
+    assert!(
+        first.starts_with("before the follow ignore\\r\\u{1b}[2K#99"),
+        "{first}"
+    );
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, b"appended one\nappended two\n").unwrap();
+    assert_eq!(line_with("appended"), "appended one\n");
+    assert_eq!(line_with("appended"), "appended two\n");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
