@@ -53,7 +53,7 @@ fn agent_text_cannot_forge_the_operators_screen() {
     let listed: Value = serde_json::from_slice(&json_out.stdout).unwrap();
     assert_eq!(listed[0]["body"], FORGED);
 
-    // The live stream too.
+    // The live stream too, read through the event types: a send, then its delivery.
     let mut follower = Command::new(HIVE)
         .args(["messages", "--follow"])
         .env("HIVE_STATE_DIR", state)
@@ -61,34 +61,67 @@ fn agent_text_cannot_forge_the_operators_screen() {
         .spawn()
         .unwrap();
     let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = Vec::new();
+        let mut line = Vec::new();
         let mut byte = [0u8; 1];
         let mut stdout = stdout;
-        // Up to the first message line (the stream prints nothing before one arrives).
+        // Up to the first delivery line (the stream prints nothing before a message arrives).
         while stdout.read(&mut byte).unwrap_or(0) == 1 {
             buf.push(byte[0]);
-            if byte[0] == b'\n' && String::from_utf8_lossy(&buf).contains("ignore") {
-                break;
+            line.push(byte[0]);
+            if byte[0] == b'\n' {
+                let done = text(&line).contains("delivered to operator");
+                let _ = lines_tx.send(text(&line));
+                line.clear();
+                if done {
+                    break;
+                }
             }
         }
         buf
     });
-    // The follower subscribes before it reads; send until it has seen one.
+    // The follower subscribes before it reads; send until it has printed one.
     let started = Instant::now();
-    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+    let mut sent_line = None;
+    while sent_line.is_none() && started.elapsed() < Duration::from_secs(20) {
         rt.block_on(mcp_ok(
             &manager,
             "send",
             json!({"to": "operator", "body": FORGED}),
         ));
-        std::thread::sleep(Duration::from_millis(100));
+        sent_line = lines.recv_timeout(Duration::from_millis(100)).ok();
     }
+    let sent_line = sent_line.expect("the follower printed no message");
+    assert!(sent_line.contains("manager → operator"), "{sent_line}");
+    assert!(sent_line.contains("ignore\\r"), "{sent_line}");
+    // The operator takes the messages: the follower prints their delivery.
+    let (code, taken) = rt.block_on(api(
+        state,
+        "POST",
+        "/api/v1/inbox/recv",
+        Some(r#"{"max":2}"#),
+    ));
+    assert_eq!(code, 200, "{taken}");
+    let ids: Vec<String> = taken["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].to_string())
+        .collect();
+    assert!(!ids.is_empty(), "{taken}");
+    let delivered = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(20)).ok())
+        .find(|l| l.contains("delivered to"))
+        .expect("the follower printed no delivery");
+    assert_eq!(
+        delivered,
+        format!("        delivered to operator: [{}]\n", ids.join(","))
+    );
     let _ = follower.kill();
     let _ = follower.wait();
     let streamed = reader.join().unwrap();
-    assert!(text(&streamed).contains("ignore\\r"), "{}", text(&streamed));
     assert_screen_safe("hive messages --follow", &streamed);
 
     // A commit and a description cannot rewrite `hive show` or `hive approvals`.
@@ -270,4 +303,54 @@ fn an_answer_with_a_renamed_field_is_an_error_not_a_question_mark() {
         server.join().unwrap();
         assert!(!shown.contains('?'), "hive {args:?}: {shown}");
     }
+}
+
+#[test]
+fn a_followed_agent_log_is_read_as_log_text_and_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let _daemon = Daemon::start(state, "");
+    let log = state.join("logs/manager.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, format!("before the follow {FORGED}\n")).unwrap();
+    let mut follower = Command::new(HIVE)
+        .args(["logs", "manager", "--follow", "--lines", "5"])
+        .env("HIVE_STATE_DIR", state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = Vec::new();
+        while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            if lines_tx.send(std::mem::take(&mut line)).is_err() {
+                return;
+            }
+        }
+    });
+    // The line holding `marker` (a container of the manager may write its own lines too).
+    let line_with = |marker: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the follower printed no such line");
+        assert_screen_safe("hive logs --follow", &line);
+        if text(&line).contains(marker) {
+            return text(&line);
+        }
+    };
+    // The tail first (sent as one `log` event when the follow starts), then what is appended.
+    let first = line_with("before the follow");
+    assert!(
+        first.starts_with("before the follow ignore\\r\\u{1b}[2K#99"),
+        "{first}"
+    );
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, b"appended one\nappended two\n").unwrap();
+    assert_eq!(line_with("appended"), "appended one\n");
+    assert_eq!(line_with("appended"), "appended two\n");
+    let _ = follower.kill();
+    let _ = follower.wait();
 }

@@ -96,7 +96,7 @@ impl Hive {
             .await?;
         self.registry.remember(record.clone());
         self.bus.publish(Event::AgentCreated {
-            agent: record.clone(),
+            agent: (&record).into(),
         });
         self.open_agent_sockets(&record)?;
         let applied = match new.deploy {

@@ -916,27 +916,7 @@ impl Hive {
         let done = match event {
             Event::Deploy { deploy } => self.on_deploy(deploy, tasks).await,
             Event::AgentCreated { agent } if agent.kind != AgentKind::Manager => {
-                // Its axes are seeded now (nothing told): `spawned` carries whether it is
-                // logged in; a login from here on is a change.
-                creds.ensure_agent(&self.paths, &agent.name);
-                self.check_agent(&agent.name, tasks).await;
-                let logged_in = self.watcher.logged_in(&agent.name);
-                let tell = Tell {
-                    event: "spawned",
-                    details: json!({"incarnation": agent.incarnation, "logged_in": logged_in}),
-                    to_agent: None,
-                };
-                self.watcher
-                    .record(
-                        agent.name.as_str(),
-                        agent.incarnation,
-                        EXISTS,
-                        "live".into(),
-                        Some(tell),
-                        true,
-                    )
-                    .await
-                    .map(drop)
+                self.on_created(&agent, creds, tasks).await
             }
             Event::AgentRemoved { agent, incarnation } => {
                 if let Ok(name) = AgentName::parse(&agent) {
@@ -969,6 +949,37 @@ impl Hive {
         if let Err(e) = done {
             tracing::warn!(error = %e, "the watcher cannot handle an event");
         }
+    }
+
+    /// An agent came into being: its axes are seeded now (nothing told): `spawned` carries
+    /// whether it is logged in; a login from here on is a change.
+    async fn on_created(
+        self: &Arc<Self>,
+        agent: &proto::AgentRecord,
+        creds: &mut CredentialWatch,
+        tasks: &Scope,
+    ) -> Result<()> {
+        // The record came from the registry, whose names all parsed.
+        let name = AgentName::parse(&agent.name)?;
+        creds.ensure_agent(&self.paths, &name);
+        self.check_agent(&name, tasks).await;
+        let logged_in = self.watcher.logged_in(&name);
+        let tell = Tell {
+            event: "spawned",
+            details: json!({"incarnation": agent.incarnation, "logged_in": logged_in}),
+            to_agent: None,
+        };
+        self.watcher
+            .record(
+                name.as_str(),
+                agent.incarnation,
+                EXISTS,
+                "live".into(),
+                Some(tell),
+                true,
+            )
+            .await
+            .map(drop)
     }
 
     /// A deploy finished: `rebuilt` when it replaced an earlier deploy (the agent also gets a

@@ -1,8 +1,8 @@
 //! The wire types every side of hyperhive shares (DESIGN §2): the broker serves them, the CLI and
 //! the harness (inside a container) speak them. One definition of each tool's arguments and
 //! result, of the records and answers the admin API serves (status, agents, messages, questions,
-//! dead letters, approvals, deploys, tombstones, audit rows, stats), so a field renamed on one
-//! side is a compile error on the other.
+//! dead letters, approvals, deploys, tombstones, audit rows, stats) and of the live events its
+//! streams carry, so a field renamed on one side is a compile error on the other.
 //!
 //! Nothing here does I/O or knows about sqlite, git or sockets.
 
@@ -12,6 +12,7 @@ pub mod approval;
 pub mod audit;
 pub mod dashboard;
 pub mod dead_letter;
+pub mod event;
 pub mod message;
 pub mod question;
 pub mod stats;
@@ -32,6 +33,7 @@ pub use approval::{
 };
 pub use audit::{AuditEntry, Verification};
 pub use dead_letter::{DeadLetter, Dropped};
+pub use event::{Event, Lagged, LogText, StreamEvent};
 pub use message::{Message, MessageState, Turn};
 pub use question::Question;
 pub use stats::AgentStats;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use broker::paths::StateDir;
-use proto::{AgentDetail, AgentLog, GcReport, Outcome, RuntimeKind};
+use proto::{AgentDetail, AgentLog, GcReport, LogText, Outcome, RuntimeKind, StreamEvent};
 use serde_json::json;
 
 use super::client::{AdminClient, encode};
@@ -100,9 +100,11 @@ pub fn logs(state: &StateDir, args: LogsArgs) -> anyhow::Result<ExitCode> {
     if args.follow {
         super::client_runtime()?.block_on(AdminClient::new(state).follow(
             &format!("{path}&follow=1"),
-            |_, event| {
-                for line in event["text"].as_str().unwrap_or("").lines() {
-                    outln!("{line}");
+            |followed| {
+                if let StreamEvent::Log(LogText { text }) = followed.event {
+                    for line in text.lines() {
+                        outln!("{line}");
+                    }
                 }
             },
         ))?;

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use proto::StreamEvent;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
@@ -95,10 +96,13 @@ impl AdminClient {
 
     /// Follows a server-sent event stream, calling `on_event(name, data)` per event until the
     /// stream ends (the hive stopped).
+    /// Reads the SSE stream at `path` until the hive ends it, handing `on_event` each event read
+    /// through the wire types. An event that does not read (a daemon of another version) or that
+    /// the hive could not encode is said on stderr, never dropped silently.
     pub async fn follow(
         &self,
         path: &str,
-        mut on_event: impl FnMut(&str, Value),
+        mut on_event: impl FnMut(Followed),
     ) -> anyhow::Result<()> {
         let resp = self.request(Method::GET, path, None).await?;
         let status = resp.status();
@@ -109,11 +113,40 @@ impl AdminClient {
             bail!("{}", api_error_text(status, &value));
         }
         read_events(body.into_data_stream(), |name, data| {
-            if let Ok(value) = serde_json::from_str(data) {
-                on_event(name, value);
+            match read_followed(name, data) {
+                Ok(followed) => on_event(followed),
+                Err(text) => super::output::emit_err(&text),
             }
         })
         .await
+    }
+}
+
+/// One event of a stream, as the hive sent it and read through the wire types.
+pub struct Followed {
+    /// What the CLI prints from.
+    pub event: StreamEvent,
+    /// The event's data as sent (what `--json` prints).
+    pub json: Value,
+}
+
+/// Reads the SSE event `name` with `data`, or says why it cannot be shown.
+fn read_followed(name: &str, data: &str) -> Result<Followed, String> {
+    let unreadable = |e: serde_json::Error| {
+        format!(
+            "hive: a {name} event that does not read as this `hive` expects it ({e}); \
+             are the CLI and the daemon the same version?"
+        )
+    };
+    match StreamEvent::parse(name, data).map_err(unreadable)? {
+        StreamEvent::Error => Err(format!(
+            "hive: the hive could not send an event (a {name} event); run the command without \
+             --follow to see what it missed"
+        )),
+        event => Ok(Followed {
+            event,
+            json: serde_json::from_str(data).map_err(unreadable)?,
+        }),
     }
 }
 
@@ -180,6 +213,35 @@ mod tests {
 
     fn pair(name: &str, data: &str) -> (String, String) {
         (name.to_owned(), data.to_owned())
+    }
+
+    #[test]
+    fn each_event_is_read_through_its_type_or_said_unreadable() {
+        let sent = r#"{"event":"message_delivered","ids":[3,4],"to":"bob"}"#;
+        let read = read_followed("message_delivered", sent).unwrap();
+        assert_eq!(
+            read.event,
+            StreamEvent::Bus(proto::Event::MessageDelivered {
+                ids: vec![3, 4],
+                to: "bob".into()
+            })
+        );
+        assert_eq!(read.json, serde_json::from_str::<Value>(sent).unwrap());
+        assert_eq!(
+            read_followed("lagged", r#"{"missed":2}"#).unwrap().event,
+            StreamEvent::Lagged(proto::Lagged { missed: 2 })
+        );
+        // A field renamed on the daemon's side, an event the hive could not encode: each said.
+        let renamed = read_followed(
+            "message_delivered",
+            r#"{"event":"message_delivered","ids":[3],"recipient":"bob"}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(renamed.contains("missing field `to`"), "{renamed}");
+        assert!(renamed.contains("the same version?"), "{renamed}");
+        let lost = read_followed("error", "").err().unwrap();
+        assert!(lost.contains("could not send an event"), "{lost}");
     }
 
     #[test]

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use broker::paths::StateDir;
 use proto::message::Posted;
-use proto::{Message, MessageState};
-use serde::Deserialize;
+use proto::{Event, Lagged, Message, MessageState, StreamEvent};
 use serde_json::{Value, json};
 
 use super::client::{AdminClient, encode};
@@ -198,28 +197,27 @@ pub fn messages(state: &StateDir, args: MessagesArgs) -> anyhow::Result<ExitCode
             return Ok(ExitCode::SUCCESS);
         }
         client
-            .follow(&format!("{query}&follow=1"), |name, event| {
+            .follow(&format!("{query}&follow=1"), |followed| {
                 if args.json {
-                    output::json_line(&event);
+                    output::json_line(&followed.json);
                     return;
                 }
-                match name {
-                    "message_sent" => match Message::deserialize(&event["message"]) {
-                        Ok(m) => outln!("{}", output::message_line(&m)),
-                        Err(e) => output::emit_err(&format!(
-                            "hive: a message_sent event that does not read as a message ({e}); \
-                             are the CLI and the daemon the same version?"
-                        )),
-                    },
-                    "message_delivered" => outln!(
-                        "        delivered to {}: {}",
-                        output::field(&event["to"], "?"),
-                        event["ids"]
-                    ),
-                    "lagged" => outln!(
-                        "        (missed {} events; run without --follow to catch up)",
-                        event["missed"]
-                    ),
+                match followed.event {
+                    StreamEvent::Bus(Event::MessageSent { message }) => {
+                        outln!("{}", output::message_line(&message))
+                    }
+                    StreamEvent::Bus(Event::MessageDelivered { ids, to }) => {
+                        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                        outln!(
+                            "        delivered to {}: [{}]",
+                            output::one_line(&to),
+                            ids.join(",")
+                        )
+                    }
+                    StreamEvent::Lagged(Lagged { missed }) => {
+                        outln!("        (missed {missed} events; run without --follow to catch up)")
+                    }
+                    // The stream carries every bus event; this listing shows the messages'.
                     _ => {}
                 }
             })

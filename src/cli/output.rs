@@ -115,11 +115,6 @@ pub fn time_ms(ms: i64) -> String {
     }
 }
 
-/// A string field of a JSON answer, on one line (`default` when absent).
-pub fn field<'a>(value: &'a Value, default: &'a str) -> Cow<'a, str> {
-    one_line(value.as_str().unwrap_or(default))
-}
-
 /// Prints rows as left-aligned columns under a header; the last column is not padded. Cells are
 /// made one-line first, so a cell cannot add a row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {

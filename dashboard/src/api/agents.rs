@@ -169,9 +169,9 @@ pub(super) async fn logs(
         let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|text| {
             Ok::<_, std::convert::Infallible>(
                 sse::Event::default()
-                    .event("log")
-                    .json_data(serde_json::json!({ "text": text }))
-                    .unwrap_or_else(|_| sse::Event::default().event("error")),
+                    .event(proto::event::LOG)
+                    .json_data(proto::LogText { text })
+                    .unwrap_or_else(|_| sse::Event::default().event(proto::event::ERROR)),
             )
         });
         return Ok(sse::Sse::new(events)

@@ -142,10 +142,11 @@ where
             let out = match item {
                 Ok(event) if keep(&event) => Some(to_sse(&event)),
                 Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(n)) => Some(
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Some(
                     sse::Event::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}")),
+                        .event(proto::event::LAGGED)
+                        .json_data(proto::Lagged { missed })
+                        .unwrap_or_else(|_| sse::Event::default().event(proto::event::ERROR)),
                 ),
             };
             std::future::ready(out.map(Ok))
@@ -157,5 +158,5 @@ fn to_sse(event: &Event) -> sse::Event {
     sse::Event::default()
         .event(event.name())
         .json_data(event)
-        .unwrap_or_else(|_| sse::Event::default().event("error"))
+        .unwrap_or_else(|_| sse::Event::default().event(proto::event::ERROR))
 }
