@@ -94,8 +94,6 @@ impl AdminClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    /// Follows a server-sent event stream, calling `on_event(name, data)` per event until the
-    /// stream ends (the hive stopped).
     /// Reads the SSE stream at `path` until the hive ends it, handing `on_event` each event read
     /// through the wire types. An event that does not read (a daemon of another version) or that
     /// the hive could not encode is said on stderr, never dropped silently.
