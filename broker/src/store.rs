@@ -733,40 +733,24 @@ mod tests {
         );
         // The next transactions read what the earlier ones committed (kept in memory between
         // them): not what a transaction rolled back, and what a delete took away.
-        let after = store.write(|c| inbox_now(c, "bob")).await.unwrap();
-        assert_eq!(
-            after,
-            InboxNow {
-                incarnation: Some(first + 2),
-                queued: 1
-            }
-        );
+        let bob_now = || async { store.write(|c| inbox_now(c, "bob")).await.unwrap() };
+        let moved = |queued| InboxNow {
+            incarnation: Some(first + 2),
+            queued,
+        };
+        assert_eq!(bob_now().await, moved(1));
         let rolled_back = store.write(move |c| {
             queue_one(c)?;
             Err::<(), _>(Error::invalid("x", "refused"))
         });
         assert!(rolled_back.await.is_err());
-        let after = store.write(|c| inbox_now(c, "bob")).await.unwrap();
-        assert_eq!(
-            after,
-            InboxNow {
-                incarnation: Some(first + 2),
-                queued: 1
-            }
-        );
+        assert_eq!(bob_now().await, moved(1));
         let deleted = store.write(move |c| {
             c.execute("DELETE FROM messages WHERE incarnation = ?1", [first + 2])?;
             inbox_now(c, "bob")
         });
         assert_eq!(deleted.await.unwrap().queued, 0);
-        let after = store.write(|c| inbox_now(c, "bob")).await.unwrap();
-        assert_eq!(
-            after,
-            InboxNow {
-                incarnation: Some(first + 2),
-                queued: 0
-            }
-        );
+        assert_eq!(bob_now().await, moved(0));
         let (stored, counted) = counts_stored_and_counted(&store).await;
         assert_eq!(stored, counted);
     }
