@@ -287,22 +287,31 @@ fn messages_follow_streams_new_messages() {
         .spawn()
         .unwrap();
     let stdout = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        lines.next().map(|l| l.unwrap())
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
     });
-    // The follower subscribes before it reads; send until it has seen one.
+    // The follower subscribes before it reads: send until it prints one, waiting for its output
+    // after each send.
     let started = Instant::now();
-    while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+    let mut line = None;
+    while line.is_none() && started.elapsed() < Duration::from_secs(20) {
         assert!(
             cli(dir.path(), &["send", "manager", "streamed"])
                 .status
                 .success()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        line = lines.recv_timeout(Duration::from_millis(100)).ok();
     }
-    let line = reader.join().unwrap().expect("no event streamed");
+    let line = line.expect("no event streamed");
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["event"], "message_sent");
     assert_eq!(event["message"]["body"], "streamed");
