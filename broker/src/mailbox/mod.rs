@@ -870,7 +870,9 @@ pub(crate) fn insert_messages(
     let mut rows = Vec::with_capacity(recipients.len());
     for to in recipients {
         let incarnation = message_counts::inbox_now(c, to)?.incarnation;
-        insert.execute(params![sender, to, body, in_reply_to, now, incarnation])?;
+        message_counts::insert_queued(to, incarnation, || {
+            insert.execute(params![sender, to, body, in_reply_to, now, incarnation])
+        })?;
         rows.push(Message {
             id: c.last_insert_rowid(),
             from: sender.to_owned(),

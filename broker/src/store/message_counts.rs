@@ -163,6 +163,33 @@ thread_local! {
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
     /// The writer thread's inboxes looked up.
     static INBOXES: RefCell<Inboxes> = RefCell::new(Inboxes::default());
+    /// Set while [`insert_queued`] runs its insert: the hook leaves that row to it.
+    static INSERTING_TALLIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `insert`, a statement that inserts exactly one queued message for `recipient`'s
+/// `incarnation` (the one [`inbox_now`] gave), and tallies that row itself: the hook skips it,
+/// so the writer does not unpack the new row to read back what the caller already knows.
+/// Nothing is tallied if `insert` fails (no row was stored).
+pub fn insert_queued<T>(
+    recipient: &str,
+    incarnation: Option<i64>,
+    insert: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    INSERTING_TALLIED.set(true);
+    let inserted = insert();
+    INSERTING_TALLIED.set(false);
+    let inserted = inserted?;
+    // Only the writer's transaction is tallied (the hook watches its connection alone).
+    if INBOXES.with_borrow(|inboxes| inboxes.open) {
+        TALLY.with_borrow_mut(|tally| {
+            tally.add(
+                (recipient.as_bytes(), incarnation.unwrap_or(0), b"queued"),
+                1,
+            )
+        });
+    }
+    Ok(inserted)
 }
 
 /// Forgets every inbox looked up.
@@ -261,6 +288,7 @@ pub(super) fn watch(conn: &mut Connection) -> Result<()> {
                 return;
             }
             let (old, new) = match change {
+                PreUpdateCase::Insert(_) if INSERTING_TALLIED.get() => return,
                 PreUpdateCase::Insert(new) => {
                     (None, key(columns, |i| new.get_new_column_value(i).ok()))
                 }
