@@ -293,19 +293,7 @@ fn update_builds_only_when_the_applied_head_is_not_what_runs_and_bad_input_chang
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines_rx = lines_of(follower.stdout.take().unwrap());
     let connected = |rx: &std::sync::mpsc::Receiver<String>| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))

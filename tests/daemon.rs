@@ -286,19 +286,7 @@ fn messages_follow_streams_new_messages() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = follower.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = lines_of(follower.stdout.take().unwrap());
     // The follower subscribes before it reads: send until it prints one, waiting for its output
     // after each send.
     let started = Instant::now();

@@ -275,6 +275,21 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// The lines `out` prints, as they come, on a channel (read on a thread of its own: a test waits
+/// for the next line with a timeout instead of sleeping).
+pub fn lines_of(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
 /// A real rmcp client on one of an agent's sockets.
 pub type McpClient = rmcp::service::RunningService<rmcp::service::RoleClient, ()>;
 
