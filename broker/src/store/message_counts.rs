@@ -3,7 +3,8 @@
 //!
 //! A preupdate hook on the write connection sees every row of `messages` inserted, deleted, or
 //! moved to another recipient, incarnation or state, whichever statement did it, and tallies the
-//! change in memory. A request's tally joins the transaction's when its savepoint is released and
+//! change in memory (a send's INSERT, whose recipient, incarnation and state the send knows, is
+//! tallied by [`insert_queued`] instead, and the hook skips it). A request's tally joins the transaction's when its savepoint is released and
 //! is dropped when it is rolled back; before COMMIT the writer writes the transaction's tally as
 //! one upsert per (recipient, incarnation, state) that changed — one statement per inbox per
 //! batch, where the triggers of migrations 0006 and 0009 ran one per row.
@@ -17,12 +18,12 @@
 //! incarnation to store the message under, and the queued count the quota reads): read from the
 //! tables once, then followed through each committed tally, with no statement per send.
 
-use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 
 use rusqlite::Connection;
 use rusqlite::hooks::{Action, PreUpdateCase};
 use rusqlite::types::ValueRef;
+use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
 
@@ -54,10 +55,6 @@ impl State {
             Self::Other(s) => s,
         }
     }
-
-    fn is(&self, bytes: &[u8]) -> bool {
-        self.as_str().as_bytes() == bytes
-    }
 }
 
 /// The changes of one inbox: per incarnation (0 for none: the operator's inbox) and state, a
@@ -66,9 +63,9 @@ type Changes = Vec<(i64, State, i64)>;
 
 #[derive(Default)]
 struct Tally {
-    /// The running request's changes, not yet kept or dropped: a few entries (the inboxes it
-    /// touched), searched in order.
-    request: Vec<(String, i64, State, i64)>,
+    /// The running request's changes by recipient, not yet kept or dropped: the few inboxes it
+    /// touched, searched in order.
+    request: Vec<(String, Changes)>,
     /// The changes of the transaction's requests that succeeded, by recipient (looked up by
     /// `&str`: a send's quota check allocates nothing).
     transaction: FxHashMap<String, Changes>,
@@ -85,19 +82,27 @@ fn add_to(changes: &mut Changes, incarnation: i64, state: State, delta: i64) {
     }
 }
 
+/// The change to `incarnation` in `state` among `changes`.
+fn change_of(changes: &Changes, incarnation: i64, state: &State) -> i64 {
+    changes
+        .iter()
+        .filter(|(i, s, _)| *i == incarnation && s == state)
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
 impl Tally {
     fn add(&mut self, (recipient, incarnation, state): BorrowedKey<'_>, delta: i64) {
-        let found = self
+        let state = State::of(state);
+        match self
             .request
             .iter_mut()
-            .find(|(r, i, s, _)| *i == incarnation && r.as_bytes() == recipient && s.is(state));
-        match found {
-            Some((_, _, _, n)) => *n += delta,
+            .find(|(r, _)| r.as_bytes() == recipient)
+        {
+            Some((_, changes)) => add_to(changes, incarnation, state, delta),
             None => self.request.push((
                 String::from_utf8_lossy(recipient).into_owned(),
-                incarnation,
-                State::of(state),
-                delta,
+                vec![(incarnation, state, delta)],
             )),
         }
     }
@@ -108,17 +113,13 @@ impl Tally {
         let running: i64 = self
             .request
             .iter()
-            .filter(|(r, i, s, _)| *i == incarnation && r == recipient && s == state)
-            .map(|(_, _, _, n)| n)
+            .filter(|(r, _)| r == recipient)
+            .map(|(_, changes)| change_of(changes, incarnation, state))
             .sum();
-        let kept: i64 = self
+        let kept = self
             .transaction
             .get(recipient)
-            .into_iter()
-            .flatten()
-            .filter(|(i, s, _)| *i == incarnation && s == state)
-            .map(|(_, _, n)| n)
-            .sum();
+            .map_or(0, |changes| change_of(changes, incarnation, state));
         running + kept
     }
 }
@@ -340,13 +341,15 @@ pub(super) fn request_done(kept: bool) {
     TALLY.with_borrow_mut(|tally| {
         let request = std::mem::take(&mut tally.request);
         if kept {
-            for (recipient, incarnation, state, delta) in request {
+            for (recipient, changes) in request {
                 match tally.transaction.get_mut(recipient.as_str()) {
-                    Some(changes) => add_to(changes, incarnation, state, delta),
+                    Some(kept) => {
+                        for (incarnation, state, delta) in changes {
+                            add_to(kept, incarnation, state, delta);
+                        }
+                    }
                     None => {
-                        tally
-                            .transaction
-                            .insert(recipient, vec![(incarnation, state, delta)]);
+                        tally.transaction.insert(recipient, changes);
                     }
                 }
             }
