@@ -509,18 +509,23 @@ impl HeldWriter {
     }
 }
 
+/// Polls `call` once: that hands its write job to the store's writer, which a [`HeldWriter`]
+/// holds, so the call cannot have finished.
+fn queue_behind_the_held_writer<F: Future>(call: &mut std::pin::Pin<Box<F>>) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        call.as_mut().poll(&mut cx).is_pending(),
+        "the call finished while the writer was held"
+    );
+}
+
 /// Starts `take`, lets the writer run its job, and drops the caller while the take's
 /// transaction is still open (another job of the same batch holds the writer before the commit).
 async fn leave_while_the_take_commits<T>(hive: &Hive, take: impl Future<Output = T>) {
     let first = HeldWriter::queue(hive);
     first.wait_entered();
     let mut take = Box::pin(take);
-    // One poll queues the take's write job behind `first`.
-    tokio::select! {
-        biased;
-        _ = &mut take => panic!("the take finished while the writer was held"),
-        _ = std::future::ready(()) => {}
-    }
+    queue_behind_the_held_writer(&mut take);
     let second = HeldWriter::queue(hive);
     first.release();
     // The writer ran the take's job (the same batch, before `second`) and is now in `second`.
@@ -909,10 +914,8 @@ async fn sends_committed_in_one_batch_meet_the_inbox_quota_exactly() {
     let mut sends: Vec<_> = (0..10)
         .map(|i| Box::pin(f.hive.send(&alice, &bob, format!("m{i}"), None)))
         .collect();
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for send in &mut sends {
-        // One poll hands the send to the writer, behind the held job.
-        assert!(send.as_mut().poll(&mut cx).is_pending());
+        queue_behind_the_held_writer(send);
     }
     held.release();
     let results = futures_util::future::join_all(sends).await;
