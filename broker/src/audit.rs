@@ -48,7 +48,7 @@ pub fn head_file(db: &Path) -> PathBuf {
 }
 
 thread_local! {
-    /// Set by [`append`] on the writer thread: the transaction being built appended a row.
+    /// Set by [`append`] on the committing thread: the transaction being built appended a row.
     static APPENDED: Cell<bool> = const { Cell::new(false) };
 }
 

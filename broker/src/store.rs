@@ -5,12 +5,22 @@
 //! transaction — each inside its own SAVEPOINT, so a failing request is rolled back alone — commits
 //! once, and only then answers each request (group commit: 64 concurrent writers pay for one commit).
 //! Nothing outside this module opens a write connection to `hive.db`.
+//!
+//! A mailbox send or take ([`Store::write_then`], [`Store::write_or_give_back`]) made while
+//! writes are not contended commits on its caller's thread instead: nothing queued, nobody
+//! committing, and neither seen by any write for [`CALM_BEFORE_CALLERS_COMMIT`]. That saves the
+//! two thread hand-offs of a lone write, each a wake-up of a sleeping thread. Under contention
+//! everything goes to the writer thread, whose group commit is what many writers need: callers
+//! committing one by one on the async workers would take those workers from the other writers
+//! and commit each alone. Only under `synchronous = normal`, where a commit is a `write` into the
+//! page cache: under `full` each commit waits for an fsync, which must not hold an async worker.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -33,6 +43,10 @@ const WRITER_CACHE_KIB: u32 = 2048;
 /// Page cache of each read connection and of the checkpointer, in KiB: reads are single rows or a
 /// page of a listing.
 const READER_CACHE_KIB: u32 = 512;
+
+/// How long writes must have met no other write (queued or committing) before a caller commits
+/// its own: under a stream of concurrent writers, the next one usually comes within this.
+const CALM_BEFORE_CALLERS_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Committed requests after which the writer, once idle for [`IDLE_BEFORE_RELEASE`], gives
 /// memory back: its page cache, the idle readers, and the heap (see [`heap`]).
@@ -75,6 +89,8 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
 
 enum Request {
     Write(Job),
+    /// A caller's commits made a burst: the writer thread gives memory back once they stop.
+    Burst,
     Stop,
 }
 
@@ -86,8 +102,20 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
+    /// Requests for the writer thread.
     writer: mpsc::Sender<Request>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The write connection, held by whoever commits: the writer thread, or a caller committing
+    /// its own request.
+    core: Arc<Mutex<Writer>>,
+    /// Writes sent to the writer thread and not yet committed: a caller commits on its own thread
+    /// only when there are none, so writes commit in the order they were made.
+    queued: Arc<AtomicUsize>,
+    /// Whether callers may commit on their own thread (`synchronous = normal`).
+    callers_commit: bool,
+    /// When a write last found another queued or committing, in microseconds since `opened`.
+    contended_at: AtomicU64,
+    opened: Instant,
     /// Idle read connections; the writer empties it after a burst (see [`RELEASE_AFTER`]).
     readers: Arc<Mutex<Vec<Connection>>>,
 }
@@ -111,19 +139,38 @@ impl Store {
         // Checkpoints run on their own thread (below), not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(path)?;
+        let core = Arc::new(Mutex::new(Writer {
+            conn: Some(conn),
+            counts: message_counts::Memory::default(),
+            checkpointer: Some(checkpointer),
+            since_checkpoint: 0,
+            since_release: 0,
+            last_commit: Instant::now(),
+        }));
+        let queued = Arc::new(AtomicUsize::new(0));
 
         let (tx, rx) = mpsc::channel();
         let readers = Arc::new(Mutex::new(Vec::new()));
-        let idle_readers = readers.clone();
         let thread = std::thread::Builder::new()
             .name("hive-store-writer".into())
-            .spawn(move || run_writer(conn, rx, checkpointer, idle_readers))
+            .spawn({
+                let (core, queued, readers) = (core.clone(), queued.clone(), readers.clone());
+                move || run_writer(&core, &rx, &queued, &readers)
+            })
             .map_err(|e| Error::io("cannot start the store writer thread", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: tx,
                 writer_thread: Mutex::new(Some(thread)),
+                core,
+                queued,
+                callers_commit: synchronous == Synchronous::Normal,
+                contended_at: AtomicU64::new(0),
+                // As if the last contention were that long ago: a new store is calm.
+                opened: Instant::now()
+                    .checked_sub(CALM_BEFORE_CALLERS_COMMIT)
+                    .unwrap_or_else(Instant::now),
                 readers,
             }),
         })
@@ -146,32 +193,40 @@ impl Store {
         self.write_then(f, |_| {}).await
     }
 
-    /// [`Store::write`], and `after_commit` runs on the writer thread as soon as the transaction
-    /// has committed, before the caller is answered: for wake-ups that should not wait for the
-    /// caller's task to be scheduled.
+    /// [`Store::write`], and `after_commit` runs on the committing thread as soon as the
+    /// transaction has committed, before the caller is answered: for wake-ups that should not wait
+    /// for the caller's task to be scheduled. For the mailbox's sends: when nothing is queued, it
+    /// commits on the caller's thread (see the module's doc).
     pub async fn write_then<T, F, A>(&self, f: F, after_commit: A) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         A: FnOnce(&mut T) + Send + 'static,
     {
-        self.submit(f, after_commit, drop).await
+        self.submit(f, after_commit, drop, true).await
     }
 
     /// [`Store::write`] for a take, a write whose value only means something to the one who asked
     /// (messages marked delivered, a turn leased). If the caller went away while the transaction
     /// committed, nobody will ever see the value: `unclaimed` gets it on the writer thread to undo
     /// what was done, typically with [`Store::write_detached`], which lands in the next batch.
+    /// When nothing is queued, it commits on the caller's thread, where the caller cannot leave.
     pub async fn write_or_give_back<T, F, U>(&self, f: F, unclaimed: U) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         U: FnOnce(T) + Send + 'static,
     {
-        self.submit(f, |_| {}, unclaimed).await
+        self.submit(f, |_| {}, unclaimed, true).await
     }
 
-    async fn submit<T, F, A, U>(&self, f: F, after_commit: A, unclaimed: U) -> Result<T>
+    async fn submit<T, F, A, U>(
+        &self,
+        f: F,
+        after_commit: A,
+        unclaimed: U,
+        here_if_free: bool,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -204,11 +259,61 @@ impl Store {
             });
             (ok, done)
         });
-        self.inner
-            .writer
-            .send(Request::Write(job))
-            .map_err(|_| Error::ShuttingDown)?;
+        let job = if here_if_free {
+            self.commit_here(job)
+        } else {
+            Some(job)
+        };
+        if let Some(job) = job {
+            self.queue(job)?;
+        }
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Commits `job` on this thread if writes are not contended (see the module's doc); gives
+    /// it back otherwise.
+    fn commit_here(&self, job: Job) -> Option<Job> {
+        let inner = &self.inner;
+        if !inner.callers_commit {
+            return Some(job);
+        }
+        let now = inner.opened.elapsed().as_micros() as u64;
+        let contended = |job| {
+            inner.contended_at.store(now, Ordering::Relaxed);
+            Some(job)
+        };
+        if inner.queued.load(Ordering::Acquire) != 0 {
+            return contended(job);
+        }
+        let mut writer = match inner.core.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::WouldBlock) => return contended(job),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        // Checked again with the connection held: the writer thread takes its batch under it.
+        if inner.queued.load(Ordering::Acquire) != 0 {
+            drop(writer);
+            return contended(job);
+        }
+        let calm_since = now.saturating_sub(inner.contended_at.load(Ordering::Relaxed));
+        if calm_since < CALM_BEFORE_CALLERS_COMMIT.as_micros() as u64 || writer.conn.is_none() {
+            return Some(job);
+        }
+        if writer.commit(vec![job]) {
+            // The writer thread may be asleep: it gives memory back once the burst is over.
+            let _ = inner.writer.send(Request::Burst);
+        }
+        None
+    }
+
+    /// Hands `job` to the writer thread.
+    fn queue(&self, job: Job) -> Result<()> {
+        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        if self.inner.writer.send(Request::Write(job)).is_err() {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Queues `f` for the next group commit without waiting for it; its failure is logged. For
@@ -232,7 +337,7 @@ impl Store {
             });
             (ok, done)
         });
-        if self.inner.writer.send(Request::Write(job)).is_err() {
+        if self.queue(job).is_err() {
             tracing::error!("{what}: the store is closed");
         }
     }
@@ -317,9 +422,12 @@ const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(
 const IDLE_BEFORE_RELEASE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The next request: polled for a moment, then waited for. With `release` given, the writer
-/// runs it once it has waited [`IDLE_BEFORE_RELEASE`] in vain, then waits on. `None` when every
-/// sender is gone.
-fn next_request(rx: &mpsc::Receiver<Request>, release: Option<impl FnOnce()>) -> Option<Request> {
+/// runs it each time it has waited [`IDLE_BEFORE_RELEASE`] in vain, until it says it is done
+/// (the store was idle that long), then waits on. `None` when every sender is gone.
+fn next_request(
+    rx: &mpsc::Receiver<Request>,
+    release: Option<impl FnMut() -> bool>,
+) -> Option<Request> {
     let spin_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
     while std::time::Instant::now() < spin_until {
         match rx.try_recv() {
@@ -328,11 +436,14 @@ fn next_request(rx: &mpsc::Receiver<Request>, release: Option<impl FnOnce()>) ->
             Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
-    if let Some(release) = release {
-        match rx.recv_timeout(IDLE_BEFORE_RELEASE) {
-            Ok(request) => return Some(request),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-            Err(mpsc::RecvTimeoutError::Timeout) => release(),
+    if let Some(mut release) = release {
+        loop {
+            match rx.recv_timeout(IDLE_BEFORE_RELEASE) {
+                Ok(request) => return Some(request),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) if release() => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
         }
     }
     rx.recv().ok()
@@ -393,31 +504,116 @@ impl Checkpointer {
     }
 }
 
+/// The write connection and its bookkeeping (see [`Inner::core`]).
+struct Writer {
+    /// `None` once the store is closed.
+    conn: Option<Connection>,
+    /// The message counts' memory of this connection, entered by the committing thread.
+    counts: message_counts::Memory,
+    checkpointer: Option<Checkpointer>,
+    since_checkpoint: usize,
+    since_release: usize,
+    last_commit: Instant,
+}
+
+/// [`message_counts::Memory::enter`] until dropped, also when a request's completion panics.
+struct Entered<'a>(&'a mut message_counts::Memory);
+
+impl<'a> Entered<'a> {
+    fn new(memory: &'a mut message_counts::Memory) -> Self {
+        memory.enter();
+        Self(memory)
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+impl Writer {
+    /// Commits `batch` in one transaction on this thread (a closed store drops it: each caller
+    /// gets [`Error::ShuttingDown`]). True when this commit made a burst the writer should give
+    /// memory back after.
+    fn commit(&mut self, batch: Vec<Job>) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        let requests = batch.len();
+        {
+            let _entered = Entered::new(&mut self.counts);
+            commit_batch(conn, batch);
+        }
+        self.last_commit = Instant::now();
+        self.since_checkpoint += requests;
+        if self.since_checkpoint >= CHECKPOINT_EVERY {
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.ask();
+            }
+            self.since_checkpoint = 0;
+        }
+        let burst_before = self.since_release >= RELEASE_AFTER;
+        self.since_release += requests;
+        !burst_before && self.since_release >= RELEASE_AFTER
+    }
+
+    /// Gives memory back after a burst once nothing has committed for [`IDLE_BEFORE_RELEASE`]
+    /// (see [`release_memory`]). False while commits still come.
+    fn release_if_idle(&mut self, readers: &Mutex<Vec<Connection>>) -> bool {
+        if self.since_release < RELEASE_AFTER {
+            return true;
+        }
+        if self.last_commit.elapsed() < IDLE_BEFORE_RELEASE {
+            return false;
+        }
+        if let Some(conn) = &self.conn {
+            release_memory(conn, readers);
+        }
+        self.since_release = 0;
+        true
+    }
+
+    /// Closes the write connection, then folds the WAL back in.
+    fn close(&mut self) {
+        drop(self.conn.take());
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
+    }
+}
+
+/// The write connection, held: a panic elsewhere while it was held left it whole (each request
+/// runs under `catch_unwind`, each transaction ends before the lock is given back).
+fn hold(core: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The writer thread: takes what is queued, up to [`MAX_BATCH`] at once, and commits it.
 fn run_writer(
-    conn: Connection,
-    rx: mpsc::Receiver<Request>,
-    checkpointer: Checkpointer,
-    readers: Arc<Mutex<Vec<Connection>>>,
+    core: &Mutex<Writer>,
+    rx: &mpsc::Receiver<Request>,
+    queued: &AtomicUsize,
+    readers: &Mutex<Vec<Connection>>,
 ) {
-    let mut since_checkpoint = 0;
-    let mut since_release = 0;
     let mut stopping = false;
     while !stopping {
-        let release = (since_release >= RELEASE_AFTER).then_some(|| {
-            release_memory(&conn, &readers);
-            since_release = 0;
-        });
-        let Some(first) = next_request(&rx, release) else {
+        let burst = hold(core).since_release >= RELEASE_AFTER;
+        let release = burst.then_some(|| hold(core).release_if_idle(readers));
+        let Some(first) = next_request(rx, release) else {
             break;
         };
         let mut batch = Vec::with_capacity(16);
         match first {
             Request::Write(job) => batch.push(job),
+            Request::Burst => continue,
             Request::Stop => break,
         }
+        let mut writer = hold(core);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Request::Write(job)) => batch.push(job),
+                Ok(Request::Burst) => {}
                 Ok(Request::Stop) => {
                     stopping = true;
                     break;
@@ -425,16 +621,11 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        since_checkpoint += batch.len();
-        since_release += batch.len();
-        commit_batch(&conn, batch);
-        if since_checkpoint >= CHECKPOINT_EVERY {
-            checkpointer.ask();
-            since_checkpoint = 0;
-        }
+        let requests = batch.len();
+        writer.commit(batch);
+        queued.fetch_sub(requests, Ordering::AcqRel);
     }
-    drop(conn);
-    checkpointer.stop();
+    hold(core).close();
     tracing::debug!("store writer stopped");
 }
 
@@ -755,6 +946,135 @@ mod tests {
         assert_eq!(stored, counted);
     }
 
+    /// The name of the thread a mailbox write (`write_then`) committed on.
+    async fn committed_on(store: &Store) -> String {
+        let (on, _) = store
+            .write_then(
+                |_| Ok((String::new(), ())),
+                |(on, ())| *on = std::thread::current().name().unwrap_or("?").to_owned(),
+            )
+            .await
+            .unwrap();
+        on
+    }
+
+    /// This thread's name.
+    fn this_thread() -> String {
+        std::thread::current().name().unwrap_or("?").to_owned()
+    }
+
+    /// Waits until a mailbox write commits on this thread again: writes have been calm for
+    /// [`CALM_BEFORE_CALLERS_COMMIT`].
+    async fn until_callers_commit(store: &Store) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while committed_on(store).await != this_thread() {
+            assert!(Instant::now() < deadline, "writes never got calm");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Under `synchronous = normal` a lone send commits on its caller's thread; under `full` (a
+    /// commit waits for an fsync) and while anything is queued for the writer thread, it goes to
+    /// the writer thread, behind what is queued, and so do the sends soon after (contention).
+    #[tokio::test]
+    async fn a_lone_send_commits_on_its_callers_thread_when_commits_are_cheap() {
+        let (_dir, normal) = open();
+        assert_eq!(committed_on(&normal).await, this_thread());
+        let dir = tempfile::tempdir().unwrap();
+        let full = Store::open(&dir.path().join("t.db"), Synchronous::Full).unwrap();
+        assert_eq!(committed_on(&full).await, "hive-store-writer");
+
+        // A write held on the writer thread: a send made meanwhile waits behind it.
+        let (entered_tx, entered) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        normal.write_detached(
+            "hold the writer",
+            move |c| {
+                entered_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                c.execute_batch("CREATE TABLE held_first (x)")?;
+                Ok(())
+            },
+            || {},
+        );
+        entered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut behind = Box::pin(normal.write_then(
+            |c| {
+                let after_held: bool = c
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_schema WHERE name = 'held_first'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                Ok((after_held, this_thread()))
+            },
+            |_| {},
+        ));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(behind.as_mut().poll(&mut cx).is_pending());
+        go.send(()).unwrap();
+        let (after_held, on) = behind.await.unwrap();
+        assert!(after_held, "the send overtook the write queued before it");
+        assert_eq!(on, "hive-store-writer");
+        // The writer thread goes on taking them until writes are calm again.
+        assert_eq!(committed_on(&normal).await, "hive-store-writer");
+        until_callers_commit(&normal).await;
+    }
+
+    /// Sends committed on their caller's thread and sends batched by the writer thread keep one
+    /// memory of the inbox (it travels with the connection): the quota is met exactly and the
+    /// stored counts equal a recount.
+    #[tokio::test]
+    async fn sends_committed_by_callers_and_by_the_writer_meet_the_quota_exactly() {
+        use message_counts::{inbox_now, insert_queued};
+        const QUOTA: i64 = 300;
+        let (_dir, store) = open();
+        fn send(c: &Connection) -> Result<String> {
+            let now = inbox_now(c, "bob")?;
+            if now.queued >= QUOTA {
+                return Err(Error::invalid("to", "inbox full"));
+            }
+            insert_queued("bob", now.incarnation, || {
+                c.execute(
+                    "INSERT INTO messages (sender, recipient, body, sent_at)
+                     VALUES ('operator', 'bob', 'x', 0)",
+                    [],
+                )
+            })?;
+            Ok(this_thread())
+        }
+        let here = this_thread();
+        let mut stored = 0;
+        // 100 on this thread, 160 in one batch on the writer thread, then 100 more tried here:
+        // 40 of them fit.
+        for _ in 0..100 {
+            assert_eq!(store.write_then(send, |_| {}).await.unwrap(), here);
+            stored += 1;
+        }
+        let jobs: Vec<TestJob<String>> = (0..160).map(|_| Box::new(send) as _).collect();
+        for on in in_one_batch(&store, jobs).await {
+            assert_eq!(on.unwrap(), "hive-store-writer");
+            stored += 1;
+        }
+        until_callers_commit(&store).await;
+        for _ in 0..100 {
+            match store.write_then(send, |_| {}).await {
+                Ok(on) => {
+                    assert_eq!(on, here);
+                    stored += 1;
+                }
+                Err(e) => assert!(e.to_string().contains("inbox full"), "{e}"),
+            }
+        }
+        assert_eq!(stored, QUOTA);
+        let (counted_stored, counted) = counts_stored_and_counted(&store).await;
+        assert_eq!(counted_stored, counted);
+        assert_eq!(counted, vec![("bob".into(), 0, "queued".into(), QUOTA)]);
+    }
+
     #[tokio::test]
     async fn a_failing_request_rolls_back_alone() {
         let (_dir, store) = open();
@@ -898,20 +1218,31 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_burst_the_idle_writer_closes_the_idle_readers() {
         let (_dir, store) = open();
+        let idle_readers_closed = || async {
+            // The writer gives memory back once it is idle: wait for that, observably.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !store.inner.readers.lock().unwrap().is_empty() {
+                assert!(std::time::Instant::now() < deadline, "readers still open");
+                tokio::task::yield_now().await;
+            }
+        };
         store.read(|_| Ok(())).await.unwrap();
         assert_eq!(store.inner.readers.lock().unwrap().len(), 1);
+        // A burst the writer thread commits.
         let burst: Vec<_> = (0..RELEASE_AFTER)
             .map(|_| store.write(|c| Ok(c.execute_batch("SELECT 1")?)))
             .collect();
         for w in burst {
             w.await.unwrap();
         }
-        // The writer gives memory back once it is idle: wait for that, observably.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !store.inner.readers.lock().unwrap().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "readers still open");
-            std::thread::yield_now();
+        idle_readers_closed().await;
+        // A burst of sends committed one by one on this thread, the writer thread asleep.
+        store.read(|_| Ok(())).await.unwrap();
+        assert_eq!(store.inner.readers.lock().unwrap().len(), 1);
+        for _ in 0..RELEASE_AFTER {
+            store.write_then(|_| Ok(()), |_| {}).await.unwrap();
         }
+        idle_readers_closed().await;
     }
 
     #[test]

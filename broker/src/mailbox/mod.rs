@@ -217,8 +217,8 @@ impl Mailbox {
         let sender = from.as_str().to_owned();
         let quota = self.max_queued_per_inbox;
         let broadcast = *to == Recipient::Broadcast;
-        // A waiting receiver gets its message in this same transaction, handed over on the writer
-        // thread the moment the commit is done; other receivers are woken there too.
+        // A waiting receiver gets its message in this same transaction, handed over on the
+        // committing thread the moment the commit is done; other receivers are woken there too.
         let (notifiers, waiters, store) = (
             self.notifiers.clone(),
             self.waiters.clone(),

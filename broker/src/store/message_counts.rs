@@ -159,10 +159,35 @@ struct Inboxes {
     looked: FxHashMap<String, Looked>,
 }
 
+/// The writer's memory of the counts: the open transaction's tally and the inboxes looked up.
+/// It belongs to the write connection and travels with it: whichever thread commits (the
+/// writer thread, or a caller committing its own request) holds it in its thread-locals while it
+/// holds the connection ([`Memory::enter`]), where the hook and the mailbox reach it.
+#[derive(Default)]
+pub(super) struct Memory {
+    tally: Tally,
+    inboxes: Inboxes,
+}
+
+impl Memory {
+    /// Puts this memory where the hook and the mailbox find it, on this thread, until
+    /// [`Memory::leave`]; the thread's own (empty) memory comes here meanwhile.
+    pub(super) fn enter(&mut self) {
+        TALLY.with_borrow_mut(|tally| std::mem::swap(tally, &mut self.tally));
+        INBOXES.with_borrow_mut(|inboxes| std::mem::swap(inboxes, &mut self.inboxes));
+    }
+
+    /// Takes the memory back from this thread (the swap of [`Memory::enter`], undone).
+    pub(super) fn leave(&mut self) {
+        self.enter();
+    }
+}
+
 thread_local! {
-    /// The writer thread's tally: the hook and the writer run on that one thread.
+    /// The tally of the connection this thread commits on (see [`Memory`]): the hook runs on
+    /// the thread that runs the statement.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
-    /// The writer thread's inboxes looked up.
+    /// The inboxes looked up, of the connection this thread commits on.
     static INBOXES: RefCell<Inboxes> = RefCell::new(Inboxes::default());
     /// Set while [`insert_queued`] runs its insert: the hook leaves that row to it.
     static INSERTING_TALLIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
