@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::names::AgentName;
 use crate::registry::Registry;
 use crate::store::{Store, unix_millis};
-use crate::watcher::Watcher;
+use crate::watcher::HarnessActivity;
 
 pub use proto::agent::Liveness;
 
@@ -95,7 +95,7 @@ pub struct LivenessJudge {
     /// Read only: the agent's run (harness up, turn state).
     containers: Arc<Containers>,
     /// Read only: how long the agent's harness has been quiet, and when that is stuck.
-    watcher: Arc<Watcher>,
+    activity: Arc<HarnessActivity>,
 }
 
 impl LivenessJudge {
@@ -103,13 +103,13 @@ impl LivenessJudge {
         store: Store,
         registry: Arc<Registry>,
         containers: Arc<Containers>,
-        watcher: Arc<Watcher>,
+        activity: Arc<HarnessActivity>,
     ) -> Self {
         Self {
             store,
             registry,
             containers,
-            watcher,
+            activity,
         }
     }
 
@@ -137,11 +137,11 @@ impl LivenessJudge {
         let facts = Facts {
             up: run.up,
             turn_state: run.turn_state,
-            quiet_for: self.watcher.quiet_for(agent),
+            quiet_for: self.activity.quiet_for(agent),
             oldest_queued: oldest_sent.map(|at| Duration::from_millis((now - at).max(0) as u64)),
             asked_a_human: asked,
         };
-        Ok(judge(&facts, self.watcher.stuck_after()))
+        Ok(judge(&facts, self.activity.stuck_after()))
     }
 }
 

@@ -284,7 +284,10 @@ mod tests {
             r#"{"agent":"bob","event":"spawned","incarnation":3,"logged_in":true}"#
         );
         let text = written(HelperEvent::Destroyed(Destroyed { incarnation: 3 }));
-        assert_eq!(text, r#"{"agent":"bob","event":"destroyed","incarnation":3}"#);
+        assert_eq!(
+            text,
+            r#"{"agent":"bob","event":"destroyed","incarnation":3}"#
+        );
     }
 
     #[test]
