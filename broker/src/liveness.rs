@@ -8,7 +8,8 @@
 //!
 //! It owns the judgement and the facts it reads; it never starts or stops anything. A service
 //! ([`LivenessJudge`]) built in `Hive::open` holding its own handles (store, registry, and the
-//! containers' and the watcher's view of each agent, read only); `Hive` delegates to it.
+//! containers' view of each agent and the harness activity the watcher records, read only); `Hive`
+//! and the watcher's check delegate to it.
 
 use std::sync::Arc;
 use std::time::Duration;

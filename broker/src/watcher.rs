@@ -1132,6 +1132,34 @@ impl Hive {
 mod tests {
     use super::*;
 
+    /// The checks read through the watcher's own handles: what is left on `Hive` runs the task
+    /// and acts (restarts, rebuilds), and reads nothing the checks read nor tells anything itself.
+    #[test]
+    fn the_hive_side_only_acts() {
+        let source = include_str!("watcher.rs");
+        let start = source
+            .find("\nimpl Hive {")
+            .expect("the watcher's impl Hive");
+        let end = source.find("\n#[cfg(test)]").expect("the tests");
+        let hive_side = &source[start..end];
+        for read in [
+            "containers.run_of",
+            ".git(",
+            "applied_head",
+            "built_with_another_builder",
+            ".store",
+            "agent_liveness",
+            "liveness.of",
+            ".record(",
+            "HelperEvent::",
+        ] {
+            assert!(
+                !hive_side.contains(read),
+                "the watcher's `impl Hive` has `{read}`: that belongs to `Watcher`"
+            );
+        }
+    }
+
     #[test]
     fn backoff_doubles_up_to_a_minute() {
         let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
