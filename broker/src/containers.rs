@@ -786,7 +786,11 @@ impl Hive {
         if run.pid.is_some()
             && run.commit.is_some()
             && run.commit == head
-            && self.built_with_another_builder(&run).await?.is_none()
+            && self
+                .watcher
+                .built_with_another_builder(&run)
+                .await?
+                .is_none()
         {
             return Ok(self.outcome("already up to date", agent, None));
         }
@@ -798,39 +802,6 @@ impl Hive {
             "the build failed; what ran before still runs"
         };
         Ok(self.outcome(result, agent, Some(done)))
-    }
-
-    /// Today's builder fingerprint ([`Builder::fingerprint`]) when the image `run` runs was
-    /// built with another builder, Nix code, harness or busybox (a deploy from before
-    /// fingerprints were recorded counts as another). `None` when it was not, when nothing runs,
-    /// or when today's cannot be known (no builder, the harness binary unreadable): then there is
-    /// nothing to rebuild with either.
-    pub(crate) async fn built_with_another_builder(
-        &self,
-        run: &AgentRun,
-    ) -> Result<Option<String>> {
-        let (Some(deploy), Ok(builder)) = (run.deploy, self.containers.builder()) else {
-            return Ok(None);
-        };
-        let today = match off_runtime(move || builder.fingerprint()).await {
-            Ok(today) => today,
-            Err(e) => {
-                tracing::debug!(error = %e, "no builder fingerprint to compare with");
-                return Ok(None);
-            }
-        };
-        let recorded: Option<String> = self
-            .store
-            .read(move |c| {
-                Ok(
-                    c.prepare_cached("SELECT builder FROM deploys WHERE id = ?1")?
-                        .query_row([deploy], |r| r.get(0))
-                        .optional()?
-                        .flatten(),
-                )
-            })
-            .await?;
-        Ok((recorded.as_deref() != Some(today.as_str())).then_some(today))
     }
 
     /// A new `update` deploy of the applied HEAD, audited.

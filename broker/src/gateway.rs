@@ -29,6 +29,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use proto::helper::{self, HelperEvent};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -598,40 +599,38 @@ fn refused(
 
 /// Logs an upstream's breaker opening or closing and tells the manager (a helper event).
 fn breaker_moved(hive: &Arc<Hive>, agent: &AgentName, provider: &Upstream, moved: Transition) {
-    let (event, details) = match moved {
+    let event = match moved {
         Transition::Opened(failures) => {
             tracing::warn!(
                 upstream = provider.name,
                 failures,
                 "model upstream unreachable: its breaker opened"
             );
-            (
-                "model_unreachable",
-                serde_json::json!({
-                    "upstream": provider.base_url,
-                    "failures": failures,
-                    "retry_in_seconds": hive.config.model.breaker_cooldown_secs,
-                }),
-            )
+            HelperEvent::ModelUnreachable(helper::ModelUnreachable {
+                upstream: provider.base_url.clone(),
+                failures,
+                retry_in_seconds: hive.config.model.breaker_cooldown_secs,
+            })
         }
         Transition::Closed => {
             tracing::info!(
                 upstream = provider.name,
                 "model upstream answers again: its breaker closed"
             );
-            (
-                "model_reachable",
-                serde_json::json!({"upstream": provider.base_url}),
-            )
+            HelperEvent::ModelReachable(helper::ModelReachable {
+                upstream: provider.base_url.clone(),
+            })
         }
     };
     let (hive, agent) = (hive.clone(), agent.clone());
     tokio::spawn(async move {
+        let event_name = event.name();
         let told = hive
-            .tell_manager_of(&agent, "model_upstream", event.to_owned(), event, details)
+            .watcher
+            .tell_manager_of(&agent, "model_upstream", event_name.to_owned(), event)
             .await;
         if let Err(e) = told {
-            tracing::warn!(%agent, event, error = %e, "cannot tell the manager");
+            tracing::warn!(%agent, event = event_name, error = %e, "cannot tell the manager");
         }
     });
 }
@@ -649,20 +648,16 @@ async fn record_call(hive: Arc<Hive>, agent: AgentName, call: Call) {
     tracing::warn!(%agent, used = spent.used_today, limit = spent.tokens_per_day,
         "the agent's daily token budget is spent");
     let day = crate::model_calls::utc_day();
-    let details = serde_json::json!({
-        "tokens_per_day": spent.tokens_per_day,
-        "used_today": spent.used_today,
-        "how": "its model calls are refused until 00:00 UTC, or until a raised \
-                hyperhive.budget.tokensPerDay is approved",
+    let event = HelperEvent::BudgetExhausted(helper::BudgetExhausted {
+        tokens_per_day: spent.tokens_per_day,
+        used_today: spent.used_today,
+        how: "its model calls are refused until 00:00 UTC, or until a raised \
+              hyperhive.budget.tokensPerDay is approved"
+            .to_owned(),
     });
     let told = hive
-        .tell_manager_of(
-            &agent,
-            "budget",
-            format!("exhausted:{day}"),
-            "budget_exhausted",
-            details,
-        )
+        .watcher
+        .tell_manager_of(&agent, "budget", format!("exhausted:{day}"), event)
         .await;
     if let Err(e) = told {
         tracing::warn!(%agent, error = %e, "cannot tell the manager of a spent budget");

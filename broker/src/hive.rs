@@ -60,7 +60,7 @@ pub struct Hive {
     /// The check builds of config requests (`review`).
     pub(crate) checks: Arc<crate::review::Checks>,
     dead_letters: DeadLetters,
-    liveness: LivenessJudge,
+    liveness: Arc<LivenessJudge>,
     stats: StatsReader,
     audit_log: AuditLog,
     confinement: ConfinementReader,
@@ -107,13 +107,28 @@ impl Hive {
         );
         let containers = Arc::new(Containers::open(&config, &paths)?);
         let gateway = crate::gateway::Gateway::new(&config.model)?;
+        let repos = ConfigRepos::new(paths.clone());
+        let activity = Arc::new(crate::watcher::HarnessActivity::new(&config));
+        let liveness = Arc::new(LivenessJudge::new(
+            store.clone(),
+            registry.clone(),
+            containers.clone(),
+            activity.clone(),
+        ));
         let watcher = Arc::new(
             crate::watcher::Watcher::open(
                 &config,
                 &paths,
-                store.clone(),
-                mailbox.clone(),
-                bus.clone(),
+                crate::watcher::WatcherHandles {
+                    store: store.clone(),
+                    mailbox: mailbox.clone(),
+                    bus: bus.clone(),
+                    registry: registry.clone(),
+                    containers: containers.clone(),
+                    repos: repos.clone(),
+                    liveness: liveness.clone(),
+                    activity,
+                },
             )
             .await?,
         );
@@ -128,12 +143,6 @@ impl Hive {
             watcher.clone(),
             pauses.clone(),
             config.mailbox.dead_letter_after_seconds,
-        );
-        let liveness = LivenessJudge::new(
-            store.clone(),
-            registry.clone(),
-            containers.clone(),
-            watcher.clone(),
         );
         let stats = StatsReader::new(store.clone(), registry.clone());
         let audit_log = AuditLog::new(store.clone(), &paths);
@@ -167,7 +176,7 @@ impl Hive {
             gateway,
             egress,
             budgets,
-            repos: ConfigRepos::new(paths.clone()),
+            repos,
             containers,
             watcher,
             pauses,

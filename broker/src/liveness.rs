@@ -8,7 +8,8 @@
 //!
 //! It owns the judgement and the facts it reads; it never starts or stops anything. A service
 //! ([`LivenessJudge`]) built in `Hive::open` holding its own handles (store, registry, and the
-//! containers' and the watcher's view of each agent, read only); `Hive` delegates to it.
+//! containers' view of each agent and the harness activity the watcher records, read only); `Hive`
+//! and the watcher's check delegate to it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use crate::error::Result;
 use crate::names::AgentName;
 use crate::registry::Registry;
 use crate::store::{Store, unix_millis};
-use crate::watcher::Watcher;
+use crate::watcher::HarnessActivity;
 
 pub use proto::agent::Liveness;
 
@@ -95,7 +96,7 @@ pub struct LivenessJudge {
     /// Read only: the agent's run (harness up, turn state).
     containers: Arc<Containers>,
     /// Read only: how long the agent's harness has been quiet, and when that is stuck.
-    watcher: Arc<Watcher>,
+    activity: Arc<HarnessActivity>,
 }
 
 impl LivenessJudge {
@@ -103,13 +104,13 @@ impl LivenessJudge {
         store: Store,
         registry: Arc<Registry>,
         containers: Arc<Containers>,
-        watcher: Arc<Watcher>,
+        activity: Arc<HarnessActivity>,
     ) -> Self {
         Self {
             store,
             registry,
             containers,
-            watcher,
+            activity,
         }
     }
 
@@ -137,11 +138,11 @@ impl LivenessJudge {
         let facts = Facts {
             up: run.up,
             turn_state: run.turn_state,
-            quiet_for: self.watcher.quiet_for(agent),
+            quiet_for: self.activity.quiet_for(agent),
             oldest_queued: oldest_sent.map(|at| Duration::from_millis((now - at).max(0) as u64)),
             asked_a_human: asked,
         };
-        Ok(judge(&facts, self.watcher.stuck_after()))
+        Ok(judge(&facts, self.activity.stuck_after()))
     }
 }
 

@@ -23,21 +23,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use proto::helper::{self, HelperBody, HelperEvent};
 use rusqlite::{OptionalExtension, params};
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::bus::{Bus, Event};
 use crate::components::Scope;
 use crate::config::Config;
-use crate::containers::{Actor, MAX_LOG_LINES};
+use crate::config_repo::ConfigRepos;
+use crate::containers::{Actor, Containers, MAX_LOG_LINES};
 use crate::error::{Error, Result};
 use crate::hive::Hive;
 use crate::lifecycle::off_runtime;
+use crate::liveness::LivenessJudge;
 use crate::mailbox::{Mailbox, Message, insert_messages};
 use crate::names::AgentName;
 use crate::paths::StateDir;
-use crate::registry::AgentKind;
+use crate::registry::{AgentKind, Registry};
 use crate::runtime::ContainerExit;
 use crate::status::DeployStatus;
 use crate::store::{Store, unix_millis};
@@ -86,19 +88,89 @@ enum Kick {
 /// One agent's axes as `hive agents` shows them (`None`: not known yet).
 pub use proto::agent::Axes;
 
-/// A helper event to tell: its name, its fields beside `event` and `agent`, and (for `rebuilt`)
-/// a message to the agent itself.
+/// A helper event to tell and (for `rebuilt`) a message to the agent itself.
 struct Tell {
-    event: &'static str,
-    details: Value,
+    event: HelperEvent,
     to_agent: Option<String>,
 }
 
-/// The watcher's state, built in `Hive::open`; its task runs as the `watcher` component.
+impl From<HelperEvent> for Tell {
+    fn from(event: HelperEvent) -> Self {
+        Self {
+            event,
+            to_agent: None,
+        }
+    }
+}
+
+/// When each agent's harness last reported anything (a state, turn events), from the bus: what
+/// the liveness judge reads and the watcher feeds.
+pub(crate) struct HarnessActivity {
+    heard: Mutex<HashMap<String, Instant>>,
+    /// `[watcher] stuck_after_seconds`.
+    stuck_after: Duration,
+    /// When this daemon started: the quiet time of an agent not heard from since.
+    opened: Instant,
+}
+
+impl HarnessActivity {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            heard: Mutex::default(),
+            stuck_after: Duration::from_secs(config.watcher.stuck_after_seconds.max(1)),
+            opened: Instant::now(),
+        }
+    }
+
+    /// How long `agent`'s harness has said nothing (since this daemon started, at most).
+    pub(crate) fn quiet_for(&self, agent: &AgentName) -> Option<Duration> {
+        let heard = self.heard.lock().expect("activity");
+        Some(
+            heard
+                .get(agent.as_str())
+                .copied()
+                .unwrap_or(self.opened)
+                .elapsed(),
+        )
+    }
+
+    pub(crate) fn stuck_after(&self) -> Duration {
+        self.stuck_after
+    }
+
+    fn heard_from(&self, agent: &str) {
+        self.heard
+            .lock()
+            .expect("activity")
+            .insert(agent.to_owned(), Instant::now());
+    }
+}
+
+/// The handles the watcher reads and tells through, given in `Hive::open`.
+pub(crate) struct WatcherHandles {
+    pub store: Store,
+    pub mailbox: Mailbox,
+    pub bus: Bus,
+    pub registry: Arc<Registry>,
+    /// Read only: what runs (`run_of`) and today's builder.
+    pub containers: Arc<Containers>,
+    /// Read only: the applied repos' HEADs (git runs on blocking threads).
+    pub repos: ConfigRepos,
+    pub liveness: Arc<LivenessJudge>,
+    pub activity: Arc<HarnessActivity>,
+}
+
+/// The watcher's state and its checks, built in `Hive::open`; its task runs as the `watcher`
+/// component (on `Hive`, which does the restarts and updates the checks ask for).
 pub struct Watcher {
     store: Store,
     mailbox: Mailbox,
     bus: Bus,
+    registry: Arc<Registry>,
+    containers: Arc<Containers>,
+    repos: ConfigRepos,
+    liveness: Arc<LivenessJudge>,
+    activity: Arc<HarnessActivity>,
     paths: StateDir,
     reconcile: Duration,
     auto_update: bool,
@@ -115,22 +187,24 @@ pub struct Watcher {
     recorded: Mutex<HashMap<(i64, &'static str), String>>,
     /// `[watcher] auto_update` rebuilds one agent at a time.
     auto_updates: tokio::sync::Semaphore,
-    /// When each agent's harness last reported anything (a state, turn events), from the bus.
-    activity: Mutex<HashMap<String, Instant>>,
-    /// `[watcher] stuck_after_seconds`.
-    stuck_after: Duration,
-    /// When this watcher started: the quiet time of an agent not heard from since.
-    opened: Instant,
 }
 
 impl Watcher {
     pub(crate) async fn open(
         config: &Config,
         paths: &StateDir,
-        store: Store,
-        mailbox: Mailbox,
-        bus: Bus,
+        handles: WatcherHandles,
     ) -> Result<Self> {
+        let WatcherHandles {
+            store,
+            mailbox,
+            bus,
+            registry,
+            containers,
+            repos,
+            liveness,
+            activity,
+        } = handles;
         let looping: HashSet<AgentName> = store
             .read(|c| {
                 let mut stmt = c.prepare(
@@ -150,6 +224,11 @@ impl Watcher {
             store,
             mailbox,
             bus,
+            registry,
+            containers,
+            repos,
+            liveness,
+            activity,
             paths: paths.clone(),
             reconcile: Duration::from_secs(config.watcher.reconcile_seconds.max(1)),
             auto_update: config.watcher.auto_update,
@@ -160,33 +239,7 @@ impl Watcher {
             looping: Mutex::new(looping),
             recorded: Mutex::default(),
             auto_updates: tokio::sync::Semaphore::new(1),
-            activity: Mutex::default(),
-            stuck_after: Duration::from_secs(config.watcher.stuck_after_seconds.max(1)),
-            opened: Instant::now(),
         })
-    }
-
-    /// How long `agent`'s harness has said nothing (since this daemon started, at most).
-    pub(crate) fn quiet_for(&self, agent: &AgentName) -> Option<Duration> {
-        let activity = self.activity.lock().expect("activity");
-        Some(
-            activity
-                .get(agent.as_str())
-                .copied()
-                .unwrap_or(self.opened)
-                .elapsed(),
-        )
-    }
-
-    pub(crate) fn stuck_after(&self) -> Duration {
-        self.stuck_after
-    }
-
-    fn heard_from(&self, agent: &str) {
-        self.activity
-            .lock()
-            .expect("activity")
-            .insert(agent.to_owned(), Instant::now());
     }
 
     /// The containers component recorded that `exit.agent`'s container ended on its own.
@@ -271,18 +324,21 @@ impl Watcher {
             return Ok(false);
         }
         let (name, stored) = (agent.to_owned(), state.clone());
-        let event = tell.as_ref().map(|t| t.event);
-        let body = tell.as_ref().map(|t| {
-            let mut body = json!({"event": t.event, "agent": agent});
-            if let (Some(out), Value::Object(fields)) = (body.as_object_mut(), &t.details) {
-                for (k, v) in fields {
-                    out.insert(k.clone(), v.clone());
-                }
+        let event = tell.as_ref().map(|t| t.event.name());
+        let (body, to_agent) = match tell {
+            Some(Tell { event, to_agent }) => {
+                let body = HelperBody {
+                    agent: agent.to_owned(),
+                    event,
+                };
+                // Through a `Value`: its keys in sorted order, as helper bodies always were.
+                let body = serde_json::to_value(&body)
+                    .map_err(|e| Error::Internal(format!("cannot encode a helper event: {e}")))?;
+                (Some(body), to_agent)
             }
-            body
-        });
+            None => (None, None),
+        };
         let text = body.as_ref().map(|b| b.to_string());
-        let to_agent = tell.and_then(|t| t.to_agent);
         let (changed, messages) = self
             .store
             .write(move |c| {
@@ -450,6 +506,429 @@ impl CredentialWatch {
     }
 }
 
+/// The checks and what they tell: each reads the registry, the containers, the store and the
+/// applied repos through the watcher's own handles and asks `Hive` (by what it returns) for any
+/// restart or rebuild.
+impl Watcher {
+    /// Tells the manager `event` about `agent` (a helper event, and on the bus), recorded under
+    /// the agent's `axis` with `state`; each call tells (the caller decides when it is news).
+    pub(crate) async fn tell_manager_of(
+        &self,
+        agent: &AgentName,
+        axis: &'static str,
+        state: String,
+        event: HelperEvent,
+    ) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        self.record(
+            agent.as_str(),
+            record.incarnation,
+            axis,
+            state,
+            Some(event.into()),
+            true,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Each agent's axes as the watcher last saw them.
+    pub(crate) fn axes(&self, agent: &AgentName) -> Axes {
+        let run = self.containers.run_of(agent);
+        let Some(record) = self.registry.get(agent) else {
+            return Axes::default();
+        };
+        let cached = |axis| self.cached(record.incarnation, axis);
+        Axes {
+            running: run.up,
+            logged_in: cached(LOGGED_IN).map(|s| s == "yes"),
+            up_to_date: run
+                .pid
+                .and_then(|_| cached(UP_TO_DATE))
+                .map(|s| s == "current"),
+            crash_loop: self.holds_stopped(agent),
+        }
+    }
+
+    /// Tells the manager `stuck` when `agent` became stuck (once per episode: the axis goes back
+    /// to `ok` when it moves again).
+    async fn check_liveness(&self, agent: &AgentName) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        let liveness = self.liveness.of(agent).await?;
+        let stuck = liveness == crate::liveness::Liveness::Stuck;
+        let tell = stuck.then(|| {
+            let run = self.containers.run_of(agent);
+            HelperEvent::Stuck(helper::Stuck {
+                turn_state: run.turn_state,
+                quiet_seconds: self.activity.quiet_for(agent).map(|q| q.as_secs()),
+                how: format!("`restart` {agent}: its harness is stopped before a new one starts"),
+            })
+            .into()
+        });
+        let state = if stuck { "stuck" } else { "ok" };
+        self.record(
+            agent.as_str(),
+            record.incarnation,
+            LIVENESS,
+            state.into(),
+            tell,
+            false,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn check_login(&self, agent: &AgentName) -> Result<()> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(());
+        };
+        let yes = self.logged_in(agent);
+        let event = if yes {
+            HelperEvent::LoggedIn(helper::LoggedIn {})
+        } else {
+            HelperEvent::NeedsLogin(helper::NeedsLogin {
+                how: format!("the operator runs `hive login {agent}`"),
+            })
+        };
+        let state = if yes { "yes" } else { "no" };
+        self.record(
+            agent.as_str(),
+            record.incarnation,
+            LOGGED_IN,
+            state.into(),
+            Some(event.into()),
+            false,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `current` when what runs is the applied HEAD built with today's builder (its Nix code,
+    /// harness and busybox: `Builder::fingerprint`); when not and no deploy is under way,
+    /// `stale:<head>` (the commit differs) or `stale:<head>:builder:<today's fingerprint>` (only
+    /// the builder does: a newer builder is a new staleness); nothing while the agent does not run
+    /// or is between states. With `[watcher] auto_update`, a new staleness is not told but
+    /// returned: the caller rebuilds the agent.
+    async fn check_up_to_date(&self, agent: &AgentName) -> Result<Option<helper::NeedsUpdate>> {
+        let Some(record) = self.registry.get(agent) else {
+            return Ok(None);
+        };
+        // A container runs (also while a failed deploy's guard is still held); the deploys
+        // table says whether a build is under way.
+        let run = self.containers.run_of(agent);
+        let Some(running) = run.commit.clone() else {
+            return Ok(None);
+        };
+        let (repos, name) = (self.repos.clone(), agent.clone());
+        let Some(head) = off_runtime(move || repos.applied_head(&name)).await? else {
+            return Ok(None);
+        };
+        let builder_changed = self.built_with_another_builder(&run).await?;
+        if head == running && builder_changed.is_none() {
+            self.record(
+                agent.as_str(),
+                record.incarnation,
+                UP_TO_DATE,
+                "current".into(),
+                None,
+                false,
+            )
+            .await?;
+            return Ok(None);
+        }
+        let incarnation = record.incarnation;
+        let pending: bool = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT 1 FROM deploys WHERE incarnation = ?1 AND status IN ('applied', 'building')",
+                )?
+                .exists([incarnation])?)
+            })
+            .await?;
+        if pending {
+            return Ok(None);
+        }
+        let state = match &builder_changed {
+            Some(today) if head == running => format!("stale:{head}:builder:{today}"),
+            _ => format!("stale:{head}"),
+        };
+        let details = helper::NeedsUpdate {
+            running_commit: running,
+            applied_commit: head,
+            builder_changed: builder_changed.is_some(),
+        };
+        if self.auto_update {
+            let changed = self
+                .record(agent.as_str(), incarnation, UP_TO_DATE, state, None, false)
+                .await?;
+            return Ok(changed.then_some(details));
+        }
+        self.record(
+            agent.as_str(),
+            incarnation,
+            UP_TO_DATE,
+            state,
+            Some(HelperEvent::NeedsUpdate(details).into()),
+            false,
+        )
+        .await
+        .map(|_| None)
+    }
+
+    /// Today's builder fingerprint ([`crate::build::Builder::fingerprint`]) when the image `run`
+    /// runs was built with another builder, Nix code, harness or busybox (a deploy from before
+    /// fingerprints were recorded counts as another). `None` when it was not, when nothing runs,
+    /// or when today's cannot be known (no builder, the harness binary unreadable): then there is
+    /// nothing to rebuild with either.
+    pub(crate) async fn built_with_another_builder(
+        &self,
+        run: &crate::containers::AgentRun,
+    ) -> Result<Option<String>> {
+        let (Some(deploy), Ok(builder)) = (run.deploy, self.containers.builder()) else {
+            return Ok(None);
+        };
+        let today = match off_runtime(move || builder.fingerprint()).await {
+            Ok(today) => today,
+            Err(e) => {
+                tracing::debug!(error = %e, "no builder fingerprint to compare with");
+                return Ok(None);
+            }
+        };
+        let recorded: Option<String> = self
+            .store
+            .read(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT builder FROM deploys WHERE id = ?1")?
+                        .query_row([deploy], |r| r.get(0))
+                        .optional()?
+                        .flatten(),
+                )
+            })
+            .await?;
+        Ok((recorded.as_deref() != Some(today.as_str())).then_some(today))
+    }
+
+    /// An automatic rebuild of `agent` did not deploy: tells `needs_update` after all.
+    async fn tell_update_failed(&self, agent: &AgentName, details: helper::NeedsUpdate) {
+        let Some(record) = self.registry.get(agent) else {
+            return;
+        };
+        let state = self
+            .cached(record.incarnation, UP_TO_DATE)
+            .unwrap_or_default();
+        let told = self
+            .record(
+                agent.as_str(),
+                record.incarnation,
+                UP_TO_DATE,
+                state,
+                Some(HelperEvent::NeedsUpdate(details).into()),
+                true,
+            )
+            .await;
+        if let Err(e) = told {
+            tracing::warn!(%agent, error = %e, "cannot tell needs_update");
+        }
+    }
+
+    /// An operator or the manager started `agent`: its crash loop is over.
+    async fn clear_crash_loop(&self, agent: &AgentName) {
+        if let Some(record) = self.registry.get(agent) {
+            let cleared = self
+                .record(
+                    agent.as_str(),
+                    record.incarnation,
+                    CRASH_LOOP,
+                    "clear".into(),
+                    None,
+                    false,
+                )
+                .await;
+            if let Err(e) = cleared {
+                tracing::warn!(%agent, error = %e, "cannot record the end of a crash loop");
+            }
+        }
+    }
+
+    /// A container ended on its own: tells `container_crash` (status, log tail, what happens
+    /// next) and, past [`MAX_CRASHES`] in the window, `crash_loop` once. Returns the wait before
+    /// the restart the caller does (`None`: no restart).
+    async fn crashed(
+        &self,
+        exit: ContainerExit,
+        image: Option<PathBuf>,
+    ) -> Result<Option<Duration>> {
+        let agent = exit.agent.clone();
+        let Some(record) = self.registry.get(&agent) else {
+            return Ok(None);
+        };
+        let log = self.paths.agent_log(&agent);
+        let root = self.paths.root().to_owned();
+        let (policy, tail) = off_runtime(move || {
+            let policy = restart_policy(image.as_deref());
+            let log = crate::paths::checked_within(&root, &log)?;
+            let (tail, _) = crate::containers::tail_lines(&log, CRASH_LOG_LINES)?;
+            Ok((policy, tail))
+        })
+        .await?;
+        use proto::agent_config::Restart;
+        let failed = !(exit.code == Some(0) && exit.signal.is_none());
+        let wanted = match policy {
+            Restart::Never => false,
+            Restart::OnFailure => failed,
+            Restart::Always => true,
+        };
+        let (crashes, looping) = if wanted {
+            self.count_crash(&agent)
+        } else {
+            (0, false)
+        };
+        let wait = (wanted && !looping).then(|| backoff(crashes));
+        let lines: Vec<String> = tail
+            .lines()
+            .map(|l| {
+                let mut cut = l.len().min(MAX_LOG_LINE_BYTES);
+                while !l.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                l[..cut].to_owned()
+            })
+            .collect();
+        let crash = HelperEvent::ContainerCrash(helper::ContainerCrash {
+            code: exit.code,
+            signal: exit.signal,
+            how: match (exit.code, exit.signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), None) => format!("exited with code {code}"),
+                (None, None) => "ended".to_owned(),
+            },
+            log_tail: lines,
+            restart: policy,
+            restart_in_seconds: wait.map(|w| w.as_secs()),
+            crashes_in_window: crashes as u64,
+        });
+        self.record(
+            agent.as_str(),
+            record.incarnation,
+            RUNNING,
+            format!("crashed at {}", unix_millis()),
+            Some(crash.into()),
+            true,
+        )
+        .await?;
+        if looping {
+            let tell = HelperEvent::CrashLoop(helper::CrashLoop {
+                crashes: crashes as u64,
+                window_seconds: CRASH_WINDOW.as_secs(),
+                how_to_resume: format!("`hive start {agent}` or the manager's start"),
+            });
+            self.record(
+                agent.as_str(),
+                record.incarnation,
+                CRASH_LOOP,
+                "looping".into(),
+                Some(tell.into()),
+                true,
+            )
+            .await?;
+            return Ok(None);
+        }
+        Ok(wait)
+    }
+
+    /// Agent `agent` (incarnation `incarnation`) was destroyed: its crash count goes, and the
+    /// manager is told `destroyed`.
+    async fn destroyed(&self, agent: &str, incarnation: i64) -> Result<()> {
+        if let Ok(name) = AgentName::parse(agent) {
+            self.crashes.lock().expect("crashes").remove(&name);
+            self.looping.lock().expect("looping").remove(&name);
+        }
+        let tell = HelperEvent::Destroyed(helper::Destroyed { incarnation });
+        self.record(
+            agent,
+            incarnation,
+            EXISTS,
+            "destroyed".into(),
+            Some(tell.into()),
+            true,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Tells `spawned` for `agent`, whose axes were just seeded: with whether it is logged in.
+    async fn spawned(&self, agent: &AgentName, incarnation: i64) -> Result<()> {
+        let tell = HelperEvent::Spawned(helper::Spawned {
+            incarnation,
+            logged_in: self.logged_in(agent),
+        });
+        self.record(
+            agent.as_str(),
+            incarnation,
+            EXISTS,
+            "live".into(),
+            Some(tell.into()),
+            true,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A deploy finished: `rebuilt` when it replaced an earlier one (the agent also gets a
+    /// message naming the commit). Returns the agent whose up_to_date axis to look at again.
+    async fn deployed(&self, deploy: crate::approvals::Deploy) -> Result<Option<AgentName>> {
+        let Ok(agent) = AgentName::parse(&deploy.agent) else {
+            return Ok(None);
+        };
+        let Some(record) = self.registry.get(&agent) else {
+            return Ok(None);
+        };
+        match deploy.status {
+            DeployStatus::Deployed => {}
+            DeployStatus::Failed => return Ok(Some(agent)),
+            _ => return Ok(None),
+        }
+        let (id, incarnation) = (deploy.id, record.incarnation);
+        let replaced: bool = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT 1 FROM deploys WHERE incarnation = ?1 AND id < ?2 AND status = 'deployed'",
+                )?
+                .exists(params![incarnation, id])?)
+            })
+            .await?;
+        let tell = replaced.then(|| Tell {
+            to_agent: Some(format!(
+                "Your container was rebuilt from commit {} (deploy {id}) and restarted.",
+                deploy.commit
+            )),
+            event: HelperEvent::Rebuilt(helper::Rebuilt {
+                commit: deploy.commit,
+                deploy: id,
+                kind: deploy.kind,
+            }),
+        });
+        self.record(
+            agent.as_str(),
+            incarnation,
+            DEPLOY,
+            id.to_string(),
+            tell,
+            true,
+        )
+        .await?;
+        Ok(Some(agent))
+    }
+}
+
+/// The watcher's reactions that act: the restarts after a crash and the automatic rebuilds,
+/// which only the composition root can do.
 impl Hive {
     /// The watcher component: its task takes the kicks, the bus and the reconcile tick in turn
     /// until the scope stops; restarts wait their backoff on tasks of the same scope.
@@ -486,104 +965,24 @@ impl Hive {
         Ok(())
     }
 
-    /// Tells the manager `event` about `agent` (a helper event, and on the bus), recorded under
-    /// the agent's `axis` with `state`; each call tells (the caller decides when it is news).
-    pub(crate) async fn tell_manager_of(
-        &self,
-        agent: &AgentName,
-        axis: &'static str,
-        state: String,
-        event: &'static str,
-        details: Value,
-    ) -> Result<()> {
-        let Some(record) = self.registry.get(agent) else {
-            return Ok(());
-        };
-        let tell = Tell {
-            event,
-            details,
-            to_agent: None,
-        };
-        self.watcher
-            .record(
-                agent.as_str(),
-                record.incarnation,
-                axis,
-                state,
-                Some(tell),
-                true,
-            )
-            .await
-            .map(drop)
-    }
-
     /// Each agent's axes as the watcher last saw them.
     pub fn agent_axes(&self, agent: &AgentName) -> Axes {
-        let run = self.containers.run_of(agent);
-        let Some(record) = self.registry.get(agent) else {
-            return Axes::default();
-        };
-        let cached = |axis| self.watcher.cached(record.incarnation, axis);
-        Axes {
-            running: run.up,
-            logged_in: cached(LOGGED_IN).map(|s| s == "yes"),
-            up_to_date: run
-                .pid
-                .and_then(|_| cached(UP_TO_DATE))
-                .map(|s| s == "current"),
-            crash_loop: self.watcher.holds_stopped(agent),
-        }
+        self.watcher.axes(agent)
     }
 
     async fn reconcile_all(self: &Arc<Self>, creds: &mut CredentialWatch, tasks: &Scope) {
         for agent in self.registry.names() {
             creds.ensure_agent(&self.paths, &agent);
             self.check_agent(&agent, tasks).await;
-            if let Err(e) = self.check_liveness(&agent).await {
+            if let Err(e) = self.watcher.check_liveness(&agent).await {
                 tracing::warn!(%agent, error = %e, "cannot judge the agent's liveness");
             }
         }
     }
 
-    /// Tells the manager `stuck` when `agent` became stuck (once per episode: the axis goes back
-    /// to `ok` when it moves again).
-    async fn check_liveness(&self, agent: &AgentName) -> Result<()> {
-        let Some(record) = self.registry.get(agent) else {
-            return Ok(());
-        };
-        let liveness = self.agent_liveness(agent).await?;
-        let stuck = liveness == crate::liveness::Liveness::Stuck;
-        let tell = stuck.then(|| {
-            let run = self.containers.run_of(agent);
-            Tell {
-                event: "stuck",
-                details: json!({
-                    "turn_state": run.turn_state.map(|t| t.as_str()),
-                    "quiet_seconds": self.watcher.quiet_for(agent).map(|q| q.as_secs()),
-                    "how": format!(
-                        "`restart` {agent}: its harness is stopped before a new one starts"
-                    ),
-                }),
-                to_agent: None,
-            }
-        });
-        let state = if stuck { "stuck" } else { "ok" };
-        self.watcher
-            .record(
-                agent.as_str(),
-                record.incarnation,
-                LIVENESS,
-                state.into(),
-                tell,
-                false,
-            )
-            .await
-            .map(drop)
-    }
-
     /// Recomputes `agent`'s logged_in and up_to_date axes.
     async fn check_agent(self: &Arc<Self>, agent: &AgentName, tasks: &Scope) {
-        if let Err(e) = self.check_login(agent).await {
+        if let Err(e) = self.watcher.check_login(agent).await {
             tracing::warn!(%agent, error = %e, "cannot check the login");
         }
         if let Err(e) = self.check_up_to_date(agent, tasks).await {
@@ -591,120 +990,22 @@ impl Hive {
         }
     }
 
-    async fn check_login(&self, agent: &AgentName) -> Result<()> {
-        let Some(record) = self.registry.get(agent) else {
-            return Ok(());
-        };
-        let yes = self.watcher.logged_in(agent);
-        let tell = Tell {
-            event: if yes { LOGGED_IN_EVENT } else { "needs_login" },
-            details: if yes {
-                json!({})
-            } else {
-                json!({"how": format!("the operator runs `hive login {agent}`")})
-            },
-            to_agent: None,
-        };
-        let state = if yes { "yes" } else { "no" };
-        self.watcher
-            .record(
-                agent.as_str(),
-                record.incarnation,
-                LOGGED_IN,
-                state.into(),
-                Some(tell),
-                false,
-            )
-            .await
-            .map(drop)
-    }
-
-    /// `current` when what runs is the applied HEAD built with today's builder (its Nix code,
-    /// harness and busybox: `Builder::fingerprint`); when not and no deploy is under way,
-    /// `stale:<head>` (the commit differs) or `stale:<head>:builder:<today's fingerprint>` (only
-    /// the builder does: a newer builder is a new staleness); nothing while the agent does not run
-    /// or is between states.
+    /// The watcher's up_to_date check, and the automatic rebuild it asks for.
     async fn check_up_to_date(self: &Arc<Self>, agent: &AgentName, tasks: &Scope) -> Result<()> {
-        let Some(record) = self.registry.get(agent) else {
-            return Ok(());
-        };
-        // A container runs (also while a failed deploy's guard is still held); the deploys
-        // table says whether a build is under way.
-        let run = self.containers.run_of(agent);
-        let Some(running) = run.commit.clone() else {
-            return Ok(());
-        };
-        let name = agent.clone();
-        let Some(head) = self.git(move |repos| repos.applied_head(&name)).await? else {
-            return Ok(());
-        };
-        let builder_changed = self.built_with_another_builder(&run).await?;
-        if head == running && builder_changed.is_none() {
-            self.watcher
-                .record(
-                    agent.as_str(),
-                    record.incarnation,
-                    UP_TO_DATE,
-                    "current".into(),
-                    None,
-                    false,
-                )
-                .await?;
-            return Ok(());
+        if let Some(details) = self.watcher.check_up_to_date(agent).await? {
+            self.auto_update(agent.clone(), details, tasks);
         }
-        let incarnation = record.incarnation;
-        let pending: bool = self
-            .store
-            .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT 1 FROM deploys WHERE incarnation = ?1 AND status IN ('applied', 'building')",
-                )?
-                .exists([incarnation])?)
-            })
-            .await?;
-        if pending {
-            return Ok(());
-        }
-        let state = match &builder_changed {
-            Some(today) if head == running => format!("stale:{head}:builder:{today}"),
-            _ => format!("stale:{head}"),
-        };
-        let details = json!({
-            "running_commit": running,
-            "applied_commit": head,
-            "builder_changed": builder_changed.is_some(),
-        });
-        if self.watcher.auto_update {
-            let changed = self
-                .watcher
-                .record(agent.as_str(), incarnation, UP_TO_DATE, state, None, false)
-                .await?;
-            if changed {
-                self.auto_update(agent.clone(), details, tasks);
-            }
-            return Ok(());
-        }
-        let tell = Tell {
-            event: "needs_update",
-            details,
-            to_agent: None,
-        };
-        self.watcher
-            .record(
-                agent.as_str(),
-                incarnation,
-                UP_TO_DATE,
-                state,
-                Some(tell),
-                false,
-            )
-            .await
-            .map(drop)
+        Ok(())
     }
 
     /// `[watcher] auto_update`: rebuilds a stale agent; a rebuild that fails tells the manager
     /// `needs_update` after all.
-    fn auto_update(self: &Arc<Self>, agent: AgentName, details: Value, tasks: &Scope) {
+    fn auto_update(
+        self: &Arc<Self>,
+        agent: AgentName,
+        details: helper::NeedsUpdate,
+        tasks: &Scope,
+    ) {
         let (hive, stop) = (self.clone(), tasks.stopping().clone());
         tasks.spawn(async move {
             let updated = tokio::select! {
@@ -723,30 +1024,8 @@ impl Hive {
                     true
                 }
             };
-            if failed && let Some(record) = hive.registry.get(&agent) {
-                let tell = Tell {
-                    event: "needs_update",
-                    details,
-                    to_agent: None,
-                };
-                let state = hive
-                    .watcher
-                    .cached(record.incarnation, UP_TO_DATE)
-                    .unwrap_or_default();
-                let told = hive
-                    .watcher
-                    .record(
-                        agent.as_str(),
-                        record.incarnation,
-                        UP_TO_DATE,
-                        state,
-                        Some(tell),
-                        true,
-                    )
-                    .await;
-                if let Err(e) = told {
-                    tracing::warn!(%agent, error = %e, "cannot tell needs_update");
-                }
+            if failed {
+                hive.watcher.tell_update_failed(&agent, details).await;
             }
         });
     }
@@ -762,7 +1041,7 @@ impl Hive {
             Kick::Credentials(agent) => {
                 if self.registry.get(&agent).is_some() {
                     creds.ensure_agent(&self.paths, &agent);
-                    if let Err(e) = self.check_login(&agent).await {
+                    if let Err(e) = self.watcher.check_login(&agent).await {
                         tracing::warn!(%agent, error = %e, "cannot check the login");
                     }
                 }
@@ -772,30 +1051,12 @@ impl Hive {
                     tracing::warn!(%agent, error = %e, "cannot check whether the agent is up to date");
                 }
             }
-            Kick::StartedByHand(agent) => {
-                if let Some(record) = self.registry.get(&agent) {
-                    let cleared = self
-                        .watcher
-                        .record(
-                            agent.as_str(),
-                            record.incarnation,
-                            CRASH_LOOP,
-                            "clear".into(),
-                            None,
-                            false,
-                        )
-                        .await;
-                    if let Err(e) = cleared {
-                        tracing::warn!(%agent, error = %e, "cannot record the end of a crash loop");
-                    }
-                }
-            }
+            Kick::StartedByHand(agent) => self.watcher.clear_crash_loop(&agent).await,
         }
     }
 
-    /// A container ended on its own: tell `container_crash` (status, log tail, what happens
-    /// next), then restart it after its backoff — or, past [`MAX_CRASHES`] in the window, tell
-    /// `crash_loop` once and leave it stopped.
+    /// A container ended on its own: the watcher tells it, then it is restarted after its
+    /// backoff — or, past [`MAX_CRASHES`] in the window, left stopped.
     async fn on_exit(
         self: &Arc<Self>,
         exit: ContainerExit,
@@ -803,92 +1064,7 @@ impl Hive {
         tasks: &Scope,
     ) -> Result<()> {
         let agent = exit.agent.clone();
-        let Some(record) = self.registry.get(&agent) else {
-            return Ok(());
-        };
-        let log = self.paths.agent_log(&agent);
-        let root = self.paths.root().to_owned();
-        let (policy, tail) = off_runtime(move || {
-            let policy = restart_policy(image.as_deref());
-            let log = crate::paths::checked_within(&root, &log)?;
-            let (tail, _) = crate::containers::tail_lines(&log, CRASH_LOG_LINES)?;
-            Ok((policy, tail))
-        })
-        .await?;
-        use proto::agent_config::Restart;
-        let failed = !(exit.code == Some(0) && exit.signal.is_none());
-        let wanted = match policy {
-            Restart::Never => false,
-            Restart::OnFailure => failed,
-            Restart::Always => true,
-        };
-        let (crashes, looping) = if wanted {
-            self.watcher.count_crash(&agent)
-        } else {
-            (0, false)
-        };
-        let wait = (wanted && !looping).then(|| backoff(crashes));
-        let lines: Vec<String> = tail
-            .lines()
-            .map(|l| {
-                let mut cut = l.len().min(MAX_LOG_LINE_BYTES);
-                while !l.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                l[..cut].to_owned()
-            })
-            .collect();
-        let details = json!({
-            "code": exit.code,
-            "signal": exit.signal,
-            "how": match (exit.code, exit.signal) {
-                (_, Some(sig)) => format!("killed by signal {sig}"),
-                (Some(code), None) => format!("exited with code {code}"),
-                (None, None) => "ended".to_owned(),
-            },
-            "log_tail": lines,
-            "restart": policy,
-            "restart_in_seconds": wait.map(|w| w.as_secs()),
-            "crashes_in_window": crashes,
-        });
-        let tell = Tell {
-            event: "container_crash",
-            details,
-            to_agent: None,
-        };
-        self.watcher
-            .record(
-                agent.as_str(),
-                record.incarnation,
-                RUNNING,
-                format!("crashed at {}", unix_millis()),
-                Some(tell),
-                true,
-            )
-            .await?;
-        if looping {
-            let tell = Tell {
-                event: "crash_loop",
-                details: json!({
-                    "crashes": crashes,
-                    "window_seconds": CRASH_WINDOW.as_secs(),
-                    "how_to_resume": format!("`hive start {agent}` or the manager's start"),
-                }),
-                to_agent: None,
-            };
-            self.watcher
-                .record(
-                    agent.as_str(),
-                    record.incarnation,
-                    CRASH_LOOP,
-                    "looping".into(),
-                    Some(tell),
-                    true,
-                )
-                .await?;
-            return Ok(());
-        }
-        let Some(wait) = wait else {
+        let Some(wait) = self.watcher.crashed(exit, image).await? else {
             return Ok(());
         };
         let (hive, stop) = (self.clone(), tasks.stopping().clone());
@@ -914,34 +1090,19 @@ impl Hive {
 
     async fn on_bus(self: &Arc<Self>, event: Event, creds: &mut CredentialWatch, tasks: &Scope) {
         let done = match event {
-            Event::Deploy { deploy } => self.on_deploy(deploy, tasks).await,
+            Event::Deploy { deploy } => match self.watcher.deployed(deploy).await {
+                Ok(Some(agent)) => self.check_up_to_date(&agent, tasks).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
             Event::AgentCreated { agent } if agent.kind != AgentKind::Manager => {
                 self.on_created(&agent, creds, tasks).await
             }
             Event::AgentRemoved { agent, incarnation } => {
-                if let Ok(name) = AgentName::parse(&agent) {
-                    self.watcher.crashes.lock().expect("crashes").remove(&name);
-                    self.watcher.looping.lock().expect("looping").remove(&name);
-                }
-                let tell = Tell {
-                    event: "destroyed",
-                    details: json!({"incarnation": incarnation}),
-                    to_agent: None,
-                };
-                self.watcher
-                    .record(
-                        &agent,
-                        incarnation,
-                        EXISTS,
-                        "destroyed".into(),
-                        Some(tell),
-                        true,
-                    )
-                    .await
-                    .map(drop)
+                self.watcher.destroyed(&agent, incarnation).await
             }
             Event::TurnEvents { agent, .. } | Event::TurnState { agent, .. } => {
-                self.watcher.heard_from(&agent);
+                self.watcher.activity.heard_from(&agent);
                 Ok(())
             }
             _ => Ok(()),
@@ -963,78 +1124,41 @@ impl Hive {
         let name = AgentName::parse(&agent.name)?;
         creds.ensure_agent(&self.paths, &name);
         self.check_agent(&name, tasks).await;
-        let logged_in = self.watcher.logged_in(&name);
-        let tell = Tell {
-            event: "spawned",
-            details: json!({"incarnation": agent.incarnation, "logged_in": logged_in}),
-            to_agent: None,
-        };
-        self.watcher
-            .record(
-                name.as_str(),
-                agent.incarnation,
-                EXISTS,
-                "live".into(),
-                Some(tell),
-                true,
-            )
-            .await
-            .map(drop)
-    }
-
-    /// A deploy finished: `rebuilt` when it replaced an earlier deploy (the agent also gets a
-    /// message naming the commit); then the agent's up_to_date axis again.
-    async fn on_deploy(
-        self: &Arc<Self>,
-        deploy: crate::approvals::Deploy,
-        tasks: &Scope,
-    ) -> Result<()> {
-        let Ok(agent) = AgentName::parse(&deploy.agent) else {
-            return Ok(());
-        };
-        let Some(record) = self.registry.get(&agent) else {
-            return Ok(());
-        };
-        match deploy.status {
-            DeployStatus::Deployed => {}
-            DeployStatus::Failed => return self.check_up_to_date(&agent, tasks).await,
-            _ => return Ok(()),
-        }
-        let (id, incarnation) = (deploy.id, record.incarnation);
-        let replaced: bool = self
-            .store
-            .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT 1 FROM deploys WHERE incarnation = ?1 AND id < ?2 AND status = 'deployed'",
-                )?
-                .exists(params![incarnation, id])?)
-            })
-            .await?;
-        let tell = replaced.then(|| Tell {
-            event: "rebuilt",
-            details: json!({"commit": deploy.commit, "deploy": id, "kind": deploy.kind}),
-            to_agent: Some(format!(
-                "Your container was rebuilt from commit {} (deploy {id}) and restarted.",
-                deploy.commit
-            )),
-        });
-        self.watcher
-            .record(
-                agent.as_str(),
-                incarnation,
-                DEPLOY,
-                id.to_string(),
-                tell,
-                true,
-            )
-            .await?;
-        self.check_up_to_date(&agent, tasks).await
+        self.watcher.spawned(&name, agent.incarnation).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks read through the watcher's own handles: what is left on `Hive` runs the task
+    /// and acts (restarts, rebuilds), and reads nothing the checks read nor tells anything itself.
+    #[test]
+    fn the_hive_side_only_acts() {
+        let source = include_str!("watcher.rs");
+        let start = source
+            .find("\nimpl Hive {")
+            .expect("the watcher's impl Hive");
+        let end = source.find("\n#[cfg(test)]").expect("the tests");
+        let hive_side = &source[start..end];
+        for read in [
+            "containers.run_of",
+            ".git(",
+            "applied_head",
+            "built_with_another_builder",
+            ".store",
+            "agent_liveness",
+            "liveness.of",
+            ".record(",
+            "HelperEvent::",
+        ] {
+            assert!(
+                !hive_side.contains(read),
+                "the watcher's `impl Hive` has `{read}`: that belongs to `Watcher`"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

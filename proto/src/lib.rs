@@ -1,8 +1,9 @@
 //! The wire types every side of hyperhive shares (DESIGN §2): the broker serves them, the CLI and
 //! the harness (inside a container) speak them. One definition of each tool's arguments and
 //! result, of the records and answers the admin API serves (status, agents, messages, questions,
-//! dead letters, approvals, deploys, tombstones, audit rows, stats) and of the live events its
-//! streams carry, so a field renamed on one side is a compile error on the other.
+//! dead letters, approvals, deploys, tombstones, audit rows, stats), of the live events its
+//! streams carry and of the helper events' bodies, so a field renamed on one side is a compile
+//! error on the other.
 //!
 //! Nothing here does I/O or knows about sqlite, git or sockets.
 
@@ -13,6 +14,7 @@ pub mod audit;
 pub mod dashboard;
 pub mod dead_letter;
 pub mod event;
+pub mod helper;
 pub mod message;
 pub mod question;
 pub mod stats;
@@ -34,6 +36,7 @@ pub use approval::{
 pub use audit::{AuditEntry, Verification};
 pub use dead_letter::{DeadLetter, Dropped};
 pub use event::{Event, Lagged, LogText, StreamEvent};
+pub use helper::{HelperBody, HelperEvent};
 pub use message::{Message, MessageState, Turn};
 pub use question::Question;
 pub use stats::AgentStats;
