@@ -44,12 +44,10 @@ const WRITER_CACHE_KIB: u32 = 2048;
 /// page of a listing.
 const READER_CACHE_KIB: u32 = 512;
 
-/// How long writes must have met no other write (queued or committing) before a caller commits
-/// its own: under a stream of concurrent writers, the next one usually comes within this.
+/// How long after a write met another (queued or committing) callers leave their writes to the
+/// writer thread: under a stream of concurrent writers, the next one comes well within this.
+/// Under lasting contention it is renewed once per window, by the first write after it.
 const CALM_BEFORE_CALLERS_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// How far (in microseconds) [`Inner::contended_at`] may lag behind the last contention.
-const CONTENTION_GRAIN: u64 = 100;
 
 /// Committed requests after which the writer, once idle for [`IDLE_BEFORE_RELEASE`], gives
 /// memory back: its page cache, the idle readers, and the heap (see [`heap`]).
@@ -281,12 +279,14 @@ impl Store {
             return Some(job);
         }
         let now = inner.opened.elapsed().as_micros() as u64;
+        // Within the window nothing else is looked at: under contention every writer comes
+        // here, and the window is read, not written (it is renewed once it has run out).
+        let calm_since = now.saturating_sub(inner.contended_at.load(Ordering::Relaxed));
+        if calm_since < CALM_BEFORE_CALLERS_COMMIT.as_micros() as u64 {
+            return Some(job);
+        }
         let contended = |job| {
-            // Written only when it moves on: under contention every writer comes here, and a
-            // line written by all of them would bounce between their cores.
-            if now.saturating_sub(inner.contended_at.load(Ordering::Relaxed)) > CONTENTION_GRAIN {
-                inner.contended_at.store(now, Ordering::Relaxed);
-            }
+            inner.contended_at.store(now, Ordering::Relaxed);
             Some(job)
         };
         if inner.queued.load(Ordering::Acquire) != 0 {
@@ -302,8 +302,7 @@ impl Store {
             drop(writer);
             return contended(job);
         }
-        let calm_since = now.saturating_sub(inner.contended_at.load(Ordering::Relaxed));
-        if calm_since < CALM_BEFORE_CALLERS_COMMIT.as_micros() as u64 || writer.conn.is_none() {
+        if writer.conn.is_none() {
             return Some(job);
         }
         if writer.commit(vec![job]) {
