@@ -78,15 +78,20 @@ impl From<broker::Error> for ApiError {
     }
 }
 
+/// What a request over the API's body limit is told (the limit follows `[mailbox]
+/// max_body_bytes`, which is what a user meets first).
+pub const TOO_LARGE: &str = "the request is over the admin API's size limit: a message body may \
+     be at most [mailbox] max_body_bytes (64 KiB by default)";
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = r.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "invalid_json",
+        let (code, message) = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", TOO_LARGE.to_owned()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", r.body_text()),
+            _ => ("invalid_json", r.body_text()),
         };
-        Self::new(status, code, r.body_text())
+        Self::new(status, code, message)
     }
 }
 

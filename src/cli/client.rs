@@ -61,11 +61,15 @@ impl AdminClient {
         let body = match body {
             Some(v) => {
                 req = req.header("content-type", "application/json");
-                Full::new(Bytes::from(serde_json::to_vec(v)?))
+                Bytes::from(serde_json::to_vec(v)?)
             }
-            None => Full::new(Bytes::new()),
+            None => Bytes::new(),
         };
-        Ok(sender.send_request(req.body(body)?).await?)
+        let len = body.len();
+        sender
+            .send_request(req.body(Full::new(body))?)
+            .await
+            .map_err(|e| cut_off(e, len))
     }
 
     /// Sends a request and returns its JSON answer; an API error becomes its message.
@@ -182,6 +186,28 @@ pub fn encode(raw: &str) -> String {
         }
     }
     out
+}
+
+/// The hive answers a request over its size limit and closes the connection without reading the
+/// rest; a client still writing it sees a broken pipe or a reset instead of the answer. Said as
+/// what it is when the request was large enough for that, else the error as it came.
+fn cut_off(e: hyper::Error, sent: usize) -> anyhow::Error {
+    let closed = std::iter::successors(std::error::Error::source(&e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+            )
+        })
+    });
+    if closed && sent > 64 * 1024 {
+        anyhow!(
+            "{} (this request: {sent} bytes; the hive closed the connection while it was sent)",
+            dashboard::error::TOO_LARGE
+        )
+    } else {
+        e.into()
+    }
 }
 
 fn api_error_text(status: StatusCode, value: &Value) -> String {
