@@ -307,22 +307,6 @@ fn messages_follow_streams_new_messages() {
     let _ = follower.wait();
 }
 
-/// `hive send TO -` with `body` on its stdin.
-fn cli_send_stdin(state: &std::path::Path, body: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(HIVE)
-        .args(["send", "manager", "-"])
-        .env("HIVE_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// A message too long for the hive, from the CLI: over `max_body_bytes` it is told the limit;
 /// far over, where the hive stops reading the request, it is told so too (not a broken pipe).
 /// Nothing is stored either way.
@@ -333,7 +317,7 @@ fn an_oversized_cli_send_is_refused_clearly_and_stores_nothing() {
     let _daemon = Daemon::start(state, "[mailbox]\nmax_body_bytes = 1024\n");
     cli_ok(state, &["send", "manager", "before"]);
     let before = db_snapshot(state);
-    let out = cli_send_stdin(state, &[b'x'; 2000]);
+    let out = cli_with_stdin(state, &["send", "manager", "-"], &[b'x'; 2000]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("2000 bytes; the limit is 1024 bytes"),
@@ -343,7 +327,7 @@ fn an_oversized_cli_send_is_refused_clearly_and_stores_nothing() {
     // Far over the request limit (1024 * 6 + 64 KiB): the hive answers 413 and closes while
     // the CLI still writes; whichever the CLI meets first, it says what happened.
     for _ in 0..3 {
-        let out = cli_send_stdin(state, &vec![b'x'; 4 << 20]);
+        let out = cli_with_stdin(state, &["send", "manager", "-"], &vec![b'x'; 4 << 20]);
         assert!(!out.status.success());
         let said = text(&out.stderr);
         assert!(said.contains("[mailbox] max_body_bytes"), "{said}");

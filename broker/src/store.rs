@@ -812,26 +812,36 @@ mod tests {
     /// A request for [`in_one_batch`].
     type TestJob<T> = Box<dyn FnOnce(&Connection) -> Result<T> + Send>;
 
-    /// Queues `jobs` behind a job that holds the writer, so they commit in one batch (one
-    /// transaction, a savepoint each), and returns their answers in order.
-    async fn in_one_batch<T: Send + 'static>(
+    /// Holds the writer thread in a job until the returned sender is used; the job then runs
+    /// `then` on its connection. Returns once the writer is held.
+    fn hold_the_writer(
         store: &Store,
-        jobs: Vec<TestJob<T>>,
-    ) -> Vec<Result<T>> {
+        then: impl FnOnce(&Connection) -> Result<()> + Send + 'static,
+    ) -> mpsc::Sender<()> {
         let (entered_tx, entered) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<()>();
         store.write_detached(
             "hold the writer",
-            move |_| {
+            move |c| {
                 entered_tx.send(()).unwrap();
                 go_rx.recv().unwrap();
-                Ok(())
+                then(c)
             },
             || {},
         );
         entered
             .recv_timeout(std::time::Duration::from_secs(10))
             .unwrap();
+        go
+    }
+
+    /// Queues `jobs` behind a job that holds the writer, so they commit in one batch (one
+    /// transaction, a savepoint each), and returns their answers in order.
+    async fn in_one_batch<T: Send + 'static>(
+        store: &Store,
+        jobs: Vec<TestJob<T>>,
+    ) -> Vec<Result<T>> {
+        let go = hold_the_writer(store, |_| Ok(()));
         let mut queued: Vec<_> = jobs.into_iter().map(|f| Box::pin(store.write(f))).collect();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for job in &mut queued {
@@ -991,21 +1001,9 @@ mod tests {
         assert_eq!(committed_on(&full).await, "hive-store-writer");
 
         // A write held on the writer thread: a send made meanwhile waits behind it.
-        let (entered_tx, entered) = mpsc::channel();
-        let (go, go_rx) = mpsc::channel::<()>();
-        normal.write_detached(
-            "hold the writer",
-            move |c| {
-                entered_tx.send(()).unwrap();
-                go_rx.recv().unwrap();
-                c.execute_batch("CREATE TABLE held_first (x)")?;
-                Ok(())
-            },
-            || {},
-        );
-        entered
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
+        let go = hold_the_writer(&normal, |c| {
+            Ok(c.execute_batch("CREATE TABLE held_first (x)")?)
+        });
         let mut behind = Box::pin(normal.write_then(
             |c| {
                 let after_held: bool = c

@@ -152,12 +152,21 @@ impl StreamEvent {
     /// Reads the SSE event `name` with `data`. An error means this side does not know the event
     /// or its fields (a daemon of another version): never a reason to drop it silently.
     pub fn parse(name: &str, data: &str) -> Result<Self, serde_json::Error> {
+        if name == ERROR {
+            return Ok(Self::Error);
+        }
+        Self::read(name, &serde_json::from_str(data)?)
+    }
+
+    /// [`StreamEvent::parse`] of data already read as JSON (what a client that also keeps the
+    /// JSON reads once); `name` is not [`ERROR`], whose data is no JSON.
+    pub fn read(name: &str, data: &serde_json::Value) -> Result<Self, serde_json::Error> {
         Ok(match name {
-            LAGGED => Self::Lagged(serde_json::from_str(data)?),
-            LOG => Self::Log(serde_json::from_str(data)?),
+            LAGGED => Self::Lagged(Lagged::deserialize(data)?),
+            LOG => Self::Log(LogText::deserialize(data)?),
             ERROR => Self::Error,
             _ => {
-                let event: Event = serde_json::from_str(data)?;
+                let event = Event::deserialize(data)?;
                 if event.name() != name {
                     return Err(serde::de::Error::custom(format!(
                         "an SSE event named {name:?} holds a {:?} event",

@@ -140,16 +140,15 @@ fn read_followed(name: &str, data: &str) -> Result<Followed, String> {
              are the CLI and the daemon the same version?"
         )
     };
-    match StreamEvent::parse(name, data).map_err(unreadable)? {
-        StreamEvent::Error => Err(format!(
+    if name == proto::event::ERROR {
+        return Err(format!(
             "hive: the hive could not send an event (a {name} event); run the command without \
              --follow to see what it missed"
-        )),
-        event => Ok(Followed {
-            event,
-            json: serde_json::from_str(data).map_err(unreadable)?,
-        }),
+        ));
     }
+    let json: Value = serde_json::from_str(data).map_err(unreadable)?;
+    let event = StreamEvent::read(name, &json).map_err(unreadable)?;
+    Ok(Followed { event, json })
 }
 
 /// Reads server-sent events from a stream of body chunks (by `eventsource-stream`, which keeps a

@@ -189,15 +189,32 @@ pub fn db_snapshot(state: &Path) -> (i64, i64, String) {
     (count("messages"), count("agents"), rows)
 }
 
-/// Runs the `hive` CLI against `state`.
-pub fn cli(state: &Path, args: &[&str]) -> Output {
-    Command::new(HIVE)
+/// The `hive` CLI against `state`, to run.
+fn hive_cli(state: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(HIVE);
+    command
         .args(args)
         .env("HIVE_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Runs the `hive` CLI against `state`.
+pub fn cli(state: &Path, args: &[&str]) -> Output {
+    hive_cli(state, args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Runs the `hive` CLI against `state` with `input` on its stdin.
+pub fn cli_with_stdin(state: &Path, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = hive_cli(state, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Runs `hive ARGS`, which must succeed, and returns its stdout.
