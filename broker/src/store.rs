@@ -8,7 +8,8 @@
 //!
 //! A mailbox send or take ([`Store::write_then`], [`Store::write_or_give_back`]) made while
 //! writes are not contended commits on its caller's thread instead: nothing queued, nobody
-//! committing, and neither seen by any write for [`CALM_BEFORE_CALLERS_COMMIT`]. That saves the
+//! committing, and for [`CALM_BEFORE_CALLERS_COMMIT`] neither the writer thread has committed nor
+//! a write has met another ([`Traffic`]). That saves the
 //! two thread hand-offs of a lone write, each a wake-up of a sleeping thread. Under contention
 //! everything goes to the writer thread, whose group commit is what many writers need: callers
 //! committing one by one on the async workers would take those workers from the other writers
@@ -44,9 +45,9 @@ const WRITER_CACHE_KIB: u32 = 2048;
 /// page of a listing.
 const READER_CACHE_KIB: u32 = 512;
 
-/// How long after a write met another (queued or committing) callers leave their writes to the
-/// writer thread: under a stream of concurrent writers, the next one comes well within this.
-/// Under lasting contention it is renewed once per window, by the first write after it.
+/// How long after the writer thread committed, or a write met another (queued or committing),
+/// callers leave their writes to the writer thread: under a stream of concurrent writers, the
+/// next one comes well within this.
 const CALM_BEFORE_CALLERS_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Committed requests after which the writer, once idle for [`IDLE_BEFORE_RELEASE`], gives
@@ -109,22 +110,69 @@ struct Inner {
     /// The write connection, held by whoever commits: the writer thread, or a caller committing
     /// its own request.
     core: Arc<Mutex<Writer>>,
-    /// Writes sent to the writer thread and not yet committed: a caller commits on its own thread
-    /// only when there are none, so writes commit in the order they were made.
-    queued: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
     /// Whether callers may commit on their own thread (`synchronous = normal`).
     callers_commit: bool,
-    /// When a write last found another queued or committing, in microseconds since `opened`.
-    contended_at: AtomicU64,
-    opened: Instant,
     /// Idle read connections; the writer empties it after a burst (see [`RELEASE_AFTER`]).
     readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// How busy writes are: what a caller looks at before it commits on its own thread.
+struct Traffic {
+    /// Writes sent to the writer thread and not yet committed: a caller commits on its own thread
+    /// only when there are none, so writes commit in the order they were made.
+    queued: AtomicUsize,
+    /// When the writer thread last committed, or a write last found another queued or
+    /// committing, as [`Traffic::now`] (0: never).
+    busy_at: AtomicU64,
+    opened: Instant,
+    /// How long after `busy_at` callers leave their writes to the writer thread, in microseconds.
+    calm_after: u64,
+}
+
+impl Traffic {
+    fn new(calm_after: std::time::Duration) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            busy_at: AtomicU64::new(0),
+            opened: Instant::now(),
+            calm_after: calm_after.as_micros() as u64,
+        }
+    }
+
+    /// Microseconds since `calm_after` before `opened`: a new store is calm.
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_micros() as u64 + self.calm_after
+    }
+
+    /// Whether writes were busy within the last `calm_after` of `now`.
+    fn busy_lately(&self, now: u64) -> bool {
+        now.saturating_sub(self.busy_at.load(Ordering::Relaxed)) < self.calm_after
+    }
+
+    fn busy(&self, now: u64) {
+        self.busy_at.store(now, Ordering::Relaxed);
+    }
+
+    fn queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire) != 0
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, applies pending migrations and starts the
     /// writer thread.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self> {
+        Self::open_calm_after(path, synchronous, CALM_BEFORE_CALLERS_COMMIT)
+    }
+
+    /// [`Store::open`], with callers committing on their own thread only `calm_after` since the
+    /// writes were last busy (tests lengthen it to see what a busy writer does).
+    fn open_calm_after(
+        path: &Path,
+        synchronous: Synchronous,
+        calm_after: std::time::Duration,
+    ) -> Result<Self> {
         let mut conn = Connection::open(path)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
@@ -148,15 +196,15 @@ impl Store {
             since_release: 0,
             last_commit: Instant::now(),
         }));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let traffic = Arc::new(Traffic::new(calm_after));
 
         let (tx, rx) = mpsc::channel();
         let readers = Arc::new(Mutex::new(Vec::new()));
         let thread = std::thread::Builder::new()
             .name("hive-store-writer".into())
             .spawn({
-                let (core, queued, readers) = (core.clone(), queued.clone(), readers.clone());
-                move || run_writer(&core, &rx, &queued, &readers)
+                let (core, traffic, readers) = (core.clone(), traffic.clone(), readers.clone());
+                move || run_writer(&core, &rx, &traffic, &readers)
             })
             .map_err(|e| Error::io("cannot start the store writer thread", e))?;
         Ok(Self {
@@ -165,13 +213,8 @@ impl Store {
                 writer: tx,
                 writer_thread: Mutex::new(Some(thread)),
                 core,
-                queued,
+                traffic,
                 callers_commit: synchronous == Synchronous::Normal,
-                contended_at: AtomicU64::new(0),
-                // As if the last contention were that long ago: a new store is calm.
-                opened: Instant::now()
-                    .checked_sub(CALM_BEFORE_CALLERS_COMMIT)
-                    .unwrap_or_else(Instant::now),
                 readers,
             }),
         })
@@ -278,18 +321,18 @@ impl Store {
         if !inner.callers_commit {
             return Some(job);
         }
-        let now = inner.opened.elapsed().as_micros() as u64;
+        let traffic = &inner.traffic;
+        let now = traffic.now();
         // Within the window nothing else is looked at: under contention every writer comes
-        // here, and the window is read, not written (it is renewed once it has run out).
-        let calm_since = now.saturating_sub(inner.contended_at.load(Ordering::Relaxed));
-        if calm_since < CALM_BEFORE_CALLERS_COMMIT.as_micros() as u64 {
+        // here, and the window is read, not written (the writer thread renews it).
+        if traffic.busy_lately(now) {
             return Some(job);
         }
         let contended = |job| {
-            inner.contended_at.store(now, Ordering::Relaxed);
+            traffic.busy(now);
             Some(job)
         };
-        if inner.queued.load(Ordering::Acquire) != 0 {
+        if traffic.queued() {
             return contended(job);
         }
         let mut writer = match inner.core.try_lock() {
@@ -298,7 +341,7 @@ impl Store {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
         // Checked again with the connection held: the writer thread takes its batch under it.
-        if inner.queued.load(Ordering::Acquire) != 0 {
+        if traffic.queued() {
             drop(writer);
             return contended(job);
         }
@@ -314,9 +357,10 @@ impl Store {
 
     /// Hands `job` to the writer thread.
     fn queue(&self, job: Job) -> Result<()> {
-        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        let queued = &self.inner.traffic.queued;
+        queued.fetch_add(1, Ordering::AcqRel);
         if self.inner.writer.send(Request::Write(job)).is_err() {
-            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::ShuttingDown);
         }
         Ok(())
@@ -599,7 +643,7 @@ fn hold(core: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 fn run_writer(
     core: &Mutex<Writer>,
     rx: &mpsc::Receiver<Request>,
-    queued: &AtomicUsize,
+    traffic: &Traffic,
     readers: &Mutex<Vec<Connection>>,
 ) {
     let mut stopping = false;
@@ -629,7 +673,11 @@ fn run_writer(
         }
         let requests = batch.len();
         writer.commit(batch);
-        queued.fetch_sub(requests, Ordering::AcqRel);
+        // While the writer thread has work, callers leave theirs to it: a caller committing
+        // alone would hold the connection from the batch and commit one write where the writer
+        // thread commits many.
+        traffic.busy(traffic.now());
+        traffic.queued.fetch_sub(requests, Ordering::AcqRel);
     }
     hold(core).close();
     tracing::debug!("store writer stopped");
@@ -987,6 +1035,43 @@ mod tests {
             assert!(Instant::now() < deadline, "writes never got calm");
             tokio::task::yield_now().await;
         }
+    }
+
+    /// While the writer thread has work, a caller leaves its write to it, even at a moment when
+    /// nothing is queued and the connection is free: committing alone, it would hold the
+    /// connection from the writer's next batch and commit one write where the writer commits
+    /// many (under many senders, callers then committed thousands of writes a second alone).
+    #[tokio::test]
+    async fn a_caller_leaves_its_write_to_a_busy_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let store =
+            Store::open_calm_after(&dir.path().join("t.db"), Synchronous::Normal, hour).unwrap();
+        assert_eq!(
+            committed_on(&store).await,
+            this_thread(),
+            "a new store is calm"
+        );
+
+        let (done, committed) = tokio::sync::oneshot::channel();
+        store.write_detached(
+            "a write of the writer thread",
+            |_| Ok(()),
+            move || {
+                let _ = done.send(());
+            },
+        );
+        committed.await.unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while store.inner.traffic.queued() || store.inner.core.try_lock().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the writer thread never finished"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(committed_on(&store).await, "hive-store-writer");
+        assert_eq!(committed_on(&store).await, "hive-store-writer");
     }
 
     /// Under `synchronous = normal` a lone send commits on its caller's thread; under `full` (a
