@@ -498,14 +498,17 @@ async fn route(
         return (resp, None);
     }
     if let Admit::Refuse(retry_in) = provider.breaker.admit() {
-        let secs = retry_in.as_secs().max(1);
+        // Rounded up: a caller that waits this long finds the probe admitted.
+        let secs = retry_in.as_secs_f64().ceil().max(1.0) as u64;
         let mut resp = refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded_error",
             &format!(
                 "the hive's model gateway stopped calling {} after {} failures in a row; it \
-                 tries again in {secs} s",
-                provider.base_url, hive.config.model.breaker_failures
+                 {}{secs} s",
+                provider.base_url,
+                hive.config.model.breaker_failures,
+                proto::BREAKER_RETRY_IN
             ),
         )
         .0;

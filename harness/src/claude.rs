@@ -104,6 +104,60 @@ pub enum Failure {
     /// A `--resume` found no conversation (claude was killed before it wrote its transcript):
     /// the session is gone, the turn is tried again in a fresh one.
     CannotResume(String),
+    /// The model upstream could not be reached: no connection, no answer in time, a 5xx (not
+    /// 529, the provider busy), the gateway's own 502 or its open breaker's 503. The turn is
+    /// given back and taken again after a pause (`retry_in`, when the error says how long).
+    Unreachable {
+        why: String,
+        retry_in: Option<Duration>,
+    },
+}
+
+/// claude's typed `api_error` kinds that say the model upstream was not reached or stopped
+/// answering mid-call.
+const UNREACHABLE_KINDS: [&str; 3] = ["connection_failed", "no_response", "stream_idle_timeout"];
+
+/// Whether an HTTP status from the model's upstream says it cannot answer now: a 5xx other than
+/// 529 (overloaded: the provider is up but busy, which the turn loop retries on its own).
+pub fn unreachable_status(status: u16) -> bool {
+    (500..600).contains(&status) && status != 529
+}
+
+/// The pause the model gateway's open breaker asks for (`… it tries again in N s`), in `text`.
+pub fn breaker_retry_in(text: &str) -> Option<Duration> {
+    let at = text.find(proto::BREAKER_RETRY_IN)? + proto::BREAKER_RETRY_IN.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().map(Duration::from_secs)
+}
+
+/// Why a failed turn's `result` says the model upstream could not be reached, if it does:
+/// claude's typed `api_error` for a connection that failed or stalled, else its HTTP status
+/// (`api_error_status`, or the one in `API Error: NNN …` from a CLI that does not give it) when
+/// [`unreachable_status`], else a request that timed out. A 429 (rate limited, or the hive's
+/// spent daily budget), a 529 and any other 4xx are not: the provider answered.
+fn unreachable(result: &Value, text: &str) -> Option<Failure> {
+    let kind = result["api_error"].as_str();
+    let status = result["api_error_status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .or_else(|| {
+            let rest = text.strip_prefix("API Error: ")?;
+            rest.get(..3)?.parse().ok()
+        });
+    let unreachable = match (kind, status) {
+        (Some(kind), _) if UNREACHABLE_KINDS.contains(&kind) => true,
+        (_, Some(status)) => unreachable_status(status),
+        (_, None) => {
+            text.starts_with("Request timed out") || text.starts_with("API Error: Connection")
+        }
+    };
+    unreachable.then(|| Failure::Unreachable {
+        why: text.to_owned(),
+        retry_in: breaker_retry_in(text),
+    })
 }
 
 struct Running {
@@ -437,7 +491,8 @@ impl Claude {
         let result = result.ok_or_else(|| Failure::Died("claude ended without a result".into()))?;
         let text = result["result"].as_str().unwrap_or_default().to_owned();
         if result["is_error"] == true {
-            return Err(Failure::Died(format!("claude ended with an error: {text}")));
+            return Err(unreachable(&result, &text)
+                .unwrap_or_else(|| Failure::Died(format!("claude ended with an error: {text}"))));
         }
         Ok(text)
     }
@@ -615,6 +670,9 @@ impl Claude {
             {
                 return Err(Failure::NeedsLogin(text));
             }
+            if let Some(unreachable) = unreachable(&result, &text) {
+                return Err(unreachable);
+            }
         }
         let mut error = (result["is_error"] == true).then(|| {
             format!(
@@ -721,4 +779,101 @@ fn usage_of(result: &Value, tool_calls: u64) -> Usage {
 /// The claude binary: the flag, else `HIVE_CLAUDE`, else `claude` on PATH.
 pub fn default_bin() -> PathBuf {
     std::env::var_os("HIVE_CLAUDE").map_or_else(|| PathBuf::from("claude"), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts of a failed turn's `result` the pinned claude CLI wrote against a provider that
+    /// refused the connection, dropped it, never answered, or answered with an error status.
+    fn result(status: Option<u16>, kind: Option<&str>, text: &str) -> Value {
+        json!({"type": "result", "subtype": "success", "is_error": true,
+               "terminal_reason": "api_error", "api_error_status": status, "api_error": kind,
+               "result": text})
+    }
+
+    fn is_unreachable(result: &Value) -> bool {
+        let text = result["result"].as_str().unwrap();
+        matches!(unreachable(result, text), Some(Failure::Unreachable { .. }))
+    }
+
+    #[test]
+    fn an_unreachable_upstream_is_told_from_an_answering_one() {
+        let down = [
+            result(
+                None,
+                Some("connection_failed"),
+                "API Error: Connection refused — a firewall or proxy may be blocking it (ECONNREFUSED)",
+            ),
+            result(
+                None,
+                Some("connection_failed"),
+                "API Error: Connection dropped (ECONNRESET). Check the gateway set in ANTHROPIC_BASE_URL, then try again.",
+            ),
+            result(
+                None,
+                None,
+                "Request timed out. If the API is slow to answer, or a proxy or gateway holds responses, set API_TIMEOUT_MS above 3000.",
+            ),
+            result(
+                Some(500),
+                None,
+                "API Error: 500 Internal server error. This is a server-side issue, usually temporary — try again in a moment.",
+            ),
+            result(
+                Some(502),
+                None,
+                "API Error: 502 the hive's model gateway cannot reach http://x: client error (Connect)",
+            ),
+            // A CLI that does not type its errors: the status in the text.
+            result(None, None, "API Error: 503 Service Unavailable"),
+        ];
+        for r in &down {
+            assert!(is_unreachable(r), "{r}");
+        }
+        let answering = [
+            result(
+                Some(529),
+                None,
+                "API Error: 529 Overloaded. This is a server-side issue, usually temporary",
+            ),
+            result(
+                Some(429),
+                None,
+                "API Error: Request rejected (429) · Number of requests",
+            ),
+            result(
+                Some(429),
+                None,
+                &format!("API Error: 429 the agent's {}", proto::BUDGET_SPENT),
+            ),
+            result(Some(400), None, "API Error: 400 bad thing"),
+            result(None, None, "API Error: 400 bad thing"),
+            result(None, Some("max_output_tokens"), "the answer was cut"),
+        ];
+        for r in &answering {
+            assert!(!is_unreachable(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn the_open_breaker_says_when_to_try_again() {
+        let text = format!(
+            "API Error: 503 the hive's model gateway stopped calling http://x after 5 failures \
+             in a row; it {}7 s. This is a server-side issue",
+            proto::BREAKER_RETRY_IN
+        );
+        let Some(Failure::Unreachable { retry_in, .. }) =
+            unreachable(&result(Some(503), None, &text), &text)
+        else {
+            panic!("not unreachable: {text}");
+        };
+        assert_eq!(retry_in, Some(Duration::from_secs(7)));
+        assert_eq!(
+            breaker_retry_in("API Error: 500 Internal server error"),
+            None
+        );
+        assert_eq!(breaker_retry_in(proto::BREAKER_RETRY_IN), None);
+    }
 }

@@ -79,6 +79,12 @@ enum Command {
         #[arg(long, default_value_t = 16 * 1024, env = "HIVE_NOTES_MAX_BYTES",
               value_parser = clap::value_parser!(u64).range(1024..))]
         notes_max_bytes: u64,
+        /// Milliseconds to wait after a turn the model upstream could not be reached for (the
+        /// turn is given back), doubled for each such turn in a row up to 60 s; the gateway's
+        /// open breaker says its own time instead
+        #[arg(long, default_value_t = turn::UNREACHABLE_PAUSE.as_millis() as u64,
+              env = "HIVE_UNREACHABLE_PAUSE_MS")]
+        unreachable_pause_ms: u64,
     },
 }
 
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
             context_window,
             notes_checkpoint_percent,
             notes_max_bytes,
+            unreachable_pause_ms,
         } => runtime.block_on(serve::run(serve::Settings {
             socket_dir,
             config,
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
                 checkpoint_percent: notes_checkpoint_percent,
                 max_bytes: notes_max_bytes,
             },
+            unreachable_pause: std::time::Duration::from_millis(unreachable_pause_ms),
         })),
     };
     // Standard input is read on a blocking thread that may never return; do not wait for it.

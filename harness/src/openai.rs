@@ -508,10 +508,16 @@ impl OpenAi {
 
     /// One chat-completions call; HTTP errors become the failure they mean.
     async fn complete(&self, body: &Value) -> Result<Value, Failure> {
-        let (status, text) = tokio::time::timeout(REQUEST_TIMEOUT, self.post(body))
+        let Answer {
+            status,
+            retry_in,
+            body: text,
+        } = tokio::time::timeout(REQUEST_TIMEOUT, self.post(body))
             .await
-            .map_err(|_| Failure::Died(format!("the model did not answer in {REQUEST_TIMEOUT:?}")))?
-            .map_err(Failure::Died)?;
+            .map_err(|_| Failure::Unreachable {
+                why: format!("the model did not answer in {REQUEST_TIMEOUT:?}"),
+                retry_in: None,
+            })??;
         if status == 200 {
             return serde_json::from_slice(&text)
                 .map_err(|e| Failure::Died(format!("the endpoint's answer is not JSON ({e})")));
@@ -525,35 +531,50 @@ impl OpenAi {
         if shown.contains("context_length_exceeded") {
             return Err(Failure::PromptTooLong(shown));
         }
-        Err(Failure::Died(format!(
-            "the endpoint answered {status}: {shown}"
-        )))
+        let why = format!("the endpoint answered {status}: {shown}");
+        if crate::claude::unreachable_status(status) {
+            return Err(Failure::Unreachable {
+                // The gateway's open breaker says when it lets a call through again.
+                retry_in: retry_in.or_else(|| crate::claude::breaker_retry_in(&shown)),
+                why,
+            });
+        }
+        Err(Failure::Died(why))
     }
 
     /// POSTs `body` to `/v1/chat/completions`: through `gateway.sock`, else `OPENAI_BASE_URL`.
-    async fn post(&self, body: &Value) -> Result<(u16, Bytes), String> {
+    /// A connection that cannot be made or breaks is [`Failure::Unreachable`]; a setting that
+    /// cannot work is [`Failure::Died`].
+    async fn post(&self, body: &Value) -> Result<Answer, Failure> {
+        let unreachable = |why: String| Failure::Unreachable {
+            why,
+            retry_in: None,
+        };
         let gateway = self.opts.socket_dir.join("gateway.sock");
         let (io, host, prefix) = if gateway.exists() {
             let stream = tokio::net::UnixStream::connect(&gateway)
                 .await
                 .map_err(|e| {
-                    format!("cannot reach the model gateway {}: {e}", gateway.display())
+                    unreachable(format!(
+                        "cannot reach the model gateway {}: {e}",
+                        gateway.display()
+                    ))
                 })?;
             (Io::Unix(stream), "model-gateway".to_owned(), String::new())
         } else {
             let base = std::env::var("OPENAI_BASE_URL").map_err(|_| {
-                format!(
+                Failure::Died(format!(
                     "no model gateway at {} and no OPENAI_BASE_URL",
                     gateway.display()
-                )
+                ))
             })?;
             let uri: hyper::Uri = base
                 .parse()
-                .map_err(|e| format!("OPENAI_BASE_URL {base:?}: {e}"))?;
+                .map_err(|e| Failure::Died(format!("OPENAI_BASE_URL {base:?}: {e}")))?;
             if uri.scheme_str() != Some("http") {
-                return Err(format!(
+                return Err(Failure::Died(format!(
                     "OPENAI_BASE_URL {base:?}: only http:// is spoken here; use the gateway"
-                ));
+                )));
             }
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
             let addr = if authority.contains(':') {
@@ -563,15 +584,16 @@ impl OpenAi {
             };
             let stream = tokio::net::TcpStream::connect(&addr)
                 .await
-                .map_err(|e| format!("cannot reach {base}: {e}"))?;
+                .map_err(|e| unreachable(format!("cannot reach {base}: {e}")))?;
             let prefix = uri.path().trim_end_matches('/');
             let prefix = prefix.strip_suffix("/v1").unwrap_or(prefix).to_owned();
             (Io::Tcp(stream), authority, prefix)
         };
         let mut sender = match io {
-            Io::Unix(s) => handshake(s).await?,
-            Io::Tcp(s) => handshake(s).await?,
-        };
+            Io::Unix(s) => handshake(s).await,
+            Io::Tcp(s) => handshake(s).await,
+        }
+        .map_err(unreachable)?;
         let mut request = hyper::Request::post(format!("{prefix}/v1/chat/completions"))
             .header(hyper::header::HOST, host)
             .header(hyper::header::CONTENT_TYPE, "application/json");
@@ -580,19 +602,43 @@ impl OpenAi {
         }
         let request = request
             .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| format!("cannot make the request: {e}"))?;
+            .map_err(|e| Failure::Died(format!("cannot make the request: {e}")))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("the model request failed: {e}"))?;
+            .map_err(|e| unreachable(format!("the model request failed: {e}")))?;
         let status = response.status().as_u16();
+        let retry_in = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .map(Duration::from_secs);
         let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("cannot read the model's answer: {e}"))?
+            .map_err(|e| {
+                let why = format!("cannot read the model's answer: {e}");
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Failure::Died(why)
+                } else {
+                    unreachable(why)
+                }
+            })?
             .to_bytes();
-        Ok((status, bytes))
+        Ok(Answer {
+            status,
+            retry_in,
+            body: bytes,
+        })
     }
+}
+
+/// What the endpoint answered: its status, its `retry-after` in seconds, its body.
+struct Answer {
+    status: u16,
+    retry_in: Option<Duration>,
+    body: Bytes,
 }
 
 enum Io {

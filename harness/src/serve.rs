@@ -46,6 +46,8 @@ pub struct Settings {
     pub openai_context_window: Option<u64>,
     /// When the notes are checkpointed and rewritten.
     pub notes: crate::notes::NotesLimits,
+    /// The first pause after a turn the model upstream could not be reached for.
+    pub unreachable_pause: std::time::Duration,
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -116,7 +118,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(chosen) = crate::commands::stored_model(&settings.state_dir) {
             model.set_model(Some(chosen));
         }
-        crate::turn::run(peer, model, &settings.state_dir, settings.notes).await
+        let unreachable = crate::turn::Unreachable::new(settings.unreachable_pause);
+        crate::turn::run(
+            peer,
+            model,
+            &settings.state_dir,
+            settings.notes,
+            unreachable,
+        )
+        .await
     };
     let closed = client.waiting();
     tokio::pin!(closed, turns);

@@ -1,6 +1,8 @@
 //! The turn loop: lease the queued messages (`next_turn`, a long poll the hive's send wakes), wake
 //! the model with them, stream every event to `turn_events`, and end the turn: `finish_turn` when
-//! the model answered, `release_turn` (delivered again later, flagged) when it could not. Operator
+//! the model answered, `release_turn` (delivered again later, flagged) when it could not — it
+//! needs a login, it died, or its upstream could not be reached (then the loop pauses before the
+//! next turn, which tries the upstream again). Operator
 //! commands among the messages (`commands.rs`) run in their place, in order, each answered in the
 //! operator's inbox (`command_reply`). It owns the order of harness calls and the turn state the
 //! hive shows; it never reads the store or decides who may write to whom (the hive does).
@@ -36,8 +38,11 @@ pub const WAIT_SECONDS: u64 = 60;
 /// login (`wait_login`), or after this long (a login the hive cannot see, e.g. a key fixed at the
 /// provider).
 const LOGIN_RETRY: Duration = Duration::from_secs(60);
-/// The longest pause after the model died on consecutive turns.
+/// The longest pause after the model died, or could not be reached, on consecutive turns.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The first pause after a turn the model upstream could not be reached for, unless the error
+/// says how long (the gateway's open breaker does); doubled for each such turn in a row.
+pub const UNREACHABLE_PAUSE: Duration = Duration::from_secs(5);
 /// How often a turn the provider refused as busy (429/529, after the CLI's own retries, which
 /// follow the server's `retry-after`) is tried again, and the first pause (doubled each time).
 const BUSY_RETRIES: u32 = 2;
@@ -88,12 +93,39 @@ async fn forward(peer: Peer<RoleClient>, turn: i64, mut events: mpsc::UnboundedR
     }
 }
 
+/// The pauses after turns the model upstream could not be reached for: the time the error gives
+/// (the gateway's open breaker says when it lets a call through again), else `first` doubled
+/// for each such turn in a row; never more than [`MAX_BACKOFF`].
+pub struct Unreachable {
+    first: Duration,
+    in_a_row: u32,
+}
+
+impl Unreachable {
+    pub fn new(first: Duration) -> Self {
+        Self { first, in_a_row: 0 }
+    }
+
+    /// The pause after one more turn the upstream could not be reached for.
+    fn next(&mut self, retry_in: Option<Duration>) -> Duration {
+        let doubled = self.first.saturating_mul(1 << self.in_a_row.min(16));
+        self.in_a_row += 1;
+        retry_in.unwrap_or(doubled).min(MAX_BACKOFF)
+    }
+
+    /// The model answered: the next failure starts from `first` again.
+    fn reset(&mut self) {
+        self.in_a_row = 0;
+    }
+}
+
 /// Runs turns until the hive goes away (an error) — the caller races it against stop signals.
 pub async fn run(
     peer: Peer<RoleClient>,
     mut model: Driver,
     state_dir: &Path,
     notes: NotesLimits,
+    mut unreachable: Unreachable,
 ) -> anyhow::Result<()> {
     report(&peer, TurnState::Idle).await;
     let mut died_in_a_row = 0u32;
@@ -116,11 +148,23 @@ pub async fn run(
             continue;
         };
         report(&peer, TurnState::Thinking).await;
-        let end = one_turn(&peer, &mut model, state_dir, notes, &turn).await?;
+        let end = one_turn(&peer, &mut model, state_dir, notes, &turn, &mut unreachable).await?;
         match end {
             End::Finished => {
                 died_in_a_row = 0;
+                unreachable.reset();
                 report(&peer, TurnState::Idle).await;
+            }
+            End::Unreachable(pause) => {
+                // No turn runs and no message is held while it waits (its messages are queued
+                // again); the next turn is what tries the upstream again.
+                report(&peer, TurnState::Idle).await;
+                eprintln!(
+                    "hive-agent: the model could not be reached; the turn was given back, the \
+                     next one in {:.1} s",
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
             }
             End::NeedsLogin => {
                 report(&peer, TurnState::NeedsLogin).await;
@@ -153,6 +197,8 @@ enum End {
     Finished,
     NeedsLogin,
     Died,
+    /// The model upstream could not be reached: the next turn after this pause.
+    Unreachable(Duration),
 }
 
 /// How one part of a turn went.
@@ -222,6 +268,7 @@ struct TurnCtx<'a> {
     notes: NotesLimits,
     turn: i64,
     events: &'a mpsc::UnboundedSender<Value>,
+    unreachable: &'a mut Unreachable,
 }
 
 async fn one_turn(
@@ -230,6 +277,7 @@ async fn one_turn(
     state_dir: &Path,
     notes: NotesLimits,
     turn: &Turn,
+    unreachable: &mut Unreachable,
 ) -> anyhow::Result<End> {
     let (tx, rx) = mpsc::unbounded_channel();
     let forwarder = tokio::spawn(forward(peer.clone(), turn.turn, rx));
@@ -240,6 +288,7 @@ async fn one_turn(
         notes,
         turn: turn.turn,
         events: &tx,
+        unreachable,
     };
     // Messages run in order: ordinary ones in runs, each run one wake of the model; a command
     // between two runs acts after the first and before the second.
@@ -351,17 +400,24 @@ impl TurnCtx<'_> {
                 "compacting",
                 format!("{why}; compacting the session and trying once more"),
             );
-            let compacted = matches!(self.compact().await, Ok(Answered { ok: true, .. }));
-            if compacted {
-                attempt = self.model.turn(&prompt, self.events).await;
-            }
-            if !compacted || matches!(attempt, Err(Failure::PromptTooLong(_))) {
-                self.note(
-                    "fresh_session",
-                    format!("{why}; compacting did not help: starting a fresh session and trying once more"),
-                );
-                self.model.start_fresh().await;
-                attempt = self.model.turn(&prompt, self.events).await;
+            match self.compact().await {
+                // Nothing to learn about the session while its model cannot be reached: the
+                // turn is given back as it is.
+                Err(unreachable @ Failure::Unreachable { .. }) => attempt = Err(unreachable),
+                compacted => {
+                    let compacted = matches!(compacted, Ok(Answered { ok: true, .. }));
+                    if compacted {
+                        attempt = self.model.turn(&prompt, self.events).await;
+                    }
+                    if !compacted || matches!(attempt, Err(Failure::PromptTooLong(_))) {
+                        self.note(
+                            "fresh_session",
+                            format!("{why}; compacting did not help: starting a fresh session and trying once more"),
+                        );
+                        self.model.start_fresh().await;
+                        attempt = self.model.turn(&prompt, self.events).await;
+                    }
+                }
             }
         }
         let mut pause = BUSY_BACKOFF;
@@ -429,6 +485,18 @@ impl TurnCtx<'_> {
             Err(Failure::NeedsLogin(why)) => {
                 self.note("needs_login", why);
                 Part::GiveBack(End::NeedsLogin)
+            }
+            Err(Failure::Unreachable { why, retry_in }) => {
+                let pause = self.unreachable.next(retry_in);
+                self.note(
+                    "model_unreachable",
+                    format!(
+                        "the model could not be reached ({why}); the turn is given back and \
+                         taken again in {:.1} s",
+                        pause.as_secs_f64()
+                    ),
+                );
+                Part::GiveBack(End::Unreachable(pause))
             }
             Err(Failure::Died(why) | Failure::CannotResume(why)) => {
                 self.note("model_died", why);
@@ -550,6 +618,10 @@ impl TurnCtx<'_> {
                 Err(Failure::NeedsLogin(why)) => {
                     tally.errors = true;
                     format!("compaction failed, the model needs a login: {why}")
+                }
+                Err(Failure::Unreachable { why, .. }) => {
+                    tally.errors = true;
+                    format!("compaction failed, the model could not be reached: {why}")
                 }
             },
             Command::Cancel => "nothing to cancel: no turn was running".to_owned(),

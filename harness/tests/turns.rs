@@ -600,6 +600,297 @@ async fn a_provider_error_ends_the_turn_as_an_error_and_the_next_turn_runs() {
     assert_eq!(turns_of(&hive, second)[0].outcome.as_deref(), Some("ok"));
 }
 
+/// The env var that shortens the harness's first pause after a turn the model could not be
+/// reached for (5 s otherwise; doubled per such turn in a row, at most 60 s).
+const UNREACHABLE_PAUSE: (&str, &str) = ("HIVE_UNREACHABLE_PAUSE_MS", "100");
+
+/// Message `id`'s state, its redelivered flag and the turn that holds or delivered it.
+fn receipt(hive: &TestHive, id: i64) -> (String, bool, Option<i64>) {
+    rusqlite::Connection::open_with_flags(
+        hive.hive.state_dir().db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row(
+        "SELECT state, redelivered, lease_turn FROM messages WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? == 1, r.get(2)?)),
+    )
+    .unwrap()
+}
+
+/// The names of the `model_*` helper events the manager was told, oldest first.
+fn model_events(hive: &TestHive) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        hive.hive.state_dir().db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.prepare(
+        "SELECT body FROM messages WHERE recipient = 'manager' AND sender = 'system' ORDER BY id",
+    )
+    .unwrap()
+    .query_map([], |r| r.get::<_, String>(0))
+    .unwrap()
+    .map(|b| serde_json::from_str::<Value>(&b.unwrap()).unwrap())
+    .filter_map(|v| v["event"].as_str().map(str::to_owned))
+    .filter(|e| e.starts_with("model_"))
+    .collect()
+}
+
+/// Waits for the first delivery of message `id`; returns how many deliveries of it the bus
+/// carried by then and after, once the harness is idle again.
+async fn deliveries(
+    hive: &TestHive,
+    bus: &mut tokio::sync::broadcast::Receiver<Event>,
+    id: i64,
+) -> usize {
+    delivered(hive, bus, id).await;
+    until("the harness is idle again", || {
+        hive.hive.agent_run(&name("alice")).unwrap().turn_state == Some(TurnState::Idle)
+    })
+    .await;
+    let mut more = 0;
+    while let Ok(event) = bus.try_recv() {
+        if let Event::MessageDelivered { ids, .. } = event
+            && ids.contains(&id)
+        {
+            more += 1;
+        }
+    }
+    1 + more
+}
+
+/// Each of `failed` (turns given back) carries the harness's `model_unreachable` note, saying
+/// why and when the turn is taken again; returns the notes' texts.
+fn unreachable_notes(failed: &[TurnRow]) -> Vec<String> {
+    failed
+        .iter()
+        .map(|t| {
+            let k = kinds(&t.events);
+            assert!(!k.contains(&"harness/error".to_owned()), "{k:?}");
+            t.events
+                .iter()
+                .find(|e| e["type"] == "harness" && e["subtype"] == "model_unreachable")
+                .and_then(|e| e["message"].as_str())
+                .unwrap_or_else(|| panic!("no model_unreachable note: {k:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The seconds of the gateway's `tries again in N s` in `note`.
+fn breaker_seconds(note: &str) -> u64 {
+    let at = note
+        .find(proto::BREAKER_RETRY_IN)
+        .unwrap_or_else(|| panic!("no retry time in {note}"));
+    note[at + proto::BREAKER_RETRY_IN.len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {note}"))
+}
+
+/// The model upstream cannot be reached for the first turns of a message: the provider drops
+/// the connection (the gateway answers 502), then answers 500, which opens the gateway's
+/// breaker (2 failures), whose 503 answers the next turn without reaching the provider. Each of
+/// those turns is given back — not finished: the message is never marked delivered by a turn the
+/// model did not answer — and the harness waits before the next (the breaker's own time for the
+/// 503); the turn after the cool-down reaches the model, which answers the message once, flagged
+/// redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_the_model_cannot_be_reached_for_is_given_back_and_a_later_turn_answers_it() {
+    if tools::require("claude", tools::claude_bin()).is_none() {
+        return;
+    }
+    let server = ModelServer::start(vec![
+        Reply::Disconnect,
+        Reply::api_error(500, "api_error", "Internal server error"),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "bob", "body": "answered once"}),
+        ),
+        Reply::text("ok"),
+    ])
+    .await;
+    let mut config = common::model_config(&server.base_url());
+    config.model.breaker_failures = 2;
+    config.model.breaker_cooldown_secs = 3;
+    let hive = TestHive::open_with(&["alice", "bob"], config).await;
+    let mut bus = hive.hive.subscribe();
+    let harness = Harness::start_with_env(&hive, &server, json!({}), 600, &[UNREACHABLE_PAUSE]);
+    let id = send(&hive, "bob", "alice", "are you there?").await;
+    assert_eq!(deliveries(&hive, &mut bus, id).await, 1);
+    let turns = turns_of(&hive, id);
+    let outcomes: Vec<_> = turns.iter().map(|t| t.outcome.as_deref()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Some("abandoned"),
+            Some("abandoned"),
+            Some("abandoned"),
+            Some("ok")
+        ],
+        "{turns:?}\n{}",
+        harness.log()
+    );
+    // Delivered by the turn that answered it, flagged.
+    assert_eq!(
+        receipt(&hive, id),
+        ("delivered".to_owned(), true, Some(turns[3].id))
+    );
+    let notes = unreachable_notes(&turns[..3]);
+    assert!(
+        notes[0].contains("502") && notes[0].contains("gateway cannot reach"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("500") && notes[1].contains("Internal server error"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[2].contains("503") && notes[2].contains("stopped calling"),
+        "{notes:?}"
+    );
+    // The first pauses are the harness's own, doubling; the third is the breaker's.
+    assert!(notes[0].ends_with("taken again in 0.1 s"), "{notes:?}");
+    assert!(notes[1].ends_with("taken again in 0.2 s"), "{notes:?}");
+    let breaker = breaker_seconds(&notes[2]);
+    assert!((1..=3).contains(&breaker), "{notes:?}");
+    assert!(
+        notes[2].ends_with(&format!("taken again in {breaker}.0 s")),
+        "{notes:?}"
+    );
+    // The 503 never reached the provider: two failed calls, then the answering turn's two.
+    let requests = server.model_requests();
+    assert_eq!(requests.len(), 4, "{}", harness.log());
+    assert!(
+        !requests[0]
+            .last_user_text()
+            .unwrap()
+            .contains("redelivered")
+    );
+    let prompt = requests[2].last_user_text().unwrap();
+    assert!(prompt.contains("(redelivered)"), "{prompt}");
+    // Bob got the answer once.
+    let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
+    assert_eq!(reply.body, "answered once");
+    let more = hive
+        .hive
+        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    // The manager heard the breaker open and close.
+    until("the manager is told the upstream answers again", || {
+        model_events(&hive).len() >= 2
+    })
+    .await;
+    assert_eq!(
+        model_events(&hive),
+        ["model_unreachable", "model_reachable"]
+    );
+    // One claude process throughout: a failed call is not a dead model.
+    assert_eq!(harness.claude_starts().len(), 1, "{}", harness.log());
+}
+
+/// The same under the openai driver, whose driver sees the HTTP status itself: a dropped
+/// connection (502 from the gateway), a 500 that opens the breaker, the breaker's 503 with its
+/// `retry-after`; each turn given back, the message answered once by the turn after the
+/// cool-down, the conversation holding the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_driver_gives_back_a_turn_the_model_cannot_be_reached_for() {
+    let server = ModelServer::start(vec![
+        Reply::Disconnect,
+        Reply::api_error(500, "api_error", "Internal server error"),
+        Reply::tool_use(
+            "mcp__hive__send",
+            json!({"to": "bob", "body": "answered once"}),
+        ),
+        Reply::text("ok"),
+    ])
+    .await;
+    let mut config = common::model_config(&server.base_url());
+    config.model.breaker_failures = 2;
+    config.model.breaker_cooldown_secs = 3;
+    let hive = TestHive::open_with(&["alice", "bob"], config).await;
+    let mut bus = hive.hive.subscribe();
+    let harness = Harness::start_with_env(
+        &hive,
+        &server,
+        json!({"driver": "openai"}),
+        600,
+        &[UNREACHABLE_PAUSE],
+    );
+    let id = send(&hive, "bob", "alice", "are you there?").await;
+    assert_eq!(deliveries(&hive, &mut bus, id).await, 1);
+    let turns = turns_of(&hive, id);
+    let outcomes: Vec<_> = turns.iter().map(|t| t.outcome.as_deref()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Some("abandoned"),
+            Some("abandoned"),
+            Some("abandoned"),
+            Some("ok")
+        ],
+        "{turns:?}\n{}",
+        harness.log()
+    );
+    assert_eq!(
+        receipt(&hive, id),
+        ("delivered".to_owned(), true, Some(turns[3].id))
+    );
+    let notes = unreachable_notes(&turns[..3]);
+    assert!(
+        notes[0].contains("502") && notes[0].contains("gateway cannot reach"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("500") && notes[1].contains("Internal server error"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[2].contains("503") && notes[2].contains("stopped calling"),
+        "{notes:?}"
+    );
+    assert!(notes[0].ends_with("taken again in 0.1 s"), "{notes:?}");
+    assert!(notes[1].ends_with("taken again in 0.2 s"), "{notes:?}");
+    let breaker = breaker_seconds(&notes[2]);
+    assert!((1..=3).contains(&breaker), "{notes:?}");
+    assert!(
+        notes[2].ends_with(&format!("taken again in {breaker}.0 s")),
+        "{notes:?}"
+    );
+    let requests = server.model_requests();
+    assert_eq!(requests.len(), 4, "{}", harness.log());
+    let prompt = requests[2].last_user_text().unwrap();
+    assert!(prompt.contains("(redelivered)"), "{prompt}");
+    let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
+    assert_eq!(reply.body, "answered once");
+    let more = hive
+        .hive
+        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "{more:?}");
+    // The failed calls left nothing in the conversation: the message is in it once.
+    let kept: Vec<Value> = serde_json::from_slice(
+        &std::fs::read(harness.state.join("openai-conversation.json")).unwrap(),
+    )
+    .unwrap();
+    let users: Vec<&Value> = kept.iter().filter(|m| m["role"] == "user").collect();
+    assert_eq!(users.len(), 1, "{kept:?}");
+    until("the manager is told the upstream answers again", || {
+        model_events(&hive).len() >= 2
+    })
+    .await;
+    assert_eq!(
+        model_events(&hive),
+        ["model_unreachable", "model_reachable"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_turn_mode_runs_one_claude_per_turn_resuming_the_session() {
     if tools::require("claude", tools::claude_bin()).is_none() {

@@ -47,3 +47,7 @@ pub use usage::Usage;
 /// Words the model gateway's 429 for a spent daily token budget always holds: the harness does
 /// not retry a turn that failed on it (no retry helps before the day ends).
 pub const BUDGET_SPENT: &str = "daily token budget is spent";
+
+/// Words before the seconds in the model gateway's 503 while an upstream's breaker is open
+/// (`… it tries again in 30 s`): the harness waits that long before it takes the turn again.
+pub const BREAKER_RETRY_IN: &str = "tries again in ";

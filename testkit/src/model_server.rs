@@ -55,6 +55,9 @@ pub enum Reply {
     },
     /// Read the request and never answer (until the server is dropped): for client timeouts.
     Hang,
+    /// Read the request and close the connection without an answer: a provider that cannot be
+    /// reached mid-call (through the hive's gateway the client gets its 502).
+    Disconnect,
     /// A streamed text answer (as [`Reply::Text`]) held after its first events: `message_start`
     /// and `ping` are sent at once, the rest only after [`ModelServer::release`] (one call per
     /// held reply). For proving that a proxy streams instead of buffering the whole answer.
@@ -516,7 +519,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>
 
 type Resp = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
-async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp, Infallible> {
+/// The service's error for [`Reply::Disconnect`]: hyper closes the connection without an answer.
+#[derive(Debug)]
+struct Disconnected;
+
+impl std::fmt::Display for Disconnected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the script says: close without an answer")
+    }
+}
+
+impl std::error::Error for Disconnected {}
+
+async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp, Disconnected> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -583,6 +598,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
             &json!({"type":"error","error":{"type":"not_found_error","message":"not found"}}),
         ),
         (_, Some(Reply::Hang)) => match std::future::pending::<Infallible>().await {},
+        (_, Some(Reply::Disconnect)) => return Err(Disconnected),
         (
             _,
             Some(Reply::Error {
@@ -693,7 +709,9 @@ fn anthropic(reply: &Reply, n: u64, model: &str, input_tokens: u64, stream: bool
             "end_turn",
             output_tokens(text),
         ),
-        Reply::Error { .. } | Reply::Hang | Reply::Held(_) => unreachable!("handled by the caller"),
+        Reply::Error { .. } | Reply::Hang | Reply::Disconnect | Reply::Held(_) => {
+            unreachable!("handled by the caller")
+        }
     };
     let usage_start = json!({
         "input_tokens": input_tokens,
@@ -753,7 +771,9 @@ fn anthropic(reply: &Reply, n: u64, model: &str, input_tokens: u64, stream: bool
                 ));
             }
         }
-        Reply::Error { .. } | Reply::Hang | Reply::Held(_) => unreachable!("handled by the caller"),
+        Reply::Error { .. } | Reply::Hang | Reply::Disconnect | Reply::Held(_) => {
+            unreachable!("handled by the caller")
+        }
     }
     events.push((
         "content_block_stop",
@@ -798,7 +818,9 @@ fn openai(reply: &Reply, n: u64, model: &str, input_tokens: u64, stream: bool) -
                 output_tokens(&args),
             )
         }
-        Reply::Error { .. } | Reply::Hang | Reply::Held(_) => unreachable!("handled by the caller"),
+        Reply::Error { .. } | Reply::Hang | Reply::Disconnect | Reply::Held(_) => {
+            unreachable!("handled by the caller")
+        }
     };
     let usage = json!({"prompt_tokens": input_tokens, "completion_tokens": out_tokens,
                        "total_tokens": input_tokens + out_tokens});

@@ -351,6 +351,27 @@ async fn hang_holds_the_request_until_drop() {
     );
 }
 
+/// `Disconnect` reads the request and closes the connection without a byte of answer; the
+/// script then goes on.
+#[tokio::test]
+async fn disconnect_closes_the_connection_without_an_answer() {
+    let server = ModelServer::start(vec![Reply::Disconnect, Reply::text("next")]).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let body = "{}";
+    let req = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection is closed");
+    assert!(read.is_err() || buf.is_empty(), "no answer bytes: {buf:?}");
+    assert_eq!(server.model_requests().len(), 1);
+    assert_eq!(server.remaining(), 1);
+}
+
 #[test]
 fn works_without_a_runtime() {
     let server = ModelServer::start_blocking(vec![]);

@@ -38,14 +38,11 @@ impl TestHive {
     /// The same, with the agents' `gateway.sock` forwarding to the model server at `base_url`.
     #[allow(dead_code)] // not every test binary talks to a model
     pub async fn open_with_model(agents: &[&str], base_url: &str) -> Self {
-        let mut config = Config::default();
-        config.model.anthropic_base_url = base_url.to_owned();
-        // The scripted server speaks both protocols.
-        config.model.openai_base_url = Some(base_url.to_owned());
-        Self::open_with(agents, config).await
+        Self::open_with(agents, model_config(base_url)).await
     }
 
-    async fn open_with(agents: &[&str], config: Config) -> Self {
+    /// A hive with `config` (e.g. [`model_config`] with its breaker changed).
+    pub async fn open_with(agents: &[&str], config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path().join("state"));
         state.create().unwrap();
@@ -99,6 +96,16 @@ impl TestHive {
         );
         msg
     }
+}
+
+/// The default config with the agents' `gateway.sock` forwarding to the model server at
+/// `base_url`.
+pub fn model_config(base_url: &str) -> Config {
+    let mut config = Config::default();
+    config.model.anthropic_base_url = base_url.to_owned();
+    // The scripted server speaks both protocols.
+    config.model.openai_base_url = Some(base_url.to_owned());
+    config
 }
 
 pub fn name(s: &str) -> AgentName {
