@@ -13,7 +13,7 @@ use broker::names::Inbox;
 use common::{TestHive, name};
 use proto::tools::TurnState;
 use serde_json::{Value, json};
-use testkit::model_server::{ModelServer, Reply};
+use testkit::model_server::{ModelServer, RecordedRequest, Reply};
 use testkit::tools;
 
 use common::running::*;
@@ -691,18 +691,15 @@ fn breaker_seconds(note: &str) -> u64 {
         .unwrap_or_else(|| panic!("no seconds in {note}"))
 }
 
-/// The model upstream cannot be reached for the first turns of a message: the provider drops
-/// the connection (the gateway answers 502), then answers 500, which opens the gateway's
-/// breaker (2 failures), whose 503 answers the next turn without reaching the provider. Each of
-/// those turns is given back — not finished: the message is never marked delivered by a turn the
-/// model did not answer — and the harness waits before the next (the breaker's own time for the
-/// 503); the turn after the cool-down reaches the model, which answers the message once, flagged
-/// redelivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_turn_the_model_cannot_be_reached_for_is_given_back_and_a_later_turn_answers_it() {
-    if tools::require("claude", tools::claude_bin()).is_none() {
-        return;
-    }
+/// The model upstream cannot be reached for the first turns of a message, under `driver` (the
+/// harness's options): the provider drops the connection (the gateway answers 502), then
+/// answers 500, which opens the gateway's breaker (2 failures), whose 503 answers the next turn
+/// without reaching the provider. Each of those turns is given back — not finished: the message
+/// is never marked delivered by a turn the model did not answer — and the harness waits before
+/// the next (the breaker's own time for the 503); the turn after the cool-down reaches the
+/// model, which answers the message once, flagged redelivered. Returns the hive, the harness and
+/// the provider's requests for what each driver checks besides.
+async fn unreachable_then_answered(driver: Value) -> (TestHive, Harness, Vec<RecordedRequest>) {
     let server = ModelServer::start(vec![
         Reply::Disconnect,
         Reply::api_error(500, "api_error", "Internal server error"),
@@ -718,7 +715,7 @@ async fn a_turn_the_model_cannot_be_reached_for_is_given_back_and_a_later_turn_a
     config.model.breaker_cooldown_secs = 3;
     let hive = TestHive::open_with(&["alice", "bob"], config).await;
     let mut bus = hive.hive.subscribe();
-    let harness = Harness::start_with_env(&hive, &server, json!({}), 600, &[UNREACHABLE_PAUSE]);
+    let harness = Harness::start_with_env(&hive, &server, driver, 600, &[UNREACHABLE_PAUSE]);
     let id = send(&hive, "bob", "alice", "are you there?").await;
     assert_eq!(deliveries(&hive, &mut bus, id).await, 1);
     let turns = turns_of(&hive, id);
@@ -764,12 +761,6 @@ async fn a_turn_the_model_cannot_be_reached_for_is_given_back_and_a_later_turn_a
     // The 503 never reached the provider: two failed calls, then the answering turn's two.
     let requests = server.model_requests();
     assert_eq!(requests.len(), 4, "{}", harness.log());
-    assert!(
-        !requests[0]
-            .last_user_text()
-            .unwrap()
-            .contains("redelivered")
-    );
     let prompt = requests[2].last_user_text().unwrap();
     assert!(prompt.contains("(redelivered)"), "{prompt}");
     // Bob got the answer once.
@@ -790,105 +781,36 @@ async fn a_turn_the_model_cannot_be_reached_for_is_given_back_and_a_later_turn_a
         model_events(&hive),
         ["model_unreachable", "model_reachable"]
     );
+    (hive, harness, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_the_model_cannot_be_reached_for_is_given_back_and_a_later_turn_answers_it() {
+    if tools::require("claude", tools::claude_bin()).is_none() {
+        return;
+    }
+    let (_hive, harness, requests) = unreachable_then_answered(json!({})).await;
+    assert!(
+        !requests[0]
+            .last_user_text()
+            .unwrap()
+            .contains("redelivered")
+    );
     // One claude process throughout: a failed call is not a dead model.
     assert_eq!(harness.claude_starts().len(), 1, "{}", harness.log());
 }
 
-/// The same under the openai driver, whose driver sees the HTTP status itself: a dropped
-/// connection (502 from the gateway), a 500 that opens the breaker, the breaker's 503 with its
-/// `retry-after`; each turn given back, the message answered once by the turn after the
-/// cool-down, the conversation holding the message once.
+/// The same under the openai driver, which sees the HTTP status itself (and the breaker's
+/// `retry-after`); the failed calls leave nothing in its conversation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_driver_gives_back_a_turn_the_model_cannot_be_reached_for() {
-    let server = ModelServer::start(vec![
-        Reply::Disconnect,
-        Reply::api_error(500, "api_error", "Internal server error"),
-        Reply::tool_use(
-            "mcp__hive__send",
-            json!({"to": "bob", "body": "answered once"}),
-        ),
-        Reply::text("ok"),
-    ])
-    .await;
-    let mut config = common::model_config(&server.base_url());
-    config.model.breaker_failures = 2;
-    config.model.breaker_cooldown_secs = 3;
-    let hive = TestHive::open_with(&["alice", "bob"], config).await;
-    let mut bus = hive.hive.subscribe();
-    let harness = Harness::start_with_env(
-        &hive,
-        &server,
-        json!({"driver": "openai"}),
-        600,
-        &[UNREACHABLE_PAUSE],
-    );
-    let id = send(&hive, "bob", "alice", "are you there?").await;
-    assert_eq!(deliveries(&hive, &mut bus, id).await, 1);
-    let turns = turns_of(&hive, id);
-    let outcomes: Vec<_> = turns.iter().map(|t| t.outcome.as_deref()).collect();
-    assert_eq!(
-        outcomes,
-        [
-            Some("abandoned"),
-            Some("abandoned"),
-            Some("abandoned"),
-            Some("ok")
-        ],
-        "{turns:?}\n{}",
-        harness.log()
-    );
-    assert_eq!(
-        receipt(&hive, id),
-        ("delivered".to_owned(), true, Some(turns[3].id))
-    );
-    let notes = unreachable_notes(&turns[..3]);
-    assert!(
-        notes[0].contains("502") && notes[0].contains("gateway cannot reach"),
-        "{notes:?}"
-    );
-    assert!(
-        notes[1].contains("500") && notes[1].contains("Internal server error"),
-        "{notes:?}"
-    );
-    assert!(
-        notes[2].contains("503") && notes[2].contains("stopped calling"),
-        "{notes:?}"
-    );
-    assert!(notes[0].ends_with("taken again in 0.1 s"), "{notes:?}");
-    assert!(notes[1].ends_with("taken again in 0.2 s"), "{notes:?}");
-    let breaker = breaker_seconds(&notes[2]);
-    assert!((1..=3).contains(&breaker), "{notes:?}");
-    assert!(
-        notes[2].ends_with(&format!("taken again in {breaker}.0 s")),
-        "{notes:?}"
-    );
-    let requests = server.model_requests();
-    assert_eq!(requests.len(), 4, "{}", harness.log());
-    let prompt = requests[2].last_user_text().unwrap();
-    assert!(prompt.contains("(redelivered)"), "{prompt}");
-    let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
-    assert_eq!(reply.body, "answered once");
-    let more = hive
-        .hive
-        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
-        .await
-        .unwrap();
-    assert!(more.is_empty(), "{more:?}");
-    // The failed calls left nothing in the conversation: the message is in it once.
+    let (_hive, harness, _) = unreachable_then_answered(json!({"driver": "openai"})).await;
     let kept: Vec<Value> = serde_json::from_slice(
         &std::fs::read(harness.state.join("openai-conversation.json")).unwrap(),
     )
     .unwrap();
     let users: Vec<&Value> = kept.iter().filter(|m| m["role"] == "user").collect();
     assert_eq!(users.len(), 1, "{kept:?}");
-    until("the manager is told the upstream answers again", || {
-        model_events(&hive).len() >= 2
-    })
-    .await;
-    assert_eq!(
-        model_events(&hive),
-        ["model_unreachable", "model_reachable"]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -316,18 +316,24 @@ async fn openai_chat_completions_from_the_same_script() {
     assert_eq!(results[0].text, "sent");
 }
 
+/// A connection to `addr` that has sent one `POST /v1/messages` with an empty JSON body.
+async fn posted(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = "{}";
+    let req = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
 #[tokio::test]
 async fn hang_holds_the_request_until_drop() {
     let server = ModelServer::start(vec![Reply::Hang]).await;
     let addr = server.addr();
     let pending = tokio::spawn(async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let body = "{}";
-        let req = format!(
-            "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
+        let mut s = posted(addr).await;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.map(|_| buf)
     });
@@ -356,13 +362,7 @@ async fn hang_holds_the_request_until_drop() {
 #[tokio::test]
 async fn disconnect_closes_the_connection_without_an_answer() {
     let server = ModelServer::start(vec![Reply::Disconnect, Reply::text("next")]).await;
-    let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    let body = "{}";
-    let req = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
+    let mut s = posted(server.addr()).await;
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
         .await
