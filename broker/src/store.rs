@@ -140,7 +140,8 @@ impl Traffic {
         }
     }
 
-    /// Microseconds since `calm_after` before `opened`: a new store is calm.
+    /// The time in microseconds, counted from `calm_after` before `opened` (so a new store,
+    /// `busy_at` 0, is calm).
     fn now(&self) -> u64 {
         self.opened.elapsed().as_micros() as u64 + self.calm_after
     }
@@ -150,6 +151,7 @@ impl Traffic {
         now.saturating_sub(self.busy_at.load(Ordering::Relaxed)) < self.calm_after
     }
 
+    /// Writes are busy at `now`: callers leave theirs to the writer thread for `calm_after`.
     fn busy(&self, now: u64) {
         self.busy_at.store(now, Ordering::Relaxed);
     }
