@@ -118,7 +118,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(chosen) = crate::commands::stored_model(&settings.state_dir) {
             model.set_model(Some(chosen));
         }
-        let unreachable = crate::turn::Unreachable::new(settings.unreachable_pause);
+        let unreachable = crate::turn::Backoff::new(settings.unreachable_pause);
         crate::turn::run(
             peer,
             model,

@@ -93,24 +93,30 @@ async fn forward(peer: Peer<RoleClient>, turn: i64, mut events: mpsc::UnboundedR
     }
 }
 
-/// The pauses after turns the model upstream could not be reached for: the time the error gives
-/// (the gateway's open breaker says when it lets a call through again), else `first` doubled
-/// for each such turn in a row; never more than [`MAX_BACKOFF`].
-pub struct Unreachable {
+/// Pauses that grow with each failure in a row: the time a failure gives (the gateway's open
+/// breaker says when it lets a call through again), else `first` doubled for each failure
+/// before it; never more than [`MAX_BACKOFF`]. For turns the model upstream could not be
+/// reached for, and for a model that keeps dying.
+pub struct Backoff {
     first: Duration,
     in_a_row: u32,
 }
 
-impl Unreachable {
+impl Backoff {
     pub fn new(first: Duration) -> Self {
         Self { first, in_a_row: 0 }
     }
 
-    /// The pause after one more turn the upstream could not be reached for.
+    /// The pause after one more failure in a row.
     fn next(&mut self, retry_in: Option<Duration>) -> Duration {
         let doubled = self.first.saturating_mul(1 << self.in_a_row.min(16));
         self.in_a_row += 1;
         retry_in.unwrap_or(doubled).min(MAX_BACKOFF)
+    }
+
+    /// Whether a failure came before this one (since the last success).
+    fn again(&self) -> bool {
+        self.in_a_row > 0
     }
 
     /// The model answered: the next failure starts from `first` again.
@@ -125,10 +131,10 @@ pub async fn run(
     mut model: Driver,
     state_dir: &Path,
     notes: NotesLimits,
-    mut unreachable: Unreachable,
+    mut unreachable: Backoff,
 ) -> anyhow::Result<()> {
     report(&peer, TurnState::Idle).await;
-    let mut died_in_a_row = 0u32;
+    let mut died = Backoff::new(Duration::from_secs(1));
     loop {
         let next = call(&peer, "next_turn", json!({"wait_seconds": WAIT_SECONDS}));
         tokio::pin!(next);
@@ -151,7 +157,7 @@ pub async fn run(
         let end = one_turn(&peer, &mut model, state_dir, notes, &turn, &mut unreachable).await?;
         match end {
             End::Finished => {
-                died_in_a_row = 0;
+                died.reset();
                 unreachable.reset();
                 report(&peer, TurnState::Idle).await;
             }
@@ -183,11 +189,11 @@ pub async fn run(
             End::Died => {
                 report(&peer, TurnState::Idle).await;
                 // The first restart is at once; a model that keeps dying is not restarted hot.
-                if died_in_a_row > 0 {
-                    let pause = Duration::from_secs(1 << died_in_a_row.min(6)).min(MAX_BACKOFF);
+                let again = died.again();
+                let pause = died.next(None);
+                if again {
                     tokio::time::sleep(pause).await;
                 }
-                died_in_a_row += 1;
             }
         }
     }
@@ -268,7 +274,7 @@ struct TurnCtx<'a> {
     notes: NotesLimits,
     turn: i64,
     events: &'a mpsc::UnboundedSender<Value>,
-    unreachable: &'a mut Unreachable,
+    unreachable: &'a mut Backoff,
 }
 
 async fn one_turn(
@@ -277,7 +283,7 @@ async fn one_turn(
     state_dir: &Path,
     notes: NotesLimits,
     turn: &Turn,
-    unreachable: &mut Unreachable,
+    unreachable: &mut Backoff,
 ) -> anyhow::Result<End> {
     let (tx, rx) = mpsc::unbounded_channel();
     let forwarder = tokio::spawn(forward(peer.clone(), turn.turn, rx));

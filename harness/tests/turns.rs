@@ -8,7 +8,6 @@ mod common;
 use std::process::Command;
 
 use broker::bus::Event;
-use broker::mailbox::RecvLimits;
 use broker::names::Inbox;
 use common::{TestHive, name};
 use proto::tools::TurnState;
@@ -323,12 +322,7 @@ async fn claude_killed_mid_turn_gets_the_message_again_flagged_once() {
         "{prompt}"
     );
     // Nothing else reached bob, and alice's message is delivered, flagged.
-    let more = hive
-        .hive
-        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
-        .await
-        .unwrap();
-    assert!(more.is_empty(), "{more:?}");
+    nothing_more_for(&hive, "bob").await;
     let stored = hive.messages().await;
     let msg = stored.iter().find(|m| m.id == id).unwrap();
     assert!(msg.redelivered, "{msg:?}");
@@ -395,12 +389,7 @@ async fn the_harness_killed_mid_turn_gets_the_message_again_flagged_once() {
         prompt.contains("delivered before (redelivered)"),
         "{prompt}"
     );
-    let more = hive
-        .hive
-        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
-        .await
-        .unwrap();
-    assert!(more.is_empty(), "{more:?}");
+    nothing_more_for(&hive, "bob").await;
     assert_eq!(server.model_requests().len(), 3);
 }
 
@@ -766,12 +755,7 @@ async fn unreachable_then_answered(driver: Value) -> (TestHive, Harness, Vec<Rec
     // Bob got the answer once.
     let reply = receive(&hive, Inbox::Agent(name("bob"))).await;
     assert_eq!(reply.body, "answered once");
-    let more = hive
-        .hive
-        .recv(&Inbox::Agent(name("bob")), RecvLimits::new(0, 32).unwrap())
-        .await
-        .unwrap();
-    assert!(more.is_empty(), "{more:?}");
+    nothing_more_for(&hive, "bob").await;
     // The manager heard the breaker open and close.
     until("the manager is told the upstream answers again", || {
         model_events(&hive).len() >= 2

@@ -173,6 +173,16 @@ pub async fn send(hive: &TestHive, from: &str, to: &str, body: &str) -> i64 {
 }
 
 /// Waits for the next message in `inbox` and takes it.
+/// Asserts that nothing (more) waits in `agent`'s inbox.
+pub async fn nothing_more_for(hive: &TestHive, agent: &str) {
+    let more = hive
+        .hive
+        .recv(&Inbox::Agent(name(agent)), RecvLimits::new(0, 32).unwrap())
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "{more:?}");
+}
+
 pub async fn receive(hive: &TestHive, inbox: Inbox) -> Message {
     let got = hive
         .hive
