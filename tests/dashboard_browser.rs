@@ -40,6 +40,17 @@ async fn mark(c: &Browser) {
 }
 const STILL_MARKED: &str = "window.__noReload === 1";
 
+/// Clicks the form button `button` and waits until the page it leads to has loaded at `path`: a
+/// click does not wait for the form's navigation, and the page before it may have that path too.
+async fn submit_and_land(c: &Browser, button: &str, path: &str, what: &str) {
+    mark(c).await;
+    c.click(&c.find(button).await.unwrap()).await.unwrap();
+    let landed = format!(
+        "!({STILL_MARKED}) && location.pathname === '{path}' && document.readyState === 'complete'"
+    );
+    until_js(c, &landed, what).await;
+}
+
 /// The manager drafts `name`, commits `agent_nix` with git, and asks: the approval's id.
 async fn request_spawn(manager: &McpClient, state: &Path, name: &str, agent_nix: &str) -> i64 {
     mcp_ok(manager, "request_spawn", json!({"name": name})).await;
@@ -197,8 +208,7 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         c.send_keys(&c.find("#to").await.unwrap(), "manager").await.unwrap();
         c.send_keys(&c.find("#body").await.unwrap(), "<script>alert(1)</script>").await.unwrap();
         screenshot(&c, "inbox").await;
-        c.click(&c.find("#compose button[type=submit]").await.unwrap()).await.unwrap();
-        until_js(&c, "location.pathname === '/inbox'", "back on the inbox").await;
+        submit_and_land(&c, "#compose button[type=submit]", "/inbox", "back on the inbox").await;
         c.goto(&format!("{base}/messages")).await.unwrap();
         until_js(&c, "[...document.querySelectorAll('.message .body')].some(e => e.textContent === '<script>alert(1)</script>')", "the message in the flow, as text").await;
         assert_eq!(c.alert_text().await, None, "no alert ran");
@@ -247,8 +257,8 @@ fn the_operator_uses_the_dashboard_in_a_real_browser() {
         assert_eq!(c.text(&c.find("#login-command").await.unwrap()).await.unwrap(), "hive login manager");
         screenshot(&c, "agent-login-panel").await;
         c.send_keys(&c.find("#api-key").await.unwrap(), "sk-ant-api03-browser-test-key").await.unwrap();
-        c.click(&c.find("#store-api-key").await.unwrap()).await.unwrap();
-        until_js(&c, "location.pathname === '/agents/manager' && document.getElementById('live').textContent === 'live'", "back on the agent page").await;
+        submit_and_land(&c, "#store-api-key", "/agents/manager", "back on the agent page").await;
+        until_js(&c, "document.getElementById('live').textContent === 'live'", "live").await;
         until_js(&c, "document.getElementById('login-state').textContent === 'logged in' && !document.getElementById('login-panel')", "logged in").await;
         assert_eq!(std::fs::read_to_string(state.join("secrets/manager/api-key")).unwrap(), "sk-ant-api03-browser-test-key\n");
 
