@@ -74,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0015_approval_checks.sql"),
     include_str!("migrations/0016_receipts.sql"),
     include_str!("migrations/0017_message_counts_by_the_writer.sql"),
+    include_str!("migrations/0018_messages_state_check.sql"),
 ];
 
 /// Milliseconds since the Unix epoch: the one clock of stored timestamps.
@@ -459,6 +460,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
         tracing::info!(version = i + 1, "applied store migration");
+    }
+    if applied > 0 && applied < MIGRATIONS.len() {
+        // A migration that rebuilt a table wrote it all to the WAL: fold it in and give the file
+        // back now, not at the next checkpoint (which would reuse it at its size).
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
     }
     Ok(())
 }
@@ -1333,6 +1339,138 @@ mod tests {
             store.write_then(|_| Ok(()), |_| {}).await.unwrap();
         }
         idle_readers_closed().await;
+    }
+
+    /// Storing a message and moving it between states builds no temporary b-tree: a CHECK with
+    /// an IN list of more than two constants made SQLite build one per row (migration 0018).
+    #[test]
+    fn a_message_is_stored_and_moved_without_a_temporary_btree() {
+        let (dir, store) = open();
+        store.close();
+        let c = Connection::open(dir.path().join("t.db")).unwrap();
+        for sql in [
+            "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at, incarnation)
+             VALUES ('operator', 'bob', 'x', NULL, 0, 1)",
+            "UPDATE messages SET state = 'delivered', delivered_at = 1 WHERE id = 1",
+            "UPDATE messages SET state = 'leased', lease_turn = 1, leased_at = 1 WHERE id = 1",
+            "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1 WHERE id = 1",
+        ] {
+            let ops: Vec<String> = c
+                .prepare(&format!("EXPLAIN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: {ops:?}"
+            );
+        }
+        // The rule still holds.
+        let err = c
+            .execute(
+                "INSERT INTO messages (sender, recipient, body, sent_at, state)
+                 VALUES ('operator', 'bob', 'x', 0, 'lost')",
+                [],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        assert_eq!(
+            c.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            0
+        );
+    }
+
+    /// Migration 0018 rebuilds `messages`: every row and count comes through as it was, and the
+    /// WAL it wrote is given back.
+    #[test]
+    fn rebuilding_the_messages_table_keeps_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let rebuild_at = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE messages_new"))
+            .unwrap();
+        let all_rows = "SELECT id, sender, recipient, body, in_reply_to, sent_at, state,
+                               delivered_at, lease_turn, redelivered, incarnation, broadcast,
+                               leased_at
+                        FROM messages ORDER BY id";
+        let dump = |c: &Connection, sql: &str| -> Vec<Vec<rusqlite::types::Value>> {
+            let mut stmt = c.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let (rows_before, counts_before) = {
+            // A database from just before the rebuild, with a history in every state.
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for sql in &MIGRATIONS[..rebuild_at] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", rebuild_at as i64)
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at, state,
+                                       delivered_at, lease_turn, redelivered, incarnation,
+                                       broadcast, leased_at)
+                 VALUES ('operator', 'bob', 'a', NULL, 1, 'queued', NULL, NULL, 0, 3, 0, NULL),
+                        ('carol', 'bob', 'b', 1, 2, 'leased', NULL, 7, 1, 3, 0, 5),
+                        ('bob', 'operator', 'c', NULL, 3, 'delivered', 4, NULL, 0, NULL, 1, NULL);
+                 DELETE FROM messages WHERE id = 1;
+                 INSERT INTO messages (sender, recipient, body, sent_at) VALUES ('x', 'y', 'd', 9);
+                 DELETE FROM message_counts;
+                 INSERT INTO message_counts (recipient, incarnation, state, n)
+                     SELECT recipient, coalesce(incarnation, 0), state, count(*) FROM messages
+                     GROUP BY 1, 2, 3;",
+            )
+            .unwrap();
+            (
+                dump(&c, all_rows),
+                dump(&c, "SELECT * FROM message_counts ORDER BY 1, 2, 3"),
+            )
+        };
+        assert_eq!(rows_before.len(), 3);
+        let store = Store::open(&path, Synchronous::Normal).unwrap();
+        // Given back at once, not at the store's close.
+        let wal = std::fs::metadata(dir.path().join("t.db-wal"))
+            .unwrap()
+            .len();
+        assert_eq!(wal, 0, "the migration's WAL is folded in and truncated");
+        store.close();
+        let c = Connection::open(&path).unwrap();
+        assert_eq!(dump(&c, all_rows), rows_before);
+        assert_eq!(
+            dump(&c, "SELECT * FROM message_counts ORDER BY 1, 2, 3"),
+            counts_before
+        );
+        // The next id is not one a deleted row had (no AUTOINCREMENT: the highest id + 1).
+        c.execute(
+            "INSERT INTO messages (sender, recipient, body, sent_at) VALUES ('x', 'y', 'e', 10)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.last_insert_rowid(), 5);
+        let indexes: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'messages' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "messages_by_recipient",
+                "messages_delivered",
+                "messages_leased",
+                "messages_queued"
+            ]
+        );
     }
 
     #[test]
