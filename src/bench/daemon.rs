@@ -105,7 +105,9 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `hive serve --state-dir state` and waits (at most 30 s) for READY=1. Unless the
     /// state dir has a hive.toml, the hive runs no agents (`[runtime] kind = "none"`): these
-    /// rows measure the broker, the container rows start their own.
+    /// rows measure the broker, the container rows start their own. Unless the hive.toml says
+    /// otherwise, its dashboard listens on a free port: a hive already serving on this machine
+    /// does not keep it from starting.
     pub fn start(hive: &Path, state: &Path) -> anyhow::Result<Self> {
         Self::start_with_env(hive, state, &[])
     }
@@ -117,10 +119,18 @@ impl Daemon {
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<Self> {
         let config = state.join("hive.toml");
-        if !config.exists() {
-            std::fs::create_dir_all(state)?;
-            std::fs::write(&config, "[runtime]\nkind = \"none\"\n")?;
+        std::fs::create_dir_all(state)?;
+        let mut toml = match std::fs::read_to_string(&config) {
+            Ok(toml) => toml,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "[runtime]\nkind = \"none\"\n".into()
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", config.display())),
+        };
+        if !toml.lines().any(|l| l.trim() == "[dashboard]") {
+            toml.push_str("\n[dashboard]\nport = 0\n");
         }
+        std::fs::write(&config, toml)?;
         let notify_dir = tempfile::tempdir()?;
         let notify_path = notify_dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path)?;
