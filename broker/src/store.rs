@@ -18,7 +18,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -455,6 +455,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        if applied > 0 {
+            // An upgrade: a migration may rebuild a table, seconds with a long history.
+            tracing::info!(version = i + 1, "applying store migration");
+        }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -522,9 +526,18 @@ fn release_memory(conn: &Connection, readers: &Mutex<Vec<Connection>>) {
 /// Copies the WAL back into the database on its own connection and thread, asked by the writer
 /// after every [`CHECKPOINT_EVERY`] committed requests, so a commit never waits for a checkpoint
 /// (SQLite's automatic checkpoint would run it inside the commit that crosses the threshold).
+///
+/// SQLite starts the WAL over from its beginning only at a write that finds every frame copied
+/// back; under a steady stream of commits the checkpoint never catches up with the newest, so
+/// the WAL would grow for as long as the stream lasts (hundreds of MB in a benchmark's seconds),
+/// each commit extending the file. So when a pass is done the writer copies the few frames
+/// committed during it itself, before its next transaction ([`Checkpointer::catch_up`]), and that
+/// transaction writes from the start of the WAL again.
 struct Checkpointer {
     poke: mpsc::SyncSender<()>,
     thread: JoinHandle<()>,
+    /// Set when a pass is done; taken by the writer.
+    passed: Arc<AtomicBool>,
 }
 
 /// Committed requests between two checkpoints (about as often as SQLite's default of 1000 pages).
@@ -536,24 +549,45 @@ impl Checkpointer {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "cache_size", -i64::from(READER_CACHE_KIB))?;
         let (poke, asked) = mpsc::sync_channel::<()>(1);
+        let passed = Arc::new(AtomicBool::new(false));
+        let pass_done = passed.clone();
         let thread = std::thread::Builder::new()
             .name("hive-store-checkpoint".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
-                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+                    match conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        Ok(()) => pass_done.store(true, Ordering::Release),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+                        }
                     }
                 }
                 // The writer stopped: fold the whole WAL back in before the process goes.
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
             })
             .map_err(|e| Error::io("cannot start the checkpoint thread", e))?;
-        Ok(Self { poke, thread })
+        Ok(Self {
+            poke,
+            thread,
+            passed,
+        })
     }
 
     fn ask(&self) {
         // Full means one is already asked for: nothing to add.
         let _ = self.poke.try_send(());
+    }
+
+    /// Run by the writer between two transactions: after a pass, copies back what was committed
+    /// during it (a few commits' frames; nothing when the pass caught up), so the next
+    /// transaction starts the WAL over.
+    fn catch_up(&self, conn: &Connection) {
+        if !self.passed.swap(false, Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+        }
     }
 
     fn stop(self) {
@@ -599,6 +633,9 @@ impl Writer {
             return false;
         };
         let requests = batch.len();
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.catch_up(conn);
+        }
         {
             let _entered = Entered::new(&mut self.counts);
             commit_batch(conn, batch);
@@ -1471,6 +1508,48 @@ mod tests {
                 "messages_queued"
             ]
         );
+    }
+
+    /// Under a steady stream of commits the WAL starts over after each checkpoint pass instead of
+    /// growing for as long as the stream lasts (SQLite restarts it only at a write that finds
+    /// every frame copied back, which a checkpoint running beside the commits never leaves).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_steady_stream_of_commits_starts_the_wal_over() {
+        let (dir, store) = open();
+        const WRITES: usize = 20 * CHECKPOINT_EVERY;
+        let body = "x".repeat(500);
+        let next = Arc::new(AtomicUsize::new(0));
+        let writers: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, next, body) = (store.clone(), next.clone(), body.clone());
+                tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < WRITES {
+                        let body = body.clone();
+                        store
+                            .write(move |c| {
+                                c.execute(
+                                    "INSERT INTO messages (sender, recipient, body, sent_at)
+                                     VALUES ('operator', 'bob', ?1, 0)",
+                                    [body],
+                                )?;
+                                Ok(())
+                            })
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("t.db-wal"))
+            .unwrap()
+            .len();
+        // Never started over, the WAL ends at ~150 MB here (every commit's pages, appended);
+        // started over after each pass, it holds what a few passes' commits wrote (~10 MB).
+        assert!(wal < 40 << 20, "the WAL grew to {wal} bytes");
+        store.close();
     }
 
     #[test]

@@ -3,7 +3,9 @@
 -- a CHECK constraint it builds it again for every row checked: at every INSERT of a message and
 -- every change of its state, about half the writer's cost of storing a send. The same rule
 -- written as comparisons is three string compares. SQLite cannot change a CHECK in place: the
--- table is rebuilt with the same rows (ids, states and `message_counts` unchanged).
+-- table is rebuilt with the same rows (ids, states and `message_counts` unchanged): ~3 s for a
+-- million messages; the old table's pages stay in the file as free pages, which the next messages
+-- reuse (as after a retention vacuum).
 
 CREATE TABLE messages_new (
     id           INTEGER PRIMARY KEY,
