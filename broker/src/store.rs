@@ -555,11 +555,8 @@ impl Checkpointer {
             .name("hive-store-checkpoint".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
-                    match conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                        Ok(()) => pass_done.store(true, Ordering::Release),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
-                        }
+                    if checkpoint(&conn) {
+                        pass_done.store(true, Ordering::Release);
                     }
                 }
                 // The writer stopped: fold the whole WAL back in before the process goes.
@@ -582,17 +579,28 @@ impl Checkpointer {
     /// during it (a few commits' frames; nothing when the pass caught up), so the next
     /// transaction starts the WAL over.
     fn catch_up(&self, conn: &Connection) {
-        if !self.passed.swap(false, Ordering::Acquire) {
-            return;
-        }
-        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+        if self.passed.swap(false, Ordering::Acquire) {
+            checkpoint(conn);
         }
     }
 
     fn stop(self) {
         drop(self.poke);
         let _ = self.thread.join();
+    }
+}
+
+/// One PASSIVE checkpoint on `conn`; true when it ran. It does not run while the other side (the
+/// checkpoint thread or the writer's catch-up) is checkpointing: nothing is lost, the next pass
+/// goes on from where that one ends.
+fn checkpoint(conn: &Connection) -> bool {
+    // (busy, frames in the WAL, frames copied back); busy is 1 when another checkpoint ran.
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+        Ok(busy) => busy == 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+            false
+        }
     }
 }
 
