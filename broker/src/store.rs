@@ -828,6 +828,20 @@ mod tests {
         (dir, store)
     }
 
+    /// A database at the schema just before the migration that contains `marker`: its
+    /// directory, its path, and a connection to fill it with what an older hive left.
+    fn database_before(marker: &str) -> (tempfile::TempDir, PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let at = MIGRATIONS.iter().position(|m| m.contains(marker)).unwrap();
+        let c = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..at] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", at as i64).unwrap();
+        (dir, path, c)
+    }
+
     /// `message_counts` as stored, and as counted from `messages`, without zero rows.
     async fn counts_stored_and_counted(
         store: &Store,
@@ -1257,32 +1271,20 @@ mod tests {
 
     #[test]
     fn migrating_an_existing_database_gives_held_incarnations_uid_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let ranges_at = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("ADD COLUMN uid_base"))
+        let (_dir, path, c) = database_before("ADD COLUMN uid_base");
+        for (name, state) in [
+            ("a", "live"),
+            ("b", "purged"),
+            ("c", "tombstoned"),
+            ("d", "live"),
+        ] {
+            c.execute(
+                "INSERT INTO incarnations (name, kind, created_at, state) VALUES (?1, 'agent', 0, ?2)",
+                [name, state],
+            )
             .unwrap();
-        {
-            let c = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..ranges_at] {
-                c.execute_batch(sql).unwrap();
-            }
-            c.pragma_update(None, "user_version", ranges_at as i64)
-                .unwrap();
-            for (name, state) in [
-                ("a", "live"),
-                ("b", "purged"),
-                ("c", "tombstoned"),
-                ("d", "live"),
-            ] {
-                c.execute(
-                    "INSERT INTO incarnations (name, kind, created_at, state) VALUES (?1, 'agent', 0, ?2)",
-                    [name, state],
-                )
-                .unwrap();
-            }
         }
+        drop(c);
         let store = Store::open(&path, Synchronous::Normal).unwrap();
         store.close();
         let c = Connection::open(&path).unwrap();
@@ -1307,20 +1309,9 @@ mod tests {
 
     #[test]
     fn migrating_an_existing_database_fills_the_message_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let counts_at = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("CREATE TABLE message_counts"))
-            .unwrap();
+        // A database from before the counts, with a history in it.
+        let (_dir, path, c) = database_before("CREATE TABLE message_counts");
         {
-            // A database from before the counts, with a history in it.
-            let c = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..counts_at] {
-                c.execute_batch(sql).unwrap();
-            }
-            c.pragma_update(None, "user_version", counts_at as i64)
-                .unwrap();
             let mut insert = c
                 .prepare(
                     "INSERT INTO messages (sender, recipient, body, sent_at, state)
@@ -1338,6 +1329,7 @@ mod tests {
                 }
             }
         }
+        drop(c);
         let store = Store::open(&path, Synchronous::Normal).unwrap();
         store.close();
         let c = Connection::open(&path).unwrap();
@@ -1432,12 +1424,7 @@ mod tests {
     /// WAL it wrote is given back.
     #[test]
     fn rebuilding_the_messages_table_keeps_every_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let rebuild_at = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("CREATE TABLE messages_new"))
-            .unwrap();
+        let (dir, path, c) = database_before("CREATE TABLE messages_new");
         let all_rows = "SELECT id, sender, recipient, body, in_reply_to, sent_at, state,
                                delivered_at, lease_turn, redelivered, incarnation, broadcast,
                                leased_at
@@ -1451,14 +1438,7 @@ mod tests {
                 .unwrap()
         };
         let (rows_before, counts_before) = {
-            // A database from just before the rebuild, with a history in every state.
-            let c = Connection::open(&path).unwrap();
-            c.pragma_update(None, "journal_mode", "WAL").unwrap();
-            for sql in &MIGRATIONS[..rebuild_at] {
-                c.execute_batch(sql).unwrap();
-            }
-            c.pragma_update(None, "user_version", rebuild_at as i64)
-                .unwrap();
+            // A history in every state.
             c.execute_batch(
                 "INSERT INTO messages (sender, recipient, body, in_reply_to, sent_at, state,
                                        delivered_at, lease_turn, redelivered, incarnation,
@@ -1480,6 +1460,7 @@ mod tests {
             )
         };
         assert_eq!(rows_before.len(), 3);
+        drop(c);
         let store = Store::open(&path, Synchronous::Normal).unwrap();
         // Given back at once, not at the store's close.
         let wal = std::fs::metadata(dir.path().join("t.db-wal"))

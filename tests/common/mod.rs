@@ -102,9 +102,14 @@ impl Daemon {
             _notify_dir: notify_dir,
         };
         let mut daemon = daemon;
-        let Some(first) = daemon.next_notification() else {
-            let exited = daemon.child.as_mut().unwrap().try_wait().unwrap();
-            panic!("the daemon said nothing to systemd (exit: {exited:?}); its stderr is above")
+        let first = match daemon.notification() {
+            Ok(first) => first,
+            Err(e) => {
+                let exited = daemon.child.as_mut().unwrap().try_wait().unwrap();
+                panic!(
+                    "the daemon said nothing to systemd ({e}; exit: {exited:?}); its stderr is above"
+                )
+            }
         };
         assert!(
             first.lines().any(|l| l == "READY=1"),
@@ -114,10 +119,22 @@ impl Daemon {
     }
 
     /// The next message the daemon sent to its notify socket, if one comes within 30 s.
+    /// The daemon's next message to systemd; `None` after 30 s without one.
     pub fn next_notification(&self) -> Option<String> {
+        self.notification().ok()
+    }
+
+    /// The daemon's next message to systemd, or why none came. A signal handled in this process
+    /// cuts a socket read with a timeout short even under SA_RESTART: that read is tried again.
+    fn notification(&self) -> std::io::Result<String> {
         let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
