@@ -536,7 +536,8 @@ fn release_memory(conn: &Connection, readers: &Mutex<Vec<Connection>>) {
 struct Checkpointer {
     poke: mpsc::SyncSender<()>,
     thread: JoinHandle<()>,
-    /// Set when a pass is done; taken by the writer.
+    /// Set when a pass is done, cleared when the writer has caught up with it; no pass runs
+    /// while it is set.
     passed: Arc<AtomicBool>,
 }
 
@@ -555,7 +556,9 @@ impl Checkpointer {
             .name("hive-store-checkpoint".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
-                    if checkpoint(&conn) {
+                    // Not before the writer has caught up with the last pass: two checkpoints
+                    // at once would keep each other from finishing.
+                    if !pass_done.load(Ordering::Acquire) && checkpoint(&conn) {
                         pass_done.store(true, Ordering::Release);
                     }
                 }
@@ -577,10 +580,10 @@ impl Checkpointer {
 
     /// Run by the writer between two transactions: after a pass, copies back what was committed
     /// during it (a few commits' frames; nothing when the pass caught up), so the next
-    /// transaction starts the WAL over.
+    /// transaction starts the WAL over. The next pass waits for it.
     fn catch_up(&self, conn: &Connection) {
-        if self.passed.swap(false, Ordering::Acquire) {
-            checkpoint(conn);
+        if self.passed.load(Ordering::Acquire) && checkpoint(conn) {
+            self.passed.store(false, Ordering::Release);
         }
     }
 
@@ -1536,8 +1539,9 @@ mod tests {
             .unwrap()
             .len();
         // Never started over, the WAL ends at ~150 MB here (every commit's pages, appended);
-        // started over after each pass, it holds what a few passes' commits wrote (~10 MB).
-        assert!(wal < 40 << 20, "the WAL grew to {wal} bytes");
+        // started over after each pass, it holds what a few passes' commits wrote (~10 MB, ~20 MB
+        // with the machine's cores busy with other work).
+        assert!(wal < 64 << 20, "the WAL grew to {wal} bytes");
         store.close();
     }
 
