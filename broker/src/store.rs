@@ -831,6 +831,16 @@ mod tests {
         (dir, store)
     }
 
+    /// Column `i` of what `sql` returns, as text.
+    fn texts(c: &Connection, sql: &str, i: usize) -> Vec<String> {
+        c.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(i))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// A database at the schema just before the migration that contains `marker`: its
     /// directory, its path, and a connection to fill it with what an older hive left.
     fn database_before(marker: &str) -> (tempfile::TempDir, PathBuf, Connection) {
@@ -1395,13 +1405,7 @@ mod tests {
             "UPDATE messages SET state = 'leased', lease_turn = 1, leased_at = 1 WHERE id = 1",
             "UPDATE messages SET state = 'queued', lease_turn = NULL, redelivered = 1 WHERE id = 1",
         ] {
-            let ops: Vec<String> = c
-                .prepare(&format!("EXPLAIN {sql}"))
-                .unwrap()
-                .query_map([], |r| r.get(1))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let ops = texts(&c, &format!("EXPLAIN {sql}"), 1);
             assert!(
                 !ops.iter().any(|op| op == "OpenEphemeral"),
                 "{sql}: {ops:?}"
@@ -1484,13 +1488,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.last_insert_rowid(), 5);
-        let indexes: Vec<String> = c
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'messages' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let indexes = texts(
+            &c,
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'messages'
+             ORDER BY name",
+            0,
+        );
         assert_eq!(
             indexes,
             [
