@@ -119,7 +119,6 @@ impl Daemon {
     }
 
     /// The next message the daemon sent to its notify socket, if one comes within 30 s.
-    /// The daemon's next message to systemd; `None` after 30 s without one.
     pub fn next_notification(&self) -> Option<String> {
         self.notification().ok()
     }

@@ -172,7 +172,6 @@ pub async fn send(hive: &TestHive, from: &str, to: &str, body: &str) -> i64 {
         .unwrap()[0]
 }
 
-/// Waits for the next message in `inbox` and takes it.
 /// Asserts that nothing (more) waits in `agent`'s inbox.
 pub async fn nothing_more_for(hive: &TestHive, agent: &str) {
     let more = hive
@@ -183,6 +182,7 @@ pub async fn nothing_more_for(hive: &TestHive, agent: &str) {
     assert!(more.is_empty(), "{more:?}");
 }
 
+/// Waits for the next message in `inbox` and takes it.
 pub async fn receive(hive: &TestHive, inbox: Inbox) -> Message {
     let got = hive
         .hive
