@@ -1454,8 +1454,34 @@ mod tests {
                         ('carol', 'bob', 'b', 1, 2, 'leased', NULL, 7, 1, 3, 0, 5),
                         ('bob', 'operator', 'c', NULL, 3, 'delivered', 4, NULL, 0, NULL, 1, NULL);
                  DELETE FROM messages WHERE id = 1;
-                 INSERT INTO messages (sender, recipient, body, sent_at) VALUES ('x', 'y', 'd', 9);
-                 DELETE FROM message_counts;
+                 INSERT INTO messages (sender, recipient, body, sent_at) VALUES ('x', 'y', 'd', 9);",
+            )
+            .unwrap();
+            // What agents write is hostile: a NUL byte and terminal escapes, a huge body, and a
+            // name reused by a later agent (its earlier incarnation's messages stay its own).
+            let mut insert = c
+                .prepare(
+                    "INSERT INTO messages (sender, recipient, body, sent_at, state, incarnation)
+                     VALUES ('bob', ?1, ?2, 10, ?3, ?4)",
+                )
+                .unwrap();
+            for (to, body, state, incarnation) in [
+                (
+                    "carol",
+                    "nul\0byte \x1b]0;owned\x07\x1b[2J".to_owned(),
+                    "queued",
+                    4,
+                ),
+                ("carol", "x".repeat(2 << 20), "delivered", 4),
+                ("bob", "from bob's first life".to_owned(), "queued", 1),
+            ] {
+                insert
+                    .execute(rusqlite::params![to, body, state, incarnation])
+                    .unwrap();
+            }
+            drop(insert);
+            c.execute_batch(
+                "DELETE FROM message_counts;
                  INSERT INTO message_counts (recipient, incarnation, state, n)
                      SELECT recipient, coalesce(incarnation, 0), state, count(*) FROM messages
                      GROUP BY 1, 2, 3;",
@@ -1466,7 +1492,7 @@ mod tests {
                 dump(&c, "SELECT * FROM message_counts ORDER BY 1, 2, 3"),
             )
         };
-        assert_eq!(rows_before.len(), 3);
+        assert_eq!(rows_before.len(), 6);
         drop(c);
         let store = Store::open(&path, Synchronous::Normal).unwrap();
         // Given back at once, not at the store's close.
@@ -1477,6 +1503,15 @@ mod tests {
         store.close();
         let c = Connection::open(&path).unwrap();
         assert_eq!(dump(&c, all_rows), rows_before);
+        // The NUL byte came through, and what follows it.
+        let hostile: String = c
+            .query_row(
+                "SELECT body FROM messages WHERE recipient = 'carol' AND state = 'queued'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(hostile, "nul\0byte \x1b]0;owned\x07\x1b[2J");
         assert_eq!(
             dump(&c, "SELECT * FROM message_counts ORDER BY 1, 2, 3"),
             counts_before
@@ -1487,7 +1522,7 @@ mod tests {
             [],
         )
         .unwrap();
-        assert_eq!(c.last_insert_rowid(), 5);
+        assert_eq!(c.last_insert_rowid(), 8);
         let indexes = texts(
             &c,
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'messages'
